@@ -1,0 +1,109 @@
+// Package natsconn connects a service to NATS the same way everywhere:
+// reconnect forever, log connection changes without credentials.
+package natsconn
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/effects-run/effects/internal/envconfig"
+	"github.com/effects-run/effects/pkg/effects"
+)
+
+// DefaultURL is used when NATS_URL is unset.
+const DefaultURL = "nats://127.0.0.1:4222"
+
+// Connect dials url and returns the connection and a JetStream context whose
+// async publishes may have up to maxPending acks outstanding.
+func Connect(rawURL, name string, logger *slog.Logger, maxPending int) (*nats.Conn, jetstream.JetStream, error) {
+	if maxPending <= 0 {
+		maxPending = 4000
+	}
+	nc, err := nats.Connect(rawURL,
+		nats.Name(name),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250*time.Millisecond),
+		nats.RetryOnFailedConnect(true),
+		nats.ReconnectBufSize(64<<20),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			logger.Warn("nats disconnected", "error", err)
+		}),
+		nats.ReconnectHandler(func(c *nats.Conn) {
+			logger.Info("nats reconnected", "server", Redact(c.ConnectedUrl()))
+		}),
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			subject := ""
+			if sub != nil {
+				subject = sub.Subject
+			}
+			logger.Warn("nats async error", "subject", subject, "error", err)
+		}),
+	)
+	if err != nil {
+		return nil, nil, fmt.Errorf("connect to NATS at %s: %w", Redact(rawURL), err)
+	}
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(maxPending))
+	if err != nil {
+		nc.Close()
+		return nil, nil, fmt.Errorf("jetstream: %w", err)
+	}
+	return nc, js, nil
+}
+
+// Redact returns the URL, or comma-separated URLs, with any user info
+// (user, password, token) replaced, for logs and errors.
+func Redact(raw string) string {
+	parts := strings.Split(raw, ",")
+	for i, p := range parts {
+		u, err := url.Parse(strings.TrimSpace(p))
+		switch {
+		case err != nil:
+			parts[i] = "(unparsable url)"
+		case u.User != nil:
+			u.User = url.User("redacted")
+			parts[i] = u.String()
+		}
+	}
+	return strings.Join(parts, ",")
+}
+
+// Settings are the NATS settings every service reads.
+type Settings struct {
+	// URL is NATS_URL, default nats://127.0.0.1:4222. It may hold
+	// credentials and is only ever logged through [Redact].
+	URL string
+	// Streams are EFFECTS_STREAM_MAX_AGE (default 168h),
+	// EFFECTS_DUPLICATE_WINDOW (default 2m) and EFFECTS_STREAM_REPLICAS
+	// (default 1).
+	Streams effects.StreamOptions
+}
+
+// SettingsFromEnv reads [Settings]; r collects any error.
+func SettingsFromEnv(r *envconfig.Reader) Settings {
+	s := Settings{
+		URL: r.String("NATS_URL", DefaultURL),
+		Streams: effects.StreamOptions{
+			MaxAge:     r.Duration("EFFECTS_STREAM_MAX_AGE", 168*time.Hour),
+			Duplicates: r.Duration("EFFECTS_DUPLICATE_WINDOW", 2*time.Minute),
+			Replicas:   r.Int("EFFECTS_STREAM_REPLICAS", 1),
+		},
+	}
+	return s
+}
+
+// Ready is a readiness check: the connection is up.
+func Ready(nc *nats.Conn) func(context.Context) error {
+	return func(context.Context) error {
+		if st := nc.Status(); st != nats.CONNECTED {
+			return fmt.Errorf("nats connection is %s", st)
+		}
+		return nil
+	}
+}

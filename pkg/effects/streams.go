@@ -1,0 +1,128 @@
+package effects
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// StreamOptions are the settings of the two streams that services may change.
+type StreamOptions struct {
+	// MaxAge is how long a message is kept, acked or not. Default 168h: it
+	// must outlast the longest outage of a dispatcher or an extra consumer,
+	// since Limits retention removes old messages whether or not they were
+	// consumed.
+	MaxAge time.Duration
+	// Duplicates is the window in which a repeated Nats-Msg-Id is dropped.
+	// Default 2m; set it above Hasura's num_retries * (interval_sec +
+	// timeout_sec). Never more than MaxAge.
+	Duplicates time.Duration
+	// Replicas is the stream replication factor. Default 1.
+	Replicas int
+}
+
+// WithDefaults returns a copy with zero fields set to their defaults.
+func (o StreamOptions) WithDefaults() StreamOptions {
+	if o.MaxAge == 0 {
+		o.MaxAge = 168 * time.Hour
+	}
+	if o.Duplicates == 0 {
+		o.Duplicates = 2 * time.Minute
+	}
+	if o.Replicas == 0 {
+		o.Replicas = 1
+	}
+	return o
+}
+
+// Validate names the field that is wrong.
+func (o StreamOptions) Validate() error {
+	switch {
+	case o.MaxAge < 0:
+		return errors.New("stream max age must not be negative")
+	case o.Duplicates < 0:
+		return errors.New("duplicate window must not be negative")
+	case o.MaxAge > 0 && o.Duplicates > o.MaxAge:
+		return fmt.Errorf("duplicate window %s is longer than the stream max age %s", o.Duplicates, o.MaxAge)
+	case o.Replicas < 1 || o.Replicas > 5:
+		return fmt.Errorf("stream replicas %d is not between 1 and 5", o.Replicas)
+	}
+	return nil
+}
+
+// StreamConfigs returns the configuration of the effects and completions
+// streams: Limits retention (so any number of extra durable consumers can
+// read them), file storage.
+func StreamConfigs(o StreamOptions) []jetstream.StreamConfig {
+	o = o.WithDefaults()
+	base := func(name, subject, desc string) jetstream.StreamConfig {
+		return jetstream.StreamConfig{
+			Name:        name,
+			Description: desc,
+			Subjects:    []string{subject},
+			Retention:   jetstream.LimitsPolicy,
+			Storage:     jetstream.FileStorage,
+			MaxAge:      o.MaxAge,
+			Duplicates:  o.Duplicates,
+			Replicas:    o.Replicas,
+			Discard:     jetstream.DiscardOld,
+		}
+	}
+	return []jetstream.StreamConfig{
+		base(EffectsStream, EffectsSubjects, "effects to handle, one subject per kind"),
+		base(CompletedStream, CompletedSubjects, "outcomes of effects, one subject per kind"),
+	}
+}
+
+// EnsureStreams creates the two streams, or brings the settings this project
+// owns (subjects, retention, max age, duplicate window, replicas) to o on
+// streams that exist, keeping any other setting an operator made. Every
+// service calls it at start, so they may start in any order.
+func EnsureStreams(ctx context.Context, js jetstream.JetStream, o StreamOptions) error {
+	for _, want := range StreamConfigs(o) {
+		if err := ensureStream(ctx, js, want); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.StreamConfig) error {
+	s, err := js.Stream(ctx, want.Name)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		_, err = js.CreateStream(ctx, want)
+		if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+			// Another service created it at the same moment.
+			return ensureStream(ctx, js, want)
+		}
+		if err != nil {
+			return fmt.Errorf("create stream %s: %w", want.Name, err)
+		}
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("look up stream %s: %w", want.Name, err)
+	}
+	have := s.CachedInfo().Config
+	if slices.Equal(have.Subjects, want.Subjects) && have.Retention == want.Retention &&
+		have.MaxAge == want.MaxAge && have.Duplicates == want.Duplicates && have.Replicas == want.Replicas {
+		return nil
+	}
+	updated := have
+	updated.Subjects = want.Subjects
+	updated.MaxAge = want.MaxAge
+	updated.Duplicates = want.Duplicates
+	updated.Replicas = want.Replicas
+	if have.Retention != want.Retention {
+		return fmt.Errorf("stream %s has %s retention, want %s: JetStream cannot change it; delete or rename the stream",
+			want.Name, have.Retention, want.Retention)
+	}
+	if _, err := js.UpdateStream(ctx, updated); err != nil {
+		return fmt.Errorf("update stream %s: %w", want.Name, err)
+	}
+	return nil
+}
