@@ -1,0 +1,95 @@
+package handlers
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/effects-run/effects/internal/envconfig"
+	"github.com/effects-run/effects/pkg/effects"
+)
+
+// The kinds [Register] registers.
+const (
+	KindEcho        = "echo"
+	KindHTTPRequest = "http_request"
+)
+
+// The environment variables [ConfigFromEnv] reads.
+const (
+	// EnvHTTPAllow lists the hosts http_request may reach, comma-separated
+	// "host" or "host:port" entries. Default: empty, which allows none.
+	EnvHTTPAllow = "EFFECTS_HTTP_ALLOW"
+	// EnvHTTPTimeout is the timeout of a request whose payload has no
+	// timeout_ms, as a Go duration. Default: 30s.
+	EnvHTTPTimeout = "EFFECTS_HTTP_TIMEOUT"
+	// EnvHTTPMaxResponseBytes caps how much of a response body is read.
+	// Default: 1048576 (1 MiB).
+	EnvHTTPMaxResponseBytes = "EFFECTS_HTTP_MAX_RESPONSE_BYTES"
+)
+
+// Config configures the built-in handlers.
+type Config struct {
+	// HTTP configures http_request.
+	HTTP HTTPConfig
+}
+
+// ConfigFromEnv reads the built-ins' configuration from r: EFFECTS_HTTP_ALLOW
+// (default empty: no host allowed), EFFECTS_HTTP_TIMEOUT (default 30s) and
+// EFFECTS_HTTP_MAX_RESPONSE_BYTES (default 1048576). A nil r reads the process
+// environment, which is how a dispatcher outside this module calls it. The
+// error names the variable that is wrong.
+func ConfigFromEnv(r *envconfig.Reader) (Config, error) {
+	if r == nil {
+		r = envconfig.New()
+	}
+	cfg := Config{HTTP: HTTPConfig{
+		Allow:            r.List(EnvHTTPAllow),
+		DefaultTimeout:   r.Duration(EnvHTTPTimeout, DefaultHTTPTimeout),
+		MaxResponseBytes: int64(r.Int(EnvHTTPMaxResponseBytes, DefaultMaxResponseBytes)),
+	}}
+	if err := r.Err(); err != nil {
+		return Config{}, err
+	}
+	// Check here as well as in NewHTTPRequest, so that the error names the
+	// variable an operator has to fix rather than a struct field.
+	if _, err := parseAllowList(cfg.HTTP.Allow); err != nil {
+		return Config{}, fmt.Errorf("%s=%q: %w", EnvHTTPAllow, strings.Join(cfg.HTTP.Allow, ","), err)
+	}
+	if cfg.HTTP.DefaultTimeout <= 0 {
+		return Config{}, fmt.Errorf("%s=%q: want a positive duration such as 30s", EnvHTTPTimeout, cfg.HTTP.DefaultTimeout)
+	}
+	if cfg.HTTP.MaxResponseBytes <= 0 {
+		return Config{}, fmt.Errorf("%s=%d: want a positive number of bytes", EnvHTTPMaxResponseBytes, cfg.HTTP.MaxResponseBytes)
+	}
+	return cfg, nil
+}
+
+// Register registers the built-in handlers in reg: "echo" and "http_request".
+// It registers nothing when it returns an error (an invalid configuration, or
+// a kind already taken in reg).
+func Register(reg *effects.Registry, cfg Config) error {
+	httpRequest, err := NewHTTPRequest(cfg.HTTP)
+	if err != nil {
+		return err
+	}
+	for _, kind := range []string{KindEcho, KindHTTPRequest} {
+		if _, taken := reg.Lookup(kind); taken {
+			return fmt.Errorf("handlers: a handler for kind %q is already registered", kind)
+		}
+	}
+	if err := reg.Register(KindEcho, Echo); err != nil {
+		return err
+	}
+	return reg.Register(KindHTTPRequest, httpRequest)
+}
+
+// Echo is the "echo" handler: its completion is the effect's payload,
+// unchanged, as a json.RawMessage.
+func Echo(_ context.Context, e effects.Effect) (any, error) {
+	// effects.MarshalResult passes a json.RawMessage through untouched, so
+	// the completion holds exactly the bytes the row's payload held.
+	return e.Payload, nil
+}
+
+var _ effects.HandlerFunc = Echo
