@@ -1,0 +1,610 @@
+package dispatcher
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/effects-run/effects/internal/testenv"
+	"github.com/effects-run/effects/pkg/effects"
+)
+
+// bundle is one test's dispatcher and the means to feed and watch it.
+type bundle struct {
+	t     *testing.T
+	js    jetstream.JetStream
+	reg   *prometheus.Registry
+	comps chan effects.Completion
+	d     *Dispatcher
+	stop  context.CancelFunc
+	// stopped closes when Run returned; runErr is what it returned.
+	stopped chan struct{}
+	runErr  error
+}
+
+func testConfig() Config {
+	return Config{
+		Concurrency:     8,
+		HandlerTimeout:  5 * time.Second,
+		MaxAttempts:     3,
+		RetryBase:       10 * time.Millisecond,
+		RetryMax:        50 * time.Millisecond,
+		AckWait:         2 * time.Second,
+		ShutdownTimeout: 2 * time.Second,
+	}
+}
+
+func setup(t *testing.T, cfg Config, reg *effects.Registry) *bundle {
+	t.Helper()
+	srv := testenv.StartNATS(t)
+	_, js := srv.Connect(t)
+	b := &bundle{t: t, js: js, reg: prometheus.NewRegistry(), comps: make(chan effects.Completion, 100)}
+	ctx := context.Background()
+	if err := effects.EnsureStreams(ctx, js, effects.StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	cons, err := js.OrderedConsumer(ctx, effects.CompletedStream, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		c, err := effects.ParseCompletion(m.Data())
+		if err != nil {
+			t.Errorf("bad completion %s: %v", m.Data(), err)
+			return
+		}
+		b.comps <- c
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cc.Stop)
+	b.start(cfg, reg)
+	return b
+}
+
+func (b *bundle) start(cfg Config, reg *effects.Registry) {
+	b.t.Helper()
+	d, err := New(cfg, reg, b.js, nil, prometheus.NewRegistry())
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	// Keep the metrics of the first dispatcher for assertions.
+	if b.d == nil {
+		d.m = mustMetrics(b.t, b.reg)
+		for k := range d.kinds {
+			d.kinds[k] = d.m.forKind(k)
+		}
+	}
+	b.d = d
+	ctx, cancel := context.WithCancel(context.Background())
+	b.stop = cancel
+	stopped := make(chan struct{})
+	b.stopped = stopped
+	go func() { b.runErr = d.Run(ctx); close(stopped) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for d.Ready(ctx) != nil {
+		if time.Now().After(deadline) {
+			b.t.Fatal("dispatcher not ready in 10s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	b.t.Cleanup(func() { cancel(); <-stopped })
+}
+
+func mustMetrics(t *testing.T, reg prometheus.Registerer) *metrics {
+	m, err := newMetrics(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+var idSeq atomic.Int64
+
+func newID() string {
+	return fmt.Sprintf("00000000-0000-4000-8000-%012d", idSeq.Add(1))
+}
+
+// publish puts an effect on the stream the way the ingest does.
+func (b *bundle) publish(kind, payload string) (id, eventID string) {
+	b.t.Helper()
+	id, eventID = newID(), "ev-"+newID()
+	body := fmt.Sprintf(`{"id":%q,"kind":%q,"payload":%s,"created_at":%q,"session_variables":null}`,
+		id, kind, payload, time.Now().UTC().Format(time.RFC3339Nano))
+	b.publishRaw(effects.Subject(kind), eventID, []byte(body))
+	return id, eventID
+}
+
+func (b *bundle) publishRaw(subject, eventID string, body []byte) {
+	b.t.Helper()
+	msg := nats.NewMsg(subject)
+	msg.Data = body
+	msg.Header.Set(jetstream.MsgIDHeader, eventID)
+	if _, err := b.js.PublishMsg(context.Background(), msg); err != nil {
+		b.t.Fatal(err)
+	}
+}
+
+func (b *bundle) completion(id string) effects.Completion {
+	b.t.Helper()
+	timeout := time.After(15 * time.Second)
+	for {
+		select {
+		case c := <-b.comps:
+			if c.EffectID == id {
+				return c
+			}
+			b.t.Errorf("unexpected completion %+v", c)
+		case <-timeout:
+			b.t.Fatalf("no completion for %s in 15s", id)
+		}
+	}
+}
+
+func (b *bundle) noCompletion(within time.Duration) {
+	b.t.Helper()
+	select {
+	case c := <-b.comps:
+		b.t.Fatalf("unexpected completion %+v", c)
+	case <-time.After(within):
+	}
+}
+
+func (b *bundle) handled(kind, outcome string) float64 {
+	return testutil.ToFloat64(b.d.m.handled.WithLabelValues(kind, outcome))
+}
+
+// consumerSettled waits until the kind's consumer has nothing pending or
+// unacked: every message was acked or terminated.
+func (b *bundle) consumerSettled(kind string) {
+	b.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		cons, err := b.js.Consumer(context.Background(), effects.EffectsStream, ConsumerName(kind))
+		if err != nil {
+			b.t.Fatal(err)
+		}
+		info, err := cons.Info(context.Background())
+		if err != nil {
+			b.t.Fatal(err)
+		}
+		if info.NumAckPending == 0 && info.NumPending == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			b.t.Fatalf("consumer %s not settled: %+v", kind, info)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestSyncHandlerSucceeds(t *testing.T) {
+	t.Parallel()
+	reg := effects.NewRegistry()
+	reg.Handle("echo", func(_ context.Context, e effects.Effect) (any, error) { return e.Payload, nil })
+	b := setup(t, testConfig(), reg)
+
+	id, _ := b.publish("echo", `{"n": 1, "html": "<b>"}`)
+	c := b.completion(id)
+	if c.Status != effects.StatusSucceeded || c.Attempts != 1 || c.Kind != "echo" || c.Error != nil {
+		t.Fatalf("completion %+v", c)
+	}
+	var got map[string]any
+	if err := json.Unmarshal(c.Completion, &got); err != nil || got["html"] != "<b>" || got["n"] != 1.0 {
+		t.Fatalf("completion payload %s (%v)", c.Completion, err)
+	}
+	b.consumerSettled("echo")
+	if n := b.handled("echo", "succeeded"); n != 1 {
+		t.Fatalf("succeeded counted %v", n)
+	}
+}
+
+func TestHandlerGetsEffect(t *testing.T) {
+	t.Parallel()
+	got := make(chan effects.Effect, 1)
+	reg := effects.NewRegistry()
+	reg.Handle("look", func(_ context.Context, e effects.Effect) (any, error) { got <- e; return nil, nil })
+	b := setup(t, testConfig(), reg)
+	id, eventID := b.publish("look", `{"a":  [1, 2]}`)
+	e := <-got
+	if e.ID != id || e.EventID != eventID || e.Attempt != 1 || string(e.Payload) != `{"a":  [1, 2]}` || e.CreatedAt.IsZero() {
+		t.Fatalf("effect %+v payload %s", e, e.Payload)
+	}
+	if c := b.completion(id); string(c.Completion) != "null" {
+		t.Fatalf("nil result should complete with null, got %s", c.Completion)
+	}
+}
+
+func TestErrorsAreRetriedThenSucceed(t *testing.T) {
+	t.Parallel()
+	var calls atomic.Int32
+	reg := effects.NewRegistry()
+	reg.Handle("flaky", func(_ context.Context, e effects.Effect) (any, error) {
+		if calls.Add(1) < 3 {
+			return nil, errors.New("not yet")
+		}
+		return map[string]int{"attempt": e.Attempt}, nil
+	})
+	b := setup(t, testConfig(), reg)
+	id, _ := b.publish("flaky", `{}`)
+	c := b.completion(id)
+	if c.Status != effects.StatusSucceeded || c.Attempts != 3 || string(c.Completion) != `{"attempt":3}` {
+		t.Fatalf("completion %+v %s", c, c.Completion)
+	}
+	if n := b.handled("flaky", "retried"); n != 2 {
+		t.Fatalf("retried counted %v", n)
+	}
+}
+
+func TestErrorsFailAfterMaxAttempts(t *testing.T) {
+	t.Parallel()
+	var calls atomic.Int32
+	reg := effects.NewRegistry()
+	reg.Handle("broken", func(context.Context, effects.Effect) (any, error) {
+		return nil, fmt.Errorf("storage said 503 (call %d)", calls.Add(1))
+	})
+	b := setup(t, testConfig(), reg)
+	id, _ := b.publish("broken", `{}`)
+	c := b.completion(id)
+	if c.Status != effects.StatusFailed || c.Attempts != 3 || c.Error == nil || *c.Error != "storage said 503 (call 3)" {
+		t.Fatalf("completion %+v", c)
+	}
+	b.consumerSettled("broken")
+	b.noCompletion(200 * time.Millisecond)
+	if calls.Load() != 3 {
+		t.Fatalf("handler ran %d times", calls.Load())
+	}
+}
+
+func TestPermanentFailsAtOnce(t *testing.T) {
+	t.Parallel()
+	var calls atomic.Int32
+	reg := effects.NewRegistry()
+	reg.Handle("strict", func(context.Context, effects.Effect) (any, error) {
+		calls.Add(1)
+		return nil, effects.Permanent(errors.New("rateset 4512 does not exist"))
+	})
+	b := setup(t, testConfig(), reg)
+	id, _ := b.publish("strict", `{}`)
+	c := b.completion(id)
+	if c.Status != effects.StatusFailed || c.Attempts != 1 || *c.Error != "rateset 4512 does not exist" {
+		t.Fatalf("completion %+v", c)
+	}
+	b.consumerSettled("strict")
+	if calls.Load() != 1 {
+		t.Fatalf("handler ran %d times", calls.Load())
+	}
+}
+
+func TestRetryAfterIsHonoured(t *testing.T) {
+	t.Parallel()
+	var first time.Time
+	var mu sync.Mutex
+	reg := effects.NewRegistry()
+	reg.Handle("later", func(_ context.Context, e effects.Effect) (any, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if e.Attempt == 1 {
+			first = time.Now()
+			return nil, effects.RetryAfter(700*time.Millisecond, errors.New("429"))
+		}
+		return time.Since(first).Milliseconds(), nil
+	})
+	b := setup(t, testConfig(), reg)
+	id, _ := b.publish("later", `{}`)
+	c := b.completion(id)
+	var waited int64
+	_ = json.Unmarshal(c.Completion, &waited)
+	// RetryMax is 50ms here, so only RetryAfter explains a wait this long.
+	if c.Status != effects.StatusSucceeded || waited < 700 {
+		t.Fatalf("completion %+v after %dms", c, waited)
+	}
+}
+
+func TestPanicIsAnError(t *testing.T) {
+	t.Parallel()
+	reg := effects.NewRegistry()
+	reg.Handle("boom", func(context.Context, effects.Effect) (any, error) { panic("kaboom") })
+	b := setup(t, testConfig(), reg)
+	id, _ := b.publish("boom", `{}`)
+	c := b.completion(id)
+	if c.Status != effects.StatusFailed || c.Attempts != 3 || *c.Error != "panic: kaboom" {
+		t.Fatalf("completion %+v", c)
+	}
+}
+
+func TestHandlerIgnoringTimeoutIsRetried(t *testing.T) {
+	t.Parallel()
+	var calls atomic.Int32
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	reg := effects.NewRegistry()
+	reg.Handle("stuck", func(ctx context.Context, e effects.Effect) (any, error) {
+		if calls.Add(1) == 1 {
+			<-release // ignores ctx
+		}
+		return "ok", nil
+	})
+	cfg := testConfig()
+	cfg.HandlerTimeout = 100 * time.Millisecond
+	b := setup(t, cfg, reg)
+	id, _ := b.publish("stuck", `{}`)
+	c := b.completion(id)
+	if c.Status != effects.StatusSucceeded || c.Attempts != 2 {
+		t.Fatalf("completion %+v", c)
+	}
+}
+
+func TestTimeoutErrorSaysSo(t *testing.T) {
+	t.Parallel()
+	reg := effects.NewRegistry()
+	reg.Handle("slow", func(ctx context.Context, e effects.Effect) (any, error) {
+		<-ctx.Done()
+		return nil, ctx.Err()
+	})
+	cfg := testConfig()
+	cfg.HandlerTimeout = 50 * time.Millisecond
+	cfg.MaxAttempts = 1
+	b := setup(t, cfg, reg)
+	id, _ := b.publish("slow", `{}`)
+	c := b.completion(id)
+	if c.Status != effects.StatusFailed || !strings.Contains(*c.Error, "timed out after 50ms") {
+		t.Fatalf("completion %+v %s", c, *c.Error)
+	}
+}
+
+func TestLongHandlerKeepsItsMessage(t *testing.T) {
+	t.Parallel()
+	var calls atomic.Int32
+	reg := effects.NewRegistry()
+	reg.Handle("long", func(ctx context.Context, e effects.Effect) (any, error) {
+		calls.Add(1)
+		time.Sleep(2500 * time.Millisecond) // more than twice the ack wait
+		return "done", nil
+	})
+	cfg := testConfig()
+	cfg.AckWait = time.Second
+	b := setup(t, cfg, reg)
+	id, _ := b.publish("long", `{}`)
+	c := b.completion(id)
+	if c.Status != effects.StatusSucceeded || c.Attempts != 1 || calls.Load() != 1 {
+		t.Fatalf("completion %+v after %d calls: InProgress did not keep the message", c, calls.Load())
+	}
+}
+
+func TestHandlersOfOneKindRunConcurrently(t *testing.T) {
+	t.Parallel()
+	const n = 8
+	var running atomic.Int32
+	all := make(chan struct{})
+	reg := effects.NewRegistry()
+	reg.Handle("wide", func(ctx context.Context, e effects.Effect) (any, error) {
+		if running.Add(1) == n {
+			close(all)
+		}
+		select {
+		case <-all:
+			return "together", nil
+		case <-ctx.Done():
+			return nil, effects.Permanent(errors.New("handlers did not run concurrently"))
+		}
+	})
+	cfg := testConfig()
+	cfg.Concurrency = n
+	b := setup(t, cfg, reg)
+	var ids []string
+	for range n {
+		id, _ := b.publish("wide", `{}`)
+		ids = append(ids, id)
+	}
+	seen := map[string]bool{}
+	for range n {
+		c := <-b.comps
+		if c.Status != effects.StatusSucceeded {
+			t.Fatalf("completion %+v", c)
+		}
+		seen[c.EffectID] = true
+	}
+	for _, id := range ids {
+		if !seen[id] {
+			t.Fatalf("no completion for %s", id)
+		}
+	}
+}
+
+func TestAsyncHandlerCompletesLater(t *testing.T) {
+	t.Parallel()
+	refs := make(chan effects.Done, 1)
+	reg := effects.NewRegistry()
+	reg.HandleAsync("publish_rateset", func(ctx context.Context, e effects.Effect, done effects.Done) error {
+		refs <- done
+		return nil
+	})
+	b := setup(t, testConfig(), reg)
+	id, _ := b.publish("publish_rateset", `{"RATESET": 4512}`)
+	done := <-refs
+	b.consumerSettled("publish_rateset") // acked as deferred, no completion yet
+	b.noCompletion(100 * time.Millisecond)
+	if n := b.handled("publish_rateset", "deferred"); n != 1 {
+		t.Fatalf("deferred counted %v", n)
+	}
+	// The worker finishes later, from another process in real life: only
+	// the ref crosses over.
+	raw, _ := json.Marshal(done.Ref())
+	var ref effects.Ref
+	_ = json.Unmarshal(raw, &ref)
+	if err := effects.NewClient(b.js).Complete(context.Background(), ref, map[string]any{"uploaded": 4512}); err != nil {
+		t.Fatal(err)
+	}
+	c := b.completion(id)
+	if c.Status != effects.StatusSucceeded || string(c.Completion) != `{"uploaded":4512}` || c.Attempts != 1 {
+		t.Fatalf("completion %+v %s", c, c.Completion)
+	}
+	// Completing the same delivery twice stores it once.
+	if err := done.Complete(context.Background(), map[string]any{"uploaded": 4512}); err != nil {
+		t.Fatal(err)
+	}
+	b.noCompletion(200 * time.Millisecond)
+}
+
+func TestMalformedEffectFailsTheRow(t *testing.T) {
+	t.Parallel()
+	reg := effects.NewRegistry()
+	reg.Handle("echo", func(_ context.Context, e effects.Effect) (any, error) { return e.Payload, nil })
+	b := setup(t, testConfig(), reg)
+	id := newID()
+	b.publishRaw("effects.echo", "ev-bad-1", []byte(fmt.Sprintf(`{"id":%q,"kind":"other","payload":{}}`, id)))
+	c := b.completion(id)
+	if c.Status != effects.StatusFailed || !strings.Contains(*c.Error, `does not match the subject's kind "echo"`) {
+		t.Fatalf("completion %+v", c)
+	}
+	b.publishRaw("effects.echo", "ev-bad-2", []byte(`not json`))
+	b.consumerSettled("echo")
+	b.noCompletion(100 * time.Millisecond)
+	if n := b.handled("echo", "malformed"); n != 2 {
+		t.Fatalf("malformed counted %v", n)
+	}
+}
+
+func TestShutdownReturnsUnfinishedWorkUncounted(t *testing.T) {
+	t.Parallel()
+	started := make(chan struct{}, 1)
+	var calls atomic.Int32
+	reg := effects.NewRegistry()
+	reg.Handle("patient", func(ctx context.Context, e effects.Effect) (any, error) {
+		if calls.Add(1) == 1 {
+			started <- struct{}{}
+			<-ctx.Done() // interrupted by the shutdown
+			return nil, ctx.Err()
+		}
+		return "second run", nil
+	})
+	cfg := testConfig()
+	cfg.ShutdownTimeout = 100 * time.Millisecond
+	b := setup(t, cfg, reg)
+	id, _ := b.publish("patient", `{}`)
+	<-started
+	b.stop()
+	<-b.stopped
+	if b.runErr != nil {
+		t.Fatalf("Run after stop: %v", b.runErr)
+	}
+	if n := b.handled("patient", "interrupted"); n != 1 {
+		t.Fatalf("interrupted counted %v", n)
+	}
+	if n := b.handled("patient", "failed") + b.handled("patient", "retried"); n != 0 {
+		t.Fatalf("shutdown counted as failure: %v", n)
+	}
+	// The durable consumer outlives the process and the effect is there for
+	// the next one, at once.
+	b.start(cfg, reg)
+	c := b.completion(id)
+	if c.Status != effects.StatusSucceeded || string(c.Completion) != `"second run"` {
+		t.Fatalf("completion %+v", c)
+	}
+}
+
+func TestShutdownLetsRunningHandlersFinish(t *testing.T) {
+	t.Parallel()
+	started := make(chan struct{}, 1)
+	reg := effects.NewRegistry()
+	reg.Handle("finisher", func(ctx context.Context, e effects.Effect) (any, error) {
+		started <- struct{}{}
+		time.Sleep(300 * time.Millisecond)
+		return "finished", ctx.Err()
+	})
+	b := setup(t, testConfig(), reg)
+	id, _ := b.publish("finisher", `{}`)
+	<-started
+	b.stop()
+	c := b.completion(id)
+	if c.Status != effects.StatusSucceeded {
+		t.Fatalf("completion %+v", c)
+	}
+	<-b.stopped
+	if b.runErr != nil {
+		t.Fatal(b.runErr)
+	}
+	b.consumerSettled("finisher")
+}
+
+func TestDecide(t *testing.T) {
+	d := &Dispatcher{cfg: Config{MaxAttempts: 3, RetryBase: time.Second, RetryMax: time.Minute}}
+	plain := errors.New("x")
+	cases := []struct {
+		name     string
+		attempt  int
+		deferred bool
+		err      error
+		stopping bool
+		want     verdict
+		delay    time.Duration
+	}{
+		{"success", 1, false, nil, false, succeeded, 0},
+		{"async started", 1, true, nil, false, deferred, 0},
+		{"error", 1, false, plain, false, retried, -1},
+		{"last attempt", 3, false, plain, false, failed, 0},
+		{"permanent", 1, false, effects.Permanent(plain), false, failed, 0},
+		{"permanent while stopping", 1, false, effects.Permanent(plain), true, failed, 0},
+		{"retry after", 1, false, effects.RetryAfter(42*time.Second, plain), false, retried, 42 * time.Second},
+		{"retry after on last attempt", 3, false, effects.RetryAfter(time.Second, plain), false, failed, 0},
+		{"stopping", 3, false, context.Canceled, true, interrupted, 0},
+		{"success while stopping", 1, false, nil, true, succeeded, 0},
+	}
+	for _, tc := range cases {
+		o := d.decide(tc.attempt, tc.deferred, tc.err, tc.stopping)
+		if o.verdict != tc.want || (tc.delay >= 0 && o.delay != tc.delay) {
+			t.Errorf("%s: got %+v, want %s delay %s", tc.name, o, tc.want, tc.delay)
+		}
+	}
+}
+
+func TestBackoffGrowsWithJitterAndCap(t *testing.T) {
+	d := &Dispatcher{cfg: Config{RetryBase: time.Second, RetryMax: 10 * time.Second}}
+	for attempt, nominal := range map[int]time.Duration{1: time.Second, 2: 2 * time.Second, 3: 4 * time.Second, 4: 8 * time.Second, 5: 10 * time.Second, 80: 10 * time.Second} {
+		seen := map[time.Duration]bool{}
+		for range 50 {
+			got := d.backoff(attempt)
+			if got < nominal/2 || got > nominal {
+				t.Fatalf("attempt %d: %s outside [%s, %s]", attempt, got, nominal/2, nominal)
+			}
+			seen[got] = true
+		}
+		if len(seen) < 2 {
+			t.Fatalf("attempt %d: no jitter", attempt)
+		}
+	}
+}
+
+func TestConfigValidateNamesTheVariable(t *testing.T) {
+	for _, tc := range []struct {
+		cfg  Config
+		want string
+	}{
+		{Config{Concurrency: -1}, "EFFECTS_CONCURRENCY"},
+		{Config{MaxAttempts: -2}, "EFFECTS_MAX_ATTEMPTS"},
+		{Config{RetryBase: time.Minute, RetryMax: time.Second}, "EFFECTS_RETRY_MAX"},
+		{Config{AckWait: time.Millisecond}, "EFFECTS_ACK_WAIT"},
+		{Config{Concurrency: 50, MaxAckPending: 10}, "EFFECTS_MAX_ACK_PENDING"},
+	} {
+		err := tc.cfg.WithDefaults().Validate()
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%+v: got %v, want an error naming %s", tc.cfg, err, tc.want)
+		}
+	}
+	if err := (Config{}).WithDefaults().Validate(); err != nil {
+		t.Fatalf("defaults invalid: %v", err)
+	}
+}

@@ -1,0 +1,69 @@
+package dispatcher
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/effects-run/effects/internal/natsconn"
+	"github.com/effects-run/effects/internal/service"
+	"github.com/effects-run/effects/pkg/effects"
+	"github.com/effects-run/effects/pkg/effects/handlers"
+)
+
+// Option changes what [Main] does.
+type Option func(*mainOptions)
+
+type mainOptions struct{ builtins bool }
+
+// WithBuiltins registers the built-in handlers ("echo" and "http_request",
+// configured from EFFECTS_HTTP_ALLOW and friends) next to the registry's own.
+func WithBuiltins() Option { return func(o *mainOptions) { o.builtins = true } }
+
+// Main runs a dispatcher process for the handlers in reg, configured from the
+// environment (see the README): JSON logs, /metrics, /healthz and /readyz on
+// EFFECTS_ADMIN_ADDR (default :9091), graceful stop on SIGTERM. It does not
+// return. A custom dispatcher binary is:
+//
+//	func main() {
+//		reg := effects.NewRegistry()
+//		reg.Handle("publish_rateset", publishRateset)
+//		dispatcher.Main(reg, dispatcher.WithBuiltins())
+//	}
+func Main(reg *effects.Registry, opts ...Option) {
+	var o mainOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	service.Main("dispatcher", ":9091", func(ctx context.Context, deps service.Deps) error {
+		if o.builtins {
+			hcfg, err := handlers.ConfigFromEnv(deps.Env)
+			if err != nil {
+				return &service.ConfigError{Err: err}
+			}
+			if err := handlers.Register(reg, hcfg); err != nil {
+				return &service.ConfigError{Err: err}
+			}
+		}
+		ns := natsconn.SettingsFromEnv(deps.Env)
+		cfg, err := ConfigFromEnv(deps.Env, ns.Streams)
+		if err != nil {
+			return &service.ConfigError{Err: err}
+		}
+		// One pending async publish per running handler, and then some.
+		nc, js, err := natsconn.Connect(ns.URL, "effects-dispatcher", deps.Logger, max(4096, 4*cfg.Concurrency*len(reg.Kinds())))
+		if err != nil {
+			return err
+		}
+		defer func() { _ = nc.Drain() }()
+		d, err := New(cfg, reg, js, deps.Logger, deps.Registry)
+		if err != nil {
+			return &service.ConfigError{Err: err}
+		}
+		deps.Checks.Add("nats", natsconn.Ready(nc))
+		deps.Checks.Add("dispatcher", d.Ready)
+		if err := d.Run(ctx); err != nil {
+			return fmt.Errorf("dispatcher: %w", err)
+		}
+		return nil
+	})
+}
