@@ -413,4 +413,3 @@ func ensureStreams(ctx context.Context, js jetstream.JetStream, o effects.Stream
 		wait = min(wait*2, 5*time.Second)
 	}
 }
-
