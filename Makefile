@@ -1,0 +1,66 @@
+# Build, test and run the effects services. `make help` lists the targets.
+#
+# The test target is the one command the README names for running the tests;
+# .ci/run calls `make ci` (lint, then test) after it has started PostgreSQL and
+# NATS.
+
+GO        ?= go
+BIN       ?= bin
+# Extra flags for `go test` in `make test`, e.g. TESTFLAGS=-v or TESTFLAGS='-run TestIngest'.
+TESTFLAGS ?=
+# Extra flags for `make bench`, e.g. BENCHFLAGS='-benchtime=3x'.
+BENCHFLAGS ?=
+
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-print-directory
+
+.PHONY: help
+help: ## List the targets
+	@awk 'BEGIN { FS = ":.*## " } /^[a-zA-Z0-9_-]+:.*## / { printf "  %-12s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
+
+.PHONY: build
+build: ## Build the three services into bin/ (ingest, dispatcher, completer)
+	@mkdir -p $(BIN)
+	$(GO) build -o $(BIN)/ ./cmd/...
+
+.PHONY: test
+test: ## Run every test with the race detector (needs PostgreSQL on 127.0.0.1:5432, database test)
+	$(GO) test -race -count=1 -timeout 20m $(TESTFLAGS) ./...
+
+.PHONY: vet
+vet: ## go vet every package
+	$(GO) vet ./...
+
+.PHONY: staticcheck
+staticcheck: ## Run staticcheck (pinned in go.mod as a tool)
+	$(GO) tool staticcheck ./...
+
+.PHONY: fmt-check
+fmt-check: ## Fail if any Go file is not gofmt-formatted
+	@files="$$(gofmt -l .)"; \
+	if [ -n "$$files" ]; then \
+		echo "These files are not gofmt-formatted (run gofmt -w on them):"; \
+		echo "$$files"; \
+		exit 1; \
+	fi
+
+.PHONY: lint
+lint: fmt-check vet staticcheck ## fmt-check, vet and staticcheck
+
+.PHONY: bench
+bench: ## Run the end-to-end benchmark in ./e2e once and print effects/s and latency
+	@test -d e2e || { echo "make bench: ./e2e does not exist yet; the end-to-end benchmark goes there"; exit 1; }
+	$(GO) test -run '^$$' -bench . -benchtime=1x -timeout 30m -v $(BENCHFLAGS) ./e2e/...
+
+.PHONY: run
+run: build ## Run ingest, dispatcher and completer locally against local PostgreSQL and NATS (Ctrl-C stops all)
+	BIN=$(BIN) ./scripts/run-local.sh
+
+.PHONY: ci
+ci: ## What .ci/run runs once services are up: lint, then test
+	$(MAKE) lint
+	$(MAKE) test
+
+.PHONY: clean
+clean: ## Remove bin/ (binaries and local run logs)
+	rm -rf $(BIN)
