@@ -1,0 +1,230 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/effects-run/effects/internal/schema"
+	"github.com/effects-run/effects/internal/testenv"
+)
+
+// The tests run this test binary as the command: with
+// EFFECTS_COMPLETER_TEST_MAIN set it runs main() instead of the tests.
+func TestMain(m *testing.M) {
+	if os.Getenv("EFFECTS_COMPLETER_TEST_MAIN") == "1" {
+		os.Args = append([]string{"completer"}, strings.Fields(os.Getenv("EFFECTS_COMPLETER_TEST_ARGS"))...)
+		main()
+		os.Exit(0) // main returned: the service ran and stopped
+	}
+	os.Exit(m.Run())
+}
+
+// command returns the completer with args and env (and nothing else of the
+// test's environment but PATH).
+func command(t *testing.T, ctx context.Context, env map[string]string, args ...string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.CommandContext(ctx, os.Args[0])
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "EFFECTS_COMPLETER_TEST_MAIN=1", "EFFECTS_COMPLETER_TEST_ARGS=" + strings.Join(args, " ")}
+	for k, v := range env {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	return cmd
+}
+
+func exitCode(err error) int {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode()
+	}
+	if err != nil {
+		return -1
+	}
+	return 0
+}
+
+func testCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// withPassword puts a password into a database URL. The test database
+// trusts local connections, so it is not checked, but it must never be
+// printed.
+func withPassword(url, pw string) string {
+	return strings.Replace(url, "postgres://postgres@", "postgres://postgres:"+pw+"@", 1)
+}
+
+func TestMigrateCommand(t *testing.T) {
+	t.Parallel()
+	pg := testenv.StartPostgres(t)
+	env := map[string]string{"DATABASE_URL": withPassword(pg.URL, "pw-never-printed"), "EFFECTS_TABLE": "effects"}
+	for i := 0; i < 2; i++ {
+		out, err := command(t, testCtx(t), env, "migrate").CombinedOutput()
+		if code := exitCode(err); code != 0 {
+			t.Fatalf("run %d: exit %d\n%s", i+1, code, out)
+		}
+		if bytes.Contains(out, []byte("pw-never-printed")) {
+			t.Fatalf("the password was printed:\n%s", out)
+		}
+	}
+	if err := schema.Check(testCtx(t), pg.Pool, "effects"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestMigrateCommandFails(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		env  map[string]string
+		code int
+		want string
+	}{
+		{map[string]string{}, 2, "DATABASE_URL is not set"},
+		{map[string]string{"DATABASE_URL": "postgres://u:pw-never-printed@127.0.0.1:1/db", "EFFECTS_TABLE": "bad name"}, 2, "EFFECTS_TABLE"},
+		{map[string]string{"DATABASE_URL": "postgres://u:pw-never-printed@127.0.0.1:1/db?connect_timeout=5"}, 1, "connect to PostgreSQL"},
+		{map[string]string{"DATABASE_URL": "postgres://u:pw-never-printed@127.0.0.1:bad/db"}, 1, "DATABASE_URL"},
+	} {
+		out, err := command(t, testCtx(t), tc.env, "migrate").CombinedOutput()
+		if code := exitCode(err); code != tc.code || !bytes.Contains(out, []byte(tc.want)) {
+			t.Errorf("%v: exit %d, want %d with %q:\n%s", tc.env, code, tc.code, tc.want, out)
+		}
+		if bytes.Contains(out, []byte("pw-never-printed")) {
+			t.Errorf("%v: the password was printed:\n%s", tc.env, out)
+		}
+	}
+}
+
+func TestUnknownCommand(t *testing.T) {
+	t.Parallel()
+	cmd := command(t, testCtx(t), nil, "frobnicate")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	err := cmd.Run()
+	if code := exitCode(err); code != 2 || !strings.Contains(stderr.String(), "usage:") || !strings.Contains(stderr.String(), "frobnicate") {
+		t.Fatalf("exit %d, stderr:\n%s", code, stderr.String())
+	}
+}
+
+func TestServiceRefusesToStartWithoutTable(t *testing.T) {
+	t.Parallel()
+	pg := testenv.StartPostgres(t)
+	n := testenv.StartNATS(t)
+	out, err := command(t, testCtx(t), map[string]string{
+		"DATABASE_URL": pg.URL, "NATS_URL": n.URL, "EFFECTS_ADMIN_ADDR": "127.0.0.1:0",
+	}).CombinedOutput()
+	if code := exitCode(err); code != 1 || !bytes.Contains(out, []byte("run `completer migrate`")) {
+		t.Fatalf("exit %d:\n%s", code, out)
+	}
+}
+
+func TestServiceRunsAndStopsOnSIGTERM(t *testing.T) {
+	t.Parallel()
+	pg := testenv.StartPostgres(t)
+	n := testenv.StartNATS(t)
+	env := map[string]string{
+		"DATABASE_URL": withPassword(pg.URL, "pw-never-printed"), "NATS_URL": n.URL,
+		"EFFECTS_ADMIN_ADDR": "127.0.0.1:0", "EFFECTS_LOG_LEVEL": "debug",
+	}
+	if out, err := command(t, testCtx(t), env, "migrate").CombinedOutput(); err != nil {
+		t.Fatalf("migrate: %v\n%s", err, out)
+	}
+
+	cmd := command(t, testCtx(t), env)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var logs bytes.Buffer
+	addr := make(chan string, 1)
+	running := make(chan struct{})
+	copied := make(chan struct{})
+	go func() {
+		defer close(copied)
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			logs.Write(sc.Bytes())
+			logs.WriteByte('\n')
+			var line struct {
+				Msg       string `json:"msg"`
+				AdminAddr string `json:"admin_addr"`
+			}
+			if json.Unmarshal(sc.Bytes(), &line) == nil {
+				switch line.Msg {
+				case "starting":
+					addr <- line.AdminAddr
+				case "completer running":
+					close(running)
+				}
+			}
+		}
+	}()
+	var admin string
+	select {
+	case admin = <-addr:
+	case <-time.After(30 * time.Second):
+		_ = cmd.Process.Kill()
+		t.Fatal("no starting line")
+	}
+
+	// (/readyz answers before the service has registered its checks:
+	// service.Main serves it from the start.)
+	select {
+	case <-running:
+	case <-time.After(30 * time.Second):
+		_ = cmd.Process.Kill()
+		t.Fatal("no running line")
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		code, body := get(t, "http://"+admin+"/readyz")
+		if code == http.StatusOK {
+			break
+		}
+		if time.Now().After(deadline) {
+			_ = cmd.Process.Kill()
+			t.Fatalf("not ready in 30s: %d %s", code, body)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if code, body := get(t, "http://"+admin+"/metrics"); code != http.StatusOK || !strings.Contains(body, "effects_completer_write_errors_total") {
+		t.Errorf("/metrics: %d, lacks the completer's metrics:\n%s", code, body)
+	}
+
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	<-copied
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("exit after SIGTERM: %v\n%s", err, logs.String())
+	}
+	if strings.Contains(logs.String(), "pw-never-printed") {
+		t.Fatalf("the password was logged:\n%s", logs.String())
+	}
+}
+
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, fmt.Sprint(string(b))
+}

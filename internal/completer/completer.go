@@ -1,0 +1,702 @@
+// Package completer writes the outcomes of effects back into their rows.
+//
+// It drains the EFFECTS_COMPLETED stream through the durable consumer
+// "effects-completer" and writes each batch of completions with one SQL
+// statement, acknowledging the messages only after that statement committed.
+// The rules of what may overwrite what (a succeeded row never changes, a
+// duplicate changes nothing, a re-run's success replaces a failure, a newer
+// failure replaces an older one) live in that statement, so several
+// completers can run at once and any message can be delivered twice.
+//
+// Writers (default 2) batches are written at once, each by its own
+// goroutine and connection, so collecting, parsing and acking overlap the
+// statements and PostgreSQL commits them together.
+//
+// While PostgreSQL is down nothing is acknowledged: the batch in hand is
+// retried with backoff and kept from redelivery with InProgress, and the
+// completer resumes by itself when PostgreSQL is back.
+package completer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/effects-run/effects/internal/schema"
+	"github.com/effects-run/effects/pkg/effects"
+)
+
+// Completer drains completions into the effects table. Create it with [New]
+// and run it with [Completer.Run].
+type Completer struct {
+	cfg    Config
+	pool   *pgxpool.Pool
+	js     jetstream.JetStream
+	logger *slog.Logger
+	m      *metrics
+	table  schema.Table
+	// secrets are replaced in every error text the completer logs or
+	// serves (pgx errors may quote connection settings).
+	secrets []string
+
+	consuming atomic.Bool
+	startErr  atomic.Pointer[string] // why it is not consuming yet
+	writeErr  atomic.Pointer[string] // the last batch write's error, nil after a success
+
+	// Warnings about unknown ids, malformed messages and refused acks are
+	// sampled: a flood of them must not flood the logs.
+	unknownLog, malformedLog, ackLog sampler
+}
+
+// New returns a completer writing to cfg.Table through pool and reading
+// completions through js. Its metrics are registered on reg. It does no I/O.
+func New(cfg Config, pool *pgxpool.Pool, js jetstream.JetStream, logger *slog.Logger, reg prometheus.Registerer) (*Completer, error) {
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if pool == nil || js == nil || logger == nil || reg == nil {
+		return nil, errors.New("completer: pool, js, logger and reg are required")
+	}
+	table, err := schema.ParseTable(cfg.Table)
+	if err != nil {
+		return nil, err
+	}
+	m, err := newMetrics(reg)
+	if err != nil {
+		return nil, fmt.Errorf("completer: register metrics: %w", err)
+	}
+	c := &Completer{
+		cfg:    cfg,
+		pool:   pool,
+		js:     js,
+		logger: logger,
+		m:      m,
+		table:  table,
+	}
+	for _, s := range []string{cfg.DatabaseURL, pool.Config().ConnConfig.Password} {
+		if s != "" {
+			c.secrets = append(c.secrets, s)
+		}
+	}
+	notYet := "not started"
+	c.startErr.Store(&notYet)
+	return c, nil
+}
+
+// ConsumerConfig is the durable consumer the completer creates or updates.
+func (c *Completer) ConsumerConfig() jetstream.ConsumerConfig {
+	return jetstream.ConsumerConfig{
+		Durable:       ConsumerName,
+		Description:   "writes completions into the effects table",
+		FilterSubject: effects.CompletedSubjects,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       c.cfg.AckWait,
+		// One completer holds up to Writers+3 batches (one per writer, one
+		// in its queue, two in the client's pull buffer); twice that leaves
+		// room for a second instance during a rolling deploy.
+		MaxAckPending: 2 * (c.cfg.Writers + 3) * c.cfg.BatchSize,
+		// Never give up on a completion: a failing PostgreSQL is retried
+		// without redelivery, and a malformed message is terminated.
+		MaxDeliver: -1,
+	}
+}
+
+// Run writes completions until ctx is cancelled, then writes what it already
+// holds (for at most ShutdownTimeout) and returns nil. It returns an error
+// only when it cannot start: the table is missing or not migrated (the error
+// wraps [schema.ErrNotMigrated]). It waits, retrying, while PostgreSQL or
+// NATS cannot be reached. The durable consumer is left in place.
+func (c *Completer) Run(ctx context.Context) error {
+	if err := c.waitForTable(ctx); err != nil {
+		return err
+	}
+	cons, ok := c.startConsumer(ctx)
+	if !ok {
+		return nil // stopped before it started
+	}
+
+	// hard is the context of work already in hand: it outlives ctx by
+	// ShutdownTimeout, so a stop finishes the batch being written instead
+	// of abandoning it mid-statement.
+	hard, hardCancel := context.WithCancel(context.WithoutCancel(ctx))
+	var shutdownTimer atomic.Pointer[time.Timer]
+	stopArming := context.AfterFunc(ctx, func() {
+		shutdownTimer.Store(time.AfterFunc(c.cfg.ShutdownTimeout, hardCancel))
+	})
+	defer func() {
+		stopArming()
+		if t := shutdownTimer.Load(); t != nil {
+			t.Stop()
+		}
+		hardCancel()
+	}()
+
+	inbox := make(chan jetstream.Msg, c.cfg.BatchSize)
+	quit := make(chan struct{}) // closed when the completer gives up what it holds
+	cc, err := cons.Consume(func(msg jetstream.Msg) {
+		select {
+		case <-quit: // checked first: once the writers are gone, queue nothing
+			c.handBack(msg)
+			return
+		default:
+		}
+		select {
+		case inbox <- msg:
+		case <-quit:
+			c.handBack(msg)
+		}
+	},
+		// The client buffers two batches, so that the next batch is there
+		// as soon as a writer is free.
+		jetstream.PullMaxMessages(2*c.cfg.BatchSize),
+		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+			if errors.Is(err, jetstream.ErrConsumerDeleted) {
+				// Consuming has stopped for good: say so in readiness
+				// rather than idle silently.
+				c.consuming.Store(false)
+				c.setStartErr(fmt.Errorf("consumer %s was deleted: restart the completer to recreate it", ConsumerName))
+				c.logger.Error("the durable consumer was deleted; no completions are written until the completer restarts", "consumer", ConsumerName)
+				return
+			}
+			c.logger.Warn("consuming completions", "error", err)
+		}),
+	)
+	if err != nil {
+		return fmt.Errorf("consume %s: %w", ConsumerName, err)
+	}
+	c.consuming.Store(true)
+	defer c.consuming.Store(false)
+	c.logger.Info("completer running", "config", c.cfg, "consumer", ConsumerName)
+
+	// drained is closed once the consumer has handed over its last message.
+	drained := make(chan struct{})
+	var wg sync.WaitGroup
+	for range c.cfg.Writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.newWorker().run(ctx, hard, inbox, drained)
+		}()
+	}
+
+	<-ctx.Done()
+	// Stop pulling; Drain still hands the messages the client buffered to
+	// the handler, and the writers write them, until hard ends.
+	cc.Drain()
+	closed := cc.Closed()
+	if c.js.Conn().Status() != nats.CONNECTED {
+		// Without a server the drain cannot finish, and nothing more will
+		// arrive: write what is in hand and stop.
+		closed = alreadyClosed
+	}
+	select {
+	case <-closed:
+		close(drained)
+	case <-hard.Done():
+		close(quit)
+	}
+	wg.Wait()
+	return nil
+}
+
+var alreadyClosed = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+// waitForTable checks the table is there and migrated, waiting while the
+// database cannot be asked.
+func (c *Completer) waitForTable(ctx context.Context) error {
+	b := c.newBackoff()
+	for {
+		qctx, cancel := context.WithTimeout(ctx, c.cfg.WriteTimeout)
+		err := schema.Check(qctx, c.pool, c.cfg.Table)
+		cancel()
+		switch {
+		case err == nil:
+			return nil
+		case errors.Is(err, schema.ErrNotMigrated):
+			return c.redact(err)
+		case ctx.Err() != nil:
+			return nil
+		}
+		err = c.redact(err)
+		c.setStartErr(err)
+		c.logger.Warn("cannot check the effects table; retrying", "table", c.cfg.Table, "error", err, "retry_in", b.next())
+		if !b.wait(ctx) {
+			return nil
+		}
+	}
+}
+
+// startConsumer makes sure the streams and the durable consumer exist,
+// retrying while NATS is unreachable. ok is false when ctx ended first.
+func (c *Completer) startConsumer(ctx context.Context) (cons jetstream.Consumer, ok bool) {
+	b := c.newBackoff()
+	for {
+		cons, err := c.ensureConsumer(ctx)
+		if err == nil {
+			return cons, true
+		}
+		if ctx.Err() != nil {
+			return nil, false
+		}
+		c.setStartErr(err)
+		c.logger.Warn("cannot set up the completions consumer; retrying", "error", err, "retry_in", b.next())
+		if !b.wait(ctx) {
+			return nil, false
+		}
+	}
+}
+
+func (c *Completer) ensureConsumer(ctx context.Context) (jetstream.Consumer, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := effects.EnsureStreams(ctx, c.js, c.cfg.Streams); err != nil {
+		return nil, err
+	}
+	cons, err := c.js.CreateOrUpdateConsumer(ctx, effects.CompletedStream, c.ConsumerConfig())
+	if err != nil {
+		return nil, fmt.Errorf("create or update consumer %s on %s: %w", ConsumerName, effects.CompletedStream, err)
+	}
+	return cons, nil
+}
+
+// worker takes batches from the inbox and writes them. Several run at once
+// (Writers): while one waits for PostgreSQL, another collects and settles,
+// and PostgreSQL gets a backend per writer. Each has its own buffers, reused
+// from batch to batch.
+type worker struct {
+	c       *Completer
+	w       *batchWriter
+	msgs    []jetstream.Msg
+	items   []item
+	winners []int
+	byID    map[[16]byte]int
+	loserOf map[int]int
+	rows    []*item
+}
+
+func (c *Completer) newWorker() *worker {
+	return &worker{
+		c:       c,
+		w:       newBatchWriter(c.pool, c.table),
+		byID:    make(map[[16]byte]int, c.cfg.BatchSize),
+		loserOf: make(map[int]int),
+	}
+}
+
+// run writes batches from inbox until drained is closed and the inbox is
+// empty, or until hard ends; then it hands back what is left.
+func (wk *worker) run(ctx, hard context.Context, inbox <-chan jetstream.Msg, drained <-chan struct{}) {
+	for {
+		select {
+		case msg := <-inbox:
+			wk.process(hard, wk.collect(ctx, msg, inbox))
+		case <-drained:
+			for {
+				select {
+				case msg := <-inbox:
+					wk.process(hard, wk.collect(ctx, msg, inbox))
+				default:
+					return
+				}
+			}
+		case <-hard.Done():
+			n := 0
+			for {
+				select {
+				case msg := <-inbox:
+					wk.c.handBack(msg)
+					n++
+					continue
+				default:
+				}
+				break
+			}
+			if n > 0 {
+				wk.c.logger.Warn("shutdown timeout: completions not written were handed back to JetStream",
+					"timeout", wk.c.cfg.ShutdownTimeout, "count", n)
+			}
+			return
+		}
+	}
+}
+
+// collect takes first and whatever else is already queued, up to BatchSize,
+// without waiting: under load completions queue up while a batch is written,
+// so batches grow with the load and an idle completer writes at once. With a
+// Linger it also waits up to that long for a fuller batch (not while
+// stopping).
+func (wk *worker) collect(ctx context.Context, first jetstream.Msg, inbox <-chan jetstream.Msg) []jetstream.Msg {
+	c := wk.c
+	batch := append(wk.msgs[:0], first)
+	for len(batch) < c.cfg.BatchSize {
+		select {
+		case msg := <-inbox:
+			batch = append(batch, msg)
+			continue
+		default:
+		}
+		break
+	}
+	if c.cfg.Linger > 0 && len(batch) < c.cfg.BatchSize && ctx.Err() == nil {
+		timer := time.NewTimer(c.cfg.Linger)
+		defer timer.Stop()
+	linger:
+		for len(batch) < c.cfg.BatchSize {
+			select {
+			case msg := <-inbox:
+				batch = append(batch, msg)
+			case <-timer.C:
+				break linger
+			case <-ctx.Done():
+				break linger
+			}
+		}
+	}
+	wk.msgs = batch
+	return batch
+}
+
+// process writes one batch of messages and settles every message: this is
+// the one place that decides Ack, Term or handing back.
+func (wk *worker) process(ctx context.Context, msgs []jetstream.Msg) {
+	c := wk.c
+	c.m.batchSize.Observe(float64(len(msgs)))
+	items := wk.items[:0]
+	for _, msg := range msgs {
+		it, err := parseItem(msg.Data())
+		it.msg = msg
+		if err != nil {
+			c.m.skipped[ReasonMalformed].Inc()
+			c.logMalformed(msg, err.Error())
+			c.settle(msg.TermWithReason(truncate(err.Error(), 256)))
+			continue
+		}
+		items = append(items, it)
+	}
+	wk.items = items
+	if len(items) == 0 {
+		return
+	}
+
+	wk.winners = reduce(items, wk.winners, wk.byID, wk.loserOf)
+	rows := wk.rows[:0]
+	for _, i := range wk.winners {
+		rows = append(rows, &items[i])
+	}
+	sortByID(rows)
+	wk.rows = rows
+
+	keep := startKeepAlive(c.cfg.AckWait/3, msgs)
+	wk.writeBatch(ctx, rows)
+	keep.stop()
+
+	var unknown []string
+	handedBack := 0
+	for i := range items {
+		it := &items[i]
+		if w, isLoser := wk.loserOf[i]; isLoser {
+			// Another completion of the same id won; this one changed
+			// nothing, once the winner is settled. (Should the winner have
+			// been rejected, the loser is not tried alone: it lost.)
+			if items[w].res.outcome == notDone {
+				handedBack++
+				c.handBack(it.msg)
+				continue
+			}
+			c.m.skipped[ReasonUnchanged].Inc()
+			c.settle(it.msg.Ack())
+			continue
+		}
+		switch r := it.res; r.outcome {
+		case written:
+			c.m.written[it.comp.Status].Inc()
+			c.m.endToEnd.WithLabelValues(kindLabel(r.kind)).Observe(r.age)
+			c.settle(it.msg.Ack())
+		case unchanged:
+			c.m.skipped[ReasonUnchanged].Inc()
+			c.settle(it.msg.Ack())
+		case unknownEffect:
+			c.m.skipped[ReasonUnknownEffect].Inc()
+			unknown = append(unknown, it.comp.EffectID)
+			c.settle(it.msg.Ack())
+		case rejected:
+			c.m.skipped[ReasonMalformed].Inc()
+			c.logMalformed(it.msg, r.reason)
+			c.settle(it.msg.TermWithReason(truncate(r.reason, 256)))
+		case notDone:
+			handedBack++
+			c.handBack(it.msg)
+		}
+	}
+	if len(unknown) > 0 {
+		c.logger.Debug("completions for unknown effects", "effect_ids", unknown)
+		if n, ok := c.unknownLog.allow(len(unknown)); ok {
+			c.logger.Warn("completions for effects with no row in the table (acked and dropped)",
+				"table", c.cfg.Table, "count", n, "example_effect_id", unknown[0])
+		}
+	}
+	if handedBack > 0 {
+		c.logger.Warn("stopping: completions not written were handed back to JetStream", "count", handedBack)
+	}
+}
+
+// writeBatch writes rows, retrying while PostgreSQL fails and splitting the
+// batch when PostgreSQL refuses some value, until every row has an outcome or
+// ctx ends (rows not written then stay notDone).
+func (wk *worker) writeBatch(ctx context.Context, rows []*item) {
+	err := wk.writeRetrying(ctx, rows)
+	if err == nil || ctx.Err() != nil {
+		return
+	}
+	// A value error: find the completion PostgreSQL refuses by halving.
+	if len(rows) == 1 {
+		rows[0].res = result{outcome: rejected, reason: "PostgreSQL refused the completion: " + err.Error()}
+		return
+	}
+	h := len(rows) / 2
+	wk.writeBatch(ctx, rows[:h])
+	wk.writeBatch(ctx, rows[h:])
+}
+
+// writeRetrying runs the statement until it succeeds, PostgreSQL refuses the
+// values (the error is returned), or ctx ends.
+func (wk *worker) writeRetrying(ctx context.Context, rows []*item) error {
+	c := wk.c
+	var b *backoff
+	for attempt := 1; ; attempt++ {
+		wctx, cancel := context.WithTimeout(ctx, c.cfg.WriteTimeout)
+		start := time.Now()
+		err := wk.w.write(wctx, rows)
+		cancel()
+		c.m.writeSeconds.Observe(time.Since(start).Seconds())
+		if err == nil {
+			if c.writeErr.Swap(nil) != nil {
+				c.logger.Info("writing completions again", "attempts", attempt)
+			}
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		c.m.writeErrors.Inc()
+		err = c.redact(err)
+		if isValueError(err) {
+			if len(rows) > 1 {
+				c.logger.Warn("PostgreSQL refused a value in a batch; splitting it to find which", "rows", len(rows), "error", err)
+			}
+			return err
+		}
+		msg := err.Error()
+		c.writeErr.Store(&msg)
+		if b == nil {
+			b = c.newBackoff()
+		}
+		c.logger.Warn("writing completions failed; nothing acked, retrying", "rows", len(rows), "attempt", attempt,
+			"retry_in", b.next(), "error", err)
+		if !b.wait(ctx) {
+			return ctx.Err()
+		}
+	}
+}
+
+// handBack returns a message JetStream should deliver again at once (to this
+// or another completer) rather than after AckWait.
+func (c *Completer) handBack(msg jetstream.Msg) { c.settle(msg.Nak()) }
+
+// settle counts an ack, nak or term the client refused. JetStream then
+// redelivers the message after AckWait; the rules make that harmless.
+func (c *Completer) settle(err error) {
+	if err != nil {
+		c.m.ackErrors.Inc()
+		if n, ok := c.ackLog.allow(1); ok {
+			c.logger.Warn("acknowledging completions failed; they will be redelivered", "count", n, "example_error", err)
+		}
+	}
+}
+
+func (c *Completer) logMalformed(msg jetstream.Msg, reason string) {
+	subject := msg.Subject()
+	c.logger.Debug("malformed completion terminated", "subject", subject, "reason", reason)
+	if n, ok := c.malformedLog.allow(1); ok {
+		c.logger.Warn("malformed completions terminated", "count", n, "example_subject", subject, "example_reason", reason)
+	}
+}
+
+// CheckPostgres is a readiness check: PostgreSQL answers and the last batch
+// write did not fail.
+func (c *Completer) CheckPostgres(ctx context.Context) error {
+	if err := c.pool.Ping(ctx); err != nil {
+		return c.redact(fmt.Errorf("ping: %w", err))
+	}
+	if msg := c.writeErr.Load(); msg != nil {
+		return fmt.Errorf("writing completions fails: %s", *msg)
+	}
+	return nil
+}
+
+// CheckConsuming is a readiness check: the completer is consuming
+// completions.
+func (c *Completer) CheckConsuming(context.Context) error {
+	if c.consuming.Load() {
+		return nil
+	}
+	if msg := c.startErr.Load(); msg != nil {
+		return fmt.Errorf("not consuming: %s", *msg)
+	}
+	return errors.New("not consuming")
+}
+
+func (c *Completer) setStartErr(err error) {
+	msg := err.Error()
+	c.startErr.Store(&msg)
+}
+
+// redact removes the database URL and password from err's text.
+func (c *Completer) redact(err error) error { return redact(err, c.secrets...) }
+
+// redact returns err with every secret in its text replaced. The result
+// still unwraps to err, for errors.Is and errors.As.
+func redact(err error, secrets ...string) error {
+	if err == nil {
+		return nil
+	}
+	msg := err.Error()
+	changed := false
+	for _, s := range secrets {
+		if s != "" && strings.Contains(msg, s) {
+			msg = strings.ReplaceAll(msg, s, "xxxxx")
+			changed = true
+		}
+	}
+	if !changed {
+		return err
+	}
+	return &redactedError{msg: msg, err: err}
+}
+
+type redactedError struct {
+	msg string
+	err error
+}
+
+func (e *redactedError) Error() string { return e.msg }
+func (e *redactedError) Unwrap() error { return e.err }
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
+}
+
+// keepAlive tells JetStream every interval that the messages of a batch
+// being written are still being worked on, so a slow or retried write does
+// not get them redelivered to another completer meanwhile.
+type keepAlive struct {
+	mu      sync.Mutex
+	stopped bool
+	timer   *time.Timer
+	msgs    []jetstream.Msg
+	every   time.Duration
+}
+
+func startKeepAlive(every time.Duration, msgs []jetstream.Msg) *keepAlive {
+	k := &keepAlive{msgs: msgs, every: every}
+	k.timer = time.AfterFunc(every, k.fire)
+	return k
+}
+
+func (k *keepAlive) fire() {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.stopped {
+		return
+	}
+	for _, m := range k.msgs {
+		_ = m.InProgress() // a failure only risks a redelivery, which is harmless
+	}
+	k.timer.Reset(k.every)
+}
+
+// stop returns once no InProgress is being or will be sent, so the caller
+// may ack.
+func (k *keepAlive) stop() {
+	k.mu.Lock()
+	k.stopped = true
+	k.timer.Stop()
+	k.mu.Unlock()
+}
+
+// backoff is exponential with jitter, from 100ms (or RetryMax if smaller)
+// to RetryMax.
+type backoff struct {
+	cur, max time.Duration
+	planned  time.Duration
+}
+
+func (c *Completer) newBackoff() *backoff {
+	return &backoff{cur: min(100*time.Millisecond, c.cfg.RetryMax), max: c.cfg.RetryMax}
+}
+
+// next is the coming wait (for the log line before it).
+func (b *backoff) next() time.Duration {
+	if b.planned == 0 {
+		// ±20% so that completers restarted together do not retry in step.
+		j := 0.8 + 0.4*rand.Float64()
+		b.planned = time.Duration(float64(b.cur) * j)
+	}
+	return b.planned
+}
+
+// wait sleeps the coming wait; false if ctx ended first.
+func (b *backoff) wait(ctx context.Context) bool {
+	t := time.NewTimer(b.next())
+	defer t.Stop()
+	b.planned = 0
+	b.cur = min(2*b.cur, b.max)
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// sampler lets a warning through at most once per interval and counts what
+// it held back.
+type sampler struct {
+	mu    sync.Mutex
+	last  time.Time
+	count int
+}
+
+const sampleEvery = 10 * time.Second
+
+// allow adds n events and reports whether to log now, with the count of
+// events since the last log.
+func (s *sampler) allow(n int) (int, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.count += n
+	now := time.Now()
+	if now.Sub(s.last) < sampleEvery {
+		return s.count, false
+	}
+	s.last = now
+	count := s.count
+	s.count = 0
+	return count, true
+}

@@ -1,0 +1,83 @@
+package completer_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/effects-run/effects/internal/completer"
+	"github.com/effects-run/effects/pkg/effects"
+)
+
+// BenchmarkCompleterPipeline measures the whole completer: b.N completions
+// waiting in JetStream (as after a burst) are consumed, written in batches
+// and acked. completions/s is what one completer sustains on this machine,
+// NATS, PostgreSQL and the benchmark sharing its cores.
+func BenchmarkCompleterPipeline(b *testing.B) {
+	for _, writers := range []int{1, 2, 4} {
+		b.Run(fmt.Sprintf("writers=%d", writers), func(b *testing.B) { benchmarkPipeline(b, completer.Config{Writers: writers}) })
+	}
+}
+
+func benchmarkPipeline(b *testing.B, cfg completer.Config) {
+	bn := setup(b, setupOpts{noStart: true, cfg: cfg})
+	rows, err := bn.pool.Query(context.Background(),
+		`INSERT INTO effects (kind, payload) SELECT 'echo', '{"n":1}' FROM generate_series(1, $1) RETURNING id::text`, b.N)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		b.Fatal(err)
+	}
+	now := time.Now()
+	var acks []jetstream.PubAckFuture
+	for i, id := range ids {
+		data, _ := json.Marshal(succeeded(id, now, `{"status":200,"body":{"ok":true}}`))
+		f, err := bn.js.PublishAsync(effects.CompletedSubject("echo"), data)
+		if err != nil {
+			b.Fatal(err)
+		}
+		acks = append(acks, f)
+		if i%1000 == 999 {
+			<-bn.js.PublishAsyncComplete()
+		}
+	}
+	<-bn.js.PublishAsyncComplete()
+	for _, f := range acks {
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			b.Fatal(err)
+		}
+	}
+
+	b.ResetTimer()
+	start := time.Now()
+	bn.start(b)
+	deadline := time.Now().Add(5 * time.Minute)
+	for bn.metric(b, "effects_completions_written_total") < float64(b.N) {
+		if time.Now().After(deadline) {
+			b.Fatalf("only %v of %d written", bn.metric(b, "effects_completions_written_total"), b.N)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	elapsed := time.Since(start)
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "completions/s")
+	batches := bn.metric(b, "effects_completer_batch_size")
+	b.ReportMetric(float64(b.N)/batches, "rows/batch")
+	mfs, _ := bn.reg.Gather()
+	for _, mf := range mfs {
+		if mf.GetName() == "effects_completer_write_seconds" {
+			h := mf.GetMetric()[0].GetHistogram()
+			b.ReportMetric(1000*h.GetSampleSum()/float64(h.GetSampleCount()), "write-ms/batch")
+			b.ReportMetric(1000*elapsed.Seconds()/batches, "ms/batch")
+		}
+	}
+}
