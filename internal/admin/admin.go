@@ -41,9 +41,14 @@ func (c *Checks) Add(name string, check Check) {
 	c.checks[name] = check
 }
 
-// Run runs every check and returns the failures by name.
+// Run runs every check and returns the failures by name. With no checks
+// registered yet the service is still starting, which is a failure too.
 func (c *Checks) Run(ctx context.Context) map[string]string {
 	c.mu.Lock()
+	if len(c.checks) == 0 {
+		c.mu.Unlock()
+		return map[string]string{"starting": "no dependency checked yet"}
+	}
 	checks := make(map[string]Check, len(c.checks))
 	for k, v := range c.checks {
 		checks[k] = v

@@ -33,7 +33,9 @@ func Connect(rawURL, name string, logger *slog.Logger, maxPending int) (*nats.Co
 		nats.RetryOnFailedConnect(true),
 		nats.ReconnectBufSize(64<<20),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
-			logger.Warn("nats disconnected", "error", err)
+			if err != nil { // nil: our own Close or Drain
+				logger.Warn("nats disconnected", "error", err)
+			}
 		}),
 		nats.ReconnectHandler(func(c *nats.Conn) {
 			logger.Info("nats reconnected", "server", Redact(c.ConnectedUrl()))

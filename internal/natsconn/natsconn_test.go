@@ -1,0 +1,41 @@
+package natsconn
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/effects-run/effects/internal/envconfig"
+)
+
+func TestRedact(t *testing.T) {
+	for in, want := range map[string]string{
+		"nats://127.0.0.1:4222":                    "nats://127.0.0.1:4222",
+		"nats://user:s3cret@nats:4222":             "nats://redacted@nats:4222",
+		"nats://tok3n@a:4222,nats://u:p4ss@b:4222": "nats://redacted@a:4222,nats://redacted@b:4222",
+		"nats://a:4222, nats://b:4222":             "nats://a:4222,nats://b:4222",
+		"::not a url":                              "(unparsable url)",
+	} {
+		got := Redact(in)
+		if got != want {
+			t.Errorf("Redact(%q) = %q, want %q", in, got, want)
+		}
+		for _, secret := range []string{"s3cret", "tok3n", "p4ss"} {
+			if strings.Contains(got, secret) {
+				t.Errorf("Redact(%q) leaks %s", in, secret)
+			}
+		}
+	}
+}
+
+func TestSettingsFromEnv(t *testing.T) {
+	r := envconfig.FromMap(map[string]string{"EFFECTS_DUPLICATE_WINDOW": "5m"})
+	s := SettingsFromEnv(r)
+	if s.URL != DefaultURL || s.Streams.Duplicates.String() != "5m0s" || s.Streams.Replicas != 1 || r.Err() != nil {
+		t.Fatalf("%+v %v", s, r.Err())
+	}
+	r = envconfig.FromMap(map[string]string{"EFFECTS_STREAM_MAX_AGE": "a week"})
+	SettingsFromEnv(r)
+	if r.Err() == nil || !strings.Contains(r.Err().Error(), "EFFECTS_STREAM_MAX_AGE") {
+		t.Fatal(r.Err())
+	}
+}
