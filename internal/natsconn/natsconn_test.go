@@ -12,7 +12,7 @@ func TestRedact(t *testing.T) {
 		"nats://127.0.0.1:4222":                    "nats://127.0.0.1:4222",
 		"nats://user:s3cret@nats:4222":             "nats://redacted@nats:4222",
 		"nats://tok3n@a:4222,nats://u:p4ss@b:4222": "nats://redacted@a:4222,nats://redacted@b:4222",
-		"nats://a:4222, nats://b:4222":             "nats://a:4222,nats://b:4222",
+		"nats://a:4222, nats://b:4222":             "nats://a:4222, nats://b:4222",
 		"::not a url":                              "(unparsable url)",
 	} {
 		got := Redact(in)
