@@ -1,0 +1,54 @@
+// Command ingest is the Hasura event-trigger webhook: it publishes every new
+// effects row to JetStream. See internal/ingest.
+package main
+
+import (
+	"context"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/effects-run/effects/internal/ingest"
+	"github.com/effects-run/effects/internal/natsconn"
+	"github.com/effects-run/effects/internal/service"
+)
+
+func main() {
+	service.Main("ingest", ":9090", func(ctx context.Context, d service.Deps) error {
+		cfg, err := ingest.ConfigFromEnv(d.Env)
+		if err != nil {
+			return &service.ConfigError{Err: err}
+		}
+		ns := natsconn.SettingsFromEnv(d.Env)
+		if err := d.Env.Err(); err != nil {
+			return &service.ConfigError{Err: err}
+		}
+		nc, js, err := natsconn.Connect(ns.URL, "effects-ingest", d.Logger, 0)
+		if err != nil {
+			return err
+		}
+		defer drain(nc)
+		d.Checks.Add("nats", natsconn.Ready(nc))
+		srv, err := ingest.New(cfg, js, d.Logger, d.Registry)
+		if err != nil {
+			return err
+		}
+		d.Checks.Add("streams", srv.Ready)
+		return srv.Run(ctx)
+	})
+}
+
+// drain flushes what is still buffered for NATS and closes the connection,
+// waiting a little for it: the server has answered every request by now.
+func drain(nc *nats.Conn) {
+	closed := nc.StatusChanged(nats.CLOSED)
+	if nc.Drain() != nil {
+		nc.Close()
+		return
+	}
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		nc.Close()
+	}
+}

@@ -1,0 +1,80 @@
+package ingest
+
+import (
+	"fmt"
+	"net/http"
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/effects-run/effects/pkg/effects"
+)
+
+// Outcomes of an event, the outcome label of effects_ingested_total.
+const (
+	outcomePublished = "published"
+	outcomeDuplicate = "duplicate"
+	outcomeIgnored   = "ignored"
+	outcomeRejected  = "rejected"
+)
+
+// invalidKindLabel stands for every kind that is not valid, so that whoever
+// can insert rows cannot create a label value per garbage kind.
+const invalidKindLabel = "~invalid"
+
+func kindLabel(kind string) string {
+	if effects.ValidateKind(kind) != nil {
+		return invalidKindLabel
+	}
+	return kind
+}
+
+type metrics struct {
+	ingested *prometheus.CounterVec
+	requests *prometheus.CounterVec
+	// byCode holds the request counters of the codes the ingest answers
+	// with, so that counting a reply does not format a label.
+	byCode         map[int]prometheus.Counter
+	publishSeconds prometheus.Histogram
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		ingested: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "effects_ingested_total",
+			Help: "Hasura events handled by the ingest, by effect kind (~invalid for a kind that is not valid) and outcome: published, duplicate (JetStream already had the event), ignored (UPDATE or DELETE), rejected (a row that can never succeed, failed at once).",
+		}, []string{"kind", "outcome"}),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "effects_ingest_requests_total",
+			Help: "Webhook requests answered, by HTTP status code.",
+		}, []string{"code"}),
+		publishSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "effects_ingest_publish_seconds",
+			Help:    "Time from publishing a message (an effect, or the failed completion of a rejected row) to JetStream's ack, for acked publishes.",
+			Buckets: prometheus.ExponentialBuckets(0.00025, 2, 15), // 250µs to 4s
+		}),
+		byCode: make(map[int]prometheus.Counter),
+	}
+	for _, code := range []int{
+		http.StatusOK, http.StatusBadRequest, http.StatusUnauthorized, http.StatusNotFound,
+		http.StatusMethodNotAllowed, http.StatusRequestEntityTooLarge, http.StatusServiceUnavailable,
+	} {
+		m.byCode[code] = m.requests.WithLabelValues(strconv.Itoa(code))
+	}
+	if reg != nil {
+		for _, c := range []prometheus.Collector{m.ingested, m.requests, m.publishSeconds} {
+			if err := reg.Register(c); err != nil {
+				return nil, fmt.Errorf("ingest: register metrics: %w", err)
+			}
+		}
+	}
+	return m, nil
+}
+
+func (m *metrics) request(code int) {
+	if c, ok := m.byCode[code]; ok {
+		c.Inc()
+		return
+	}
+	m.requests.WithLabelValues(strconv.Itoa(code)).Inc()
+}

@@ -1,0 +1,217 @@
+package ingest
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/effects-run/effects/internal/testenv"
+	"github.com/effects-run/effects/pkg/effects"
+)
+
+// closeSignalListener tells when Serve's shutdown has begun: http.Server
+// closes its listeners first.
+type closeSignalListener struct {
+	net.Listener
+	once   sync.Once
+	closed chan struct{}
+}
+
+func (l *closeSignalListener) Close() error {
+	l.once.Do(func() { close(l.closed) })
+	return l.Listener.Close()
+}
+
+type serving struct {
+	addr     string
+	ln       *closeSignalListener
+	cancel   context.CancelFunc
+	finished chan struct{}
+	err      error // set before finished is closed
+}
+
+// serve runs srv.Serve on a free local port until the test ends.
+func serve(t *testing.T, srv *Server) *serving {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &serving{
+		addr:     ln.Addr().String(),
+		ln:       &closeSignalListener{Listener: ln, closed: make(chan struct{})},
+		cancel:   cancel,
+		finished: make(chan struct{}),
+	}
+	go func() {
+		s.err = srv.Serve(ctx, s.ln)
+		close(s.finished)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-s.finished
+	})
+	return s
+}
+
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+func readFixture(t *testing.T, name string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("testdata", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func postHTTP(t *testing.T, client *http.Client, addr string, body []byte) *http.Response {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, "http://"+addr+EventsPath, bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set(SecretHeader, "s")
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { resp.Body.Close() })
+	return resp
+}
+
+func waitFor(t *testing.T, ch <-chan struct{}, what string) {
+	t.Helper()
+	select {
+	case <-ch:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("timed out waiting for %s", what)
+	}
+}
+
+func TestServeEnsuresStreamsAndStopsGracefully(t *testing.T) {
+	t.Parallel()
+	n := testenv.StartNATS(t)
+	_, js := n.Connect(t)
+	srv, err := New(Config{WebhookSecret: "s"}, js, testLogger(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := serve(t, srv)
+
+	// Services start in any order: the ingest creates the streams.
+	waitFor(t, srv.StreamsReady(), "the streams")
+	if err := srv.Ready(context.Background()); err != nil {
+		t.Errorf("Ready after the streams: %v", err)
+	}
+	for _, name := range []string{effects.EffectsStream, effects.CompletedStream} {
+		if _, err := js.Stream(context.Background(), name); err != nil {
+			t.Errorf("stream %s: %v", name, err)
+		}
+	}
+
+	client := &http.Client{Transport: &http.Transport{}}
+	defer client.CloseIdleConnections()
+	if resp := postHTTP(t, client, s.addr, readFixture(t, "insert.json")); resp.StatusCode != http.StatusOK {
+		t.Fatalf("POST over HTTP: %s", resp.Status)
+	}
+
+	// A request in flight when the stop comes is finished and answered.
+	// "Expect: 100-continue" tells when the handler is running: net/http
+	// sends 100 Continue when the handler first reads the body. (A request
+	// whose headers are read but whose handler has not started is dropped
+	// by http.Server.Shutdown, unanswered, which Hasura retries.)
+	conn, err := net.Dial("tcp", s.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	body := readFixture(t, "manual.json")
+	fmt.Fprintf(conn, "POST %s HTTP/1.1\r\nHost: ingest\r\nContent-Type: application/json\r\n%s: s\r\n"+
+		"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n", EventsPath, SecretHeader, len(body))
+	replies := bufio.NewReader(conn)
+	if cont, err := http.ReadResponse(replies, nil); err != nil || cont.StatusCode != http.StatusContinue {
+		t.Fatalf("waiting for 100 Continue: %v", err)
+	}
+	s.cancel()
+	waitFor(t, s.ln.closed, "the shutdown to begin")
+	select {
+	case <-s.finished:
+		t.Fatal("Serve returned while a request was in flight")
+	default:
+	}
+	if _, err := conn.Write(body); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(replies, nil)
+	if err != nil {
+		t.Fatalf("reading the reply of the request in flight: %v", err)
+	}
+	defer resp.Body.Close()
+	var got map[string]any
+	if err := json.NewDecoder(resp.Body).Decode(&got); err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusOK || got["event_id"] != "f1e2d3c4-b5a6-4978-8a9b-0c1d2e3f4a5b" || got["duplicate"] != false {
+		t.Errorf("the request in flight got %s %v", resp.Status, got)
+	}
+
+	waitFor(t, s.finished, "Serve to return")
+	if s.err != nil {
+		t.Errorf("Serve after a graceful stop: %v", s.err)
+	}
+}
+
+func TestServeAnswers503UntilNATSIsUp(t *testing.T) {
+	t.Parallel()
+	n := testenv.StartNATS(t)
+	nc, js := n.Connect(t)
+	// Wait until the client knows: a request sent before it does goes
+	// down the dead socket and waits out a whole attempt.
+	down := nc.StatusChanged(nats.RECONNECTING)
+	n.Shutdown()
+	<-down
+
+	srv, err := New(Config{WebhookSecret: "s", PublishTimeout: 300 * time.Millisecond, RetryAfter: 3 * time.Second}, js, testLogger(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := serve(t, srv)
+	client := &http.Client{Transport: &http.Transport{}}
+	defer client.CloseIdleConnections()
+
+	if err := srv.Ready(context.Background()); err == nil {
+		t.Error("ready while NATS is down")
+	}
+	// Listening before NATS is reachable turns Hasura's delivery into a 503
+	// with Retry-After, which it honours, rather than a refused connection.
+	resp := postHTTP(t, client, s.addr, readFixture(t, "insert.json"))
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") != "3" {
+		t.Errorf("POST while NATS is down: %s, Retry-After %q", resp.Status, resp.Header.Get("Retry-After"))
+	}
+
+	n.Restart(t)
+	waitFor(t, srv.StreamsReady(), "the streams after NATS came up")
+	if err := srv.Ready(context.Background()); err != nil {
+		t.Errorf("Ready: %v", err)
+	}
+	if resp := postHTTP(t, client, s.addr, readFixture(t, "insert.json")); resp.StatusCode != http.StatusOK {
+		t.Errorf("POST after NATS came up: %s", resp.Status)
+	}
+}

@@ -1,0 +1,386 @@
+// Package ingest is the Hasura webhook: it receives the event-trigger POST
+// for every new row of the effects table and puts the effect on the JetStream
+// subject "effects.<kind>", answering Hasura only once JetStream has stored it.
+//
+// What a reply means to Hasura decides what Hasura does next, so the codes
+// are chosen with care: 200 for an event published, a duplicate, an UPDATE or
+// DELETE (ignored), or a row that can never succeed (its failed completion is
+// published instead, so that the row shows why and Hasura does not retry
+// it); 400, 401, 404, 405 and 413 for requests that are not a usable event; 503
+// with Retry-After while JetStream does not store, so Hasura retries later
+// even after its own retries are spent.
+//
+// Requests do not wait on each other: each publishes asynchronously and holds
+// its reply until its own ack, so one connection to NATS carries many
+// requests in flight.
+package ingest
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/effects-run/effects/pkg/effects"
+)
+
+// EventsPath is where Hasura POSTs events.
+const EventsPath = "/hasura/events"
+
+// SecretHeader carries EFFECTS_WEBHOOK_SECRET; the event trigger sets it
+// with value_from_env.
+const SecretHeader = "X-Effects-Secret"
+
+// TraceparentHeader is the header of a published effect that continues the
+// trace Hasura started. It is spelled the way Go's OpenTelemetry propagators
+// write it through an http.Header carrier, since NATS headers are
+// case-sensitive.
+const TraceparentHeader = "Traceparent"
+
+// maxStoredKindLength bounds the kind copied into the failed completion of a
+// row whose kind is not valid: the kind is the row's, any length, and the
+// completion must fit in a NATS message. Cut longer, it is still invalid.
+const maxStoredKindLength = 256
+
+// Header values shared by every reply, set without allocating; net/http
+// only reads them.
+var (
+	jsonContentType = []string{"application/json"}
+	allowPost       = []string{http.MethodPost}
+)
+
+// emptyObject is the payload of a row without one: the column's default.
+var emptyObject = []byte("{}")
+
+// Server is the webhook. Create it with [New]; serve it with [Server.Run],
+// [Server.Serve], or [Server.Handler] in a server of one's own.
+type Server struct {
+	cfg     Config
+	js      jetstream.JetStream
+	client  *effects.Client
+	logger  *slog.Logger
+	metrics *metrics
+	now     func() time.Time
+
+	checkSecret bool
+	secretSum   [sha256.Size]byte
+	retryAfter  []string
+
+	// streamsReady is closed once the streams were ensured; streamsErr is
+	// the last failure before that, for the readiness check.
+	streamsReady     chan struct{}
+	streamsReadyOnce sync.Once // Serve may be called more than once
+	streamsErr       atomic.Pointer[error]
+
+	// lastUnavailableLog keeps a JetStream outage from logging once per
+	// request.
+	lastUnavailableLog atomic.Int64
+}
+
+// New returns a webhook publishing through js. It fills cfg's defaults and
+// validates it. Metrics are registered on reg; a nil reg keeps them
+// unregistered (tests). A nil logger discards.
+func New(cfg Config, js jetstream.JetStream, logger *slog.Logger, reg prometheus.Registerer) (*Server, error) {
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if js == nil {
+		return nil, errors.New("ingest: no JetStream context")
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	m, err := newMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{
+		cfg:          cfg,
+		js:           js,
+		client:       effects.NewClient(js),
+		logger:       logger,
+		metrics:      m,
+		now:          time.Now,
+		checkSecret:  cfg.WebhookSecret != "",
+		retryAfter:   []string{cfg.retryAfterSeconds()},
+		streamsReady: make(chan struct{}),
+	}
+	if s.checkSecret {
+		// Comparing digests keeps the comparison constant-time in the
+		// secret's length as well as its bytes.
+		s.secretSum = sha256.Sum256([]byte(cfg.WebhookSecret))
+	} else {
+		logger.Warn("EFFECTS_INSECURE_NO_SECRET is set and EFFECTS_WEBHOOK_SECRET is not: " +
+			"anyone who can reach the webhook can submit effects")
+	}
+	return s, nil
+}
+
+// Handler serves [EventsPath]; any other path is 404.
+func (s *Server) Handler() http.Handler { return http.HandlerFunc(s.serveHTTP) }
+
+func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	switch {
+	case r.URL.Path != EventsPath:
+		s.replyError(w, http.StatusNotFound, "not found: Hasura events are POSTed to "+EventsPath)
+		return
+	case r.Method != http.MethodPost:
+		w.Header()["Allow"] = allowPost
+		s.replyError(w, http.StatusMethodNotAllowed, "method "+r.Method+" is not allowed: POST Hasura events to "+EventsPath)
+		return
+	case !s.authorized(r):
+		s.replyError(w, http.StatusUnauthorized, "the "+SecretHeader+" header is missing or wrong")
+		return
+	case r.ContentLength > int64(s.cfg.MaxBodyBytes):
+		s.replyTooLarge(w)
+		return
+	}
+
+	bufp := bodyPool.Get().(*[]byte)
+	body, err := readBody(http.MaxBytesReader(w, r.Body, int64(s.cfg.MaxBodyBytes)), (*bufp)[:0], r.ContentLength)
+	if err != nil {
+		putBody(bufp, body)
+		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+			s.replyTooLarge(w)
+			return
+		}
+		s.replyError(w, http.StatusBadRequest, "reading the body: "+err.Error())
+		return
+	}
+	var ev hasuraEvent
+	err = decodeEvent(body, &ev)
+	// Decoding copies what it keeps (strings, json.RawMessage), so the
+	// buffer can serve the next request now.
+	putBody(bufp, body)
+	if err != nil {
+		s.replyError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	s.handleEvent(w, &ev)
+}
+
+func (s *Server) authorized(r *http.Request) bool {
+	if !s.checkSecret {
+		return true
+	}
+	got := r.Header[SecretHeader] // net/http canonicalises keys; SecretHeader is canonical
+	if len(got) == 0 {
+		return false
+	}
+	sum := sha256.Sum256([]byte(got[0]))
+	return subtle.ConstantTimeCompare(sum[:], s.secretSum[:]) == 1
+}
+
+// handleEvent answers a decoded event: ignore, reject or publish.
+func (s *Server) handleEvent(w http.ResponseWriter, ev *hasuraEvent) {
+	if err := ev.checkEvent(); err != nil {
+		s.replyError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	switch ev.Event.Op {
+	case opUpdate, opDelete:
+		// The pipeline itself updates the row (status, completion); those
+		// updates must not start the effect again.
+		s.metrics.ingested.WithLabelValues(ev.ignoredKind(), outcomeIgnored).Inc()
+		s.reply(w, http.StatusOK, appendIgnoredReply(make([]byte, 0, 40), ev.Event.Op))
+		return
+	}
+	row, createdAt, err := ev.checkRow(s.now)
+	if err != nil {
+		s.replyError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+
+	// A well-formed row that can never succeed is failed now, with the
+	// reason in the row, instead of a 4xx that Hasura would only retry.
+	kind := *row.Kind
+	if err := effects.ValidateKind(kind); err != nil {
+		detail := strings.TrimPrefix(err.Error(), effects.ErrInvalidKind.Error()+": ")
+		s.reject(w, ev.ID, row.ID, kind, invalidKindLabel, fmt.Sprintf("kind %s is not valid: %s", quoteShort(kind), detail))
+		return
+	}
+	payload := []byte(row.Payload)
+	if len(payload) == 0 || string(payload) == "null" {
+		payload = emptyObject // a handler always gets JSON
+	}
+	if len(payload) > s.cfg.MaxPayloadBytes {
+		s.reject(w, ev.ID, row.ID, kind, kind, fmt.Sprintf("payload is %d bytes, the limit is %d (EFFECTS_MAX_PAYLOAD_BYTES)",
+			len(payload), s.cfg.MaxPayloadBytes))
+		return
+	}
+
+	// While the connection is down a publish would wait in the reconnect
+	// buffer until the timeout; Hasura learns sooner that it must retry.
+	if nc := s.js.Conn(); nc != nil && !nc.IsConnected() {
+		s.unavailable(w, errNotConnected)
+		return
+	}
+
+	sv := ev.Event.SessionVariables
+	data := appendEffect(make([]byte, 0, effectSize(row.ID, kind, payload, sv)), row.ID, kind, payload, createdAt, sv)
+	msg := &nats.Msg{
+		Subject: effects.Subject(kind),
+		Data:    data,
+		// Redeliveries of one Hasura event share its id, so JetStream
+		// stores the effect once; a MANUAL re-run has a new id and runs.
+		Header: nats.Header{jetstream.MsgIDHeader: []string{ev.ID}},
+	}
+	if tp := ev.Event.TraceContext.parent; tp != "" {
+		msg.Header[TraceparentHeader] = []string{tp}
+	}
+	s.publish(w, ev.ID, row.ID, kind, msg)
+}
+
+// publish sends msg without waiting on any other request and replies once
+// JetStream acked it; a failed or late ack is a 503.
+func (s *Server) publish(w http.ResponseWriter, eventID, effectID, kind string, msg *nats.Msg) {
+	start := time.Now()
+	fut, err := s.js.PublishMsgAsync(msg)
+	if err != nil {
+		if errors.Is(err, nats.ErrMaxPayload) {
+			// Only a server configured below EFFECTS_MAX_PAYLOAD_BYTES gets
+			// here; retrying would not change the answer.
+			s.reject(w, eventID, effectID, kind, kind, fmt.Sprintf(
+				"the effect message is %d bytes, more than the NATS server accepts (max_payload %d)",
+				len(msg.Data), s.js.Conn().MaxPayload()))
+			return
+		}
+		s.unavailable(w, err)
+		return
+	}
+	timer := time.NewTimer(s.cfg.PublishTimeout)
+	defer timer.Stop()
+	// The wait does not follow the request's context: the outcome counted
+	// and logged is what JetStream did, whether or not Hasura stayed to
+	// hear it, and a stopping server lets it finish.
+	select {
+	case ack := <-fut.Ok():
+		s.metrics.publishSeconds.Observe(time.Since(start).Seconds())
+		outcome := outcomePublished
+		if ack.Duplicate {
+			outcome = outcomeDuplicate
+		}
+		s.metrics.ingested.WithLabelValues(kind, outcome).Inc()
+		s.reply(w, http.StatusOK, appendPublishedReply(make([]byte, 0, 160), effectID, eventID, ack.Duplicate, ack.Sequence))
+	case err := <-fut.Err():
+		s.unavailable(w, err)
+	case <-timer.C:
+		s.unavailable(w, fmt.Errorf("no ack within %s (EFFECTS_PUBLISH_TIMEOUT)", s.cfg.PublishTimeout))
+	}
+}
+
+// reject publishes the failed completion of a row that can never succeed and
+// replies 200 once it is stored. Its subject is CompletedSubject(kind), which
+// for a kind that is not valid is effects.InvalidKindSubject.
+func (s *Server) reject(w http.ResponseWriter, eventID, effectID, kind, label, reason string) {
+	if nc := s.js.Conn(); nc != nil && !nc.IsConnected() {
+		s.unavailable(w, errNotConnected)
+		return
+	}
+	if len(kind) > maxStoredKindLength {
+		kind = cutUTF8(kind, maxStoredKindLength)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.PublishTimeout)
+	defer cancel()
+	start := time.Now()
+	// The message id of the completion includes the event id, so a
+	// redelivered event stores its failure once.
+	err := s.client.Publish(ctx, effects.Ref{ID: effectID, Kind: kind, EventID: eventID}, effects.Completion{
+		EffectID:    effectID,
+		Kind:        kind,
+		Status:      effects.StatusFailed,
+		Error:       &reason,
+		Attempts:    0,
+		CompletedAt: s.now().UTC(),
+	})
+	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) {
+			err = fmt.Errorf("no ack within %s (EFFECTS_PUBLISH_TIMEOUT)", s.cfg.PublishTimeout)
+		}
+		s.unavailable(w, err)
+		return
+	}
+	s.metrics.publishSeconds.Observe(time.Since(start).Seconds())
+	s.metrics.ingested.WithLabelValues(label, outcomeRejected).Inc()
+	s.logger.Debug("rejected an effect", "effect_id", effectID, "event_id", eventID, "reason", reason)
+	s.reply(w, http.StatusOK, appendRejectedReply(make([]byte, 0, 128+len(reason)), effectID, eventID, reason))
+}
+
+// unavailable answers 503 with Retry-After, which Hasura honours even when
+// its retries are spent, so the event is delivered once JetStream is back.
+func (s *Server) unavailable(w http.ResponseWriter, err error) {
+	now := time.Now().UnixNano()
+	if last := s.lastUnavailableLog.Load(); now-last >= int64(10*time.Second) && s.lastUnavailableLog.CompareAndSwap(last, now) {
+		s.logger.Warn("JetStream did not store an event; answering 503 (logged at most every 10s)", "error", err)
+	}
+	w.Header()["Retry-After"] = s.retryAfter
+	s.replyError(w, http.StatusServiceUnavailable, "JetStream did not store the effect, retry later: "+err.Error())
+}
+
+func (s *Server) replyTooLarge(w http.ResponseWriter) {
+	s.replyError(w, http.StatusRequestEntityTooLarge,
+		fmt.Sprintf("the body is over the limit of %d bytes (EFFECTS_MAX_BODY_BYTES)", s.cfg.MaxBodyBytes))
+}
+
+func (s *Server) replyError(w http.ResponseWriter, code int, msg string) {
+	if code != http.StatusServiceUnavailable {
+		s.logger.Debug("refused a request", "code", code, "error", msg)
+	}
+	s.reply(w, code, appendErrorReply(make([]byte, 0, 16+len(msg)), msg))
+}
+
+func (s *Server) reply(w http.ResponseWriter, code int, body []byte) {
+	w.Header()["Content-Type"] = jsonContentType
+	w.WriteHeader(code)
+	_, _ = w.Write(body) // a client that hung up is no one's problem but its own
+	s.metrics.request(code)
+}
+
+// Request bodies are read into pooled buffers: most are a kilobyte or two,
+// and the decoder copies what it keeps.
+var bodyPool = sync.Pool{New: func() any { b := make([]byte, 0, 8<<10); return &b }}
+
+// maxPooledBody keeps the rare huge body from pinning its buffer in the pool.
+const maxPooledBody = 1 << 20
+
+func putBody(p *[]byte, b []byte) {
+	if cap(b) > maxPooledBody {
+		return
+	}
+	*p = b[:0]
+	bodyPool.Put(p)
+}
+
+// readBody reads r to the end into buf, sized once from the Content-Length
+// when there is one.
+func readBody(r io.Reader, buf []byte, contentLength int64) ([]byte, error) {
+	if contentLength > 0 && int64(cap(buf)) < contentLength+1 {
+		buf = make([]byte, 0, contentLength+1) // +1: room for the read that sees EOF
+	}
+	for {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+		n, err := r.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if err == io.EOF {
+			return buf, nil
+		}
+		if err != nil {
+			return buf, err
+		}
+	}
+}
