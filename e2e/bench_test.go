@@ -1,0 +1,133 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/effects-run/effects/pkg/effects"
+	"github.com/effects-run/effects/pkg/effects/dispatcher"
+	"github.com/effects-run/effects/pkg/effects/handlers"
+)
+
+var (
+	benchEffects     = flag.Int("effects", 20000, "effects per end-to-end benchmark run")
+	benchConcurrency = flag.Int("posters", 100, "concurrent webhook deliveries (Hasura's default pool is 100)")
+)
+
+// BenchmarkEndToEnd measures the whole contract on this machine: rows are
+// inserted into PostgreSQL while, at the same time, each is POSTed to the
+// ingest in Hasura's format at concurrency 100, handled by the echo handler,
+// and its completion written back to its row. It reports effects/s from the
+// first insert to the last row written, and the percentiles of completed_at
+// - created_at per row.
+func BenchmarkEndToEnd(b *testing.B) {
+	reg := effects.NewRegistry()
+	reg.Handle("echo", handlers.Echo)
+	p := startPipeline(b, options{registry: reg, dispatcher: dispatcher.Config{Concurrency: 256}})
+	n := *benchEffects
+	ctx := context.Background()
+
+	for b.Loop() {
+		if _, err := p.pg.Pool.Exec(ctx, `TRUNCATE effects`); err != nil {
+			b.Fatal(err)
+		}
+		rows := make(chan []byte, 4096)
+		start := time.Now()
+		var wg sync.WaitGroup
+		// The producer: rows inserted in batches, as an application would.
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer close(rows)
+			const batch = 500
+			for i := 0; i < n; i += batch {
+				r, err := p.pg.Pool.Query(ctx, `INSERT INTO effects (kind, payload)
+					SELECT 'echo', jsonb_build_object('i', g, 'to', 'ops@example.com') FROM generate_series($1::int, $2::int) g
+					RETURNING row_to_json(effects)::text`, i, min(i+batch, n)-1)
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				for r.Next() {
+					var row []byte
+					if err := r.Scan(&row); err != nil {
+						b.Error(err)
+						return
+					}
+					rows <- row
+				}
+				r.Close()
+			}
+		}()
+		// Hasura: up to 100 deliveries at once.
+		for w := 0; w < *benchConcurrency; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				var body bytes.Buffer
+				for row := range rows {
+					body.Reset()
+					eventID := fmt.Sprintf("b%07d-0000-4000-8000-%012d", w, p.events.Add(1))
+					fmt.Fprintf(&body, `{"id":%q,"created_at":%q,"trigger":{"name":"effects_dispatch"},"table":{"schema":"public","name":"effects"},"event":{"op":"INSERT","session_variables":null,"trace_context":null,"data":{"old":null,"new":%s}},"delivery_info":{"current_retry":0,"max_retries":5}}`,
+						eventID, time.Now().UTC().Format("2006-01-02T15:04:05.999999"), row)
+					req, _ := http.NewRequest(http.MethodPost, p.url, bytes.NewReader(body.Bytes()))
+					req.Header.Set("Content-Type", "application/json")
+					req.Header.Set("X-Effects-Secret", secret)
+					resp, err := p.client.Do(req)
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					_, _ = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					if resp.StatusCode != http.StatusOK {
+						b.Errorf("ingest answered %d", resp.StatusCode)
+						return
+					}
+				}
+			}()
+		}
+		posted := make(chan time.Duration, 1)
+		go func() { wg.Wait(); posted <- time.Since(start) }()
+		// Done when every row has its outcome.
+		var done int
+		for done < n {
+			time.Sleep(20 * time.Millisecond)
+			if err := p.pg.Pool.QueryRow(ctx, `SELECT count(*) FROM effects WHERE status <> 'pending'`).Scan(&done); err != nil {
+				b.Fatal(err)
+			}
+			if time.Since(start) > 5*time.Minute {
+				b.Fatalf("only %d of %d effects done after 5 minutes", done, n)
+			}
+		}
+		elapsed := time.Since(start)
+		b.Logf("all %d effects ingested after %s", n, (<-posted).Round(time.Millisecond))
+
+		var p50, p90, p99 float64
+		var failed int
+		if err := p.pg.Pool.QueryRow(ctx, `SELECT
+				percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM completed_at - created_at)),
+				percentile_cont(0.9) WITHIN GROUP (ORDER BY extract(epoch FROM completed_at - created_at)),
+				percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM completed_at - created_at)),
+				count(*) FILTER (WHERE status <> 'succeeded')
+			FROM effects`).Scan(&p50, &p90, &p99, &failed); err != nil {
+			b.Fatal(err)
+		}
+		if failed != 0 {
+			b.Fatalf("%d effects did not succeed", failed)
+		}
+		b.ReportMetric(float64(n)/elapsed.Seconds(), "effects/s")
+		b.ReportMetric(p50*1000, "p50_ms")
+		b.ReportMetric(p90*1000, "p90_ms")
+		b.ReportMetric(p99*1000, "p99_ms")
+		b.Logf("%d effects in %s: %.0f effects/s, latency p50 %.1fms p90 %.1fms p99 %.1fms",
+			n, elapsed.Round(time.Millisecond), float64(n)/elapsed.Seconds(), p50*1000, p90*1000, p99*1000)
+	}
+}
