@@ -70,11 +70,8 @@ func run(ctx context.Context, d service.Deps) error {
 	if err != nil {
 		return err
 	}
-	defer func() {
-		// Acks are sent without waiting; make sure the last ones left.
-		_ = nc.FlushTimeout(5 * time.Second)
-		nc.Close()
-	}()
+	// Acks are sent without waiting; draining makes sure the last ones left.
+	defer natsconn.Close(nc, 5*time.Second)
 	c, err := completer.New(cfg, pool, js, d.Logger, d.Registry)
 	if err != nil {
 		return &service.ConfigError{Err: err}

@@ -6,8 +6,6 @@ import (
 	"context"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
 	"github.com/effects-run/effects/internal/ingest"
 	"github.com/effects-run/effects/internal/natsconn"
 	"github.com/effects-run/effects/internal/service"
@@ -27,7 +25,7 @@ func main() {
 		if err != nil {
 			return err
 		}
-		defer drain(nc)
+		defer natsconn.Close(nc, 5*time.Second)
 		d.Checks.Add("nats", natsconn.Ready(nc))
 		srv, err := ingest.New(cfg, js, d.Logger, d.Registry)
 		if err != nil {
@@ -36,19 +34,4 @@ func main() {
 		d.Checks.Add("streams", srv.Ready)
 		return srv.Run(ctx)
 	})
-}
-
-// drain flushes what is still buffered for NATS and closes the connection,
-// waiting a little for it: the server has answered every request by now.
-func drain(nc *nats.Conn) {
-	closed := nc.StatusChanged(nats.CLOSED)
-	if nc.Drain() != nil {
-		nc.Close()
-		return
-	}
-	select {
-	case <-closed:
-	case <-time.After(5 * time.Second):
-		nc.Close()
-	}
 }

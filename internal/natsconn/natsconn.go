@@ -20,6 +20,11 @@ import (
 // DefaultURL is used when NATS_URL is unset.
 const DefaultURL = "nats://127.0.0.1:4222"
 
+// PublishAsyncTimeout is how long an async publish waits for its ack before
+// it fails and frees its pending slot. Callers wait less (the ingest's
+// EFFECTS_PUBLISH_TIMEOUT); this bounds what nobody waits for any more.
+const PublishAsyncTimeout = 30 * time.Second
+
 // Connect dials url and returns the connection and a JetStream context whose
 // async publishes may have up to maxPending acks outstanding.
 func Connect(rawURL, name string, logger *slog.Logger, maxPending int) (*nats.Conn, jetstream.JetStream, error) {
@@ -51,7 +56,11 @@ func Connect(rawURL, name string, logger *slog.Logger, maxPending int) (*nats.Co
 	if err != nil {
 		return nil, nil, fmt.Errorf("connect to NATS at %s: %w", Redact(rawURL), err)
 	}
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(maxPending))
+	// Without an async-publish timeout, an ack that never comes (a server
+	// that lost the message without a disconnect) would hold its pending
+	// slot forever; once maxPending are held, every publish stalls.
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(maxPending),
+		jetstream.WithPublishAsyncTimeout(PublishAsyncTimeout))
 	if err != nil {
 		nc.Close()
 		return nil, nil, fmt.Errorf("jetstream: %w", err)
@@ -107,5 +116,20 @@ func Ready(nc *nats.Conn) func(context.Context) error {
 			return fmt.Errorf("nats connection is %s", st)
 		}
 		return nil
+	}
+}
+
+// Close drains nc — what is buffered is flushed, subscriptions finish — and
+// waits up to timeout for it to close; then closes it anyway.
+func Close(nc *nats.Conn, timeout time.Duration) {
+	closed := nc.StatusChanged(nats.CLOSED)
+	if nc.Drain() != nil {
+		nc.Close()
+		return
+	}
+	select {
+	case <-closed:
+	case <-time.After(timeout):
+		nc.Close()
 	}
 }

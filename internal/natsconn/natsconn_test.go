@@ -1,10 +1,15 @@
 package natsconn
 
 import (
+	"log/slog"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/effects-run/effects/internal/envconfig"
+	"github.com/effects-run/effects/internal/testenv"
 )
 
 func TestRedact(t *testing.T) {
@@ -37,5 +42,31 @@ func TestSettingsFromEnv(t *testing.T) {
 	SettingsFromEnv(r)
 	if r.Err() == nil || !strings.Contains(r.Err().Error(), "EFFECTS_STREAM_MAX_AGE") {
 		t.Fatal(r.Err())
+	}
+}
+
+func TestCloseDrainsAndWaits(t *testing.T) {
+	srv := testenv.StartNATS(t)
+	nc, _, err := Connect(srv.URL, "test", slog.New(slog.DiscardHandler), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan struct{}, 1)
+	sub, err := nc.Subscribe("x", func(*nats.Msg) { got <- struct{}{} })
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = sub
+	if err := nc.Publish("x", []byte("last words")); err != nil {
+		t.Fatal(err)
+	}
+	Close(nc, 5*time.Second)
+	if !nc.IsClosed() {
+		t.Fatal("not closed")
+	}
+	select {
+	case <-got: // the message buffered before Close was delivered
+	default:
+		t.Fatal("buffered message lost on Close")
 	}
 }

@@ -3,6 +3,7 @@ package dispatcher
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/effects-run/effects/internal/natsconn"
 	"github.com/effects-run/effects/internal/service"
@@ -54,7 +55,7 @@ func Main(reg *effects.Registry, opts ...Option) {
 		if err != nil {
 			return err
 		}
-		defer func() { _ = nc.Drain() }()
+		defer natsconn.Close(nc, 5*time.Second)
 		d, err := New(cfg, reg, js, deps.Logger, deps.Registry)
 		if err != nil {
 			return &service.ConfigError{Err: err}
