@@ -207,17 +207,30 @@ func (p *pipeline) event(op string, row json.RawMessage) (eventID string, body [
 }
 
 type reply struct {
-	Code      int
-	EffectID  string `json:"effect_id"`
-	Duplicate bool   `json:"duplicate"`
-	Rejected  string `json:"rejected"`
-	Ignored   bool   `json:"ignored"`
-	Error     string `json:"error"`
+	Code       int
+	RetryAfter string
+	EffectID   string `json:"effect_id"`
+	Duplicate  bool   `json:"duplicate"`
+	Rejected   string `json:"rejected"`
+	Ignored    bool   `json:"ignored"`
+	Error      string `json:"error"`
+
+	decodeErr error
 }
 
-// post delivers a body the way Hasura does.
+// post delivers a body the way Hasura does and fails the test on a transport
+// error or a reply that is not JSON.
 func (p *pipeline) post(body []byte) reply {
 	p.t.Helper()
+	r := p.postRaw(body)
+	if r.decodeErr != nil {
+		p.t.Fatalf("reply %d: %v", r.Code, r.decodeErr)
+	}
+	return r
+}
+
+// postRaw delivers a body and returns the reply whatever it is.
+func (p *pipeline) postRaw(body []byte) reply {
 	req, err := http.NewRequest(http.MethodPost, p.url, bytes.NewReader(body))
 	if err != nil {
 		p.t.Fatal(err)
@@ -230,13 +243,13 @@ func (p *pipeline) post(body []byte) reply {
 	req.Header.Set("X-B3-Sampled", "1")
 	resp, err := p.client.Do(req)
 	if err != nil {
-		p.t.Fatal(err)
+		return reply{decodeErr: err}
 	}
 	defer resp.Body.Close()
 	data, _ := io.ReadAll(resp.Body)
-	r := reply{Code: resp.StatusCode}
+	r := reply{Code: resp.StatusCode, RetryAfter: resp.Header.Get("Retry-After")}
 	if err := json.Unmarshal(data, &r); err != nil {
-		p.t.Fatalf("reply %d %q: %v", resp.StatusCode, data, err)
+		r.decodeErr = fmt.Errorf("%q: %w", data, err)
 	}
 	return r
 }

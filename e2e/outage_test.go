@@ -1,0 +1,85 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/effects-run/effects/pkg/effects"
+	"github.com/effects-run/effects/pkg/effects/dispatcher"
+)
+
+// TestNoEffectLostWhenNATSRestarts restarts the NATS server while effects
+// are being delivered, the way Hasura delivers them (a 503 is retried after
+// its Retry-After), and checks that every accepted row is handled.
+func TestNoEffectLostWhenNATSRestarts(t *testing.T) {
+	var handled sync.Map
+	reg := effects.NewRegistry()
+	reg.Handle("work", func(_ context.Context, e effects.Effect) (any, error) {
+		handled.Store(e.ID, true)
+		return "done", nil
+	})
+	p := startPipeline(t, options{registry: reg, dispatcher: dispatcher.Config{
+		Concurrency: 8, RetryBase: 20 * time.Millisecond, RetryMax: 200 * time.Millisecond, AckWait: 2 * time.Second,
+	}})
+
+	const n = 300
+	ids := make([]string, n)
+	bodies := make([][]byte, n)
+	for i := range n {
+		var row []byte
+		ids[i], row = p.insert("work", fmt.Sprintf(`{"i": %d}`, i))
+		_, bodies[i] = p.event("INSERT", row)
+	}
+
+	var unavailable atomic.Int32
+	deliver := func(body []byte) {
+		for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); {
+			r := p.postRaw(body)
+			if r.Code == http.StatusOK {
+				return
+			}
+			if r.Code != http.StatusServiceUnavailable || r.RetryAfter == "" {
+				t.Errorf("reply %+v", r)
+				return
+			}
+			unavailable.Add(1)
+			time.Sleep(50 * time.Millisecond) // Hasura would wait Retry-After
+		}
+		t.Error("event never accepted")
+	}
+
+	var wg sync.WaitGroup
+	next := make(chan []byte)
+	for range 10 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for body := range next {
+				deliver(body)
+			}
+		}()
+	}
+	for i, body := range bodies {
+		if i == n/2 {
+			p.nats.Restart(t)
+		}
+		next <- body
+	}
+	close(next)
+	wg.Wait()
+
+	for _, id := range ids {
+		if got := p.settled(id); got.Status != "succeeded" {
+			t.Fatalf("row %s: %+v", id, got)
+		}
+		if _, ok := handled.Load(id); !ok {
+			t.Fatalf("row %s succeeded without its handler running", id)
+		}
+	}
+	t.Logf("%d deliveries answered 503 during the restart", unavailable.Load())
+}
