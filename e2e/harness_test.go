@@ -107,6 +107,8 @@ func startPipeline(t testing.TB, o options) *pipeline {
 	if err != nil {
 		t.Fatal(err)
 	}
+	dp := connect("e2e-dispatcher-publish")
+	d.PublishThrough(dp.JS)
 	run("dispatcher", d.Run)
 
 	cn := connect("e2e-completer")
@@ -122,7 +124,7 @@ func startPipeline(t testing.TB, o options) *pipeline {
 		for _, s := range stops {
 			<-s
 		}
-		for _, c := range []*natsPair{in, dn, cn} {
+		for _, c := range []*natsPair{in, dn, dp, cn} {
 			c.NC.Close()
 		}
 	})

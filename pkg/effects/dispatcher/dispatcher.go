@@ -67,6 +67,15 @@ func New(cfg Config, reg *effects.Registry, js jetstream.JetStream, logger *slog
 	return d, nil
 }
 
+// PublishThrough makes completions go out through js, a context on a NATS
+// connection other than the consuming one. A NATS connection writes to the
+// socket under its lock, so acks and completion publishes sharing one
+// connection wait on each other; two connections let them proceed side by
+// side. Call it before Run.
+func (d *Dispatcher) PublishThrough(js jetstream.JetStream) {
+	d.client = effects.NewClient(js)
+}
+
 // Ready reports whether the consumers exist and handlers are running.
 func (d *Dispatcher) Ready(context.Context) error {
 	if !d.ready.Load() {

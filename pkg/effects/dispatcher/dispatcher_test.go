@@ -608,3 +608,53 @@ func TestConfigValidateNamesTheVariable(t *testing.T) {
 		t.Fatalf("defaults invalid: %v", err)
 	}
 }
+
+func TestCompletionsGoThroughTheirOwnConnection(t *testing.T) {
+	t.Parallel()
+	srv := testenv.StartNATS(t)
+	consumeNC, js := srv.Connect(t)
+	publishNC, pjs := srv.Connect(t)
+	reg := effects.NewRegistry()
+	reg.Handle("echo", func(_ context.Context, e effects.Effect) (any, error) { return e.Payload, nil })
+	d, err := New(testConfig(), reg, js, nil, prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.PublishThrough(pjs)
+	ctx, cancel := context.WithCancel(context.Background())
+	stopped := make(chan struct{})
+	go func() { _ = d.Run(ctx); close(stopped) }()
+	t.Cleanup(func() { cancel(); <-stopped })
+	for d.Ready(ctx) != nil {
+		time.Sleep(5 * time.Millisecond)
+	}
+	msg := nats.NewMsg("effects.echo")
+	msg.Data = []byte(`{"id":"00000000-0000-4000-8000-00000000abcd","kind":"echo","payload":{},"created_at":"2026-03-14T09:26:53Z","session_variables":null}`)
+	msg.Header.Set(jetstream.MsgIDHeader, "ev-own-conn")
+	if _, err := js.PublishMsg(ctx, msg); err != nil {
+		t.Fatal(err)
+	}
+	cs, _ := js.Stream(ctx, effects.CompletedStream)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		info, err := cs.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.State.Msgs == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no completion")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// The completion (and nothing else of ours) went out on the publishing
+	// connection; the consuming one carried the pulls and the ack.
+	if out := publishNC.Stats().OutMsgs; out != 1 {
+		t.Fatalf("publishing connection sent %d messages, want the 1 completion", out)
+	}
+	if consumeNC.Stats().OutMsgs < 2 {
+		t.Fatalf("consuming connection sent %d messages", consumeNC.Stats().OutMsgs)
+	}
+}
