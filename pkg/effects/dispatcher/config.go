@@ -98,20 +98,22 @@ func (c Config) Validate() error {
 
 // ConfigFromEnv reads the EFFECTS_* variables listed on [Config]'s fields.
 func ConfigFromEnv(r *envconfig.Reader, streams effects.StreamOptions) (Config, error) {
+	// An explicit 0 in the environment is checked like any other value,
+	// not taken for "default" as a zero field of Config is.
+	def := Config{}.WithDefaults()
 	c := Config{
-		Concurrency:     r.Int("EFFECTS_CONCURRENCY", 0),
-		HandlerTimeout:  r.Duration("EFFECTS_HANDLER_TIMEOUT", 0),
-		MaxAttempts:     r.Int("EFFECTS_MAX_ATTEMPTS", 0),
-		RetryBase:       r.Duration("EFFECTS_RETRY_BASE", 0),
-		RetryMax:        r.Duration("EFFECTS_RETRY_MAX", 0),
-		AckWait:         r.Duration("EFFECTS_ACK_WAIT", 0),
-		MaxAckPending:   r.Int("EFFECTS_MAX_ACK_PENDING", 0),
-		ShutdownTimeout: r.Duration("EFFECTS_SHUTDOWN_TIMEOUT", 0),
-		Streams:         streams,
+		Concurrency:     r.Int("EFFECTS_CONCURRENCY", def.Concurrency),
+		HandlerTimeout:  r.Duration("EFFECTS_HANDLER_TIMEOUT", def.HandlerTimeout),
+		MaxAttempts:     r.Int("EFFECTS_MAX_ATTEMPTS", def.MaxAttempts),
+		RetryBase:       r.Duration("EFFECTS_RETRY_BASE", def.RetryBase),
+		RetryMax:        r.Duration("EFFECTS_RETRY_MAX", def.RetryMax),
+		AckWait:         r.Duration("EFFECTS_ACK_WAIT", def.AckWait),
+		MaxAckPending:   r.Int("EFFECTS_MAX_ACK_PENDING", def.MaxAckPending),
+		ShutdownTimeout: r.Duration("EFFECTS_SHUTDOWN_TIMEOUT", def.ShutdownTimeout),
+		Streams:         streams.WithDefaults(),
 	}
 	if err := r.Err(); err != nil {
 		return Config{}, err
 	}
-	c = c.WithDefaults()
 	return c, c.Validate()
 }

@@ -104,8 +104,8 @@ func (d *Dispatcher) consumerConfig(kind string) jetstream.ConsumerConfig {
 // interrupts the rest (their effects go back to the stream, not counted as
 // failures) and returns nil.
 func (d *Dispatcher) Run(ctx context.Context) error {
-	if err := ensureStreams(ctx, d.js, d.cfg.Streams, d.logger); err != nil {
-		return err
+	if err := ensureStreams(ctx, d.js, d.cfg.Streams, d.logger); err != nil || ctx.Err() != nil {
+		return err // stopped before NATS could be reached: nothing to shut down
 	}
 	workCtx, stopWork := context.WithCancelCause(context.WithoutCancel(ctx))
 	defer stopWork(errShutdown)
@@ -405,7 +405,8 @@ func truncate(s string, n int) string {
 	return s[:n]
 }
 
-// ensureStreams creates the streams, retrying while NATS is unreachable.
+// ensureStreams creates the streams, retrying while NATS is unreachable. A
+// stop asked for meanwhile is not an error.
 func ensureStreams(ctx context.Context, js jetstream.JetStream, o effects.StreamOptions, logger *slog.Logger) error {
 	wait := 100 * time.Millisecond
 	for {
@@ -413,10 +414,13 @@ func ensureStreams(ctx context.Context, js jetstream.JetStream, o effects.Stream
 		if err == nil {
 			return nil
 		}
-		logger.Warn("ensuring streams; retrying", "error", err, "in", wait)
+		if ctx.Err() != nil {
+			return nil
+		}
+		logger.Warn("ensuring streams; retrying", "error", err, "in", wait.String())
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("dispatcher: ensure streams: %w", err)
+			return nil
 		case <-time.After(wait):
 		}
 		wait = min(wait*2, 5*time.Second)

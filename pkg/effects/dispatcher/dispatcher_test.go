@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/effects-run/effects/internal/envconfig"
 	"github.com/effects-run/effects/internal/testenv"
 	"github.com/effects-run/effects/pkg/effects"
 )
@@ -656,5 +657,40 @@ func TestCompletionsGoThroughTheirOwnConnection(t *testing.T) {
 	}
 	if consumeNC.Stats().OutMsgs < 2 {
 		t.Fatalf("consuming connection sent %d messages", consumeNC.Stats().OutMsgs)
+	}
+}
+
+func TestConfigFromEnv(t *testing.T) {
+	c, err := ConfigFromEnv(envconfig.FromMap(map[string]string{"EFFECTS_CONCURRENCY": "7", "EFFECTS_RETRY_BASE": "250ms"}), effects.StreamOptions{})
+	if err != nil || c.Concurrency != 7 || c.RetryBase != 250*time.Millisecond || c.MaxAttempts != 10 || c.Streams.MaxAge != 168*time.Hour {
+		t.Fatalf("%+v %v", c, err)
+	}
+	// An explicit zero is a value, checked like any other.
+	if _, err := ConfigFromEnv(envconfig.FromMap(map[string]string{"EFFECTS_CONCURRENCY": "0"}), effects.StreamOptions{}); err == nil ||
+		!strings.Contains(err.Error(), "EFFECTS_CONCURRENCY") {
+		t.Fatalf("EFFECTS_CONCURRENCY=0: %v", err)
+	}
+	if _, err := ConfigFromEnv(envconfig.FromMap(map[string]string{"EFFECTS_MAX_ATTEMPTS": "many"}), effects.StreamOptions{}); err == nil ||
+		!strings.Contains(err.Error(), "EFFECTS_MAX_ATTEMPTS") {
+		t.Fatalf("EFFECTS_MAX_ATTEMPTS=many: %v", err)
+	}
+}
+
+func TestRunReturnsNilWhenStoppedBeforeNATSAnswers(t *testing.T) {
+	t.Parallel()
+	srv := testenv.StartNATS(t)
+	nc, js := srv.Connect(t)
+	srv.Shutdown() // NATS is down when the dispatcher starts
+	_ = nc
+	reg := effects.NewRegistry()
+	reg.Handle("echo", func(_ context.Context, e effects.Effect) (any, error) { return nil, nil })
+	d, err := New(testConfig(), reg, js, nil, prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if err := d.Run(ctx); err != nil {
+		t.Fatalf("a stop before NATS answered is not a failure: %v", err)
 	}
 }

@@ -2,7 +2,6 @@ package dispatcher
 
 import (
 	"context"
-	"fmt"
 	"time"
 
 	"github.com/effects-run/effects/internal/natsconn"
@@ -71,9 +70,6 @@ func Main(reg *effects.Registry, opts ...Option) {
 		deps.Checks.Add("nats", natsconn.Ready(nc))
 		deps.Checks.Add("nats_completions", natsconn.Ready(pc))
 		deps.Checks.Add("dispatcher", d.Ready)
-		if err := d.Run(ctx); err != nil {
-			return fmt.Errorf("dispatcher: %w", err)
-		}
-		return nil
+		return d.Run(ctx)
 	})
 }

@@ -1,0 +1,578 @@
+package service_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/effects-run/effects/internal/service"
+)
+
+// The process tests run this test binary as a service: with
+// EFFECTS_SERVICE_TEST_SCENARIO set, TestMain calls service.Main with the run
+// function of that name instead of running the tests.
+const (
+	envScenario    = "EFFECTS_SERVICE_TEST_SCENARIO"
+	envDefaultAddr = "EFFECTS_SERVICE_TEST_DEFAULT_ADDR"
+	serviceName    = "svctest"
+)
+
+func TestMain(m *testing.M) {
+	if name := os.Getenv(envScenario); name != "" {
+		run, ok := scenarios[name]
+		if !ok {
+			fmt.Fprintf(os.Stderr, "unknown scenario %q\n", name)
+			os.Exit(100)
+		}
+		service.Main(serviceName, os.Getenv(envDefaultAddr), func(ctx context.Context, d service.Deps) error {
+			fmt.Println("run called")
+			return run(ctx, d)
+		})
+		os.Exit(101) // service.Main does not return
+	}
+	os.Exit(m.Run())
+}
+
+// scenarios are the run functions a child process can be started with. They
+// report on stdout; service.Main logs on stderr.
+var scenarios = map[string]func(ctx context.Context, d service.Deps) error{
+	// Runs until stopped, then reports the context's cause and returns nil.
+	"graceful": func(ctx context.Context, d service.Deps) error {
+		d.Logger.Debug("a debug line")
+		d.Logger.Warn("a warn line")
+		fmt.Println("running")
+		<-ctx.Done()
+		cause := context.Cause(ctx)
+		fmt.Printf("cause=%q is_stop=%t\n", cause, errors.Is(cause, service.ErrStop))
+		return nil
+	},
+	// Returns the cause of the stop, wrapped, as work interrupted by a
+	// shutdown does: that is not a failure.
+	"return-cause": func(ctx context.Context, _ service.Deps) error {
+		fmt.Println("running")
+		<-ctx.Done()
+		return fmt.Errorf("work interrupted: %w", context.Cause(ctx))
+	},
+	"config-error": func(context.Context, service.Deps) error {
+		return fmt.Errorf("reading the settings: %w",
+			&service.ConfigError{Err: errors.New(`EFFECTS_TEST_SETTING="x": want a number`)})
+	},
+	"error": func(context.Context, service.Deps) error {
+		return errors.New("the dependency went away")
+	},
+	// Registers a metric, then adds a readiness check per line on stdin:
+	// "ok" one that passes, "fail" one that fails. Runs until stopped.
+	"admin": func(ctx context.Context, d service.Deps) error {
+		c := prometheus.NewCounter(prometheus.CounterOpts{Name: "svctest_runs_total", Help: "Runs."})
+		d.Registry.MustRegister(c)
+		c.Inc()
+		go func() {
+			sc := bufio.NewScanner(os.Stdin)
+			for sc.Scan() {
+				switch sc.Text() {
+				case "ok":
+					d.Checks.Add("fine", func(context.Context) error { return nil })
+				case "fail":
+					d.Checks.Add("broken", func(context.Context) error { return errors.New("broken dependency") })
+				}
+				fmt.Println("added " + sc.Text())
+			}
+		}()
+		fmt.Println("running")
+		<-ctx.Done()
+		return nil
+	},
+}
+
+func TestNewLogger(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	for _, tc := range []struct {
+		level   string
+		enabled slog.Level // the lowest level logged
+	}{
+		{"debug", slog.LevelDebug}, {"DEBUG", slog.LevelDebug},
+		{"info", slog.LevelInfo}, {"Info", slog.LevelInfo},
+		{"warn", slog.LevelWarn}, {"WARN", slog.LevelWarn},
+		{"error", slog.LevelError}, {"eRRoR", slog.LevelError},
+	} {
+		logger, err := service.NewLogger(tc.level)
+		if err != nil {
+			t.Errorf("NewLogger(%q): %v", tc.level, err)
+			continue
+		}
+		if !logger.Enabled(ctx, tc.enabled) || logger.Enabled(ctx, tc.enabled-1) {
+			t.Errorf("NewLogger(%q) does not log from %s on", tc.level, tc.enabled)
+		}
+	}
+	for _, level := range []string{"", "verbose", "warning", "trace", "fatal", "0", " info"} {
+		logger, err := service.NewLogger(level)
+		if err == nil || logger != nil {
+			t.Errorf("NewLogger(%q) = %v, %v; want an error", level, logger, err)
+			continue
+		}
+		if !strings.Contains(err.Error(), "EFFECTS_LOG_LEVEL") || !strings.Contains(err.Error(), fmt.Sprintf("%q", level)) {
+			t.Errorf("NewLogger(%q): the error %q does not name EFFECTS_LOG_LEVEL and the value", level, err)
+		}
+	}
+}
+
+func TestConfigError(t *testing.T) {
+	t.Parallel()
+	inner := errors.New(`EFFECTS_X="y": want z`)
+	var err error = fmt.Errorf("setup: %w", &service.ConfigError{Err: inner})
+	if !errors.Is(err, inner) {
+		t.Error("ConfigError does not unwrap to its error")
+	}
+	if got, want := err.Error(), `setup: configuration: EFFECTS_X="y": want z`; got != want {
+		t.Errorf("Error() = %q, want %q", got, want)
+	}
+}
+
+func TestStopsGracefullyOnSignal(t *testing.T) {
+	t.Parallel()
+	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT} {
+		t.Run(sig.String(), func(t *testing.T) {
+			t.Parallel()
+			p := start(t, "graceful", map[string]string{"EFFECTS_ADMIN_ADDR": "127.0.0.1:0"})
+			p.waitStdout(t, "running\n")
+			p.signal(t, sig)
+			if code := p.wait(t); code != 0 {
+				t.Fatalf("exit %d after %s, want 0\n%s", code, sig, p)
+			}
+			if want := fmt.Sprintf("cause=%q is_stop=true\n", service.ErrStop); !strings.Contains(p.stdout.String(), want) {
+				t.Errorf("the context's cause is not ErrStop: want %q in stdout\n%s", want, p)
+			}
+			logs := p.logs(t)
+			if l := find(logs, "stopping"); l == nil || l["signal"] != sig.String() {
+				t.Errorf("no \"stopping\" line naming the signal %q:\n%s", sig, p)
+			}
+			if find(logs, "stopped") == nil {
+				t.Errorf("no \"stopped\" line:\n%s", p)
+			}
+			if find(logs, "a debug line") != nil || find(logs, "a warn line") == nil {
+				t.Errorf("the default level is not info:\n%s", p)
+			}
+		})
+	}
+}
+
+func TestShutdownCauseReturnedIsNotAFailure(t *testing.T) {
+	t.Parallel()
+	p := start(t, "return-cause", map[string]string{"EFFECTS_ADMIN_ADDR": "127.0.0.1:0"})
+	p.waitStdout(t, "running\n")
+	p.signal(t, syscall.SIGTERM)
+	if code := p.wait(t); code != 0 {
+		t.Fatalf("exit %d, want 0: a run that returns ErrStop stopped gracefully\n%s", code, p)
+	}
+	logs := p.logs(t)
+	if find(logs, "stopped") == nil || find(logs, "stopped with an error") != nil {
+		t.Errorf("want \"stopped\" and no error:\n%s", p)
+	}
+}
+
+func TestExitCodes(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name     string
+		scenario string
+		env      map[string]string
+		code     int
+		msg      string // a log line's msg
+		text     string // in that line's error, or in stderr when msg is ""
+		runs     bool   // the run function is called
+	}{
+		{name: "config error", scenario: "config-error", code: 2, msg: "configuration",
+			text: `EFFECTS_TEST_SETTING="x": want a number`, runs: true},
+		{name: "run error", scenario: "error", code: 1, msg: "stopped with an error",
+			text: "the dependency went away", runs: true},
+		{name: "bad log level", scenario: "graceful", env: map[string]string{"EFFECTS_LOG_LEVEL": "verbose"},
+			code: 2, text: `EFFECTS_LOG_LEVEL="verbose"`},
+		{name: "bad admin address", scenario: "graceful", env: map[string]string{"EFFECTS_ADMIN_ADDR": "127.0.0.1:notaport"},
+			code: 1, msg: "admin listener", text: "notaport"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			env := map[string]string{"EFFECTS_ADMIN_ADDR": "127.0.0.1:0"}
+			for k, v := range tc.env {
+				env[k] = v
+			}
+			p := start(t, tc.scenario, env)
+			if code := p.wait(t); code != tc.code {
+				t.Fatalf("exit %d, want %d\n%s", code, tc.code, p)
+			}
+			if ran := strings.Contains(p.stdout.String(), "run called"); ran != tc.runs {
+				t.Errorf("run called: %t, want %t\n%s", ran, tc.runs, p)
+			}
+			if tc.msg == "" {
+				if !strings.Contains(p.stderr.String(), tc.text) {
+					t.Errorf("stderr lacks %q\n%s", tc.text, p)
+				}
+				return
+			}
+			logs := p.logs(t)
+			l := find(logs, tc.msg)
+			if l == nil || !strings.Contains(fmt.Sprint(l["error"]), tc.text) || l["level"] != "ERROR" {
+				t.Errorf("no ERROR line %q with %q in its error\n%s", tc.msg, tc.text, p)
+			}
+			if find(logs, "stopped") != nil {
+				t.Errorf("a failed run logged \"stopped\"\n%s", p)
+			}
+		})
+	}
+}
+
+func TestAdminAddrInUse(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	p := start(t, "graceful", map[string]string{"EFFECTS_ADMIN_ADDR": ln.Addr().String()})
+	if code := p.wait(t); code != 1 {
+		t.Fatalf("exit %d, want 1\n%s", code, p)
+	}
+	if l := find(p.logs(t), "admin listener"); l == nil || l["addr"] != ln.Addr().String() {
+		t.Errorf("no \"admin listener\" line naming %s\n%s", ln.Addr(), p)
+	}
+	if strings.Contains(p.stdout.String(), "run called") {
+		t.Errorf("run was called without an admin server\n%s", p)
+	}
+}
+
+func TestLogLevelFromEnv(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		level        string
+		debug, start bool // "a debug line" and "starting" are logged
+	}{
+		{"DEBUG", true, true},
+		{"warn", false, false},
+	} {
+		t.Run(tc.level, func(t *testing.T) {
+			t.Parallel()
+			p := start(t, "graceful", map[string]string{"EFFECTS_ADMIN_ADDR": "127.0.0.1:0", "EFFECTS_LOG_LEVEL": tc.level})
+			p.waitStdout(t, "running\n")
+			p.signal(t, syscall.SIGTERM)
+			if code := p.wait(t); code != 0 {
+				t.Fatalf("exit %d\n%s", code, p)
+			}
+			logs := p.logs(t)
+			if got := find(logs, "a debug line") != nil; got != tc.debug {
+				t.Errorf("debug line logged: %t, want %t\n%s", got, tc.debug, p)
+			}
+			if got := find(logs, "starting") != nil; got != tc.start {
+				t.Errorf("info line logged: %t, want %t\n%s", got, tc.start, p)
+			}
+			if find(logs, "a warn line") == nil {
+				t.Errorf("warn line not logged\n%s", p)
+			}
+		})
+	}
+}
+
+// TestAdminAddr checks which address the admin endpoints are served on:
+// EFFECTS_ADMIN_ADDR, or the service's default when it is unset or empty.
+func TestAdminAddr(t *testing.T) {
+	t.Parallel()
+	free := freeAddr(t)
+	for _, tc := range []struct {
+		name string
+		env  map[string]string
+		want string // the address, or a prefix of it ending in ':'
+	}{
+		// A default that cannot be listened on: were it used, Main would exit 1.
+		{"set", map[string]string{"EFFECTS_ADMIN_ADDR": free, envDefaultAddr: "127.0.0.1:notaport"}, free},
+		{"unset", map[string]string{envDefaultAddr: "127.0.0.1:0"}, "127.0.0.1:"},
+		{"empty", map[string]string{"EFFECTS_ADMIN_ADDR": "", envDefaultAddr: "127.0.0.1:0"}, "127.0.0.1:"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			p := start(t, "graceful", tc.env)
+			addr := p.adminAddr(t)
+			if addr != tc.want && (!strings.HasSuffix(tc.want, ":") || !strings.HasPrefix(addr, tc.want)) {
+				t.Errorf("admin_addr %q, want %q", addr, tc.want)
+			}
+			if code, body := get(t, "http://"+addr+"/healthz"); code != http.StatusOK {
+				t.Errorf("/healthz on %s: %d %s", addr, code, body)
+			}
+			p.signal(t, syscall.SIGTERM)
+			if code := p.wait(t); code != 0 {
+				t.Fatalf("exit %d\n%s", code, p)
+			}
+		})
+	}
+}
+
+func TestAdminEndpoints(t *testing.T) {
+	t.Parallel()
+	p := start(t, "admin", map[string]string{"EFFECTS_ADMIN_ADDR": "127.0.0.1:0"})
+	base := "http://" + p.adminAddr(t)
+	p.waitStdout(t, "running\n")
+
+	if code, body := get(t, base+"/healthz"); code != http.StatusOK || !strings.Contains(body, `"ok"`) {
+		t.Errorf("/healthz: %d %s, want 200", code, body)
+	}
+	if code, body := get(t, base+"/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "starting") {
+		t.Errorf("/readyz without checks: %d %s, want 503 \"starting\"", code, body)
+	}
+	code, body := get(t, base+"/metrics")
+	for _, want := range []string{"svctest_runs_total 1", "go_goroutines", "process_start_time_seconds"} {
+		if code != http.StatusOK || !strings.Contains(body, want) {
+			t.Errorf("/metrics: %d, lacks %q:\n%s", code, want, body)
+		}
+	}
+
+	p.send(t, "ok")
+	if code, body := get(t, base+"/readyz"); code != http.StatusOK || !strings.Contains(body, `"ready"`) {
+		t.Errorf("/readyz with a passing check: %d %s, want 200", code, body)
+	}
+	p.send(t, "fail")
+	if code, body := get(t, base+"/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "broken dependency") {
+		t.Errorf("/readyz with a failing check: %d %s, want 503 naming it", code, body)
+	}
+	if code, _ := get(t, base+"/healthz"); code != http.StatusOK {
+		t.Errorf("/healthz with a failing check: %d, want 200 (alive)", code)
+	}
+
+	p.signal(t, syscall.SIGTERM)
+	if code := p.wait(t); code != 0 {
+		t.Fatalf("exit %d\n%s", code, p)
+	}
+}
+
+// process is a child process running a scenario.
+type process struct {
+	cmd            *exec.Cmd
+	stdin          io.WriteCloser
+	stdout, stderr syncBuffer
+	done           chan struct{} // closed when it exited
+	err            error         // of Wait, once done is closed
+}
+
+// start runs scenario in a child process with env (and of the test's
+// environment only PATH). It is killed when the test ends.
+func start(t *testing.T, scenario string, env map[string]string) *process {
+	t.Helper()
+	p := &process{done: make(chan struct{})}
+	p.cmd = exec.Command(os.Args[0])
+	p.cmd.Env = []string{"PATH=" + os.Getenv("PATH"), envScenario + "=" + scenario}
+	for k, v := range env {
+		p.cmd.Env = append(p.cmd.Env, k+"="+v)
+	}
+	p.cmd.Stdout, p.cmd.Stderr = &p.stdout, &p.stderr
+	p.cmd.WaitDelay = 5 * time.Second
+	stdin, err := p.cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.stdin = stdin
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		p.err = p.cmd.Wait()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-p.done:
+		default:
+			_ = p.cmd.Process.Kill()
+			<-p.done
+		}
+	})
+	return p
+}
+
+// processTimeout bounds every wait for a child process; generous for the
+// race detector on a loaded machine.
+const processTimeout = 30 * time.Second
+
+// wait waits for the process to exit and returns its exit code.
+func (p *process) wait(t *testing.T) int {
+	t.Helper()
+	select {
+	case <-p.done:
+	case <-time.After(processTimeout):
+		t.Fatalf("still running after %s\n%s", processTimeout, p)
+	}
+	var ee *exec.ExitError
+	switch {
+	case p.err == nil:
+		return 0
+	case errors.As(p.err, &ee):
+		return ee.ExitCode()
+	}
+	t.Fatalf("wait: %v", p.err)
+	return -1
+}
+
+func (p *process) signal(t *testing.T, sig os.Signal) {
+	t.Helper()
+	if err := p.cmd.Process.Signal(sig); err != nil {
+		t.Fatalf("signal %s: %v", sig, err)
+	}
+}
+
+// send writes a line to the scenario's stdin and waits for it to confirm.
+func (p *process) send(t *testing.T, line string) {
+	t.Helper()
+	if _, err := io.WriteString(p.stdin, line+"\n"); err != nil {
+		t.Fatal(err)
+	}
+	p.waitStdout(t, "added "+line+"\n")
+}
+
+// waitStdout waits until the scenario printed s.
+func (p *process) waitStdout(t *testing.T, s string) {
+	t.Helper()
+	p.waitFor(t, fmt.Sprintf("stdout %q", s), func() bool { return strings.Contains(p.stdout.String(), s) })
+}
+
+// adminAddr waits for the "starting" line and returns its admin_addr.
+func (p *process) adminAddr(t *testing.T) string {
+	t.Helper()
+	var addr string
+	p.waitFor(t, `the "starting" line`, func() bool {
+		for _, line := range strings.Split(p.stderr.String(), "\n") {
+			var l struct {
+				Msg       string `json:"msg"`
+				AdminAddr string `json:"admin_addr"`
+			}
+			if json.Unmarshal([]byte(line), &l) == nil && l.Msg == "starting" {
+				addr = l.AdminAddr
+				return true
+			}
+		}
+		return false
+	})
+	return addr
+}
+
+// waitFor polls cond until it holds; it fails the test when the process
+// exits or the deadline passes first.
+func (p *process) waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(processTimeout)
+	for !cond() {
+		select {
+		case <-p.done:
+			if cond() {
+				return
+			}
+			t.Fatalf("exited (%v) before %s\n%s", p.err, what, p)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s in %s\n%s", what, processTimeout, p)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// logs parses stderr, which must be JSON lines of the service (every one
+// with time, level, msg and service), and returns them.
+func (p *process) logs(t *testing.T) []map[string]any {
+	t.Helper()
+	var lines []map[string]any
+	for _, raw := range strings.Split(strings.TrimSuffix(p.stderr.String(), "\n"), "\n") {
+		if raw == "" {
+			continue
+		}
+		var l map[string]any
+		if err := json.Unmarshal([]byte(raw), &l); err != nil {
+			t.Errorf("a log line is not JSON: %v\n%s", err, raw)
+			continue
+		}
+		for _, key := range []string{"time", "level", "msg"} {
+			if _, ok := l[key]; !ok {
+				t.Errorf("a log line lacks %q: %s", key, raw)
+			}
+		}
+		if l["service"] != serviceName {
+			t.Errorf("a log line lacks service=%q: %s", serviceName, raw)
+		}
+		lines = append(lines, l)
+	}
+	return lines
+}
+
+func (p *process) String() string {
+	return "stdout:\n" + p.stdout.String() + "stderr:\n" + p.stderr.String()
+}
+
+// find returns the first log line with msg, or nil.
+func find(lines []map[string]any, msg string) map[string]any {
+	for _, l := range lines {
+		if l["msg"] == msg {
+			return l
+		}
+	}
+	return nil
+}
+
+// syncBuffer is a bytes.Buffer the child's output can be copied into while
+// the test reads it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+// freeAddr returns a loopback address with a port that was free a moment ago.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	if err := ln.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return addr
+}
+
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	client := &http.Client{Timeout: 10 * time.Second}
+	resp, err := client.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	return resp.StatusCode, string(body)
+}
