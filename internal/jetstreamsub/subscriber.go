@@ -1,18 +1,28 @@
-// Package jetstreamsub is a Watermill Subscriber over a durable JetStream
-// pull consumer, written on nats.go's jetstream package.
+// Package jetstreamsub is a Watermill Subscriber and Publisher over
+// JetStream, written on nats.go's jetstream package: the Subscriber reads
+// durable pull consumers, the Publisher stores messages with Nats-Msg-Id set
+// to their UUID. Both pass Watermill's Pub/Sub conformance suite, but for
+// the case that gives copies in several topics one UUID (see [Publisher]).
 //
 // It exists because watermill-nats acks a message when Watermill's client
 // timeout fires, deletes durable consumers on Close, and handles one message
 // at a time. Here:
 //   - a topic is a durable consumer that is created or updated, never deleted;
-//   - up to Concurrency messages of one topic are handed out at once, and no
-//     more are pulled until one is settled (the pull buffer stays near the
-//     worker count, so ack timers do not run out in a client buffer);
+//   - up to Concurrency messages of one topic are handed out at once, and the
+//     next is handed out only when one is settled. The iterator pulls ahead
+//     by up to Concurrency messages, whose ack timers run while they wait
+//     for a free slot (so AckWait must cover a wait for a slot, not only a
+//     handler run);
 //   - a message is acked only when the handler acks it; a Nack, a panic or a
 //     shutdown gives it back to the stream;
 //   - while a message is out, InProgress is sent so long handlers keep it;
 //   - the handler may ask, through [DeliveryOf], for a nak delay or for the
-//     message to be terminated instead of acked.
+//     message to be terminated instead of acked;
+//   - a message's metadata travels as NATS headers, and its context ends once
+//     it is acked or nacked, as Watermill's Subscriber contract says.
+//
+// Stopping gracefully is StopFetching, then WaitSettled, then Close: Close
+// alone gives back (naks) what handlers still hold.
 package jetstreamsub
 
 import (
@@ -57,11 +67,13 @@ type Subscriber struct {
 	js  jetstream.JetStream
 	cfg Config
 
-	mu       sync.Mutex
-	closed   bool
-	stopping chan struct{}
-	subs     sync.WaitGroup // fetch loops
-	out      sync.WaitGroup // messages handed out and not settled
+	mu        sync.Mutex
+	closed    bool
+	stopping  chan struct{}
+	closing   chan struct{} // closed by Close: give back what is still out
+	closeOnce sync.Once
+	subs      sync.WaitGroup // fetch loops
+	out       sync.WaitGroup // messages handed out and not settled
 }
 
 var _ message.Subscriber = (*Subscriber)(nil)
@@ -83,7 +95,7 @@ func New(js jetstream.JetStream, cfg Config) (*Subscriber, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Subscriber{js: js, cfg: cfg, stopping: make(chan struct{})}, nil
+	return &Subscriber{js: js, cfg: cfg, stopping: make(chan struct{}), closing: make(chan struct{})}, nil
 }
 
 // Subscribe creates or updates the topic's durable consumer and returns the
@@ -104,7 +116,7 @@ func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 		s.subs.Done()
 		return nil, fmt.Errorf("jetstreamsub: consumer %s on %s: %w", cc.Durable, s.cfg.Stream, err)
 	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(s.cfg.Concurrency))
+	it, err := cons.Messages(jetstream.PullMaxMessages(s.cfg.Concurrency), jetstream.PullHeartbeat(pullHeartbeat))
 	if err != nil {
 		s.subs.Done()
 		return nil, fmt.Errorf("jetstreamsub: consume %s: %w", cc.Durable, err)
@@ -114,12 +126,29 @@ func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 	return out, nil
 }
 
+// pullHeartbeat is the idle heartbeat of the pull requests, and so how long
+// the iterator can sit without a pull request before it notices. nats.go
+// (v1.55.0) decides to send the next pull request only when Next is called,
+// and skips it while the previous one is still being written; if the
+// messages of that previous request are all taken before the write
+// finishes, Next waits for messages nobody asked for until heartbeats are
+// missed (2 × heartbeat; 30s by default). Seen with Watermill's ordered
+// test at Concurrency 1 and 4 under -race. A short heartbeat bounds that
+// stall; idle heartbeats cost one small message per heartbeat per waiting
+// pull request.
+const pullHeartbeat = time.Second
+
 // fetch pulls a message whenever a slot is free and hands it out.
 func (s *Subscriber) fetch(ctx context.Context, it jetstream.MessagesContext, out chan<- *message.Message) {
 	defer s.subs.Done()
 	defer close(out)
 	slots := make(chan struct{}, s.cfg.Concurrency)
-	// Stop the iterator when asked to, which unblocks Next.
+	// Stop the iterator when asked to, which unblocks Next. Drain, not
+	// Stop: Stop discards the messages the iterator has already pulled, and
+	// JetStream would redeliver those only after their AckWait. Drained,
+	// they come out of Next and giveBack returns them at once. But a drain
+	// waits for a flush (10s) that cannot happen while disconnected, and
+	// naks could not be sent anyway: then Stop, and AckWait brings them back.
 	stopCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() {
@@ -127,14 +156,20 @@ func (s *Subscriber) fetch(ctx context.Context, it jetstream.MessagesContext, ou
 		case <-stopCtx.Done():
 		case <-s.stopping:
 		}
-		it.Stop()
+		if nc := s.js.Conn(); nc != nil && !nc.IsConnected() {
+			it.Stop()
+			return
+		}
+		it.Drain()
 	}()
 	for {
 		select {
 		case slots <- struct{}{}:
 		case <-stopCtx.Done():
+			giveBack(it)
 			return
 		case <-s.stopping:
+			giveBack(it)
 			return
 		}
 		jm, err := it.Next()
@@ -144,18 +179,52 @@ func (s *Subscriber) fetch(ctx context.Context, it jetstream.MessagesContext, ou
 				return
 			}
 			// Missing heartbeats, a reconnect: the iterator recovers by itself.
-			s.cfg.Logger.Warn("jetstream fetch", "error", err)
+			// Missing heartbeats are routine after the stall pullHeartbeat
+			// describes; an outage shows in the connection's own logs.
+			level := slog.LevelWarn
+			if errors.Is(err, jetstream.ErrNoHeartbeat) {
+				level = slog.LevelDebug
+			}
+			s.cfg.Logger.Log(context.Background(), level, "jetstream fetch", "error", err)
 			continue
+		}
+		if stopCtx.Err() != nil || s.isStopping() {
+			// Stopped while Next waited: hand nothing more out.
+			_ = jm.Nak()
+			<-slots
+			giveBack(it)
+			return
 		}
 		msg, d := s.toMessage(jm)
 		s.out.Add(1)
 		go s.settle(msg, d, slots)
 		select {
 		case out <- msg:
+		case <-stopCtx.Done():
+			d.giveBack(msg)
 		case <-s.stopping:
-			// Nobody will read it: give it back now.
-			msg.Nack()
+			d.giveBack(msg)
 		}
+	}
+}
+
+func (s *Subscriber) isStopping() bool {
+	select {
+	case <-s.stopping:
+		return true
+	default:
+		return false
+	}
+}
+
+// giveBack naks, without delay, what a stopped iterator still holds.
+func giveBack(it jetstream.MessagesContext) {
+	for {
+		jm, err := it.Next()
+		if err != nil {
+			return // ErrMsgIteratorClosed once drained
+		}
+		_ = jm.Nak()
 	}
 }
 
@@ -167,18 +236,31 @@ func (s *Subscriber) toMessage(jm jetstream.Msg) (*message.Message, *Delivery) {
 		id = strconv.FormatUint(meta.Sequence.Stream, 10)
 	}
 	msg := message.NewMessage(id, jm.Data())
+	// Headers are the metadata, as the Publisher writes metadata as headers.
+	for k, v := range jm.Headers() {
+		if len(v) > 0 {
+			msg.Metadata.Set(k, v[0])
+		}
+	}
 	msg.Metadata.Set("nats_subject", jm.Subject())
+	// SetCorrelationID keeps one already set: a Watermill publisher's
+	// correlation_id header first, then another client's Correlation-Id,
+	// then the message id.
 	if corr := jm.Headers().Get("Correlation-Id"); corr != "" {
 		middleware.SetCorrelationID(corr, msg)
-	} else {
-		middleware.SetCorrelationID(id, msg)
 	}
-	msg.SetContext(context.WithValue(s.cfg.WorkContext, deliveryKey{}, d))
+	middleware.SetCorrelationID(id, msg)
+	// Watermill's contract: the context ends when the message is acked or
+	// nacked (settle cancels it), and a cancelled WorkContext ends it with
+	// its cause.
+	ctx, cancel := context.WithCancelCause(context.WithValue(s.cfg.WorkContext, deliveryKey{}, d))
+	d.cancel = cancel
+	msg.SetContext(ctx)
 	return msg, d
 }
 
 // settle waits for the router's verdict on msg and tells JetStream, sending
-// InProgress meanwhile.
+// InProgress meanwhile. On Close it gives back a message still out.
 func (s *Subscriber) settle(msg *message.Message, d *Delivery, slots <-chan struct{}) {
 	defer s.out.Done()
 	defer func() { <-slots }()
@@ -191,18 +273,48 @@ func (s *Subscriber) settle(msg *message.Message, d *Delivery, slots <-chan stru
 	for {
 		select {
 		case <-msg.Acked():
-			s.report(d, d.apply(false, s.cfg.NackDelay))
+			s.settled(d, false)
 			return
 		case <-msg.Nacked():
-			s.report(d, d.apply(true, s.cfg.NackDelay))
+			s.settled(d, true)
 			return
 		case <-tick:
 			if err := d.Msg.InProgress(); err != nil {
 				s.cfg.Logger.Warn("jetstream in-progress", "subject", d.Msg.Subject(), "error", err)
 			}
+		case <-s.closing:
+			// Nobody is left to settle it, and InProgress must not hold it
+			// for a closed subscriber: give it back now, unless the handler
+			// settled it meanwhile (Nack fails once it was acked).
+			select {
+			case <-msg.Acked():
+				s.settled(d, false)
+				return
+			case <-msg.Nacked():
+				s.settled(d, true)
+				return
+			default:
+			}
+			if !msg.Nack() {
+				s.settled(d, false)
+				return
+			}
+			d.cancel(ErrClosed)
+			s.report(d, d.Msg.Nak())
+			return
 		}
 	}
 }
+
+// settled applies the router's verdict and ends the message's context.
+func (s *Subscriber) settled(d *Delivery, nacked bool) {
+	s.report(d, d.apply(nacked, s.cfg.NackDelay))
+	d.cancel(errSettled)
+}
+
+// errSettled is the cause of a message's context once it was acked or
+// nacked.
+var errSettled = errors.New("jetstreamsub: message settled")
 
 func (s *Subscriber) report(d *Delivery, err error) {
 	if err != nil {
@@ -223,10 +335,14 @@ func (s *Subscriber) StopFetching() {
 	}
 }
 
-// WaitSettled waits until every message handed out is settled, or ctx ends.
+// WaitSettled, after StopFetching, waits until the fetch loops have ended
+// and every message they handed out is settled, or ctx ends. The fetch
+// loops come first: one may still hand out a message it pulled as
+// StopFetching was called, and counting it after the wait began would let
+// WaitSettled return too early (and is a WaitGroup misuse).
 func (s *Subscriber) WaitSettled(ctx context.Context) error {
 	done := make(chan struct{})
-	go func() { s.out.Wait(); close(done) }()
+	go func() { s.subs.Wait(); s.out.Wait(); close(done) }()
 	select {
 	case <-done:
 		return nil
@@ -235,11 +351,15 @@ func (s *Subscriber) WaitSettled(ctx context.Context) error {
 	}
 }
 
-// Close stops fetching and waits for the fetch loops to end. It never
-// deletes a consumer: durable consumers outlive every process.
+// Close stops fetching, gives back (naks without delay) every message still
+// out, ending its context with [ErrClosed], and returns once nothing is
+// held. For a graceful stop, call StopFetching and WaitSettled first. It
+// never deletes a consumer: durable consumers outlive every process.
 func (s *Subscriber) Close() error {
 	s.StopFetching()
 	s.subs.Wait()
+	s.closeOnce.Do(func() { close(s.closing) })
+	s.out.Wait()
 	return nil
 }
 
@@ -250,6 +370,8 @@ type deliveryKey struct{}
 type Delivery struct {
 	Msg  jetstream.Msg
 	Meta *jetstream.MsgMetadata
+
+	cancel context.CancelCauseFunc // ends the message's context
 
 	mu        sync.Mutex
 	nakDelay  time.Duration
@@ -287,6 +409,13 @@ func (d *Delivery) Terminate(reason string) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.term, d.termCause = true, reason
+}
+
+// giveBack nacks a message that was never handed out, for redelivery at
+// once: no handler saw it, so the nack delay does not apply.
+func (d *Delivery) giveBack(msg *message.Message) {
+	d.RetryAfter(0)
+	msg.Nack()
 }
 
 // apply performs the settlement: for an ack, Term or Ack (or a nak when

@@ -1,0 +1,611 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/effects-run/effects/internal/testenv"
+	"github.com/effects-run/effects/pkg/effects"
+	"github.com/effects-run/effects/pkg/effects/dispatcher"
+)
+
+// The tests run this test binary as the command: with
+// EFFECTS_DISPATCHER_TEST_MAIN set it runs main() instead of the tests.
+func TestMain(m *testing.M) {
+	if os.Getenv("EFFECTS_DISPATCHER_TEST_MAIN") == "1" {
+		os.Args = []string{"dispatcher"}
+		main()
+		os.Exit(0) // main returned: the service ran and stopped
+	}
+	os.Exit(m.Run())
+}
+
+// builtins are the kinds cmd/dispatcher handles.
+var builtins = []string{"echo", "http_request"}
+
+func TestConfigErrors(t *testing.T) {
+	t.Parallel()
+	// Nothing listens on NATS_URL: a configuration error stops the
+	// dispatcher before it connects.
+	base := map[string]string{"NATS_URL": "nats://127.0.0.1:1", "EFFECTS_ADMIN_ADDR": "127.0.0.1:0"}
+	for _, tc := range []struct {
+		name string
+		env  map[string]string
+		want string
+	}{
+		{"concurrency not a number", map[string]string{"EFFECTS_CONCURRENCY": "abc"}, "EFFECTS_CONCURRENCY"},
+		{"concurrency negative", map[string]string{"EFFECTS_CONCURRENCY": "-1"}, "EFFECTS_CONCURRENCY"},
+		{"allow list with a URL", map[string]string{"EFFECTS_HTTP_ALLOW": "http://x"}, "EFFECTS_HTTP_ALLOW"},
+		{"allow list with a path", map[string]string{"EFFECTS_HTTP_ALLOW": "example.com,x/y"}, "EFFECTS_HTTP_ALLOW"},
+		{"retry max below base", map[string]string{"EFFECTS_RETRY_BASE": "2s", "EFFECTS_RETRY_MAX": "1s"}, "EFFECTS_RETRY_MAX"},
+		{"bad handler timeout", map[string]string{"EFFECTS_HANDLER_TIMEOUT": "long"}, "EFFECTS_HANDLER_TIMEOUT"},
+		{"bad duplicate window", map[string]string{"EFFECTS_DUPLICATE_WINDOW": "2 minutes"}, "EFFECTS_DUPLICATE_WINDOW"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			p := start(t, merge(base, tc.env))
+			if code := p.wait(t); code != 2 {
+				t.Fatalf("exit %d, want 2\n%s", code, p.output())
+			}
+			l := p.find(t, "configuration")
+			if l == nil || !strings.Contains(fmt.Sprint(l["error"]), tc.want) {
+				t.Errorf("no \"configuration\" line naming %s\n%s", tc.want, p.output())
+			}
+		})
+	}
+}
+
+// TestDispatchesAndStops runs the dispatcher, has it handle an effect, stops
+// it, and runs it again: the durable consumers outlive every stop, and an
+// effect handled before a stop is not handled again.
+func TestDispatchesAndStops(t *testing.T) {
+	t.Parallel()
+	n := testenv.StartNATS(t)
+	_, js := n.Connect(t)
+	env := map[string]string{"NATS_URL": n.URL, "EFFECTS_ADMIN_ADDR": "127.0.0.1:0", "EFFECTS_LOG_LEVEL": "debug"}
+
+	p := start(t, env) // EFFECTS_HTTP_ALLOW unset: allowed
+	admin := "http://" + p.adminAddr(t)
+	waitReady(t, p, admin)
+	for _, kind := range builtins {
+		ci := consumerInfo(t, js, kind)
+		if ci == nil || ci.Config.Durable != dispatcher.ConsumerName(kind) || ci.Config.AckPolicy != jetstream.AckExplicitPolicy ||
+			ci.Config.FilterSubject != effects.Subject(kind) {
+			t.Errorf("consumer of %s: %+v, want a durable one with explicit acks on %s", kind, ci, effects.Subject(kind))
+		}
+	}
+
+	first := publishEcho(t, js, `{"a":1}`)
+	checkCompletion(t, p, js, first, `{"a":1}`, 1)
+	waitMetric(t, p, admin, `effects_handled_total{kind="echo",outcome="succeeded"} 1`)
+
+	p.signal(t, syscall.SIGTERM)
+	if code := p.wait(t); code != 0 {
+		t.Fatalf("exit %d after SIGTERM, want 0\n%s", code, p.output())
+	}
+	if p.find(t, "stopped") == nil {
+		t.Errorf("no \"stopped\" line\n%s", p.output())
+	}
+	for _, kind := range builtins {
+		if consumerInfo(t, js, kind) == nil {
+			t.Errorf("consumer %s was deleted by the stop", dispatcher.ConsumerName(kind))
+		}
+	}
+	waitAcked(t, js, "echo", first.seq)
+
+	// Again: the consumers are reused, the acked effect stays handled.
+	p = start(t, env)
+	admin = "http://" + p.adminAddr(t)
+	waitReady(t, p, admin)
+	second := publishEcho(t, js, `{"b":[true,null]}`)
+	checkCompletion(t, p, js, second, `{"b":[true,null]}`, 1)
+	waitMetric(t, p, admin, `effects_handled_total{kind="echo",outcome="succeeded"} 1`)
+	p.signal(t, syscall.SIGTERM)
+	if code := p.wait(t); code != 0 {
+		t.Fatalf("second run: exit %d after SIGTERM, want 0\n%s", code, p.output())
+	}
+	for _, kind := range builtins {
+		if consumerInfo(t, js, kind) == nil {
+			t.Errorf("consumer %s was deleted by the second stop", dispatcher.ConsumerName(kind))
+		}
+	}
+	waitAcked(t, js, "echo", second.seq)
+}
+
+// TestShutdownLetsWorkFinish stops the dispatcher while an http_request is
+// running: it finishes within EFFECTS_SHUTDOWN_TIMEOUT and completes.
+func TestShutdownLetsWorkFinish(t *testing.T) {
+	t.Parallel()
+	n := testenv.StartNATS(t)
+	_, js := n.Connect(t)
+	target := newBlockingServer(t)
+	p := start(t, map[string]string{
+		"NATS_URL": n.URL, "EFFECTS_ADMIN_ADDR": "127.0.0.1:0", "EFFECTS_HTTP_ALLOW": "127.0.0.1",
+	})
+	waitReady(t, p, "http://"+p.adminAddr(t))
+	eff := publishHTTPRequest(t, js, target.URL)
+	target.waitRequest(t, p)
+
+	p.signal(t, syscall.SIGTERM)
+	p.waitFor(t, `the "stopping" line`, func() bool { return p.has("stopping") })
+	target.unblock()
+	if code := p.wait(t); code != 0 {
+		t.Fatalf("exit %d after SIGTERM, want 0\n%s", code, p.output())
+	}
+	comp := lastCompletion(t, js, "http_request")
+	if comp == nil || comp.EffectID != eff.id || comp.Status != effects.StatusSucceeded || comp.Attempts != 1 {
+		t.Fatalf("completion %+v, want effect %s succeeded after 1 attempt\n%s", comp, eff.id, p.output())
+	}
+	waitAcked(t, js, "http_request", eff.seq)
+}
+
+// TestShutdownTimeoutReturnsWork stops the dispatcher while an http_request
+// runs past EFFECTS_SHUTDOWN_TIMEOUT: it is interrupted and goes back to the
+// stream, not failed, and the next dispatcher completes it.
+func TestShutdownTimeoutReturnsWork(t *testing.T) {
+	t.Parallel()
+	n := testenv.StartNATS(t)
+	_, js := n.Connect(t)
+	target := newBlockingServer(t)
+	env := map[string]string{
+		"NATS_URL": n.URL, "EFFECTS_ADMIN_ADDR": "127.0.0.1:0", "EFFECTS_HTTP_ALLOW": "127.0.0.1",
+		// Longer than the test waits: the interrupted effect must be given
+		// back at once, not redelivered once its ack wait ran out.
+		"EFFECTS_SHUTDOWN_TIMEOUT": "200ms", "EFFECTS_ACK_WAIT": "5m",
+	}
+	p := start(t, env)
+	waitReady(t, p, "http://"+p.adminAddr(t))
+	eff := publishHTTPRequest(t, js, target.URL)
+	target.waitRequest(t, p)
+
+	p.signal(t, syscall.SIGTERM)
+	if code := p.wait(t); code != 0 {
+		t.Fatalf("exit %d after SIGTERM, want 0\n%s", code, p.output())
+	}
+	if comp := lastCompletion(t, js, "http_request"); comp != nil {
+		t.Fatalf("an interrupted effect was completed: %+v\n%s", comp, p.output())
+	}
+
+	target.unblock()
+	p = start(t, env)
+	waitReady(t, p, "http://"+p.adminAddr(t))
+	var comp *effects.Completion
+	p.waitFor(t, "the http_request completion", func() bool {
+		comp = lastCompletion(t, js, "http_request")
+		return comp != nil
+	})
+	// The interrupted attempt counts as a delivery, but did not fail.
+	if comp.EffectID != eff.id || comp.Status != effects.StatusSucceeded || comp.Attempts != 2 {
+		t.Errorf("completion %+v, want effect %s succeeded at delivery 2", comp, eff.id)
+	}
+	p.signal(t, syscall.SIGTERM)
+	if code := p.wait(t); code != 0 {
+		t.Fatalf("second run: exit %d after SIGTERM, want 0\n%s", code, p.output())
+	}
+}
+
+// TestStartsBeforeNATS starts the dispatcher while NATS is down: not ready
+// until NATS is up, then dispatching.
+func TestStartsBeforeNATS(t *testing.T) {
+	t.Parallel()
+	n := testenv.StartNATS(t)
+	n.Shutdown()
+	p := start(t, map[string]string{"NATS_URL": n.URL, "EFFECTS_ADMIN_ADDR": "127.0.0.1:0"})
+	admin := "http://" + p.adminAddr(t)
+	if code, body := get(t, admin+"/readyz"); code != http.StatusServiceUnavailable {
+		t.Errorf("/readyz without NATS: %d %s, want 503", code, body)
+	}
+	n.Restart(t)
+	waitReady(t, p, admin)
+	_, js := n.Connect(t)
+	eff := publishEcho(t, js, `{}`)
+	checkCompletion(t, p, js, eff, `{}`, 1)
+	p.signal(t, syscall.SIGTERM)
+	if code := p.wait(t); code != 0 {
+		t.Fatalf("exit %d after SIGTERM, want 0\n%s", code, p.output())
+	}
+}
+
+// TestStopsBeforeNATS stops the dispatcher before it ever reached NATS: a
+// stop, not a failure.
+func TestStopsBeforeNATS(t *testing.T) {
+	t.Parallel()
+	n := testenv.StartNATS(t)
+	n.Shutdown()
+	p := start(t, map[string]string{"NATS_URL": n.URL, "EFFECTS_ADMIN_ADDR": "127.0.0.1:0"})
+	admin := "http://" + p.adminAddr(t)
+	if code, body := get(t, admin+"/readyz"); code != http.StatusServiceUnavailable {
+		t.Errorf("/readyz without NATS: %d %s, want 503", code, body)
+	}
+	p.signal(t, syscall.SIGTERM)
+	if code := p.wait(t); code != 0 {
+		t.Fatalf("exit %d after SIGTERM, want 0\n%s", code, p.output())
+	}
+}
+
+// published is an effect the test put on the stream.
+type published struct {
+	id  string
+	seq uint64
+}
+
+func publishEcho(t *testing.T, js jetstream.JetStream, payload string) published {
+	t.Helper()
+	return publishEffect(t, js, "echo", payload)
+}
+
+func publishHTTPRequest(t *testing.T, js jetstream.JetStream, url string) published {
+	t.Helper()
+	return publishEffect(t, js, "http_request", fmt.Sprintf(`{"url":%q,"method":"POST","body":{"x":1},"timeout_ms":60000}`, url))
+}
+
+// publishEffect publishes an effect the way the ingest does.
+func publishEffect(t *testing.T, js jetstream.JetStream, kind, payload string) published {
+	t.Helper()
+	id := newUUID(t)
+	msg := nats.NewMsg(effects.Subject(kind))
+	msg.Data = fmt.Appendf(nil, `{"id":%q,"kind":%q,"payload":%s,"created_at":%q,"session_variables":null}`,
+		id, kind, payload, time.Now().UTC().Format(time.RFC3339))
+	msg.Header.Set(jetstream.MsgIDHeader, newUUID(t))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ack, err := js.PublishMsg(ctx, msg)
+	if err != nil {
+		t.Fatalf("publish %s: %v", kind, err)
+	}
+	return published{id: id, seq: ack.Sequence}
+}
+
+// checkCompletion waits for the succeeded completion of eff on
+// effects.completed.echo.
+func checkCompletion(t *testing.T, p *process, js jetstream.JetStream, eff published, completion string, attempts int) {
+	t.Helper()
+	var comp *effects.Completion
+	p.waitFor(t, "the completion of "+eff.id, func() bool {
+		comp = lastCompletion(t, js, "echo")
+		return comp != nil && comp.EffectID == eff.id
+	})
+	if comp.Kind != "echo" || comp.Status != effects.StatusSucceeded || string(comp.Completion) != completion ||
+		comp.Error != nil || comp.Attempts != attempts || comp.CompletedAt.IsZero() {
+		t.Errorf("completion %+v (%s), want echo succeeded with %s after %d attempts", comp, comp.Completion, completion, attempts)
+	}
+}
+
+// lastCompletion is the last message on effects.completed.<kind>, or nil.
+func lastCompletion(t *testing.T, js jetstream.JetStream, kind string) *effects.Completion {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	stream, err := js.Stream(ctx, effects.CompletedStream)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil
+	} else if err != nil {
+		t.Fatalf("stream %s: %v", effects.CompletedStream, err)
+	}
+	msg, err := stream.GetLastMsgForSubject(ctx, effects.CompletedSubject(kind))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil
+	} else if err != nil {
+		t.Fatalf("last message on %s: %v", effects.CompletedSubject(kind), err)
+	}
+	comp, err := effects.ParseCompletion(msg.Data)
+	if err != nil {
+		t.Fatalf("completion %s: %v", msg.Data, err)
+	}
+	return &comp
+}
+
+// consumerInfo is the dispatcher's consumer of kind, or nil when there is
+// none.
+func consumerInfo(t *testing.T, js jetstream.JetStream, kind string) *jetstream.ConsumerInfo {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := js.Consumer(ctx, effects.EffectsStream, dispatcher.ConsumerName(kind))
+	if errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return nil
+	} else if err != nil {
+		t.Fatalf("consumer %s: %v", dispatcher.ConsumerName(kind), err)
+	}
+	return c.CachedInfo()
+}
+
+// waitAcked waits until the consumer of kind has acked the stream up to seq
+// and has nothing outstanding.
+func waitAcked(t *testing.T, js jetstream.JetStream, kind string, seq uint64) {
+	t.Helper()
+	deadline := time.Now().Add(processTimeout)
+	for {
+		ci := consumerInfo(t, js, kind)
+		if ci != nil && ci.AckFloor.Stream >= seq && ci.NumAckPending == 0 && ci.NumPending == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("consumer %s: not acked up to %d in %s: %+v", dispatcher.ConsumerName(kind), seq, processTimeout, ci)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func waitMetric(t *testing.T, p *process, admin, line string) {
+	t.Helper()
+	var metrics string
+	p.waitFor(t, "/metrics with "+line, func() bool {
+		_, metrics = get(t, admin+"/metrics")
+		return strings.Contains(metrics, line+"\n")
+	})
+}
+
+// waitReady polls /readyz until it answers 200.
+func waitReady(t *testing.T, p *process, admin string) {
+	t.Helper()
+	p.waitFor(t, "/readyz 200", func() bool {
+		code, _ := get(t, admin+"/readyz")
+		return code == http.StatusOK
+	})
+}
+
+// blockingServer is a target for http_request that holds every request
+// until it is released.
+type blockingServer struct {
+	*httptest.Server
+	requests    chan struct{}
+	release     chan struct{}
+	releaseOnce sync.Once
+}
+
+func newBlockingServer(t *testing.T) *blockingServer {
+	t.Helper()
+	s := &blockingServer{requests: make(chan struct{}, 16), release: make(chan struct{})}
+	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// Reading the body to its end lets the server notice a client
+		// that hangs up, which ends r.Context().
+		_, _ = io.Copy(io.Discard, r.Body)
+		s.requests <- struct{}{}
+		select {
+		case <-s.release:
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = io.WriteString(w, `{"ok":true}`)
+		case <-r.Context().Done():
+		}
+	}))
+	t.Cleanup(s.Close)
+	t.Cleanup(s.unblock) // before Close, which waits for the handlers
+	return s
+}
+
+// unblock lets every request held, and every later one, be answered.
+func (s *blockingServer) unblock() { s.releaseOnce.Do(func() { close(s.release) }) }
+
+func (s *blockingServer) waitRequest(t *testing.T, p *process) {
+	t.Helper()
+	select {
+	case <-s.requests:
+	case <-p.done:
+		t.Fatalf("exited (%v) before the request arrived\n%s", p.err, p.output())
+	case <-time.After(processTimeout):
+		t.Fatalf("no request in %s\n%s", processTimeout, p.output())
+	}
+}
+
+func newUUID(t *testing.T) string {
+	t.Helper()
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		t.Fatal(err)
+	}
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:])
+}
+
+var httpClient = &http.Client{Timeout: 15 * time.Second}
+
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := httpClient.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	return resp.StatusCode, string(b)
+}
+
+func merge(ms ...map[string]string) map[string]string {
+	out := map[string]string{}
+	for _, m := range ms {
+		for k, v := range m {
+			out[k] = v
+		}
+	}
+	return out
+}
+
+// process is the dispatcher running as a child process.
+type process struct {
+	cmd            *exec.Cmd
+	stdout, stderr syncBuffer
+	done           chan struct{} // closed when it exited
+	err            error         // of Wait, once done is closed
+}
+
+// processTimeout bounds every wait for the child; generous for the race
+// detector on a loaded machine.
+const processTimeout = 30 * time.Second
+
+// start runs the dispatcher with env (and of the test's environment only
+// PATH). It is killed when the test ends.
+func start(t *testing.T, env map[string]string) *process {
+	t.Helper()
+	p := &process{done: make(chan struct{})}
+	p.cmd = exec.Command(os.Args[0])
+	p.cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "EFFECTS_DISPATCHER_TEST_MAIN=1"}
+	for k, v := range env {
+		p.cmd.Env = append(p.cmd.Env, k+"="+v)
+	}
+	p.cmd.Stdout, p.cmd.Stderr = &p.stdout, &p.stderr
+	p.cmd.WaitDelay = 5 * time.Second
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		p.err = p.cmd.Wait()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-p.done:
+		default:
+			_ = p.cmd.Process.Kill()
+			<-p.done
+		}
+	})
+	return p
+}
+
+// wait waits for the process to exit and returns its exit code.
+func (p *process) wait(t *testing.T) int {
+	t.Helper()
+	select {
+	case <-p.done:
+	case <-time.After(processTimeout):
+		t.Fatalf("still running after %s\n%s", processTimeout, p.output())
+	}
+	var ee *exec.ExitError
+	switch {
+	case p.err == nil:
+		return 0
+	case errors.As(p.err, &ee):
+		return ee.ExitCode()
+	}
+	t.Fatalf("wait: %v", p.err)
+	return -1
+}
+
+func (p *process) signal(t *testing.T, sig os.Signal) {
+	t.Helper()
+	if err := p.cmd.Process.Signal(sig); err != nil {
+		t.Fatalf("signal %s: %v", sig, err)
+	}
+}
+
+// adminAddr waits for the "starting" line and returns its admin_addr.
+func (p *process) adminAddr(t *testing.T) string {
+	t.Helper()
+	var addr string
+	p.waitFor(t, `the "starting" line`, func() bool {
+		for _, l := range p.lines() {
+			if l["msg"] == "starting" {
+				addr, _ = l["admin_addr"].(string)
+				return true
+			}
+		}
+		return false
+	})
+	if !strings.HasPrefix(addr, "127.0.0.1:") {
+		t.Fatalf("admin_addr %q, want the address it was given", addr)
+	}
+	return addr
+}
+
+// has reports whether a log line with msg was written.
+func (p *process) has(msg string) bool {
+	for _, l := range p.lines() {
+		if l["msg"] == msg {
+			return true
+		}
+	}
+	return false
+}
+
+// waitFor polls cond until it holds; it fails the test when the process
+// exits or the deadline passes first.
+func (p *process) waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(processTimeout)
+	for !cond() {
+		select {
+		case <-p.done:
+			t.Fatalf("exited (%v) before %s\n%s", p.err, what, p.output())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s in %s\n%s", what, processTimeout, p.output())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// lines parses stderr as JSON lines, skipping what is not JSON.
+func (p *process) lines() []map[string]any {
+	var lines []map[string]any
+	for _, raw := range strings.Split(p.stderr.String(), "\n") {
+		var l map[string]any
+		if json.Unmarshal([]byte(raw), &l) == nil {
+			lines = append(lines, l)
+		}
+	}
+	return lines
+}
+
+// find checks that all of stderr is JSON lines of the dispatcher and
+// returns the first line with msg, or nil.
+func (p *process) find(t *testing.T, msg string) map[string]any {
+	t.Helper()
+	var found map[string]any
+	for _, raw := range strings.Split(strings.TrimSuffix(p.stderr.String(), "\n"), "\n") {
+		var l map[string]any
+		if err := json.Unmarshal([]byte(raw), &l); err != nil || l["service"] != "dispatcher" || l["level"] == nil {
+			t.Errorf("not a JSON log line of the dispatcher: %s", raw)
+			continue
+		}
+		if found == nil && l["msg"] == msg {
+			found = l
+		}
+	}
+	return found
+}
+
+func (p *process) output() string {
+	return "stdout:\n" + p.stdout.String() + "stderr:\n" + p.stderr.String()
+}
+
+// syncBuffer is a bytes.Buffer the child's output can be copied into while
+// the test reads it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
