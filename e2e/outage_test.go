@@ -24,7 +24,7 @@ func TestNoEffectLostWhenNATSRestarts(t *testing.T) {
 		return "done", nil
 	})
 	p := startPipeline(t, options{registry: reg, dispatcher: dispatcher.Config{
-		Concurrency: 8, RetryBase: 20 * time.Millisecond, RetryMax: 200 * time.Millisecond, AckWait: 2 * time.Second,
+		Concurrency: 8, RetryBase: 20 * time.Millisecond, RetryMax: 200 * time.Millisecond,
 	}})
 
 	const n = 300

@@ -29,8 +29,12 @@ type Config struct {
 	// RetryMax caps the backoff delay. EFFECTS_RETRY_MAX, default 5m.
 	RetryMax time.Duration
 	// AckWait is how long JetStream waits for an ack before redelivering to
-	// another dispatcher; a running handler renews it with InProgress every
-	// AckWait/3. EFFECTS_ACK_WAIT, default 30s.
+	// another dispatcher: how long an effect whose dispatcher crashed waits.
+	// It must exceed HandlerTimeout by at least AckWaitMargin: messages are
+	// pulled ahead (up to Concurrency), and their ack timers run while they
+	// wait for a worker, which can take one whole attempt. A running attempt
+	// also renews it with InProgress every AckWait/3.
+	// EFFECTS_ACK_WAIT, default HandlerTimeout + 30s (90s).
 	AckWait time.Duration
 	// MaxAckPending bounds the messages of one kind that are out at once
 	// across all dispatcher processes, including those waiting out a retry
@@ -44,6 +48,11 @@ type Config struct {
 	// EFFECTS_DUPLICATE_WINDOW, EFFECTS_STREAM_REPLICAS).
 	Streams effects.StreamOptions
 }
+
+// AckWaitMargin is how much longer than the handler timeout the ack wait must
+// be: the most a worker is held after its handler's deadline (the grace for a
+// handler to return, and the completion publish).
+const AckWaitMargin = interruptGrace + publishTimeout + 4*time.Second
 
 // WithDefaults returns a copy of c with zero fields set to their defaults.
 func (c Config) WithDefaults() Config {
@@ -64,7 +73,7 @@ func (c Config) WithDefaults() Config {
 	def(&c.HandlerTimeout, 60*time.Second)
 	def(&c.RetryBase, time.Second)
 	def(&c.RetryMax, 5*time.Minute)
-	def(&c.AckWait, 30*time.Second)
+	def(&c.AckWait, c.HandlerTimeout+30*time.Second)
 	def(&c.ShutdownTimeout, 30*time.Second)
 	c.Streams = c.Streams.WithDefaults()
 	return c
@@ -83,8 +92,9 @@ func (c Config) Validate() error {
 		return fmt.Errorf("EFFECTS_RETRY_BASE=%s: want a positive duration", c.RetryBase)
 	case c.RetryMax < c.RetryBase:
 		return fmt.Errorf("EFFECTS_RETRY_MAX=%s: want at least EFFECTS_RETRY_BASE (%s)", c.RetryMax, c.RetryBase)
-	case c.AckWait < time.Second:
-		return fmt.Errorf("EFFECTS_ACK_WAIT=%s: want at least 1s", c.AckWait)
+	case c.AckWait < c.HandlerTimeout+AckWaitMargin:
+		return fmt.Errorf("EFFECTS_ACK_WAIT=%s: want at least EFFECTS_HANDLER_TIMEOUT (%s) + %s: an effect pulled ahead may wait that long for a worker",
+			c.AckWait, c.HandlerTimeout, AckWaitMargin)
 	case c.MaxAckPending < c.Concurrency:
 		return fmt.Errorf("EFFECTS_MAX_ACK_PENDING=%d: want at least EFFECTS_CONCURRENCY (%d)", c.MaxAckPending, c.Concurrency)
 	case c.ShutdownTimeout < 0:
@@ -107,13 +117,16 @@ func ConfigFromEnv(r *envconfig.Reader, streams effects.StreamOptions) (Config, 
 		MaxAttempts:     r.Int("EFFECTS_MAX_ATTEMPTS", def.MaxAttempts),
 		RetryBase:       r.Duration("EFFECTS_RETRY_BASE", def.RetryBase),
 		RetryMax:        r.Duration("EFFECTS_RETRY_MAX", def.RetryMax),
-		AckWait:         r.Duration("EFFECTS_ACK_WAIT", def.AckWait),
+		AckWait:         r.Duration("EFFECTS_ACK_WAIT", 0),
 		MaxAckPending:   r.Int("EFFECTS_MAX_ACK_PENDING", def.MaxAckPending),
 		ShutdownTimeout: r.Duration("EFFECTS_SHUTDOWN_TIMEOUT", def.ShutdownTimeout),
 		Streams:         streams.WithDefaults(),
 	}
 	if err := r.Err(); err != nil {
 		return Config{}, err
+	}
+	if r.String("EFFECTS_ACK_WAIT", "") == "" {
+		c.AckWait = c.HandlerTimeout + 30*time.Second // follows the handler timeout
 	}
 	return c, c.Validate()
 }

@@ -177,6 +177,9 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	return nil
 }
 
+// publishTimeout bounds the publishing of one completion, retries included.
+const publishTimeout = 10 * time.Second
+
 // interruptGrace is how long an attempt whose context was cancelled has to
 // return its own error before it is given up.
 const interruptGrace = time.Second
@@ -330,16 +333,26 @@ func (d *Dispatcher) carryOut(msg *message.Message, del *jetstreamsub.Delivery, 
 // publish sends a completion, retrying briefly; if JetStream does not take it,
 // the effect is redelivered later (the handler runs again).
 func (d *Dispatcher) publish(del *jetstreamsub.Delivery, ref effects.Ref, comp effects.Completion, km *kindMetrics) bool {
+	// Bounded by publishTimeout in all, so a worker slot is never held
+	// longer than the handler timeout plus this (see Config.AckWait).
+	ctx, cancel := context.WithTimeout(context.Background(), publishTimeout)
+	defer cancel()
 	var err error
-	for i, wait := 0, 100*time.Millisecond; i < 3; i, wait = i+1, wait*4 {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		err = d.client.Publish(ctx, ref, comp)
-		cancel()
-		if err == nil {
+	for wait := 50 * time.Millisecond; ; wait *= 2 {
+		if err = d.client.Publish(ctx, ref, comp); err == nil {
 			return true
 		}
 		km.publishErrors.Inc()
-		time.Sleep(wait)
+		if ctx.Err() != nil {
+			break
+		}
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+		}
+		if ctx.Err() != nil {
+			break
+		}
 	}
 	d.logger.Error("completion not published; the effect will be redelivered", "effect_id", comp.EffectID, "kind", comp.Kind, "error", err)
 	del.RetryAfter(d.cfg.RetryBase)

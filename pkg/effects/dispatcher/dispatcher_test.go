@@ -41,7 +41,6 @@ func testConfig() Config {
 		MaxAttempts:     3,
 		RetryBase:       10 * time.Millisecond,
 		RetryMax:        50 * time.Millisecond,
-		AckWait:         2 * time.Second,
 		ShutdownTimeout: 2 * time.Second,
 	}
 }
@@ -366,25 +365,6 @@ func TestTimeoutErrorSaysSo(t *testing.T) {
 	}
 }
 
-func TestLongHandlerKeepsItsMessage(t *testing.T) {
-	t.Parallel()
-	var calls atomic.Int32
-	reg := effects.NewRegistry()
-	reg.Handle("long", func(ctx context.Context, e effects.Effect) (any, error) {
-		calls.Add(1)
-		time.Sleep(2500 * time.Millisecond) // more than twice the ack wait
-		return "done", nil
-	})
-	cfg := testConfig()
-	cfg.AckWait = time.Second
-	b := setup(t, cfg, reg)
-	id, _ := b.publish("long", `{}`)
-	c := b.completion(id)
-	if c.Status != effects.StatusSucceeded || c.Attempts != 1 || calls.Load() != 1 {
-		t.Fatalf("completion %+v after %d calls: InProgress did not keep the message", c, calls.Load())
-	}
-}
-
 func TestHandlersOfOneKindRunConcurrently(t *testing.T) {
 	t.Parallel()
 	const n = 8
@@ -598,6 +578,9 @@ func TestConfigValidateNamesTheVariable(t *testing.T) {
 		{Config{MaxAttempts: -2}, "EFFECTS_MAX_ATTEMPTS"},
 		{Config{RetryBase: time.Minute, RetryMax: time.Second}, "EFFECTS_RETRY_MAX"},
 		{Config{AckWait: time.Millisecond}, "EFFECTS_ACK_WAIT"},
+		// Effects pulled ahead wait up to one attempt for a worker: an ack
+		// wait no longer than the handler timeout would deliver them twice.
+		{Config{HandlerTimeout: time.Minute, AckWait: time.Minute}, "EFFECTS_ACK_WAIT"},
 		{Config{Concurrency: 50, MaxAckPending: 10}, "EFFECTS_MAX_ACK_PENDING"},
 	} {
 		err := tc.cfg.WithDefaults().Validate()
@@ -664,6 +647,17 @@ func TestConfigFromEnv(t *testing.T) {
 	c, err := ConfigFromEnv(envconfig.FromMap(map[string]string{"EFFECTS_CONCURRENCY": "7", "EFFECTS_RETRY_BASE": "250ms"}), effects.StreamOptions{})
 	if err != nil || c.Concurrency != 7 || c.RetryBase != 250*time.Millisecond || c.MaxAttempts != 10 || c.Streams.MaxAge != 168*time.Hour {
 		t.Fatalf("%+v %v", c, err)
+	}
+	if c.AckWait != c.HandlerTimeout+30*time.Second {
+		t.Fatalf("default ack wait %s", c.AckWait)
+	}
+	// The ack wait follows a longer handler timeout unless it is set.
+	c, err = ConfigFromEnv(envconfig.FromMap(map[string]string{"EFFECTS_HANDLER_TIMEOUT": "5m"}), effects.StreamOptions{})
+	if err != nil || c.AckWait != 5*time.Minute+30*time.Second {
+		t.Fatalf("%+v %v", c, err)
+	}
+	if _, err := ConfigFromEnv(envconfig.FromMap(map[string]string{"EFFECTS_HANDLER_TIMEOUT": "5m", "EFFECTS_ACK_WAIT": "1m"}), effects.StreamOptions{}); err == nil {
+		t.Fatal("ack wait below the handler timeout accepted")
 	}
 	// An explicit zero is a value, checked like any other.
 	if _, err := ConfigFromEnv(envconfig.FromMap(map[string]string{"EFFECTS_CONCURRENCY": "0"}), effects.StreamOptions{}); err == nil ||
