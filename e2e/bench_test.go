@@ -19,6 +19,7 @@ import (
 var (
 	benchEffects     = flag.Int("effects", 20000, "effects per end-to-end benchmark run")
 	benchConcurrency = flag.Int("posters", 100, "concurrent webhook deliveries (Hasura's default pool is 100)")
+	benchNATS        = flag.String("nats", "", "URL of a NATS server to run against instead of an in-process one (its EFFECTS streams are deleted)")
 )
 
 // BenchmarkEndToEnd measures the whole contract on this machine: rows are
@@ -30,7 +31,7 @@ var (
 func BenchmarkEndToEnd(b *testing.B) {
 	reg := effects.NewRegistry()
 	reg.Handle("echo", handlers.Echo)
-	p := startPipeline(b, options{registry: reg, dispatcher: dispatcher.Config{Concurrency: 256}})
+	p := startPipeline(b, options{registry: reg, dispatcher: dispatcher.Config{Concurrency: 256}, natsURL: *benchNATS})
 	n := *benchEffects
 	ctx := context.Background()
 

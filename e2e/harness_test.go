@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -34,18 +35,23 @@ const secret = "e2e-shared-secret"
 // PostgreSQL schema and a real (in-process) NATS server, each with its own
 // connection, as in production.
 type pipeline struct {
-	t      testing.TB
-	nats   *testenv.NATS
-	pg     *testenv.Postgres
-	url    string // the ingest webhook
-	client *http.Client
-	events atomic.Int64
+	t       testing.TB
+	nats    *testenv.NATS // nil when natsURL names an external server
+	natsURL string
+	pg      *testenv.Postgres
+	url     string // the ingest webhook
+	client  *http.Client
+	events  atomic.Int64
 }
 
 type options struct {
 	registry       *effects.Registry
 	dispatcher     dispatcher.Config
 	completerBatch int
+	// natsURL names an external NATS server to use instead of an
+	// in-process one (the benchmark, to run NATS as its own process, as in
+	// production). Its effects streams are deleted first.
+	natsURL string
 }
 
 func logger() *slog.Logger {
@@ -57,7 +63,13 @@ func logger() *slog.Logger {
 
 func startPipeline(t testing.TB, o options) *pipeline {
 	t.Helper()
-	p := &pipeline{t: t, nats: testenv.StartNATS(t), pg: testenv.StartPostgres(t)}
+	p := &pipeline{t: t, pg: testenv.StartPostgres(t)}
+	if o.natsURL != "" {
+		p.natsURL = o.natsURL
+	} else {
+		p.nats = testenv.StartNATS(t)
+		p.natsURL = p.nats.URL
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	log := logger()
 
@@ -71,7 +83,7 @@ func startPipeline(t testing.TB, o options) *pipeline {
 	conn.Close(ctx)
 
 	connect := func(name string) *natsPair {
-		nc, js, err := natsconn.Connect(p.nats.URL, name, log, 0)
+		nc, js, err := natsconn.Connect(p.natsURL, name, log, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -89,6 +101,15 @@ func startPipeline(t testing.TB, o options) *pipeline {
 		}()
 	}
 
+	if o.natsURL != "" {
+		admin := connect("e2e-admin")
+		for _, name := range []string{effects.EffectsStream, effects.CompletedStream} {
+			if err := admin.JS.DeleteStream(ctx, name); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+				t.Fatal(err)
+			}
+		}
+		admin.NC.Close()
+	}
 	in := connect("e2e-ingest")
 	icfg := ingest.Config{WebhookSecret: secret}.WithDefaults()
 	ing, err := ingest.New(icfg, in.JS, log.With("service", "ingest"), prometheus.NewRegistry())
@@ -107,8 +128,6 @@ func startPipeline(t testing.TB, o options) *pipeline {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dp := connect("e2e-dispatcher-publish")
-	d.PublishThrough(dp.JS)
 	run("dispatcher", d.Run)
 
 	cn := connect("e2e-completer")
@@ -124,7 +143,7 @@ func startPipeline(t testing.TB, o options) *pipeline {
 		for _, s := range stops {
 			<-s
 		}
-		for _, c := range []*natsPair{in, dn, dp, cn} {
+		for _, c := range []*natsPair{in, dn, cn} {
 			c.NC.Close()
 		}
 	})

@@ -49,26 +49,17 @@ func Main(reg *effects.Registry, opts ...Option) {
 		if err != nil {
 			return &service.ConfigError{Err: err}
 		}
-		nc, js, err := natsconn.Connect(ns.URL, "effects-dispatcher", deps.Logger, 0)
+		// One pending async publish per running handler, and then some.
+		nc, js, err := natsconn.Connect(ns.URL, "effects-dispatcher", deps.Logger, max(4096, 2*cfg.Concurrency*len(reg.Kinds())))
 		if err != nil {
 			return err
 		}
 		defer natsconn.Close(nc, 5*time.Second)
-		// Completions go out on a connection of their own (see
-		// Dispatcher.PublishThrough), with room for one pending publish per
-		// running handler.
-		pc, pjs, err := natsconn.Connect(ns.URL, "effects-dispatcher-completions", deps.Logger, max(4096, 2*cfg.Concurrency*len(reg.Kinds())))
-		if err != nil {
-			return err
-		}
-		defer natsconn.Close(pc, 5*time.Second)
 		d, err := New(cfg, reg, js, deps.Logger, deps.Registry)
 		if err != nil {
 			return &service.ConfigError{Err: err}
 		}
-		d.PublishThrough(pjs)
 		deps.Checks.Add("nats", natsconn.Ready(nc))
-		deps.Checks.Add("nats_completions", natsconn.Ready(pc))
 		deps.Checks.Add("dispatcher", d.Ready)
 		return d.Run(ctx)
 	})
