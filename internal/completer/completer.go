@@ -615,7 +615,11 @@ type keepAlive struct {
 
 func startKeepAlive(every time.Duration, msgs []jetstream.Msg) *keepAlive {
 	k := &keepAlive{msgs: msgs, every: every}
+	// Held while the timer is set: with a short interval fire can run
+	// before AfterFunc has returned, and it reads k.timer.
+	k.mu.Lock()
 	k.timer = time.AfterFunc(every, k.fire)
+	k.mu.Unlock()
 	return k
 }
 
