@@ -36,10 +36,7 @@ func TestMain(m *testing.M) {
 func command(t *testing.T, ctx context.Context, env map[string]string, args ...string) *exec.Cmd {
 	t.Helper()
 	cmd := exec.CommandContext(ctx, os.Args[0])
-	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "EFFECTS_COMPLETER_TEST_MAIN=1", "EFFECTS_COMPLETER_TEST_ARGS=" + strings.Join(args, " ")}
-	for k, v := range env {
-		cmd.Env = append(cmd.Env, k+"="+v)
-	}
+	cmd.Env = append(testenv.ChildEnv("EFFECTS_COMPLETER_TEST_MAIN", env), "EFFECTS_COMPLETER_TEST_ARGS="+strings.Join(args, " "))
 	return cmd
 }
 

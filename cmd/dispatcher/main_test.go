@@ -1,17 +1,14 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"strings"
 	"sync"
 	"syscall"
@@ -26,10 +23,13 @@ import (
 	"github.com/effects-run/effects/pkg/effects/dispatcher"
 )
 
+// selector is the variable that makes the test binary run main().
+const selector = "EFFECTS_DISPATCHER_TEST_MAIN"
+
 // The tests run this test binary as the command: with
 // EFFECTS_DISPATCHER_TEST_MAIN set it runs main() instead of the tests.
 func TestMain(m *testing.M) {
-	if os.Getenv("EFFECTS_DISPATCHER_TEST_MAIN") == "1" {
+	if os.Getenv(selector) == "1" {
 		os.Args = []string{"dispatcher"}
 		main()
 		os.Exit(0) // main returned: the service ran and stopped
@@ -60,13 +60,13 @@ func TestConfigErrors(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			p := start(t, merge(base, tc.env))
-			if code := p.wait(t); code != 2 {
-				t.Fatalf("exit %d, want 2\n%s", code, p.output())
+			p := testenv.StartProcess(t, selector, testenv.MergeEnv(base, tc.env))
+			if code := p.Wait(t); code != 2 {
+				t.Fatalf("exit %d, want 2\n%s", code, p.Output())
 			}
-			l := p.find(t, "configuration")
+			l := p.FindLog(t, "dispatcher", "configuration")
 			if l == nil || !strings.Contains(fmt.Sprint(l["error"]), tc.want) {
-				t.Errorf("no \"configuration\" line naming %s\n%s", tc.want, p.output())
+				t.Errorf("no \"configuration\" line naming %s\n%s", tc.want, p.Output())
 			}
 		})
 	}
@@ -81,8 +81,8 @@ func TestDispatchesAndStops(t *testing.T) {
 	_, js := n.Connect(t)
 	env := map[string]string{"NATS_URL": n.URL, "EFFECTS_ADMIN_ADDR": "127.0.0.1:0", "EFFECTS_LOG_LEVEL": "debug"}
 
-	p := start(t, env) // EFFECTS_HTTP_ALLOW unset: allowed
-	admin := "http://" + p.adminAddr(t)
+	p := testenv.StartProcess(t, selector, env) // EFFECTS_HTTP_ALLOW unset: allowed
+	admin := "http://" + p.LoopbackAddr(t, "starting", "admin_addr")
 	waitReady(t, p, admin)
 	for _, kind := range builtins {
 		ci := consumerInfo(t, js, kind)
@@ -96,12 +96,12 @@ func TestDispatchesAndStops(t *testing.T) {
 	checkCompletion(t, p, js, first, `{"a":1}`, 1)
 	waitMetric(t, p, admin, `effects_handled_total{kind="echo",outcome="succeeded"} 1`)
 
-	p.signal(t, syscall.SIGTERM)
-	if code := p.wait(t); code != 0 {
-		t.Fatalf("exit %d after SIGTERM, want 0\n%s", code, p.output())
+	p.Signal(t, syscall.SIGTERM)
+	if code := p.Wait(t); code != 0 {
+		t.Fatalf("exit %d after SIGTERM, want 0\n%s", code, p.Output())
 	}
-	if p.find(t, "stopped") == nil {
-		t.Errorf("no \"stopped\" line\n%s", p.output())
+	if p.FindLog(t, "dispatcher", "stopped") == nil {
+		t.Errorf("no \"stopped\" line\n%s", p.Output())
 	}
 	for _, kind := range builtins {
 		if consumerInfo(t, js, kind) == nil {
@@ -111,15 +111,15 @@ func TestDispatchesAndStops(t *testing.T) {
 	waitAcked(t, js, "echo", first.seq)
 
 	// Again: the consumers are reused, the acked effect stays handled.
-	p = start(t, env)
-	admin = "http://" + p.adminAddr(t)
+	p = testenv.StartProcess(t, selector, env)
+	admin = "http://" + p.LoopbackAddr(t, "starting", "admin_addr")
 	waitReady(t, p, admin)
 	second := publishEcho(t, js, `{"b":[true,null]}`)
 	checkCompletion(t, p, js, second, `{"b":[true,null]}`, 1)
 	waitMetric(t, p, admin, `effects_handled_total{kind="echo",outcome="succeeded"} 1`)
-	p.signal(t, syscall.SIGTERM)
-	if code := p.wait(t); code != 0 {
-		t.Fatalf("second run: exit %d after SIGTERM, want 0\n%s", code, p.output())
+	p.Signal(t, syscall.SIGTERM)
+	if code := p.Wait(t); code != 0 {
+		t.Fatalf("second run: exit %d after SIGTERM, want 0\n%s", code, p.Output())
 	}
 	for _, kind := range builtins {
 		if consumerInfo(t, js, kind) == nil {
@@ -136,22 +136,22 @@ func TestShutdownLetsWorkFinish(t *testing.T) {
 	n := testenv.StartNATS(t)
 	_, js := n.Connect(t)
 	target := newBlockingServer(t)
-	p := start(t, map[string]string{
+	p := testenv.StartProcess(t, selector, map[string]string{
 		"NATS_URL": n.URL, "EFFECTS_ADMIN_ADDR": "127.0.0.1:0", "EFFECTS_HTTP_ALLOW": "127.0.0.1",
 	})
-	waitReady(t, p, "http://"+p.adminAddr(t))
+	waitReady(t, p, "http://"+p.LoopbackAddr(t, "starting", "admin_addr"))
 	eff := publishHTTPRequest(t, js, target.URL)
 	target.waitRequest(t, p)
 
-	p.signal(t, syscall.SIGTERM)
-	p.waitFor(t, `the "stopping" line`, func() bool { return p.has("stopping") })
+	p.Signal(t, syscall.SIGTERM)
+	p.WaitFor(t, `the "stopping" line`, func() bool { return p.HasLog("stopping") })
 	target.unblock()
-	if code := p.wait(t); code != 0 {
-		t.Fatalf("exit %d after SIGTERM, want 0\n%s", code, p.output())
+	if code := p.Wait(t); code != 0 {
+		t.Fatalf("exit %d after SIGTERM, want 0\n%s", code, p.Output())
 	}
 	comp := lastCompletion(t, js, "http_request")
 	if comp == nil || comp.EffectID != eff.id || comp.Status != effects.StatusSucceeded || comp.Attempts != 1 {
-		t.Fatalf("completion %+v, want effect %s succeeded after 1 attempt\n%s", comp, eff.id, p.output())
+		t.Fatalf("completion %+v, want effect %s succeeded after 1 attempt\n%s", comp, eff.id, p.Output())
 	}
 	waitAcked(t, js, "http_request", eff.seq)
 }
@@ -170,24 +170,24 @@ func TestShutdownTimeoutReturnsWork(t *testing.T) {
 		// back at once, not redelivered once its ack wait ran out.
 		"EFFECTS_SHUTDOWN_TIMEOUT": "200ms", "EFFECTS_ACK_WAIT": "5m",
 	}
-	p := start(t, env)
-	waitReady(t, p, "http://"+p.adminAddr(t))
+	p := testenv.StartProcess(t, selector, env)
+	waitReady(t, p, "http://"+p.LoopbackAddr(t, "starting", "admin_addr"))
 	eff := publishHTTPRequest(t, js, target.URL)
 	target.waitRequest(t, p)
 
-	p.signal(t, syscall.SIGTERM)
-	if code := p.wait(t); code != 0 {
-		t.Fatalf("exit %d after SIGTERM, want 0\n%s", code, p.output())
+	p.Signal(t, syscall.SIGTERM)
+	if code := p.Wait(t); code != 0 {
+		t.Fatalf("exit %d after SIGTERM, want 0\n%s", code, p.Output())
 	}
 	if comp := lastCompletion(t, js, "http_request"); comp != nil {
-		t.Fatalf("an interrupted effect was completed: %+v\n%s", comp, p.output())
+		t.Fatalf("an interrupted effect was completed: %+v\n%s", comp, p.Output())
 	}
 
 	target.unblock()
-	p = start(t, env)
-	waitReady(t, p, "http://"+p.adminAddr(t))
+	p = testenv.StartProcess(t, selector, env)
+	waitReady(t, p, "http://"+p.LoopbackAddr(t, "starting", "admin_addr"))
 	var comp *effects.Completion
-	p.waitFor(t, "the http_request completion", func() bool {
+	p.WaitFor(t, "the http_request completion", func() bool {
 		comp = lastCompletion(t, js, "http_request")
 		return comp != nil
 	})
@@ -195,9 +195,9 @@ func TestShutdownTimeoutReturnsWork(t *testing.T) {
 	if comp.EffectID != eff.id || comp.Status != effects.StatusSucceeded || comp.Attempts != 2 {
 		t.Errorf("completion %+v, want effect %s succeeded at delivery 2", comp, eff.id)
 	}
-	p.signal(t, syscall.SIGTERM)
-	if code := p.wait(t); code != 0 {
-		t.Fatalf("second run: exit %d after SIGTERM, want 0\n%s", code, p.output())
+	p.Signal(t, syscall.SIGTERM)
+	if code := p.Wait(t); code != 0 {
+		t.Fatalf("second run: exit %d after SIGTERM, want 0\n%s", code, p.Output())
 	}
 }
 
@@ -207,9 +207,9 @@ func TestStartsBeforeNATS(t *testing.T) {
 	t.Parallel()
 	n := testenv.StartNATS(t)
 	n.Shutdown()
-	p := start(t, map[string]string{"NATS_URL": n.URL, "EFFECTS_ADMIN_ADDR": "127.0.0.1:0"})
-	admin := "http://" + p.adminAddr(t)
-	if code, body := get(t, admin+"/readyz"); code != http.StatusServiceUnavailable {
+	p := testenv.StartProcess(t, selector, map[string]string{"NATS_URL": n.URL, "EFFECTS_ADMIN_ADDR": "127.0.0.1:0"})
+	admin := "http://" + p.LoopbackAddr(t, "starting", "admin_addr")
+	if code, body := testenv.HTTPGet(t, admin+"/readyz"); code != http.StatusServiceUnavailable {
 		t.Errorf("/readyz without NATS: %d %s, want 503", code, body)
 	}
 	n.Restart(t)
@@ -217,9 +217,9 @@ func TestStartsBeforeNATS(t *testing.T) {
 	_, js := n.Connect(t)
 	eff := publishEcho(t, js, `{}`)
 	checkCompletion(t, p, js, eff, `{}`, 1)
-	p.signal(t, syscall.SIGTERM)
-	if code := p.wait(t); code != 0 {
-		t.Fatalf("exit %d after SIGTERM, want 0\n%s", code, p.output())
+	p.Signal(t, syscall.SIGTERM)
+	if code := p.Wait(t); code != 0 {
+		t.Fatalf("exit %d after SIGTERM, want 0\n%s", code, p.Output())
 	}
 }
 
@@ -229,14 +229,14 @@ func TestStopsBeforeNATS(t *testing.T) {
 	t.Parallel()
 	n := testenv.StartNATS(t)
 	n.Shutdown()
-	p := start(t, map[string]string{"NATS_URL": n.URL, "EFFECTS_ADMIN_ADDR": "127.0.0.1:0"})
-	admin := "http://" + p.adminAddr(t)
-	if code, body := get(t, admin+"/readyz"); code != http.StatusServiceUnavailable {
+	p := testenv.StartProcess(t, selector, map[string]string{"NATS_URL": n.URL, "EFFECTS_ADMIN_ADDR": "127.0.0.1:0"})
+	admin := "http://" + p.LoopbackAddr(t, "starting", "admin_addr")
+	if code, body := testenv.HTTPGet(t, admin+"/readyz"); code != http.StatusServiceUnavailable {
 		t.Errorf("/readyz without NATS: %d %s, want 503", code, body)
 	}
-	p.signal(t, syscall.SIGTERM)
-	if code := p.wait(t); code != 0 {
-		t.Fatalf("exit %d after SIGTERM, want 0\n%s", code, p.output())
+	p.Signal(t, syscall.SIGTERM)
+	if code := p.Wait(t); code != 0 {
+		t.Fatalf("exit %d after SIGTERM, want 0\n%s", code, p.Output())
 	}
 }
 
@@ -275,10 +275,10 @@ func publishEffect(t *testing.T, js jetstream.JetStream, kind, payload string) p
 
 // checkCompletion waits for the succeeded completion of eff on
 // effects.completed.echo.
-func checkCompletion(t *testing.T, p *process, js jetstream.JetStream, eff published, completion string, attempts int) {
+func checkCompletion(t *testing.T, p *testenv.Process, js jetstream.JetStream, eff published, completion string, attempts int) {
 	t.Helper()
 	var comp *effects.Completion
-	p.waitFor(t, "the completion of "+eff.id, func() bool {
+	p.WaitFor(t, "the completion of "+eff.id, func() bool {
 		comp = lastCompletion(t, js, "echo")
 		return comp != nil && comp.EffectID == eff.id
 	})
@@ -331,33 +331,33 @@ func consumerInfo(t *testing.T, js jetstream.JetStream, kind string) *jetstream.
 // and has nothing outstanding.
 func waitAcked(t *testing.T, js jetstream.JetStream, kind string, seq uint64) {
 	t.Helper()
-	deadline := time.Now().Add(processTimeout)
+	deadline := time.Now().Add(testenv.ProcessTimeout)
 	for {
 		ci := consumerInfo(t, js, kind)
 		if ci != nil && ci.AckFloor.Stream >= seq && ci.NumAckPending == 0 && ci.NumPending == 0 {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("consumer %s: not acked up to %d in %s: %+v", dispatcher.ConsumerName(kind), seq, processTimeout, ci)
+			t.Fatalf("consumer %s: not acked up to %d in %s: %+v", dispatcher.ConsumerName(kind), seq, testenv.ProcessTimeout, ci)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 }
 
-func waitMetric(t *testing.T, p *process, admin, line string) {
+func waitMetric(t *testing.T, p *testenv.Process, admin, line string) {
 	t.Helper()
 	var metrics string
-	p.waitFor(t, "/metrics with "+line, func() bool {
-		_, metrics = get(t, admin+"/metrics")
+	p.WaitFor(t, "/metrics with "+line, func() bool {
+		_, metrics = testenv.HTTPGet(t, admin+"/metrics")
 		return strings.Contains(metrics, line+"\n")
 	})
 }
 
 // waitReady polls /readyz until it answers 200.
-func waitReady(t *testing.T, p *process, admin string) {
+func waitReady(t *testing.T, p *testenv.Process, admin string) {
 	t.Helper()
-	p.waitFor(t, "/readyz 200", func() bool {
-		code, _ := get(t, admin+"/readyz")
+	p.WaitFor(t, "/readyz 200", func() bool {
+		code, _ := testenv.HTTPGet(t, admin+"/readyz")
 		return code == http.StatusOK
 	})
 }
@@ -394,14 +394,14 @@ func newBlockingServer(t *testing.T) *blockingServer {
 // unblock lets every request held, and every later one, be answered.
 func (s *blockingServer) unblock() { s.releaseOnce.Do(func() { close(s.release) }) }
 
-func (s *blockingServer) waitRequest(t *testing.T, p *process) {
+func (s *blockingServer) waitRequest(t *testing.T, p *testenv.Process) {
 	t.Helper()
 	select {
 	case <-s.requests:
-	case <-p.done:
-		t.Fatalf("exited (%v) before the request arrived\n%s", p.err, p.output())
-	case <-time.After(processTimeout):
-		t.Fatalf("no request in %s\n%s", processTimeout, p.output())
+	case <-p.Done():
+		t.Fatalf("exited (%v) before the request arrived\n%s", p.Err(), p.Output())
+	case <-time.After(testenv.ProcessTimeout):
+		t.Fatalf("no request in %s\n%s", testenv.ProcessTimeout, p.Output())
 	}
 }
 
@@ -414,198 +414,4 @@ func newUUID(t *testing.T) string {
 	b[6] = b[6]&0x0f | 0x40
 	b[8] = b[8]&0x3f | 0x80
 	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:])
-}
-
-var httpClient = &http.Client{Timeout: 15 * time.Second}
-
-func get(t *testing.T, url string) (int, string) {
-	t.Helper()
-	resp, err := httpClient.Get(url)
-	if err != nil {
-		t.Fatalf("GET %s: %v", url, err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatalf("GET %s: %v", url, err)
-	}
-	return resp.StatusCode, string(b)
-}
-
-func merge(ms ...map[string]string) map[string]string {
-	out := map[string]string{}
-	for _, m := range ms {
-		for k, v := range m {
-			out[k] = v
-		}
-	}
-	return out
-}
-
-// process is the dispatcher running as a child process.
-type process struct {
-	cmd            *exec.Cmd
-	stdout, stderr syncBuffer
-	done           chan struct{} // closed when it exited
-	err            error         // of Wait, once done is closed
-}
-
-// processTimeout bounds every wait for the child; generous for the race
-// detector on a loaded machine.
-const processTimeout = 30 * time.Second
-
-// start runs the dispatcher with env (and of the test's environment only
-// PATH). It is killed when the test ends.
-func start(t *testing.T, env map[string]string) *process {
-	t.Helper()
-	p := &process{done: make(chan struct{})}
-	p.cmd = exec.Command(os.Args[0])
-	p.cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "EFFECTS_DISPATCHER_TEST_MAIN=1"}
-	for k, v := range env {
-		p.cmd.Env = append(p.cmd.Env, k+"="+v)
-	}
-	p.cmd.Stdout, p.cmd.Stderr = &p.stdout, &p.stderr
-	p.cmd.WaitDelay = 5 * time.Second
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		p.err = p.cmd.Wait()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		select {
-		case <-p.done:
-		default:
-			_ = p.cmd.Process.Kill()
-			<-p.done
-		}
-	})
-	return p
-}
-
-// wait waits for the process to exit and returns its exit code.
-func (p *process) wait(t *testing.T) int {
-	t.Helper()
-	select {
-	case <-p.done:
-	case <-time.After(processTimeout):
-		t.Fatalf("still running after %s\n%s", processTimeout, p.output())
-	}
-	var ee *exec.ExitError
-	switch {
-	case p.err == nil:
-		return 0
-	case errors.As(p.err, &ee):
-		return ee.ExitCode()
-	}
-	t.Fatalf("wait: %v", p.err)
-	return -1
-}
-
-func (p *process) signal(t *testing.T, sig os.Signal) {
-	t.Helper()
-	if err := p.cmd.Process.Signal(sig); err != nil {
-		t.Fatalf("signal %s: %v", sig, err)
-	}
-}
-
-// adminAddr waits for the "starting" line and returns its admin_addr.
-func (p *process) adminAddr(t *testing.T) string {
-	t.Helper()
-	var addr string
-	p.waitFor(t, `the "starting" line`, func() bool {
-		for _, l := range p.lines() {
-			if l["msg"] == "starting" {
-				addr, _ = l["admin_addr"].(string)
-				return true
-			}
-		}
-		return false
-	})
-	if !strings.HasPrefix(addr, "127.0.0.1:") {
-		t.Fatalf("admin_addr %q, want the address it was given", addr)
-	}
-	return addr
-}
-
-// has reports whether a log line with msg was written.
-func (p *process) has(msg string) bool {
-	for _, l := range p.lines() {
-		if l["msg"] == msg {
-			return true
-		}
-	}
-	return false
-}
-
-// waitFor polls cond until it holds; it fails the test when the process
-// exits or the deadline passes first.
-func (p *process) waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(processTimeout)
-	for !cond() {
-		select {
-		case <-p.done:
-			t.Fatalf("exited (%v) before %s\n%s", p.err, what, p.output())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no %s in %s\n%s", what, processTimeout, p.output())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-// lines parses stderr as JSON lines, skipping what is not JSON.
-func (p *process) lines() []map[string]any {
-	var lines []map[string]any
-	for _, raw := range strings.Split(p.stderr.String(), "\n") {
-		var l map[string]any
-		if json.Unmarshal([]byte(raw), &l) == nil {
-			lines = append(lines, l)
-		}
-	}
-	return lines
-}
-
-// find checks that all of stderr is JSON lines of the dispatcher and
-// returns the first line with msg, or nil.
-func (p *process) find(t *testing.T, msg string) map[string]any {
-	t.Helper()
-	var found map[string]any
-	for _, raw := range strings.Split(strings.TrimSuffix(p.stderr.String(), "\n"), "\n") {
-		var l map[string]any
-		if err := json.Unmarshal([]byte(raw), &l); err != nil || l["service"] != "dispatcher" || l["level"] == nil {
-			t.Errorf("not a JSON log line of the dispatcher: %s", raw)
-			continue
-		}
-		if found == nil && l["msg"] == msg {
-			found = l
-		}
-	}
-	return found
-}
-
-func (p *process) output() string {
-	return "stdout:\n" + p.stdout.String() + "stderr:\n" + p.stderr.String()
-}
-
-// syncBuffer is a bytes.Buffer the child's output can be copied into while
-// the test reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }

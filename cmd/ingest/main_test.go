@@ -5,14 +5,11 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -23,10 +20,13 @@ import (
 	"github.com/effects-run/effects/pkg/effects"
 )
 
+// selector is the variable that makes the test binary run main().
+const selector = "EFFECTS_INGEST_TEST_MAIN"
+
 // The tests run this test binary as the command: with
 // EFFECTS_INGEST_TEST_MAIN set it runs main() instead of the tests.
 func TestMain(m *testing.M) {
-	if os.Getenv("EFFECTS_INGEST_TEST_MAIN") == "1" {
+	if os.Getenv(selector) == "1" {
 		os.Args = []string{"ingest"}
 		main()
 		os.Exit(0) // main returned: the service ran and stopped
@@ -58,17 +58,17 @@ func TestConfigErrors(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			env := merge(base, tc.env)
-			p := start(t, env)
-			if code := p.wait(t); code != 2 {
-				t.Fatalf("exit %d, want 2\n%s", code, p.output())
+			env := testenv.MergeEnv(base, tc.env)
+			p := testenv.StartProcess(t, selector, env)
+			if code := p.Wait(t); code != 2 {
+				t.Fatalf("exit %d, want 2\n%s", code, p.Output())
 			}
-			l := p.find(t, "configuration")
+			l := p.FindLog(t, "ingest", "configuration")
 			if l == nil || !strings.Contains(fmt.Sprint(l["error"]), tc.want) {
-				t.Errorf("no \"configuration\" line naming %s\n%s", tc.want, p.output())
+				t.Errorf("no \"configuration\" line naming %s\n%s", tc.want, p.Output())
 			}
-			if strings.Contains(p.output(), secret) {
-				t.Errorf("the secret was printed\n%s", p.output())
+			if strings.Contains(p.Output(), secret) {
+				t.Errorf("the secret was printed\n%s", p.Output())
 			}
 		})
 	}
@@ -78,15 +78,15 @@ func TestServesStoresAndStops(t *testing.T) {
 	t.Parallel()
 	n := testenv.StartNATS(t)
 	_, js := n.Connect(t)
-	p := start(t, map[string]string{
+	p := testenv.StartProcess(t, selector, map[string]string{
 		"NATS_URL":               n.URL,
 		"EFFECTS_ADMIN_ADDR":     "127.0.0.1:0",
 		"EFFECTS_HTTP_ADDR":      "127.0.0.1:0",
 		"EFFECTS_WEBHOOK_SECRET": secret,
 		"EFFECTS_LOG_LEVEL":      "debug", // the most output there is to leak the secret
 	})
-	admin := "http://" + p.addr(t, "starting", "admin_addr")
-	webhook := "http://" + p.addr(t, "ingest listening", "addr") + "/hasura/events"
+	admin := "http://" + p.LoopbackAddr(t, "starting", "admin_addr")
+	webhook := "http://" + p.LoopbackAddr(t, "ingest listening", "addr") + "/hasura/events"
 	waitReady(t, p, admin)
 
 	eventID, rowID := newUUID(t), newUUID(t)
@@ -151,7 +151,7 @@ func TestServesStoresAndStops(t *testing.T) {
 		t.Errorf("stream holds %v messages (%v), want 1", info.State.Msgs, err)
 	}
 
-	_, metrics := get(t, admin+"/metrics")
+	_, metrics := testenv.HTTPGet(t, admin+"/metrics")
 	for _, want := range []string{
 		`effects_ingested_total{kind="echo",outcome="published"} 1`,
 		`effects_ingested_total{kind="echo",outcome="duplicate"} 1`,
@@ -161,15 +161,15 @@ func TestServesStoresAndStops(t *testing.T) {
 		}
 	}
 
-	p.signal(t, syscall.SIGTERM)
-	if code := p.wait(t); code != 0 {
-		t.Fatalf("exit %d after SIGTERM, want 0\n%s", code, p.output())
+	p.Signal(t, syscall.SIGTERM)
+	if code := p.Wait(t); code != 0 {
+		t.Fatalf("exit %d after SIGTERM, want 0\n%s", code, p.Output())
 	}
-	if p.find(t, "stopped") == nil {
-		t.Errorf("no \"stopped\" line\n%s", p.output())
+	if p.FindLog(t, "ingest", "stopped") == nil {
+		t.Errorf("no \"stopped\" line\n%s", p.Output())
 	}
-	if strings.Contains(p.output(), secret) {
-		t.Errorf("the secret was printed\n%s", p.output())
+	if strings.Contains(p.Output(), secret) {
+		t.Errorf("the secret was printed\n%s", p.Output())
 	}
 }
 
@@ -180,15 +180,15 @@ func TestStartsBeforeNATS(t *testing.T) {
 	n := testenv.StartNATS(t)
 	url := n.URL
 	n.Shutdown()
-	p := start(t, map[string]string{
+	p := testenv.StartProcess(t, selector, map[string]string{
 		"NATS_URL":               url,
 		"EFFECTS_ADMIN_ADDR":     "127.0.0.1:0",
 		"EFFECTS_HTTP_ADDR":      "127.0.0.1:0",
 		"EFFECTS_WEBHOOK_SECRET": secret,
 	})
-	admin := "http://" + p.addr(t, "starting", "admin_addr")
-	webhook := "http://" + p.addr(t, "ingest listening", "addr") + "/hasura/events"
-	if code, body := get(t, admin+"/readyz"); code != http.StatusServiceUnavailable {
+	admin := "http://" + p.LoopbackAddr(t, "starting", "admin_addr")
+	webhook := "http://" + p.LoopbackAddr(t, "ingest listening", "addr") + "/hasura/events"
+	if code, body := testenv.HTTPGet(t, admin+"/readyz"); code != http.StatusServiceUnavailable {
 		t.Errorf("/readyz without NATS: %d %s, want 503", code, body)
 	}
 	resp := postResp(t, webhook, secret, hasuraInsert(newUUID(t), newUUID(t), "echo", `{}`))
@@ -200,9 +200,9 @@ func TestStartsBeforeNATS(t *testing.T) {
 	if code, reply := post(t, webhook, secret, hasuraInsert(newUUID(t), newUUID(t), "echo", `{}`)); code != http.StatusOK {
 		t.Errorf("POST once NATS is up: %d %s, want 200", code, reply)
 	}
-	p.signal(t, syscall.SIGTERM)
-	if code := p.wait(t); code != 0 {
-		t.Fatalf("exit %d after SIGTERM, want 0\n%s", code, p.output())
+	p.Signal(t, syscall.SIGTERM)
+	if code := p.Wait(t); code != 0 {
+		t.Fatalf("exit %d after SIGTERM, want 0\n%s", code, p.Output())
 	}
 }
 
@@ -220,27 +220,27 @@ func TestNotReadyWhileStreamsConflict(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	p := start(t, map[string]string{
+	p := testenv.StartProcess(t, selector, map[string]string{
 		"NATS_URL":               n.URL,
 		"EFFECTS_ADMIN_ADDR":     "127.0.0.1:0",
 		"EFFECTS_HTTP_ADDR":      "127.0.0.1:0",
 		"EFFECTS_WEBHOOK_SECRET": secret,
 	})
-	admin := "http://" + p.addr(t, "starting", "admin_addr")
-	p.waitFor(t, "a failed attempt at the streams", func() bool {
-		for _, l := range p.lines() {
+	admin := "http://" + p.LoopbackAddr(t, "starting", "admin_addr")
+	p.WaitFor(t, "a failed attempt at the streams", func() bool {
+		for _, l := range p.Lines() {
 			if l["msg"] == "ensuring the streams failed; retrying" {
 				return true
 			}
 		}
 		return false
 	})
-	if code, body := get(t, admin+"/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "retention") {
+	if code, body := testenv.HTTPGet(t, admin+"/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "retention") {
 		t.Errorf("/readyz with a stream of the wrong retention: %d %s, want 503 saying why", code, body)
 	}
-	p.signal(t, syscall.SIGTERM)
-	if code := p.wait(t); code != 0 {
-		t.Fatalf("exit %d after SIGTERM, want 0\n%s", code, p.output())
+	p.Signal(t, syscall.SIGTERM)
+	if code := p.Wait(t); code != 0 {
+		t.Fatalf("exit %d after SIGTERM, want 0\n%s", code, p.Output())
 	}
 }
 
@@ -250,19 +250,19 @@ func TestStopsBeforeNATS(t *testing.T) {
 	t.Parallel()
 	n := testenv.StartNATS(t)
 	n.Shutdown()
-	p := start(t, map[string]string{
+	p := testenv.StartProcess(t, selector, map[string]string{
 		"NATS_URL":               n.URL,
 		"EFFECTS_ADMIN_ADDR":     "127.0.0.1:0",
 		"EFFECTS_HTTP_ADDR":      "127.0.0.1:0",
 		"EFFECTS_WEBHOOK_SECRET": secret,
 	})
-	p.addr(t, "ingest listening", "addr")
-	p.signal(t, syscall.SIGTERM)
-	if code := p.wait(t); code != 0 {
-		t.Fatalf("exit %d after SIGTERM, want 0\n%s", code, p.output())
+	p.LoopbackAddr(t, "ingest listening", "addr")
+	p.Signal(t, syscall.SIGTERM)
+	if code := p.Wait(t); code != 0 {
+		t.Fatalf("exit %d after SIGTERM, want 0\n%s", code, p.Output())
 	}
-	if p.find(t, "stopped") == nil {
-		t.Errorf("no \"stopped\" line\n%s", p.output())
+	if p.FindLog(t, "ingest", "stopped") == nil {
+		t.Errorf("no \"stopped\" line\n%s", p.Output())
 	}
 }
 
@@ -301,10 +301,10 @@ func newUUID(t *testing.T) string {
 }
 
 // waitReady polls /readyz until it answers 200.
-func waitReady(t *testing.T, p *process, admin string) {
+func waitReady(t *testing.T, p *testenv.Process, admin string) {
 	t.Helper()
-	p.waitFor(t, "/readyz 200", func() bool {
-		code, _ := get(t, admin+"/readyz")
+	p.WaitFor(t, "/readyz 200", func() bool {
+		code, _ := testenv.HTTPGet(t, admin+"/readyz")
 		return code == http.StatusOK
 	})
 }
@@ -344,186 +344,3 @@ func post(t *testing.T, url, secret string, body []byte) (int, string) {
 }
 
 var httpClient = &http.Client{Timeout: 15 * time.Second}
-
-func get(t *testing.T, url string) (int, string) {
-	t.Helper()
-	resp, err := httpClient.Get(url)
-	if err != nil {
-		t.Fatalf("GET %s: %v", url, err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatalf("GET %s: %v", url, err)
-	}
-	return resp.StatusCode, string(b)
-}
-
-func merge(ms ...map[string]string) map[string]string {
-	out := map[string]string{}
-	for _, m := range ms {
-		for k, v := range m {
-			out[k] = v
-		}
-	}
-	return out
-}
-
-// process is the ingest running as a child process.
-type process struct {
-	cmd            *exec.Cmd
-	stdout, stderr syncBuffer
-	done           chan struct{} // closed when it exited
-	err            error         // of Wait, once done is closed
-}
-
-// processTimeout bounds every wait for the child; generous for the race
-// detector on a loaded machine.
-const processTimeout = 30 * time.Second
-
-// start runs the ingest with env (and of the test's environment only PATH).
-// It is killed when the test ends.
-func start(t *testing.T, env map[string]string) *process {
-	t.Helper()
-	p := &process{done: make(chan struct{})}
-	p.cmd = exec.Command(os.Args[0])
-	p.cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "EFFECTS_INGEST_TEST_MAIN=1"}
-	for k, v := range env {
-		p.cmd.Env = append(p.cmd.Env, k+"="+v)
-	}
-	p.cmd.Stdout, p.cmd.Stderr = &p.stdout, &p.stderr
-	p.cmd.WaitDelay = 5 * time.Second
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		p.err = p.cmd.Wait()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		select {
-		case <-p.done:
-		default:
-			_ = p.cmd.Process.Kill()
-			<-p.done
-		}
-	})
-	return p
-}
-
-// wait waits for the process to exit and returns its exit code.
-func (p *process) wait(t *testing.T) int {
-	t.Helper()
-	select {
-	case <-p.done:
-	case <-time.After(processTimeout):
-		t.Fatalf("still running after %s\n%s", processTimeout, p.output())
-	}
-	var ee *exec.ExitError
-	switch {
-	case p.err == nil:
-		return 0
-	case errors.As(p.err, &ee):
-		return ee.ExitCode()
-	}
-	t.Fatalf("wait: %v", p.err)
-	return -1
-}
-
-func (p *process) signal(t *testing.T, sig os.Signal) {
-	t.Helper()
-	if err := p.cmd.Process.Signal(sig); err != nil {
-		t.Fatalf("signal %s: %v", sig, err)
-	}
-}
-
-// addr waits for the log line msg and returns its attribute key, an
-// address the service listens on.
-func (p *process) addr(t *testing.T, msg, key string) string {
-	t.Helper()
-	var addr string
-	p.waitFor(t, fmt.Sprintf("a %q line", msg), func() bool {
-		for _, l := range p.lines() {
-			if l["msg"] == msg {
-				addr, _ = l[key].(string)
-				return true
-			}
-		}
-		return false
-	})
-	if !strings.HasPrefix(addr, "127.0.0.1:") {
-		t.Fatalf("%q: %s is %q, want the address it was given", msg, key, addr)
-	}
-	return addr
-}
-
-// waitFor polls cond until it holds; it fails the test when the process
-// exits or the deadline passes first.
-func (p *process) waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(processTimeout)
-	for !cond() {
-		select {
-		case <-p.done:
-			t.Fatalf("exited (%v) before %s\n%s", p.err, what, p.output())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no %s in %s\n%s", what, processTimeout, p.output())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-// lines parses stderr as JSON lines, skipping what is not JSON.
-func (p *process) lines() []map[string]any {
-	var lines []map[string]any
-	for _, raw := range strings.Split(p.stderr.String(), "\n") {
-		var l map[string]any
-		if json.Unmarshal([]byte(raw), &l) == nil {
-			lines = append(lines, l)
-		}
-	}
-	return lines
-}
-
-// find checks that all of stderr is JSON lines of the ingest and returns
-// the first line with msg, or nil.
-func (p *process) find(t *testing.T, msg string) map[string]any {
-	t.Helper()
-	var found map[string]any
-	for _, raw := range strings.Split(strings.TrimSuffix(p.stderr.String(), "\n"), "\n") {
-		var l map[string]any
-		if err := json.Unmarshal([]byte(raw), &l); err != nil || l["service"] != "ingest" || l["level"] == nil {
-			t.Errorf("not a JSON log line of the ingest: %s", raw)
-			continue
-		}
-		if found == nil && l["msg"] == msg {
-			found = l
-		}
-	}
-	return found
-}
-
-func (p *process) output() string {
-	return "stdout:\n" + p.stdout.String() + "stderr:\n" + p.stderr.String()
-}
-
-// syncBuffer is a bytes.Buffer the child's output can be copied into while
-// the test reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}

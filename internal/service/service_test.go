@@ -2,7 +2,6 @@ package service_test
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -12,16 +11,14 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/effects-run/effects/internal/service"
+	"github.com/effects-run/effects/internal/testenv"
 )
 
 // The process tests run this test binary as a service: with
@@ -152,11 +149,11 @@ func TestStopsGracefullyOnSignal(t *testing.T) {
 			t.Parallel()
 			p := start(t, "graceful", map[string]string{"EFFECTS_ADMIN_ADDR": "127.0.0.1:0"})
 			p.waitStdout(t, "running\n")
-			p.signal(t, sig)
-			if code := p.wait(t); code != 0 {
+			p.Signal(t, sig)
+			if code := p.Wait(t); code != 0 {
 				t.Fatalf("exit %d after %s, want 0\n%s", code, sig, p)
 			}
-			if want := fmt.Sprintf("cause=%q is_stop=true\n", service.ErrStop); !strings.Contains(p.stdout.String(), want) {
+			if want := fmt.Sprintf("cause=%q is_stop=true\n", service.ErrStop); !strings.Contains(p.Stdout(), want) {
 				t.Errorf("the context's cause is not ErrStop: want %q in stdout\n%s", want, p)
 			}
 			logs := p.logs(t)
@@ -177,8 +174,8 @@ func TestShutdownCauseReturnedIsNotAFailure(t *testing.T) {
 	t.Parallel()
 	p := start(t, "return-cause", map[string]string{"EFFECTS_ADMIN_ADDR": "127.0.0.1:0"})
 	p.waitStdout(t, "running\n")
-	p.signal(t, syscall.SIGTERM)
-	if code := p.wait(t); code != 0 {
+	p.Signal(t, syscall.SIGTERM)
+	if code := p.Wait(t); code != 0 {
 		t.Fatalf("exit %d, want 0: a run that returns ErrStop stopped gracefully\n%s", code, p)
 	}
 	logs := p.logs(t)
@@ -214,14 +211,14 @@ func TestExitCodes(t *testing.T) {
 				env[k] = v
 			}
 			p := start(t, tc.scenario, env)
-			if code := p.wait(t); code != tc.code {
+			if code := p.Wait(t); code != tc.code {
 				t.Fatalf("exit %d, want %d\n%s", code, tc.code, p)
 			}
-			if ran := strings.Contains(p.stdout.String(), "run called"); ran != tc.runs {
+			if ran := strings.Contains(p.Stdout(), "run called"); ran != tc.runs {
 				t.Errorf("run called: %t, want %t\n%s", ran, tc.runs, p)
 			}
 			if tc.msg == "" {
-				if !strings.Contains(p.stderr.String(), tc.text) {
+				if !strings.Contains(p.Stderr(), tc.text) {
 					t.Errorf("stderr lacks %q\n%s", tc.text, p)
 				}
 				return
@@ -246,13 +243,13 @@ func TestAdminAddrInUse(t *testing.T) {
 	}
 	defer ln.Close()
 	p := start(t, "graceful", map[string]string{"EFFECTS_ADMIN_ADDR": ln.Addr().String()})
-	if code := p.wait(t); code != 1 {
+	if code := p.Wait(t); code != 1 {
 		t.Fatalf("exit %d, want 1\n%s", code, p)
 	}
 	if l := find(p.logs(t), "admin listener"); l == nil || l["addr"] != ln.Addr().String() {
 		t.Errorf("no \"admin listener\" line naming %s\n%s", ln.Addr(), p)
 	}
-	if strings.Contains(p.stdout.String(), "run called") {
+	if strings.Contains(p.Stdout(), "run called") {
 		t.Errorf("run was called without an admin server\n%s", p)
 	}
 }
@@ -270,8 +267,8 @@ func TestLogLevelFromEnv(t *testing.T) {
 			t.Parallel()
 			p := start(t, "graceful", map[string]string{"EFFECTS_ADMIN_ADDR": "127.0.0.1:0", "EFFECTS_LOG_LEVEL": tc.level})
 			p.waitStdout(t, "running\n")
-			p.signal(t, syscall.SIGTERM)
-			if code := p.wait(t); code != 0 {
+			p.Signal(t, syscall.SIGTERM)
+			if code := p.Wait(t); code != 0 {
 				t.Fatalf("exit %d\n%s", code, p)
 			}
 			logs := p.logs(t)
@@ -306,15 +303,15 @@ func TestAdminAddr(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			p := start(t, "graceful", tc.env)
-			addr := p.adminAddr(t)
+			addr := p.LogAttr(t, "starting", "admin_addr")
 			if addr != tc.want && (!strings.HasSuffix(tc.want, ":") || !strings.HasPrefix(addr, tc.want)) {
 				t.Errorf("admin_addr %q, want %q", addr, tc.want)
 			}
-			if code, body := get(t, "http://"+addr+"/healthz"); code != http.StatusOK {
+			if code, body := testenv.HTTPGet(t, "http://"+addr+"/healthz"); code != http.StatusOK {
 				t.Errorf("/healthz on %s: %d %s", addr, code, body)
 			}
-			p.signal(t, syscall.SIGTERM)
-			if code := p.wait(t); code != 0 {
+			p.Signal(t, syscall.SIGTERM)
+			if code := p.Wait(t); code != 0 {
 				t.Fatalf("exit %d\n%s", code, p)
 			}
 		})
@@ -324,16 +321,16 @@ func TestAdminAddr(t *testing.T) {
 func TestAdminEndpoints(t *testing.T) {
 	t.Parallel()
 	p := start(t, "admin", map[string]string{"EFFECTS_ADMIN_ADDR": "127.0.0.1:0"})
-	base := "http://" + p.adminAddr(t)
+	base := "http://" + p.LogAttr(t, "starting", "admin_addr")
 	p.waitStdout(t, "running\n")
 
-	if code, body := get(t, base+"/healthz"); code != http.StatusOK || !strings.Contains(body, `"ok"`) {
+	if code, body := testenv.HTTPGet(t, base+"/healthz"); code != http.StatusOK || !strings.Contains(body, `"ok"`) {
 		t.Errorf("/healthz: %d %s, want 200", code, body)
 	}
-	if code, body := get(t, base+"/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "starting") {
+	if code, body := testenv.HTTPGet(t, base+"/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "starting") {
 		t.Errorf("/readyz without checks: %d %s, want 503 \"starting\"", code, body)
 	}
-	code, body := get(t, base+"/metrics")
+	code, body := testenv.HTTPGet(t, base+"/metrics")
 	for _, want := range []string{"svctest_runs_total 1", "go_goroutines", "process_start_time_seconds"} {
 		if code != http.StatusOK || !strings.Contains(body, want) {
 			t.Errorf("/metrics: %d, lacks %q:\n%s", code, want, body)
@@ -341,101 +338,39 @@ func TestAdminEndpoints(t *testing.T) {
 	}
 
 	p.send(t, "ok")
-	if code, body := get(t, base+"/readyz"); code != http.StatusOK || !strings.Contains(body, `"ready"`) {
+	if code, body := testenv.HTTPGet(t, base+"/readyz"); code != http.StatusOK || !strings.Contains(body, `"ready"`) {
 		t.Errorf("/readyz with a passing check: %d %s, want 200", code, body)
 	}
 	p.send(t, "fail")
-	if code, body := get(t, base+"/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "broken dependency") {
+	if code, body := testenv.HTTPGet(t, base+"/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "broken dependency") {
 		t.Errorf("/readyz with a failing check: %d %s, want 503 naming it", code, body)
 	}
-	if code, _ := get(t, base+"/healthz"); code != http.StatusOK {
+	if code, _ := testenv.HTTPGet(t, base+"/healthz"); code != http.StatusOK {
 		t.Errorf("/healthz with a failing check: %d, want 200 (alive)", code)
 	}
 
-	p.signal(t, syscall.SIGTERM)
-	if code := p.wait(t); code != 0 {
+	p.Signal(t, syscall.SIGTERM)
+	if code := p.Wait(t); code != 0 {
 		t.Fatalf("exit %d\n%s", code, p)
 	}
 }
 
 // process is a child process running a scenario.
 type process struct {
-	cmd            *exec.Cmd
-	stdin          io.WriteCloser
-	stdout, stderr syncBuffer
-	done           chan struct{} // closed when it exited
-	err            error         // of Wait, once done is closed
+	*testenv.Process
 }
 
 // start runs scenario in a child process with env (and of the test's
 // environment only PATH). It is killed when the test ends.
 func start(t *testing.T, scenario string, env map[string]string) *process {
 	t.Helper()
-	p := &process{done: make(chan struct{})}
-	p.cmd = exec.Command(os.Args[0])
-	p.cmd.Env = []string{"PATH=" + os.Getenv("PATH"), envScenario + "=" + scenario}
-	for k, v := range env {
-		p.cmd.Env = append(p.cmd.Env, k+"="+v)
-	}
-	p.cmd.Stdout, p.cmd.Stderr = &p.stdout, &p.stderr
-	p.cmd.WaitDelay = 5 * time.Second
-	stdin, err := p.cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.stdin = stdin
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		p.err = p.cmd.Wait()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		select {
-		case <-p.done:
-		default:
-			_ = p.cmd.Process.Kill()
-			<-p.done
-		}
-	})
-	return p
-}
-
-// processTimeout bounds every wait for a child process; generous for the
-// race detector on a loaded machine.
-const processTimeout = 30 * time.Second
-
-// wait waits for the process to exit and returns its exit code.
-func (p *process) wait(t *testing.T) int {
-	t.Helper()
-	select {
-	case <-p.done:
-	case <-time.After(processTimeout):
-		t.Fatalf("still running after %s\n%s", processTimeout, p)
-	}
-	var ee *exec.ExitError
-	switch {
-	case p.err == nil:
-		return 0
-	case errors.As(p.err, &ee):
-		return ee.ExitCode()
-	}
-	t.Fatalf("wait: %v", p.err)
-	return -1
-}
-
-func (p *process) signal(t *testing.T, sig os.Signal) {
-	t.Helper()
-	if err := p.cmd.Process.Signal(sig); err != nil {
-		t.Fatalf("signal %s: %v", sig, err)
-	}
+	return &process{testenv.StartProcessWithStdin(t, "", testenv.MergeEnv(env, map[string]string{envScenario: scenario}))}
 }
 
 // send writes a line to the scenario's stdin and waits for it to confirm.
 func (p *process) send(t *testing.T, line string) {
 	t.Helper()
-	if _, err := io.WriteString(p.stdin, line+"\n"); err != nil {
+	if _, err := io.WriteString(p.Stdin(), line+"\n"); err != nil {
 		t.Fatal(err)
 	}
 	p.waitStdout(t, "added "+line+"\n")
@@ -444,48 +379,7 @@ func (p *process) send(t *testing.T, line string) {
 // waitStdout waits until the scenario printed s.
 func (p *process) waitStdout(t *testing.T, s string) {
 	t.Helper()
-	p.waitFor(t, fmt.Sprintf("stdout %q", s), func() bool { return strings.Contains(p.stdout.String(), s) })
-}
-
-// adminAddr waits for the "starting" line and returns its admin_addr.
-func (p *process) adminAddr(t *testing.T) string {
-	t.Helper()
-	var addr string
-	p.waitFor(t, `the "starting" line`, func() bool {
-		for _, line := range strings.Split(p.stderr.String(), "\n") {
-			var l struct {
-				Msg       string `json:"msg"`
-				AdminAddr string `json:"admin_addr"`
-			}
-			if json.Unmarshal([]byte(line), &l) == nil && l.Msg == "starting" {
-				addr = l.AdminAddr
-				return true
-			}
-		}
-		return false
-	})
-	return addr
-}
-
-// waitFor polls cond until it holds; it fails the test when the process
-// exits or the deadline passes first.
-func (p *process) waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(processTimeout)
-	for !cond() {
-		select {
-		case <-p.done:
-			if cond() {
-				return
-			}
-			t.Fatalf("exited (%v) before %s\n%s", p.err, what, p)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no %s in %s\n%s", what, processTimeout, p)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	p.WaitFor(t, fmt.Sprintf("stdout %q", s), func() bool { return strings.Contains(p.Stdout(), s) })
 }
 
 // logs parses stderr, which must be JSON lines of the service (every one
@@ -493,7 +387,7 @@ func (p *process) waitFor(t *testing.T, what string, cond func() bool) {
 func (p *process) logs(t *testing.T) []map[string]any {
 	t.Helper()
 	var lines []map[string]any
-	for _, raw := range strings.Split(strings.TrimSuffix(p.stderr.String(), "\n"), "\n") {
+	for _, raw := range strings.Split(strings.TrimSuffix(p.Stderr(), "\n"), "\n") {
 		if raw == "" {
 			continue
 		}
@@ -515,10 +409,6 @@ func (p *process) logs(t *testing.T) []map[string]any {
 	return lines
 }
 
-func (p *process) String() string {
-	return "stdout:\n" + p.stdout.String() + "stderr:\n" + p.stderr.String()
-}
-
 // find returns the first log line with msg, or nil.
 func find(lines []map[string]any, msg string) map[string]any {
 	for _, l := range lines {
@@ -527,25 +417,6 @@ func find(lines []map[string]any, msg string) map[string]any {
 		}
 	}
 	return nil
-}
-
-// syncBuffer is a bytes.Buffer the child's output can be copied into while
-// the test reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
 
 // freeAddr returns a loopback address with a port that was free a moment ago.
@@ -560,19 +431,4 @@ func freeAddr(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return addr
-}
-
-func get(t *testing.T, url string) (int, string) {
-	t.Helper()
-	client := &http.Client{Timeout: 10 * time.Second}
-	resp, err := client.Get(url)
-	if err != nil {
-		t.Fatalf("GET %s: %v", url, err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatalf("GET %s: %v", url, err)
-	}
-	return resp.StatusCode, string(body)
 }
