@@ -39,7 +39,9 @@ type Dispatcher struct {
 	client *effects.Client
 	logger *slog.Logger
 	m      *metrics
-	kinds  map[string]*kindMetrics
+	// kinds are resolved once, since reg does not change after New: the
+	// hot path takes no registry lock.
+	kinds map[string]kindEntry
 	ready  atomic.Bool
 }
 
@@ -60,9 +62,10 @@ func New(cfg Config, reg *effects.Registry, js jetstream.JetStream, logger *slog
 	if err != nil {
 		return nil, fmt.Errorf("dispatcher: metrics: %w", err)
 	}
-	d := &Dispatcher{cfg: cfg, reg: reg, js: js, client: effects.NewClient(js), logger: logger, m: m, kinds: map[string]*kindMetrics{}}
+	d := &Dispatcher{cfg: cfg, reg: reg, js: js, client: effects.NewClient(js), logger: logger, m: m, kinds: map[string]kindEntry{}}
 	for _, k := range reg.Kinds() {
-		d.kinds[k] = m.forKind(k)
+		h, _ := reg.Lookup(k)
+		d.kinds[k] = kindEntry{handler: h, m: m.forKind(k)}
 	}
 	return d, nil
 }
@@ -184,6 +187,12 @@ const publishTimeout = 10 * time.Second
 // return its own error before it is given up.
 const interruptGrace = time.Second
 
+// kindEntry is one registered kind: its handler and its metric series.
+type kindEntry struct {
+	handler *effects.Handler
+	m       *kindMetrics
+}
+
 type attemptKey struct{}
 
 // attemptState carries an attempt between settle and the handler call.
@@ -205,9 +214,9 @@ func (d *Dispatcher) settle(next message.HandlerFunc) message.HandlerFunc {
 			return nil, errors.New("dispatcher: message without a JetStream delivery")
 		}
 		kind := strings.TrimPrefix(del.Msg.Subject(), effects.SubjectPrefix)
-		km := d.kinds[kind]
-		h, registered := d.reg.Lookup(kind)
-		if km == nil || !registered {
+		entry, registered := d.kinds[kind]
+		km, h := entry.m, entry.handler
+		if !registered {
 			// Cannot happen: consumers exist only for registered kinds.
 			del.RetryAfter(d.cfg.RetryBase)
 			return nil, nil

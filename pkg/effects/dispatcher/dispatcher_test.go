@@ -83,8 +83,8 @@ func (b *bundle) start(cfg Config, reg *effects.Registry) {
 	// Keep the metrics of the first dispatcher for assertions.
 	if b.d == nil {
 		d.m = mustMetrics(b.t, b.reg)
-		for k := range d.kinds {
-			d.kinds[k] = d.m.forKind(k)
+		for k, e := range d.kinds {
+			d.kinds[k] = kindEntry{handler: e.handler, m: d.m.forKind(k)}
 		}
 	}
 	b.d = d
