@@ -42,7 +42,7 @@ type Dispatcher struct {
 	// kinds are resolved once, since reg does not change after New: the
 	// hot path takes no registry lock.
 	kinds map[string]kindEntry
-	ready  atomic.Bool
+	ready atomic.Bool
 }
 
 // New returns a dispatcher for the handlers in reg. reg must not change
