@@ -33,6 +33,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/effects-run/effects/internal/retry"
 	"github.com/effects-run/effects/internal/schema"
 	"github.com/effects-run/effects/pkg/effects"
 )
@@ -242,21 +243,16 @@ func (c *Completer) waitForTable(ctx context.Context) error {
 // startConsumer makes sure the streams and the durable consumer exist,
 // retrying while NATS is unreachable. ok is false when ctx ended first.
 func (c *Completer) startConsumer(ctx context.Context) (cons jetstream.Consumer, ok bool) {
-	b := c.newBackoff()
-	for {
-		cons, err := c.ensureConsumer(ctx)
-		if err == nil {
-			return cons, true
-		}
-		if ctx.Err() != nil {
-			return nil, false
-		}
-		c.setStartErr(err)
-		c.logger.Warn("cannot set up the completions consumer; retrying", "error", err, "retry_in", b.next())
-		if !b.wait(ctx) {
-			return nil, false
-		}
-	}
+	_, ok = retry.Until(ctx, retry.Policy{Min: min(100*time.Millisecond, c.cfg.RetryMax), Max: c.cfg.RetryMax},
+		func(ctx context.Context) (err error) {
+			cons, err = c.ensureConsumer(ctx)
+			return err
+		},
+		func(err error, _ int, wait time.Duration) {
+			c.setStartErr(err)
+			c.logger.Warn("cannot set up the completions consumer; retrying", "error", err, "retry_in", wait.String())
+		})
+	return cons, ok
 }
 
 func (c *Completer) ensureConsumer(ctx context.Context) (jetstream.Consumer, error) {

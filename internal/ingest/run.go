@@ -5,12 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"sync"
 	"time"
 
+	"github.com/effects-run/effects/internal/retry"
 	"github.com/effects-run/effects/pkg/effects"
 )
 
@@ -110,30 +110,17 @@ func (s *Server) StreamsReady() <-chan struct{} { return s.streamsReady }
 // ensureStreams creates or updates the streams, retrying with backoff until it
 // succeeds or ctx ends: services may start in any order, NATS among them.
 func (s *Server) ensureStreams(ctx context.Context) {
-	backoff := ensureBackoffMin
-	for attempt := 1; ; attempt++ {
-		err := s.ensureStreamsOnce(ctx)
-		if err == nil {
-			s.streamsReadyOnce.Do(func() { close(s.streamsReady) })
-			s.logger.Info("streams ready", "attempts", attempt)
-			s.checkMaxPayload()
-			return
-		}
-		if ctx.Err() != nil {
-			return
-		}
-		s.streamsErr.Store(&err)
-		wait := backoff/2 + rand.N(backoff/2+1)
-		s.logger.Warn("ensuring the streams failed; retrying", "attempt", attempt, "retry_in", wait.String(), "error", err)
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-t.C:
-		}
-		backoff = min(2*backoff, ensureBackoffMax)
+	attempts, ok := retry.Until(ctx, retry.Policy{Min: ensureBackoffMin, Max: ensureBackoffMax}, s.ensureStreamsOnce,
+		func(err error, n int, wait time.Duration) {
+			s.streamsErr.Store(&err)
+			s.logger.Warn("ensuring the streams failed; retrying", "attempt", n, "retry_in", wait.String(), "error", err)
+		})
+	if !ok {
+		return
 	}
+	s.streamsReadyOnce.Do(func() { close(s.streamsReady) })
+	s.logger.Info("streams ready", "attempts", attempts)
+	s.checkMaxPayload()
 }
 
 // errNotConnected stands in for a stream request while the connection is

@@ -25,6 +25,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/effects-run/effects/internal/jetstreamsub"
+	"github.com/effects-run/effects/internal/retry"
 	"github.com/effects-run/effects/pkg/effects"
 )
 
@@ -107,8 +108,8 @@ func (d *Dispatcher) consumerConfig(kind string) jetstream.ConsumerConfig {
 // interrupts the rest (their effects go back to the stream, not counted as
 // failures) and returns nil.
 func (d *Dispatcher) Run(ctx context.Context) error {
-	if err := ensureStreams(ctx, d.js, d.cfg.Streams, d.logger); err != nil || ctx.Err() != nil {
-		return err // stopped before NATS could be reached: nothing to shut down
+	if !ensureStreams(ctx, d.js, d.cfg.Streams, d.logger) {
+		return nil // stopped before NATS could be reached: nothing to shut down
 	}
 	workCtx, stopWork := context.WithCancelCause(context.WithoutCancel(ctx))
 	defer stopWork(errShutdown)
@@ -427,24 +428,13 @@ func truncate(s string, n int) string {
 	return s[:n]
 }
 
-// ensureStreams creates the streams, retrying while NATS is unreachable. A
-// stop asked for meanwhile is not an error.
-func ensureStreams(ctx context.Context, js jetstream.JetStream, o effects.StreamOptions, logger *slog.Logger) error {
-	wait := 100 * time.Millisecond
-	for {
-		err := effects.EnsureStreams(ctx, js, o)
-		if err == nil {
-			return nil
-		}
-		if ctx.Err() != nil {
-			return nil
-		}
-		logger.Warn("ensuring streams; retrying", "error", err, "in", wait.String())
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(wait):
-		}
-		wait = min(wait*2, 5*time.Second)
-	}
+// ensureStreams creates the streams, retrying while NATS is unreachable; it
+// is false when ctx ended first (a stop, not an error).
+func ensureStreams(ctx context.Context, js jetstream.JetStream, o effects.StreamOptions, logger *slog.Logger) bool {
+	_, ok := retry.Until(ctx, retry.Policy{Min: 100 * time.Millisecond, Max: 5 * time.Second},
+		func(ctx context.Context) error { return effects.EnsureStreams(ctx, js, o) },
+		func(err error, n int, wait time.Duration) {
+			logger.Warn("ensuring streams; retrying", "attempt", n, "error", err, "retry_in", wait.String())
+		})
+	return ok
 }
