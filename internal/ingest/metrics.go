@@ -1,6 +1,7 @@
 package ingest
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -62,10 +63,20 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		m.byCode[code] = m.requests.WithLabelValues(strconv.Itoa(code))
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.ingested, m.requests, m.publishSeconds} {
-			if err := reg.Register(c); err != nil {
-				return nil, fmt.Errorf("ingest: register metrics: %w", err)
-			}
+		// A webhook and a table source on one registry share these: the
+		// second takes the collectors the first registered.
+		var err error
+		if m.ingested, err = register(reg, m.ingested); err != nil {
+			return nil, err
+		}
+		if m.requests, err = register(reg, m.requests); err != nil {
+			return nil, err
+		}
+		if m.publishSeconds, err = register(reg, m.publishSeconds); err != nil {
+			return nil, err
+		}
+		for code := range m.byCode {
+			m.byCode[code] = m.requests.WithLabelValues(strconv.Itoa(code))
 		}
 	}
 	return m, nil
@@ -77,4 +88,19 @@ func (m *metrics) request(code int) {
 		return
 	}
 	m.requests.WithLabelValues(strconv.Itoa(code)).Inc()
+}
+
+// register registers c on reg, or returns the collector of the same
+// description already registered there.
+func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
+	err := reg.Register(c)
+	if are, ok := errors.AsType[prometheus.AlreadyRegisteredError](err); ok {
+		if existing, ok := are.ExistingCollector.(C); ok {
+			return existing, nil
+		}
+	}
+	if err != nil {
+		return c, fmt.Errorf("ingest: register metrics: %w", err)
+	}
+	return c, nil
 }
