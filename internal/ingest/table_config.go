@@ -120,7 +120,10 @@ func TableConfigFromEnv(r *envconfig.Reader) (TableConfig, error) {
 		return TableConfig{}, errors.New("DATABASE_URL is not set: EFFECTS_SOURCE=table reads the effects table, " +
 			"want the URL of its PostgreSQL, e.g. postgres://user:password@host:5432/db")
 	}
-	c = c.WithDefaults()
+	// The reader supplied the defaults of unset variables, so a zero here
+	// was set explicitly and is checked as given, not defaulted.
+	c.BacklogInterval = DefaultBacklogInterval
+	c.Streams = c.Streams.WithDefaults()
 	if err := c.Validate(); err != nil {
 		return TableConfig{}, err
 	}
