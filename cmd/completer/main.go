@@ -29,6 +29,9 @@ func main() {
 		switch os.Args[1] {
 		case "migrate":
 			os.Exit(migrate())
+		case "version", "-version", "--version":
+			fmt.Println("completer", service.Version())
+			os.Exit(0)
 		case "help", "-h", "-help", "--help":
 			usage(os.Stdout)
 			os.Exit(0)
@@ -45,6 +48,7 @@ func usage(w io.Writer) {
 	fmt.Fprint(w, `usage:
   completer           write completions from JetStream into the effects table
   completer migrate   create or upgrade the effects table and exit (safe to run again)
+  completer --version print the version and exit
 
 Configured by environment variables: DATABASE_URL (required), EFFECTS_TABLE,
 NATS_URL, EFFECTS_COMPLETER_*, EFFECTS_ADMIN_ADDR, EFFECTS_LOG_LEVEL; see the README.

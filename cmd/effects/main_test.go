@@ -1,0 +1,170 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// TestDev runs `effects dev` the way a newcomer does: the built binary,
+// without DATABASE_URL; inserts a row with SQL, sees it completed, presses
+// Ctrl-C and finds no process left behind.
+func TestDev(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "effects")
+	build := exec.Command("go", "build", "-o", bin, ".")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	cmd := exec.Command(bin, "dev", "-nats-addr", "127.0.0.1:0", "-http-addr", "127.0.0.1:0", "-admin-addr", "127.0.0.1:0")
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH")} // no DATABASE_URL
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr syncBuffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	lines := make(chan string, 100)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+		exited <- cmd.Wait()
+	}()
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+		}
+	})
+
+	// The settings, ready for the shell, then the rest of the banner.
+	vars := map[string]string{}
+	var banner []string
+	deadline := time.After(3 * time.Minute)
+	for !strings.HasPrefix(last(banner), "# Ctrl-C") {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatalf("effects dev exited before it was ready\n%s\n%s", strings.Join(banner, "\n"), stderr.String())
+			}
+			banner = append(banner, l)
+			if k, v, ok := strings.Cut(l, "="); ok && (k == "DATABASE_URL" || k == "NATS_URL") {
+				vars[k] = strings.Trim(v, "'")
+			}
+		case <-deadline:
+			t.Fatalf("not ready in 3 minutes\n%s", stderr.String())
+		}
+	}
+	t.Logf("banner:\n%s", strings.Join(banner, "\n"))
+	if vars["DATABASE_URL"] == "" || !strings.HasPrefix(vars["NATS_URL"], "nats://") {
+		t.Fatalf("want DATABASE_URL= and NATS_URL= lines, got %v", vars)
+	}
+	if !strings.Contains(strings.Join(banner, "\n"), `psql "$DATABASE_URL" -c "INSERT INTO effects`) {
+		t.Errorf("no ready-to-paste psql line")
+	}
+	pid := 0
+	if m := regexp.MustCompile(`\(pid (\d+)\)`).FindStringSubmatch(strings.Join(banner, "\n")); m != nil {
+		pid, _ = strconv.Atoi(m[1])
+	}
+	if pid == 0 {
+		t.Fatal("the banner does not name the private PostgreSQL's pid")
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, vars["DATABASE_URL"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var id string
+	if err := conn.QueryRow(ctx, `INSERT INTO effects (kind, payload) VALUES ('echo', '{"hello": "world"}') RETURNING id::text`).Scan(&id); err != nil {
+		t.Fatal(err)
+	}
+	var status, completion string
+	for status != "succeeded" {
+		if err := conn.QueryRow(ctx, `SELECT status, coalesce(completion::text, '') FROM effects WHERE id = $1`, id).Scan(&status, &completion); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if completion != `{"hello": "world"}` {
+		t.Errorf("completion %s", completion)
+	}
+	conn.Close(ctx)
+
+	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	for range lines {
+	}
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("effects dev: %v\n%s", err, stderr.String())
+		}
+	case <-time.After(time.Minute):
+		t.Fatalf("still running a minute after Ctrl-C\n%s", stderr.String())
+	}
+	// The server and its children are gone (not even zombies: effects dev
+	// waited for its child, and the server for its own).
+	if _, err := os.Stat("/proc/" + strconv.Itoa(pid)); err == nil {
+		t.Errorf("postgres (pid %d) is still running after effects dev exited", pid)
+	}
+	if c, err := pgx.Connect(ctx, vars["DATABASE_URL"]); err == nil {
+		c.Close(ctx)
+		t.Error("PostgreSQL still accepts connections after effects dev exited")
+	}
+}
+
+func TestHelpAndVersion(t *testing.T) {
+	for _, args := range [][]string{{"--help"}, {"--version"}, {"dev", "--help"}} {
+		var out, errOut strings.Builder
+		if code := run(args, &out, &errOut); code != 0 || out.Len()+errOut.Len() == 0 {
+			t.Errorf("%v: exit %d, printed %q %q", args, code, out.String(), errOut.String())
+		}
+	}
+	if code := run([]string{"serve"}, io.Discard, io.Discard); code != 2 {
+		t.Errorf("unknown command: exit %d, want 2", code)
+	}
+}
+
+func last(s []string) string {
+	if len(s) == 0 {
+		return ""
+	}
+	return s[len(s)-1]
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
