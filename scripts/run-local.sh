@@ -37,7 +37,7 @@ for s in "${services[@]}"; do
 done
 mkdir -p "$LOG_DIR"
 
-log "migrating the schema (DATABASE_URL=${DATABASE_URL})"
+log "migrating the schema (DATABASE_URL is set; never printed)"
 "$BIN/completer" migrate
 
 # stop_one sends service $1 (an index into services) one SIGTERM and waits up
