@@ -39,7 +39,7 @@ type metrics struct {
 	publishSeconds prometheus.Histogram
 }
 
-func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+func newMetrics(reg prometheus.Registerer, webhook bool) (*metrics, error) {
 	m := &metrics{
 		ingested: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "effects_ingested_total",
@@ -69,14 +69,15 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		if m.ingested, err = register(reg, m.ingested); err != nil {
 			return nil, err
 		}
-		if m.requests, err = register(reg, m.requests); err != nil {
-			return nil, err
-		}
 		if m.publishSeconds, err = register(reg, m.publishSeconds); err != nil {
 			return nil, err
 		}
-		for code := range m.byCode {
-			m.byCode[code] = m.requests.WithLabelValues(strconv.Itoa(code))
+		// Only the webhook answers requests; two webhooks on one registry
+		// are a mistake and refused.
+		if webhook {
+			if err := reg.Register(m.requests); err != nil {
+				return nil, fmt.Errorf("ingest: register metrics: %w", err)
+			}
 		}
 	}
 	return m, nil

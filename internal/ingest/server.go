@@ -103,7 +103,7 @@ func New(cfg Config, js jetstream.JetStream, logger *slog.Logger, reg prometheus
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	m, err := newMetrics(reg)
+	m, err := newMetrics(reg, true)
 	if err != nil {
 		return nil, err
 	}

@@ -86,7 +86,7 @@ func NewTableSource(cfg TableConfig, pool *pgxpool.Pool, js jetstream.JetStream,
 		logger = slog.New(slog.DiscardHandler)
 	}
 	t, _ := schema.ParseTable(cfg.Table) // validated above
-	m, err := newMetrics(reg)
+	m, err := newMetrics(reg, false)
 	if err != nil {
 		return nil, err
 	}

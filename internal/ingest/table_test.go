@@ -474,3 +474,35 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// A webhook and a table source in one process share one registry (as with
+// EFFECTS_SOURCE=webhook,table), in either order.
+func TestTableSourceAndWebhookShareMetrics(t *testing.T) {
+	b := setupTable(t)
+	pool, err := ingest.OpenTablePool(ingest.TableConfig{DatabaseURL: b.url})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	for _, tableFirst := range []bool{true, false} {
+		reg := prometheus.NewRegistry()
+		newTable := func() error {
+			_, err := ingest.NewTableSource(ingest.TableConfig{DatabaseURL: b.url}, pool, b.js, nil, reg)
+			return err
+		}
+		newWebhook := func() error {
+			_, err := ingest.New(ingest.Config{WebhookSecret: "s"}, b.js, nil, reg)
+			return err
+		}
+		first, second := newWebhook, newTable
+		if tableFirst {
+			first, second = newTable, newWebhook
+		}
+		if err := first(); err != nil {
+			t.Fatal(err)
+		}
+		if err := second(); err != nil {
+			t.Errorf("table first %v: %v", tableFirst, err)
+		}
+	}
+}
