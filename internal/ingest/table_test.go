@@ -418,7 +418,7 @@ func TestTableSourceRejects(t *testing.T) {
 // meanwhile are published once it is back.
 func TestTableSourceNATSOutage(t *testing.T) {
 	b := setupTable(t)
-	src := b.startSource()
+	src := b.startSource(func(c *ingest.TableConfig) { c.BacklogInterval = 20 * time.Millisecond })
 	b.waitPublished([]string{b.insert("echo", `{}`)})
 	b.nats.Shutdown()
 	var during []string
@@ -426,9 +426,14 @@ func TestTableSourceNATSOutage(t *testing.T) {
 		during = append(during, b.insert("echo", `{}`))
 	}
 	waitFor(t, "not ready while NATS is down", func() bool { return src.src.Ready(context.Background()) != nil })
+	// The hazard is visible: the backlog and its age.
+	waitFor(t, "a backlog of 10", func() bool {
+		return counter(t, src.reg, "effects_table_backlog", nil) == 10 && counter(t, src.reg, "effects_table_backlog_age_seconds", nil) > 0
+	})
 	b.nats.Restart(t)
 	b.waitPublished(during)
 	waitFor(t, "ready again", func() bool { return src.src.Ready(context.Background()) == nil })
+	waitFor(t, "no backlog", func() bool { return counter(t, src.reg, "effects_table_backlog", nil) == 0 })
 	if got := len(b.streamIDs()); got != 11 {
 		t.Errorf("stream holds %d effects, want 11", got)
 	}
