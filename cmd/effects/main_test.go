@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -21,20 +22,49 @@ import (
 // TestDev runs `effects dev` the way a newcomer does: the built binary,
 // without DATABASE_URL; inserts a row with SQL, sees it completed, presses
 // Ctrl-C and finds no process left behind.
-func TestDev(t *testing.T) {
-	bin := filepath.Join(t.TempDir(), "effects")
-	build := exec.Command("go", "build", "-o", bin, ".")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
+// devProcess is a running `effects dev`.
+type devProcess struct {
+	cmd    *exec.Cmd
+	vars   map[string]string // DATABASE_URL, NATS_URL
+	banner string
+	pgPid  int
+	lines  <-chan string
+	exited <-chan error
+	stderr *syncBuffer
+}
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+// startDev builds the binary (once) and runs `effects dev` without
+// DATABASE_URL until it printed its banner.
+func startDev(t *testing.T) *devProcess {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "effects-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "effects")
+		if out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
 	}
-	cmd := exec.Command(bin, "dev", "-nats-addr", "127.0.0.1:0", "-http-addr", "127.0.0.1:0", "-admin-addr", "127.0.0.1:0")
+	cmd := exec.Command(binPath, "dev", "-nats-addr", "127.0.0.1:0", "-http-addr", "127.0.0.1:0", "-admin-addr", "127.0.0.1:0")
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH")} // no DATABASE_URL
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	var stderr syncBuffer
-	cmd.Stderr = &stderr
+	stderr := &syncBuffer{}
+	cmd.Stderr = stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -72,20 +102,33 @@ func TestDev(t *testing.T) {
 			t.Fatalf("not ready in 3 minutes\n%s", stderr.String())
 		}
 	}
-	t.Logf("banner:\n%s", strings.Join(banner, "\n"))
+	d := &devProcess{cmd: cmd, vars: vars, banner: strings.Join(banner, "\n"), lines: lines, exited: exited, stderr: stderr}
+	if m := regexp.MustCompile(`\(pid (\d+)\)`).FindStringSubmatch(d.banner); m != nil {
+		d.pgPid, _ = strconv.Atoi(m[1])
+	}
+	if d.pgPid == 0 {
+		t.Fatalf("the banner does not name the private PostgreSQL's pid:\n%s", d.banner)
+	}
+	return d
+}
+
+// TestDev runs `effects dev` the way a newcomer does: the built binary,
+// without DATABASE_URL; inserts a row with SQL, sees it completed, presses
+// Ctrl-C and finds no process left behind.
+func TestDev(t *testing.T) {
+	d := startDev(t)
+	t.Logf("banner:\n%s", d.banner)
+	vars, pid, stderr := d.vars, d.pgPid, d.stderr
 	if vars["DATABASE_URL"] == "" || !strings.HasPrefix(vars["NATS_URL"], "nats://") {
 		t.Fatalf("want DATABASE_URL= and NATS_URL= lines, got %v", vars)
 	}
-	if !strings.Contains(strings.Join(banner, "\n"), `psql "$DATABASE_URL" -c "INSERT INTO effects`) {
+	if !strings.HasPrefix(d.banner, "DATABASE_URL=") {
+		t.Errorf("the banner does not start with DATABASE_URL=")
+	}
+	if !strings.Contains(d.banner, `psql "$DATABASE_URL" -c "INSERT INTO effects`) {
 		t.Errorf("no ready-to-paste psql line")
 	}
-	pid := 0
-	if m := regexp.MustCompile(`\(pid (\d+)\)`).FindStringSubmatch(strings.Join(banner, "\n")); m != nil {
-		pid, _ = strconv.Atoi(m[1])
-	}
-	if pid == 0 {
-		t.Fatal("the banner does not name the private PostgreSQL's pid")
-	}
+	cmd, lines, exited := d.cmd, d.lines, d.exited
 
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -167,4 +210,39 @@ func (b *syncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.b.String()
+}
+
+// A kill -9 of `effects dev` leaves no PostgreSQL behind either: the kernel
+// sends the server SIGQUIT when its parent dies.
+func TestDevKilledLeavesNoPostgres(t *testing.T) {
+	d := startDev(t)
+	if m := regexp.MustCompile(`private cluster in (\S+) `).FindStringSubmatch(d.banner); m != nil {
+		t.Cleanup(func() { _ = os.RemoveAll(filepath.Dir(m[1])) }) // a killed effects dev cannot remove it
+	}
+	if err := d.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	for range d.lines {
+	}
+	<-d.exited
+	deadline := time.Now().Add(time.Minute)
+	for {
+		b, err := os.ReadFile("/proc/" + strconv.Itoa(d.pgPid) + "/stat")
+		// Gone, or a zombie waiting for init to reap it.
+		if err != nil || strings.Contains(string(b), ") Z ") {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("postgres (pid %d) still runs a minute after effects dev was killed", d.pgPid)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binPath != "" {
+		_ = os.RemoveAll(filepath.Dir(binPath))
+	}
+	os.Exit(code)
 }
