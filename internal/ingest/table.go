@@ -303,7 +303,10 @@ func (s *TableSource) batch(ctx context.Context) (int, error) {
 		return 0, fmt.Errorf("PostgreSQL: claim: %w", err)
 	}
 	if len(claimed) == 0 {
-		return 0, tx.Commit(bctx)
+		if err := tx.Commit(bctx); err != nil {
+			return 0, fmt.Errorf("PostgreSQL: commit: %w", err)
+		}
+		return 0, nil
 	}
 	s.tm.batchSize.Observe(float64(len(claimed)))
 
