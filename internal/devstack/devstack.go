@@ -22,6 +22,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -287,7 +288,13 @@ func Run(ctx context.Context, o Options, out io.Writer, logger *slog.Logger) (er
 		}
 	}
 
-	fmt.Fprintf(out, "DATABASE_URL=%s\n", shellQuote(dbURL))
+	if pg == nil && hasPassword(dbURL) {
+		// The user's own, with a secret in it: they have it already, and
+		// the README promises it is never printed.
+		fmt.Fprintf(out, "# DATABASE_URL: the one in your environment (not printed: it holds a password)\n")
+	} else {
+		fmt.Fprintf(out, "DATABASE_URL=%s\n", shellQuote(dbURL))
+	}
 	fmt.Fprintf(out, "NATS_URL=%s\n", shellQuote(natsURL))
 	fmt.Fprintf(out, "# effects dev is running: the table source and the webhook ingest, the dispatcher (echo, http_request) and the completer.\n")
 	if pg != nil {
@@ -368,4 +375,11 @@ func shellQuote(s string) string {
 		out = append(out, s[i])
 	}
 	return string(append(out, '\''))
+}
+
+// hasPassword reports whether a PostgreSQL URL or keyword/value string
+// carries a password.
+func hasPassword(dbURL string) bool {
+	cfg, err := pgconn.ParseConfig(dbURL)
+	return err != nil || cfg.Password != ""
 }
