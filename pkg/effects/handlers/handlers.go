@@ -36,6 +36,8 @@ type Config struct {
 	HTTP HTTPConfig
 	// Email configures email; with no SMTPURL it is not registered.
 	Email EmailConfig
+	// Blob configures blob_put; with no Buckets it is not registered.
+	Blob BlobConfig
 }
 
 // ConfigFromEnv reads the built-ins' configuration from r: EFFECTS_HTTP_ALLOW
@@ -53,6 +55,7 @@ func ConfigFromEnv(r *envconfig.Reader) (Config, error) {
 		MaxResponseBytes: int64(r.Int(EnvHTTPMaxResponseBytes, DefaultMaxResponseBytes)),
 	}}
 	cfg.Email = emailConfigFromEnv(r)
+	cfg.Blob = blobConfigFromEnv(r)
 	if err := r.Err(); err != nil {
 		return Config{}, err
 	}
@@ -70,13 +73,17 @@ func ConfigFromEnv(r *envconfig.Reader) (Config, error) {
 	if err := checkEmailConfig(cfg.Email); err != nil {
 		return Config{}, err
 	}
+	if err := checkBlobConfig(cfg.Blob); err != nil {
+		return Config{}, err
+	}
 	return cfg, nil
 }
 
 // Register registers the built-in handlers in reg: "echo" and
-// "http_request", and "email" when cfg.Email has an SMTP URL. It registers
-// nothing when it returns an error (an invalid configuration, or a kind
-// already taken in reg).
+// "http_request" always, "email" when cfg.Email has an SMTP URL and
+// "blob_put" when cfg.Blob lists buckets (opt-in: without settings their
+// kinds have no consumer here). It registers nothing when it returns an
+// error (an invalid configuration, or a kind already taken in reg).
 func Register(reg *effects.Registry, cfg Config) error {
 	httpRequest, err := NewHTTPRequest(cfg.HTTP)
 	if err != nil {
@@ -86,6 +93,11 @@ func Register(reg *effects.Registry, cfg Config) error {
 	// Opt-in: without settings the kind has no consumer here.
 	if cfg.Email.SMTPURL != "" {
 		if builtins[KindEmail], err = NewEmail(cfg.Email); err != nil {
+			return err
+		}
+	}
+	if len(cfg.Blob.Buckets) > 0 {
+		if builtins[KindBlobPut], err = NewBlobPut(cfg.Blob); err != nil {
 			return err
 		}
 	}
