@@ -355,10 +355,7 @@ func (s *emailSender) handle(ctx context.Context, e effects.Effect) (any, error)
 	}
 
 	messageID := emailMessageID(e.ID, from.Address)
-	msg, err := buildMessage(p, from, messageID)
-	if err != nil {
-		return nil, effects.Permanent(err)
-	}
+	msg := buildMessage(p, from, messageID)
 	var data bytes.Buffer
 	if _, err := msg.WriteTo(&data); err != nil {
 		return nil, effects.Permanent(fmt.Errorf("email: building the message: %w", err))
@@ -399,7 +396,7 @@ func isDotAtomText(s string) bool {
 }
 
 // buildMessage builds the MIME message with go-mail.
-func buildMessage(p emailPayload, from *mail.Address, messageID string) (*gomail.Msg, error) {
+func buildMessage(p emailPayload, from *mail.Address, messageID string) *gomail.Msg {
 	m := gomail.NewMsg(gomail.WithNoDefaultUserAgent())
 	m.FromMailAddress(from)
 	if len(p.to) > 0 {
@@ -429,7 +426,7 @@ func buildMessage(p emailPayload, from *mail.Address, messageID string) (*gomail
 	default:
 		m.SetBodyString(gomail.TypeTextHTML, *p.html)
 	}
-	return m, nil
+	return m
 }
 
 // send submits one message. SMTP replies 4xx and failures to connect or to
