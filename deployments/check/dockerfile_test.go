@@ -63,7 +63,7 @@ func parseDockerfile(t *testing.T) dockerfile {
 type envMap map[string]string
 
 func (e envMap) Get(k string) (string, bool) { v, ok := e[k]; return v, ok }
-func (e envMap) Keys() []string             { return keys(e) }
+func (e envMap) Keys() []string              { return keys(e) }
 
 // goBuild is the Dockerfile's go build: its environment (the stage's ENV),
 // flags, output directory and targets.
