@@ -9,7 +9,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -48,18 +50,16 @@ type goPackage struct {
 }
 
 // EnvNames returns, for each binary under cmd/, the environment variables
-// its code reads: the first argument of every call to a reader of
-// internal/envconfig (its exported functions and methods whose first
-// parameter is a string: String, Int, Duration, ...) or to os.Getenv and
-// os.LookupEnv, in the main module's packages the binary is built from. The
-// argument may be a string literal or a constant of any of those packages.
-// Names are found in the code, so a setting someone adds is known at once.
+// its code reads, found in the main module's packages the binary is built
+// from: the first argument of every call to a reader, and every `env:"NAME"`
+// struct tag. A reader is os.Getenv, os.LookupEnv, or an exported function
+// or method whose first parameter is a string in a package that looks the
+// environment up itself (internal/envconfig today: String, Int, Duration,
+// ...). The argument may be a string literal or a constant of any of those
+// packages. Names are found in the code, so a setting someone adds, or a
+// reader moved to another package, is known at once.
 func EnvNames(root string) (map[string]map[string]bool, error) {
 	bins, err := Binaries(root)
-	if err != nil {
-		return nil, err
-	}
-	readers, err := readerFuncs(filepath.Join(root, "internal", "envconfig"))
 	if err != nil {
 		return nil, err
 	}
@@ -69,7 +69,7 @@ func EnvNames(root string) (map[string]map[string]bool, error) {
 		if err != nil {
 			return nil, err
 		}
-		names, err := namesRead(pkgs, readers)
+		names, err := namesRead(pkgs)
 		if err != nil {
 			return nil, fmt.Errorf("cmd/%s: %w", bin, err)
 		}
@@ -103,42 +103,68 @@ func listDeps(root, pkg string) (map[string]goPackage, error) {
 	return pkgs, nil
 }
 
-// readerFuncs is the names of the exported functions and methods of the
-// package in dir whose first parameter is a string: the variable's name.
-func readerFuncs(dir string) (map[string]bool, error) {
-	fset := token.NewFileSet()
-	files, err := filepath.Glob(filepath.Join(dir, "*.go"))
-	if err != nil {
-		return nil, err
+// fileImports maps a file's local import names to import paths.
+func fileImports(f *ast.File) map[string]string {
+	imports := map[string]string{}
+	for _, im := range f.Imports {
+		p, _ := strconv.Unquote(im.Path.Value)
+		local := p[strings.LastIndex(p, "/")+1:]
+		if im.Name != nil {
+			local = im.Name.Name
+		}
+		imports[local] = p
 	}
-	out := map[string]bool{"Getenv": true, "LookupEnv": true}
+	return imports
+}
+
+// looksUpEnv reports whether a file refers to os.Getenv or os.LookupEnv
+// (called or passed on, as envconfig.New passes os.LookupEnv).
+func looksUpEnv(f *ast.File) bool {
+	var osName string
+	for local, path := range fileImports(f) {
+		if path == "os" {
+			osName = local
+		}
+	}
+	if osName == "" {
+		return false
+	}
 	found := false
-	for _, path := range files {
-		if strings.HasSuffix(path, "_test.go") {
-			continue
-		}
-		f, err := parser.ParseFile(fset, path, nil, 0)
-		if err != nil {
-			return nil, err
-		}
-		for _, d := range f.Decls {
-			fd, ok := d.(*ast.FuncDecl)
-			if !ok || !fd.Name.IsExported() || fd.Type.Params == nil || len(fd.Type.Params.List) == 0 {
-				continue
-			}
-			if id, ok := fd.Type.Params.List[0].Type.(*ast.Ident); ok && id.Name == "string" {
-				out[fd.Name.Name] = true
+	ast.Inspect(f, func(n ast.Node) bool {
+		if sel, ok := n.(*ast.SelectorExpr); ok {
+			if x, ok := sel.X.(*ast.Ident); ok && x.Name == osName && (sel.Sel.Name == "Getenv" || sel.Sel.Name == "LookupEnv") {
 				found = true
 			}
 		}
-	}
-	if !found {
-		return nil, fmt.Errorf("no reader functions in %s: the services' settings are read elsewhere now; update check.EnvNames", dir)
-	}
-	return out, nil
+		return !found
+	})
+	return found
 }
 
-func namesRead(pkgs map[string]goPackage, readers map[string]bool) (map[string]bool, error) {
+// readerFuncs is the names of the exported functions and methods whose
+// first parameter is a string, in the packages that look the environment up.
+func readerFuncs(parsed map[string][]*ast.File) map[string]bool {
+	out := map[string]bool{"Getenv": true, "LookupEnv": true}
+	for _, files := range parsed {
+		if !slices.ContainsFunc(files, looksUpEnv) {
+			continue
+		}
+		for _, f := range files {
+			for _, d := range f.Decls {
+				fd, ok := d.(*ast.FuncDecl)
+				if !ok || !fd.Name.IsExported() || fd.Type.Params == nil || len(fd.Type.Params.List) == 0 {
+					continue
+				}
+				if id, ok := fd.Type.Params.List[0].Type.(*ast.Ident); ok && id.Name == "string" {
+					out[fd.Name.Name] = true
+				}
+			}
+		}
+	}
+	return out
+}
+
+func namesRead(pkgs map[string]goPackage) (map[string]bool, error) {
 	fset := token.NewFileSet()
 	parsed := map[string][]*ast.File{}
 	for path, p := range pkgs {
@@ -150,6 +176,7 @@ func namesRead(pkgs map[string]goPackage, readers map[string]bool) (map[string]b
 			parsed[path] = append(parsed[path], f)
 		}
 	}
+	readers := readerFuncs(parsed)
 	consts := map[string]map[string]string{} // import path -> const name -> value
 	for path, files := range parsed {
 		consts[path] = stringConsts(files)
@@ -157,30 +184,39 @@ func namesRead(pkgs map[string]goPackage, readers map[string]bool) (map[string]b
 	names := map[string]bool{}
 	for path, files := range parsed {
 		for _, f := range files {
-			imports := map[string]string{} // local name -> import path
-			for _, im := range f.Imports {
-				p, _ := strconv.Unquote(im.Path.Value)
-				local := p[strings.LastIndex(p, "/")+1:]
-				if im.Name != nil {
-					local = im.Name.Name
-				}
-				imports[local] = p
-			}
+			imports := fileImports(f)
 			ast.Inspect(f, func(n ast.Node) bool {
-				call, ok := n.(*ast.CallExpr)
-				if !ok || len(call.Args) == 0 {
-					return true
-				}
-				sel, ok := call.Fun.(*ast.SelectorExpr)
-				if !ok || !readers[sel.Sel.Name] {
-					return true
-				}
-				if v, ok := constString(call.Args[0], consts[path], consts, imports); ok && envName.MatchString(v) {
-					names[v] = true
+				switch n := n.(type) {
+				case *ast.CallExpr:
+					var fn string
+					switch f := n.Fun.(type) {
+					case *ast.SelectorExpr: // r.String(...), os.Getenv(...)
+						fn = f.Sel.Name
+					case *ast.Ident: // a reader called in its own package
+						fn = f.Name
+					}
+					if len(n.Args) == 0 || !readers[fn] {
+						return true
+					}
+					if v, ok := constString(n.Args[0], consts[path], consts, imports); ok && envName.MatchString(v) {
+						names[v] = true
+					}
+				case *ast.Field:
+					if n.Tag != nil {
+						tag, _ := strconv.Unquote(n.Tag.Value)
+						if v, ok := reflect.StructTag(tag).Lookup("env"); ok {
+							if name, _, _ := strings.Cut(v, ","); envName.MatchString(name) {
+								names[name] = true
+							}
+						}
+					}
 				}
 				return true
 			})
 		}
+	}
+	if len(names) == 0 {
+		return nil, fmt.Errorf("found no environment variable read: the settings are read in a way check.EnvNames does not know; teach it")
 	}
 	return names, nil
 }
