@@ -84,6 +84,17 @@ func checkComposeProject(t *testing.T, p *types.Project, pending map[string]stri
 	for _, name := range p.ServiceNames() {
 		s := p.Services[name]
 		where := "compose service " + name
+		// A dependency on a healthy service needs a health check there, or
+		// `docker compose up` waits for ever.
+		for dep, d := range s.DependsOn {
+			target, ok := p.Services[dep]
+			switch {
+			case !ok:
+				t.Errorf("%s: depends on %s, which does not run", where, dep)
+			case d.Condition == types.ServiceConditionHealthy && (target.HealthCheck == nil || target.HealthCheck.Disable || len(target.HealthCheck.Test) == 0):
+				t.Errorf("%s: waits for %s to be healthy, which has no health check", where, dep)
+			}
+		}
 		bin := ourBinary(s)
 		if bin == "" {
 			if why := imagePinned(s.Image); why != "" {
@@ -112,6 +123,13 @@ func checkComposeProject(t *testing.T, p *types.Project, pending map[string]stri
 		}
 		if s.HealthCheck == nil || !strings.Contains(strings.Join(s.HealthCheck.Test, " "), fmt.Sprintf("http://127.0.0.1:%d/healthz", admin)) {
 			t.Errorf("%s: health check must ask /healthz on the admin port %d", where, admin)
+		}
+		published := false
+		for _, port := range s.Ports {
+			published = published || port.Target == uint32(admin)
+		}
+		if !published {
+			t.Errorf("%s: the admin port %d is not published (/metrics, /healthz for people)", where, admin)
 		}
 		if s.StopGracePeriod == nil || time.Duration(*s.StopGracePeriod) <= shutdownTimeout(t, where, e) {
 			t.Errorf("%s: stop_grace_period must be above EFFECTS_SHUTDOWN_TIMEOUT (%s)", where, shutdownTimeout(t, where, e))
@@ -333,6 +351,10 @@ func TestImagePinned(t *testing.T) {
 		"postgres:15":                                     false,
 		"nats:alpine":                                     false,
 		"registry:5000/app":                               false,
+		"alpine:3.22":                                     false,
+		"golang:1.26-alpine":                              false,
+		"postgres:15.14-alpine":                           true,
+		"nats:2.15":                                       false,
 	} {
 		if got := imagePinned(ref) == ""; got != pinned {
 			t.Errorf("imagePinned(%q) = %q, want pinned=%t", ref, imagePinned(ref), pinned)

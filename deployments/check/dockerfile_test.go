@@ -189,11 +189,17 @@ func TestDockerfile(t *testing.T) {
 		t.Errorf("go build targets %v, want ./cmd/... (every binary)", gb.targets)
 	}
 	// The Go of the build stage is the one go.mod asks for.
-	goVersion := regexp.MustCompile(`(?m)^go (\d+\.\d+)`).FindSubmatch(readRepoFile(t, "go.mod"))
+	goVersion := regexp.MustCompile(`(?m)^go (\d+\.\d+\.\d+)$`).FindSubmatch(readRepoFile(t, "go.mod"))
+	if goVersion == nil {
+		t.Fatal("go.mod has no go line with a full version")
+	}
 	lex := shell.NewLex('\\')
 	from, _, err := lex.ProcessWord(build.from, envMap(df.args))
-	if err != nil || goVersion == nil || !strings.HasPrefix(from, "golang:"+string(goVersion[1])) {
-		t.Errorf("build stage FROM %s, want golang:%s (go.mod)", from, goVersion[1])
+	if want := "golang:" + string(goVersion[1]) + "-alpine"; err != nil || from != want {
+		t.Errorf("build stage FROM %s, want %s (go.mod's go line)", from, want)
+	}
+	if why := imagePinned(from); why != "" {
+		t.Errorf("build stage: %s", why)
 	}
 
 	final := df.stages[len(df.stages)-1]

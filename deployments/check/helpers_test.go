@@ -71,9 +71,14 @@ func natsServerVersion(t *testing.T) string {
 	return string(m[1])
 }
 
-// pinnedTag matches an image tag that names one release: at least
-// major.minor (PostgreSQL's releases are 15.14) and not a moving tag.
-var pinnedTag = regexp.MustCompile(`^v?\d+\.\d+(\.\d+)?([.-][A-Za-z0-9.-]+)?$`)
+// pinnedTag matches an image tag that names one release, major.minor.patch
+// with an optional variant; twoPartVersions are the images whose releases
+// have two parts (PostgreSQL 15.14 is a release; postgres:15 moves).
+var (
+	pinnedTag       = regexp.MustCompile(`^v?\d+\.\d+\.\d+([.-][A-Za-z0-9.-]+)?$`)
+	pinnedTwoPart   = regexp.MustCompile(`^\d+\.\d+([.-][A-Za-z0-9.-]+)?$`)
+	twoPartVersions = map[string]bool{"postgres": true}
+)
 
 // imagePinned reports why an image reference is not pinned ("" when it is).
 func imagePinned(ref string) string {
@@ -87,7 +92,7 @@ func imagePinned(ref string) string {
 	switch {
 	case tag == "":
 		return name + " has no tag (it means latest)"
-	case !pinnedTag.MatchString(tag):
+	case !pinnedTag.MatchString(tag) && !(twoPartVersions[name] && pinnedTwoPart.MatchString(tag)):
 		return ref + ": tag " + tag + " does not name a release (want e.g. 1.2.3 or v1.2.3-alpine)"
 	}
 	return ""
