@@ -211,7 +211,9 @@ func checkHasuraInCompose(t *testing.T, p *types.Project) {
 		t.Errorf("hasura: %s=%q, want http://ingest:%d%s (the ingest's service, EFFECTS_HTTP_ADDR and path)", tr.WebhookFromEnv, u, httpPort, ingest.EventsPath)
 	}
 	secret := he[tr.secretEnv]
-	if secret == "" || secret != ie["EFFECTS_WEBHOOK_SECRET"] {
+	if tr.secretEnv == "" {
+		t.Errorf("hasura: the trigger sends no %s header from Hasura's environment", ingest.SecretHeader)
+	} else if secret == "" || secret != ie["EFFECTS_WEBHOOK_SECRET"] {
 		t.Errorf("hasura: %s must be the ingest's EFFECTS_WEBHOOK_SECRET", tr.secretEnv)
 	}
 }
