@@ -45,10 +45,10 @@ type Dispatcher struct {
 	maxAge time.Duration
 	// fetchCtx ends when fetching stops; workCtx (the parent of every
 	// attempt) only when a shutdown's grace period ran out.
-	fetchCtx  context.Context
-	workCtx   context.Context
-	running   atomic.Bool
-	runOnce   sync.Once
+	fetchCtx context.Context
+	workCtx  context.Context
+	running  atomic.Bool
+	runOnce  sync.Once
 }
 
 // New returns a dispatcher for the handlers in reg. reg must not change
