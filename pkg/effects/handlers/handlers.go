@@ -24,7 +24,8 @@ const (
 	// timeout_ms, as a Go duration. Default: 30s.
 	EnvHTTPTimeout = "EFFECTS_HTTP_TIMEOUT"
 	// EnvHTTPMaxResponseBytes caps how much of a response body is read.
-	// Default: 1048576 (1 MiB).
+	// Default: 262144 (256 KiB), so that the completion fits in NATS's default
+	// 1 MiB max_payload even when escaping a text body doubles it or more.
 	EnvHTTPMaxResponseBytes = "EFFECTS_HTTP_MAX_RESPONSE_BYTES"
 )
 
@@ -36,7 +37,7 @@ type Config struct {
 
 // ConfigFromEnv reads the built-ins' configuration from r: EFFECTS_HTTP_ALLOW
 // (default empty: no host allowed), EFFECTS_HTTP_TIMEOUT (default 30s) and
-// EFFECTS_HTTP_MAX_RESPONSE_BYTES (default 1048576). A nil r reads the process
+// EFFECTS_HTTP_MAX_RESPONSE_BYTES (default 262144). A nil r reads the process
 // environment, which is how a dispatcher outside this module calls it. The
 // error names the variable that is wrong.
 func ConfigFromEnv(r *envconfig.Reader) (Config, error) {

@@ -38,7 +38,7 @@ func TestConfigFromEnvDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := HTTPConfig{DefaultTimeout: 30 * time.Second, MaxResponseBytes: 1 << 20}
+	want := HTTPConfig{DefaultTimeout: 30 * time.Second, MaxResponseBytes: 256 << 10}
 	if cfg.HTTP.Allow != nil || cfg.HTTP.DefaultTimeout != want.DefaultTimeout || cfg.HTTP.MaxResponseBytes != want.MaxResponseBytes {
 		t.Errorf("ConfigFromEnv() = %+v, want %+v", cfg.HTTP, want)
 	}

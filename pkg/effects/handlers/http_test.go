@@ -111,7 +111,7 @@ func TestHTTPRequestSuccessNotJSON(t *testing.T) {
 	for _, tc := range []struct {
 		name, body, want string
 	}{
-		{"text", "hello <world>\n", `{"status":200,"body":"hello \u003cworld\u003e\n"}`},
+		{"text", "hello <world>\n", `{"status":200,"body":"hello <world>\n"}`},
 		{"empty", "", `{"status":200,"body":""}`},
 		{"invalid UTF-8", "a\xffb", `{"status":200,"body":"a\ufffdb"}`},
 	} {
