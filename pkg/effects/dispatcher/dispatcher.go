@@ -215,6 +215,9 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	<-ctx.Done()
 
 	stopFetch()
+	for _, x := range d.execs {
+		x.src.stop()
+	}
 	allStopped := make(chan struct{})
 	go func() {
 		for _, x := range d.execs {

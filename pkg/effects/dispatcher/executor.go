@@ -73,6 +73,10 @@ func (dl *delivery) settle() bool { return dl.settled.CompareAndSwap(false, true
 func (x *executor) worker(ctx context.Context) {
 	for {
 		jm, err := x.src.next(ctx)
+		if err == nil && ctx.Err() != nil {
+			_ = jm.Nak() // fetched as fetching stopped: back at once
+			err = ctx.Err()
+		}
 		if err != nil {
 			x.workers.Done()
 			return
@@ -430,11 +434,13 @@ func (s *liveSource) reopen(ctx context.Context, dead jetstream.MessagesContext)
 	return nil
 }
 
-// giveBack stops the iterator and naks, without delay, what it still
-// holds, so that those effects come back at once rather than after the ack
-// wait. While disconnected a drain cannot flush: then Stop, and the ack
-// wait brings them back.
-func (s *liveSource) giveBack() {
+// stop ends pulling: no more pull requests, so that nothing more is
+// delivered to this process (an interrupted effect nak'ed during the
+// shutdown would otherwise come straight back to it). Drain, not Stop:
+// Stop discards what the iterator already holds, which JetStream would
+// redeliver only after the ack wait; drained, giveBack returns it at once.
+// While disconnected a drain cannot flush: then Stop.
+func (s *liveSource) stop() {
 	it := s.current()
 	if it == nil {
 		return
@@ -444,6 +450,15 @@ func (s *liveSource) giveBack() {
 		return
 	}
 	it.Drain()
+}
+
+// giveBack naks, without delay, what the stopped iterator still holds, so
+// that those effects come back at once rather than after the ack wait.
+func (s *liveSource) giveBack() {
+	it := s.current()
+	if it == nil {
+		return
+	}
 	for {
 		jm, err := it.Next()
 		if err != nil {
