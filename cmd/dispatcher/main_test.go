@@ -17,6 +17,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/goleak"
 
 	"github.com/effects-run/effects/internal/testenv"
 	"github.com/effects-run/effects/pkg/effects"
@@ -34,7 +35,7 @@ func TestMain(m *testing.M) {
 		main()
 		os.Exit(0) // main returned: the service ran and stopped
 	}
-	os.Exit(m.Run())
+	goleak.VerifyTestMain(m)
 }
 
 // builtins are the kinds cmd/dispatcher handles.
