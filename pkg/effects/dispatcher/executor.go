@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -94,12 +95,18 @@ func (x *executor) worker(ctx context.Context) {
 // was started in its place).
 func (x *executor) handle(ctx context.Context, jm jetstream.Msg) bool {
 	dl := &delivery{msg: jm, attempt: 1}
+	var seq uint64
 	if meta, err := jm.Metadata(); err == nil {
-		dl.attempt, dl.stored = int(meta.NumDelivered), meta.Timestamp
+		dl.attempt, dl.stored, seq = int(meta.NumDelivered), meta.Timestamp, meta.Sequence.Stream
 	}
 	dl.keep = startKeepAlive(jm, x.lim.ackWait/3)
 	eff, err := decodeEffect(jm.Data(), x.kind)
 	eff.EventID = jm.Headers().Get(jetstream.MsgIDHeader)
+	if eff.EventID == "" {
+		// Published without a message id: the stream sequence still
+		// names this delivery's event, for the completion's id.
+		eff.EventID = strconv.FormatUint(seq, 10)
+	}
 	eff.Attempt = dl.attempt
 	dl.effect = eff
 	if err != nil {
@@ -335,11 +342,6 @@ func (k *keepAlive) armed() bool {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	return !k.stopped
-}
-
-// source is where workers take messages from.
-type source interface {
-	next(ctx context.Context) (jetstream.Msg, error)
 }
 
 // liveSource is the consumer's iterator, re-created when the consumer is
