@@ -137,8 +137,8 @@ func (c Config) Validate() error {
 	return nil
 }
 
-// ConfigFromEnv reads the EFFECTS_* variables listed on [Config]'s fields.
-func ConfigFromEnv(r *envconfig.Reader, streams effects.StreamOptions) (Config, error) {
+// configFromEnv reads the EFFECTS_* variables listed on [Config]'s fields.
+func configFromEnv(r *envconfig.Reader, streams effects.StreamOptions) (Config, error) {
 	// An explicit 0 in the environment is checked like any other value,
 	// not taken for "default" as a zero field of Config is.
 	def := Config{}.WithDefaults()

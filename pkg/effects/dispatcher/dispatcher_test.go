@@ -680,7 +680,7 @@ func TestCompletionsGoThroughTheirOwnConnection(t *testing.T) {
 }
 
 func TestConfigFromEnv(t *testing.T) {
-	c, err := ConfigFromEnv(envconfig.FromMap(map[string]string{"EFFECTS_CONCURRENCY": "7", "EFFECTS_RETRY_BASE": "250ms"}), effects.StreamOptions{})
+	c, err := configFromEnv(envconfig.FromMap(map[string]string{"EFFECTS_CONCURRENCY": "7", "EFFECTS_RETRY_BASE": "250ms"}), effects.StreamOptions{})
 	if err != nil || c.Concurrency != 7 || c.RetryBase != 250*time.Millisecond || c.MaxAttempts != 10 || c.Streams.MaxAge != 168*time.Hour {
 		t.Fatalf("%+v %v", c, err)
 	}
@@ -688,7 +688,7 @@ func TestConfigFromEnv(t *testing.T) {
 		t.Fatalf("default ack wait %s %v", l.ackWait, err)
 	}
 	// The ack wait follows a longer handler timeout unless it is set.
-	c, err = ConfigFromEnv(envconfig.FromMap(map[string]string{"EFFECTS_HANDLER_TIMEOUT": "5m"}), effects.StreamOptions{})
+	c, err = configFromEnv(envconfig.FromMap(map[string]string{"EFFECTS_HANDLER_TIMEOUT": "5m"}), effects.StreamOptions{})
 	if l, _ := c.limitsFor("k", effects.KindOptions{}); err != nil || l.ackWait != 5*time.Minute+30*time.Second {
 		t.Fatalf("%+v %v", c, err)
 	}
@@ -696,15 +696,15 @@ func TestConfigFromEnv(t *testing.T) {
 	if l, _ := c.limitsFor("k", effects.KindOptions{AttemptTimeout: 10 * time.Minute}); l.ackWait != 10*time.Minute+30*time.Second {
 		t.Fatalf("kind ack wait %s", l.ackWait)
 	}
-	if _, err := ConfigFromEnv(envconfig.FromMap(map[string]string{"EFFECTS_HANDLER_TIMEOUT": "5m", "EFFECTS_ACK_WAIT": "1m"}), effects.StreamOptions{}); err == nil {
+	if _, err := configFromEnv(envconfig.FromMap(map[string]string{"EFFECTS_HANDLER_TIMEOUT": "5m", "EFFECTS_ACK_WAIT": "1m"}), effects.StreamOptions{}); err == nil {
 		t.Fatal("ack wait below the handler timeout accepted")
 	}
 	// An explicit zero is a value, checked like any other.
-	if _, err := ConfigFromEnv(envconfig.FromMap(map[string]string{"EFFECTS_CONCURRENCY": "0"}), effects.StreamOptions{}); err == nil ||
+	if _, err := configFromEnv(envconfig.FromMap(map[string]string{"EFFECTS_CONCURRENCY": "0"}), effects.StreamOptions{}); err == nil ||
 		!strings.Contains(err.Error(), "EFFECTS_CONCURRENCY") {
 		t.Fatalf("EFFECTS_CONCURRENCY=0: %v", err)
 	}
-	if _, err := ConfigFromEnv(envconfig.FromMap(map[string]string{"EFFECTS_MAX_ATTEMPTS": "many"}), effects.StreamOptions{}); err == nil ||
+	if _, err := configFromEnv(envconfig.FromMap(map[string]string{"EFFECTS_MAX_ATTEMPTS": "many"}), effects.StreamOptions{}); err == nil ||
 		!strings.Contains(err.Error(), "EFFECTS_MAX_ATTEMPTS") {
 		t.Fatalf("EFFECTS_MAX_ATTEMPTS=many: %v", err)
 	}

@@ -3,6 +3,7 @@ package handlers
 import (
 	"context"
 	"fmt"
+	"os"
 	"strings"
 
 	"github.com/effects-run/effects/internal/envconfig"
@@ -35,15 +36,23 @@ type Config struct {
 	HTTP HTTPConfig
 }
 
-// ConfigFromEnv reads the built-ins' configuration from r: EFFECTS_HTTP_ALLOW
-// (default empty: no host allowed), EFFECTS_HTTP_TIMEOUT (default 30s) and
-// EFFECTS_HTTP_MAX_RESPONSE_BYTES (default 262144). A nil r reads the process
-// environment, which is how a dispatcher outside this module calls it. The
-// error names the variable that is wrong.
-func ConfigFromEnv(r *envconfig.Reader) (Config, error) {
-	if r == nil {
-		r = envconfig.New()
+// ConfigFromEnv reads the built-ins' configuration through lookup (like
+// os.LookupEnv): EFFECTS_HTTP_ALLOW (default empty: no host allowed),
+// EFFECTS_HTTP_TIMEOUT (default 30s) and EFFECTS_HTTP_MAX_RESPONSE_BYTES
+// (default 262144). A nil lookup reads the process environment, which is how
+// a dispatcher outside this module calls it. The error names the variable
+// that is wrong.
+func ConfigFromEnv(lookup func(string) (string, bool)) (Config, error) {
+	if lookup == nil {
+		lookup = os.LookupEnv
 	}
+	env := map[string]string{}
+	for _, k := range []string{EnvHTTPAllow, EnvHTTPTimeout, EnvHTTPMaxResponseBytes} {
+		if v, ok := lookup(k); ok {
+			env[k] = v
+		}
+	}
+	r := envconfig.FromMap(env)
 	cfg := Config{HTTP: HTTPConfig{
 		Allow:            r.List(EnvHTTPAllow),
 		DefaultTimeout:   r.Duration(EnvHTTPTimeout, DefaultHTTPTimeout),
