@@ -358,6 +358,53 @@ func TestAsyncEffectOutlivesItsDispatcher(t *testing.T) {
 	}
 }
 
+// Finding 7: an async effect whose dispatcher dies (its connection gone,
+// no graceful stop) is redelivered once the ack wait passes, to another
+// dispatcher, as a new attempt: the held message was never acked.
+func TestAsyncEffectSurvivesACrash(t *testing.T) {
+	t.Parallel()
+	srv := testenv.StartNATS(t)
+	ncA, jsA := srv.Connect(t)
+	_, jsB := srv.Connect(t)
+	_, js := srv.Connect(t)
+	if err := effects.EnsureStreams(context.Background(), js, effects.StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig()
+	cfg.HandlerTimeout = time.Second
+	cfg.AckWait = time.Second + AckWaitMargin // the shortest allowed
+	started := make(chan struct{}, 1)
+	regA := effects.NewRegistry()
+	regA.HandleAsync("job", func(context.Context, effects.Effect, effects.Done) error {
+		started <- struct{}{}
+		return nil
+	})
+	second := make(chan int, 1)
+	regB := effects.NewRegistry()
+	regB.HandleAsync("job", func(ctx context.Context, e effects.Effect, done effects.Done) error {
+		second <- e.Attempt
+		return done.Complete(ctx, "after the crash")
+	})
+	runOn(t, jsA, cfg, regA)
+	msg := nats.NewMsg(effects.Subject("job"))
+	msg.Data = fmt.Appendf(nil, `{"id":%q,"kind":"job","payload":{}}`, newID())
+	msg.Header.Set(jetstream.MsgIDHeader, "ev-crash")
+	if _, err := js.PublishMsg(context.Background(), msg); err != nil {
+		t.Fatal(err)
+	}
+	<-started
+	ncA.Close() // the process is gone: no keep-alive, no nak
+	runOn(t, jsB, cfg, regB)
+	select {
+	case attempt := <-second:
+		if attempt != 2 {
+			t.Fatalf("attempt %d", attempt)
+		}
+	case <-time.After(cfg.AckWait + 15*time.Second):
+		t.Fatal("the effect of the crashed dispatcher was not redelivered")
+	}
+}
+
 // Per-kind concurrency from registration, overridden by the environment.
 func TestKindConcurrency(t *testing.T) {
 	t.Parallel()
@@ -521,3 +568,37 @@ func TestKeepAliveStaysStopped(t *testing.T) {
 }
 
 var _ = json.Valid
+
+// A kind's limits: the environment over the registration over the
+// defaults.
+func TestKindLimitsPrecedence(t *testing.T) {
+	cfg := Config{
+		KindConcurrency: map[string]int{"sms": 3},
+		KindRate:        map[string]effects.Rate{"sms": {N: 600, Per: time.Minute}},
+	}.WithDefaults()
+	opts := effects.KindOptions{Concurrency: 7, Rate: effects.Rate{N: 1, Per: time.Second}, AttemptTimeout: 2 * time.Minute,
+		MaxAttempts: 4, MaxRetryDelay: time.Minute, CompletionDeadline: 3 * time.Hour}
+	l, err := cfg.limitsFor("sms", opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := kindLimits{concurrency: 3, rate: effects.Rate{N: 600, Per: time.Minute}, timeout: 2 * time.Minute, maxAttempts: 4,
+		maxRetryDelay: time.Minute, completionDeadline: 3 * time.Hour, ackWait: 2*time.Minute + 30*time.Second}
+	if l != want {
+		t.Fatalf("sms limits %+v, want %+v", l, want)
+	}
+	l, err = cfg.limitsFor("email", effects.KindOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want = kindLimits{concurrency: 100, timeout: time.Minute, maxAttempts: 10, maxRetryDelay: 5 * time.Minute,
+		completionDeadline: time.Hour, ackWait: 90 * time.Second}
+	if l != want {
+		t.Fatalf("default limits %+v, want %+v", l, want)
+	}
+	// A kind's timeout longer than an explicit ack wait allows is refused.
+	cfg.AckWait = time.Minute
+	if _, err := cfg.limitsFor("slow", effects.KindOptions{AttemptTimeout: time.Hour}); err == nil || !strings.Contains(err.Error(), "EFFECTS_ACK_WAIT") {
+		t.Fatalf("ack wait below the kind's timeout: %v", err)
+	}
+}
