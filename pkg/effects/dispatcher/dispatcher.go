@@ -194,12 +194,10 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 			}
 			subs = append(subs, s)
 		}
-		x.src = &liveSource{x: x, cc: x.consumerConfig()}
-		it, err := x.src.open(ctx)
-		if err != nil {
+		x.src = &liveSource{x: x, cc: x.consumerConfig(), one: x.rate != nil}
+		if err := x.src.open(ctx); err != nil {
 			return nil // stopped while NATS was unreachable
 		}
-		x.src.it = it
 		x.ready.Store(true)
 	}
 	for _, x := range d.execs {

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/effects-run/effects/internal/retry"
@@ -344,21 +345,36 @@ func (k *keepAlive) armed() bool {
 	return !k.stopped
 }
 
-// liveSource is the consumer's iterator, re-created when the consumer is
-// deleted. Every worker calls next; the iterator serialises them.
+// liveSource is where a kind's workers take messages from: the consumer's
+// iterator, shared by the workers (it serialises them), or, for a
+// rate-limited kind, one pull request per message (one). Either is
+// re-created when the consumer is deleted.
+//
+// A rate-limited kind fetches one message at a time because its workers
+// wait for the limit while holding a message: messages pulled ahead would
+// wait in the client's buffer, unseen and not kept alive, and come back
+// after the ack wait while still buffered. Pulled one by one, every
+// delivered message is in a worker's hands, kept alive. The cost, a pull
+// request per message, is small beside a rate limit.
 type liveSource struct {
-	x  *executor
-	cc jetstream.ConsumerConfig
+	x   *executor
+	cc  jetstream.ConsumerConfig
+	one bool
 
-	mu sync.Mutex
-	it jetstream.MessagesContext
+	mu   sync.Mutex
+	gen  int // bumped by every re-creation
+	cons jetstream.Consumer
+	it   jetstream.MessagesContext // nil when one
 }
 
-// open creates (or finds) the consumer and starts its iterator, retrying
-// until it works or ctx ends.
-func (s *liveSource) open(ctx context.Context) (jetstream.MessagesContext, error) {
+// fetchOneWait is how long one pull request of a rate-limited kind waits.
+const fetchOneWait = 5 * time.Second
+
+// open creates (or finds) the consumer and, unless one, starts its
+// iterator, retrying until it works or ctx ends. The caller holds s.mu or
+// has not shared s yet.
+func (s *liveSource) open(ctx context.Context) error {
 	x := s.x
-	var it jetstream.MessagesContext
 	_, ok := retry.Until(ctx, retry.Policy{Min: 50 * time.Millisecond, Max: 2 * time.Second},
 		func(ctx context.Context) error {
 			// On a consumer just deleted, nats-server 2.15 can fail the
@@ -368,39 +384,59 @@ func (s *liveSource) open(ctx context.Context) (jetstream.MessagesContext, error
 			if err != nil {
 				return err
 			}
-			it, err = cons.Messages(jetstream.PullMaxMessages(x.lim.concurrency), jetstream.PullHeartbeat(pullHeartbeat))
-			return err
+			var it jetstream.MessagesContext
+			if !s.one {
+				it, err = cons.Messages(jetstream.PullMaxMessages(x.lim.concurrency), jetstream.PullHeartbeat(pullHeartbeat))
+				if err != nil {
+					return err
+				}
+			}
+			s.cons, s.it = cons, it
+			s.gen++
+			return nil
 		},
 		func(err error, n int, wait time.Duration) {
 			x.logger.Warn("creating the kind's consumer; retrying", "kind", x.kind, "consumer", s.cc.Durable, "attempt", n, "error", err, "retry_in", wait.String())
 		})
 	if !ok {
-		return nil, ctx.Err()
+		return ctx.Err()
 	}
-	return it, nil
+	return nil
 }
 
-func (s *liveSource) current() jetstream.MessagesContext {
+func (s *liveSource) current() (int, jetstream.Consumer, jetstream.MessagesContext) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.it
+	return s.gen, s.cons, s.it
 }
 
 func (s *liveSource) next(ctx context.Context) (jetstream.Msg, error) {
 	for {
-		it := s.current()
-		if it == nil {
+		gen, cons, it := s.current()
+		if cons == nil {
 			return nil, jetstream.ErrMsgIteratorClosed
 		}
-		jm, err := it.Next(jetstream.NextContext(ctx))
+		var jm jetstream.Msg
+		var err error
+		if it != nil {
+			jm, err = it.Next(jetstream.NextContext(ctx))
+		} else {
+			fctx, cancel := context.WithTimeout(ctx, fetchOneWait)
+			jm, err = cons.Next(jetstream.FetchContext(fctx))
+			cancel()
+			if err != nil && ctx.Err() == nil && (errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout)) {
+				continue // nothing to do for now: ask again
+			}
+		}
 		if err == nil {
 			return jm, nil
 		}
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-			if err := s.reopen(ctx, it); err != nil {
+		if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrConsumerNotFound) ||
+			(it != nil && errors.Is(err, jetstream.ErrMsgIteratorClosed)) {
+			if err := s.reopen(ctx, gen); err != nil {
 				return nil, err
 			}
 			continue
@@ -411,26 +447,32 @@ func (s *liveSource) next(ctx context.Context) (jetstream.Msg, error) {
 			level = slog.LevelDebug
 		}
 		s.x.logger.Log(ctx, level, "jetstream fetch", "kind", s.x.kind, "error", err)
+		if it == nil {
+			if err := sleep(ctx, 100*time.Millisecond); err != nil { // no hot loop while NATS is away
+				return nil, err
+			}
+		}
 	}
 }
 
-// reopen replaces a dead iterator (once, whichever worker sees it first).
-func (s *liveSource) reopen(ctx context.Context, dead jetstream.MessagesContext) error {
+// reopen re-creates a consumer found gone (once, whichever worker sees it
+// first).
+func (s *liveSource) reopen(ctx context.Context, gen int) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.it != dead {
+	if s.gen != gen {
 		return nil // another worker did it
 	}
 	x := s.x
 	x.ready.Store(false)
 	x.km.consumerLost.Inc()
 	x.logger.Warn("the kind's consumer is gone; creating it again", "kind", x.kind, "consumer", s.cc.Durable)
-	dead.Stop()
-	it, err := s.open(ctx)
-	if err != nil {
+	if s.it != nil {
+		s.it.Stop()
+	}
+	if err := s.open(ctx); err != nil {
 		return err
 	}
-	s.it = it
 	x.ready.Store(true)
 	x.logger.Info("the kind's consumer is back", "kind", x.kind, "consumer", s.cc.Durable)
 	return nil
@@ -443,7 +485,7 @@ func (s *liveSource) reopen(ctx context.Context, dead jetstream.MessagesContext)
 // redeliver only after the ack wait; drained, giveBack returns it at once.
 // While disconnected a drain cannot flush: then Stop.
 func (s *liveSource) stop() {
-	it := s.current()
+	_, _, it := s.current()
 	if it == nil {
 		return
 	}
@@ -457,7 +499,7 @@ func (s *liveSource) stop() {
 // giveBack naks, without delay, what the stopped iterator still holds, so
 // that those effects come back at once rather than after the ack wait.
 func (s *liveSource) giveBack() {
-	it := s.current()
+	_, _, it := s.current()
 	if it == nil {
 		return
 	}

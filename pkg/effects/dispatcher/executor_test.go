@@ -256,23 +256,33 @@ func TestTermOnNATS29(t *testing.T) {
 }
 
 // Finding 5: a kind whose durable consumer is deleted gets it back, and
-// is not ready meanwhile.
+// is not ready meanwhile; with the shared iterator and with the one-by-one
+// fetch of a rate-limited kind.
 func TestDeletedConsumerIsRecreated(t *testing.T) {
 	t.Parallel()
-	reg := effects.NewRegistry()
-	reg.Handle("echo", func(_ context.Context, e effects.Effect) (any, error) { return e.Payload, nil })
-	b := setup(t, testConfig(), reg)
-	id, _ := b.publish("echo", `{"n": 1}`)
-	b.completion(id)
-	if err := b.js.DeleteConsumer(context.Background(), effects.EffectsStream, ConsumerName("echo")); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, "consumer re-created", func() bool {
-		return testutil.ToFloat64(b.d.m.consumerLost.WithLabelValues("echo")) == 1 && b.d.Ready(context.Background()) == nil
-	})
-	id, _ = b.publish("echo", `{"n": 2}`)
-	if c := b.completion(id); c.Status != effects.StatusSucceeded {
-		t.Fatalf("completion %+v", c)
+	for _, limited := range []bool{false, true} {
+		t.Run(fmt.Sprint("rate limited ", limited), func(t *testing.T) {
+			t.Parallel()
+			var opts []effects.HandlerOption
+			if limited {
+				opts = append(opts, effects.RateLimit(1000, time.Second))
+			}
+			reg := effects.NewRegistry()
+			reg.Handle("echo", func(_ context.Context, e effects.Effect) (any, error) { return e.Payload, nil }, opts...)
+			b := setup(t, testConfig(), reg)
+			id, _ := b.publish("echo", `{"n": 1}`)
+			b.completion(id)
+			if err := b.js.DeleteConsumer(context.Background(), effects.EffectsStream, ConsumerName("echo")); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, "consumer re-created", func() bool {
+				return testutil.ToFloat64(b.d.m.consumerLost.WithLabelValues("echo")) == 1 && b.d.Ready(context.Background()) == nil
+			})
+			id, _ = b.publish("echo", `{"n": 2}`)
+			if c := b.completion(id); c.Status != effects.StatusSucceeded {
+				t.Fatalf("completion %+v", c)
+			}
+		})
 	}
 }
 
