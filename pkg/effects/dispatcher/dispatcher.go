@@ -283,7 +283,7 @@ func (d *Dispatcher) publish(msg *nats.Msg) error {
 		if err = effects.PublishAndWait(ctx, d.pubJS, msg); err == nil {
 			return nil
 		}
-		if errors.Is(err, effects.ErrTooLarge) || ctx.Err() != nil {
+		if errors.Is(err, effects.ErrTooLarge) || errors.Is(err, nats.ErrMaxPayload) || ctx.Err() != nil {
 			return err
 		}
 		if sleep(ctx, wait) != nil {
