@@ -612,3 +612,34 @@ func TestKindLimitsPrecedence(t *testing.T) {
 		t.Fatalf("ack wait below the kind's timeout: %v", err)
 	}
 }
+
+// Finding 5: readiness is false for as long as a kind's consumer cannot be
+// created again (here: its stream was deleted too), and true once it is
+// back.
+func TestNotReadyUntilTheConsumerIsBack(t *testing.T) {
+	t.Parallel()
+	reg := effects.NewRegistry()
+	reg.Handle("echo", func(_ context.Context, e effects.Effect) (any, error) { return e.Payload, nil })
+	b := setup(t, testConfig(), reg)
+	if err := b.js.DeleteStream(context.Background(), effects.EffectsStream); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "not ready", func() bool {
+		err := b.d.Ready(context.Background())
+		return err != nil && strings.Contains(err.Error(), "kind echo")
+	})
+	for range 3 { // and it stays so while the consumer cannot be made
+		time.Sleep(50 * time.Millisecond)
+		if b.d.Ready(context.Background()) == nil {
+			t.Fatal("ready without a consumer")
+		}
+	}
+	if err := effects.EnsureStreams(context.Background(), b.js, effects.StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "ready again", func() bool { return b.d.Ready(context.Background()) == nil })
+	id, _ := b.publish("echo", `{"back": true}`)
+	if c := b.completion(id); c.Status != effects.StatusSucceeded {
+		t.Fatalf("completion %+v", c)
+	}
+}
