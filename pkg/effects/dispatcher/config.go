@@ -28,7 +28,10 @@ type Config struct {
 	// RetryBase is the delay after the first failed attempt; it doubles per
 	// attempt, with jitter. EFFECTS_RETRY_BASE, default 1s.
 	RetryBase time.Duration
-	// RetryMax caps the backoff delay. EFFECTS_RETRY_MAX, default 5m.
+	// RetryMax caps every retry delay — backoff, effects.RetryAfter,
+	// http_request's Retry-After — unless a kind sets its own
+	// MaxRetryDelay. At most 9/10 of the stream max age.
+	// EFFECTS_RETRY_MAX, default 5m.
 	RetryMax time.Duration
 	// AckWait is how long JetStream waits for an ack before redelivering to
 	// another dispatcher: how long an effect whose dispatcher crashed waits.

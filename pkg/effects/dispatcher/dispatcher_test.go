@@ -346,7 +346,7 @@ func TestHandlerIgnoringTimeoutIsGivenUp(t *testing.T) {
 	})
 	cfg := testConfig()
 	cfg.HandlerTimeout = 100 * time.Millisecond
-	cfg.MaxAttempts = 50
+	cfg.MaxAttempts = 1000 // the attempts while the first overruns are retried quickly
 	b := setup(t, cfg, reg)
 	id, _ := b.publish("stuck", `{}`)
 	m := b.d.m
