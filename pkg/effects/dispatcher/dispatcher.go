@@ -179,6 +179,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 				var err error
 				kv, err = rateBucket(ctx, d.js, d.cfg.Streams.Replicas)
 				if err != nil {
+					d.stopSources()
 					if ctx.Err() != nil {
 						return nil
 					}
@@ -190,13 +191,15 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		if x.async {
 			s, err := x.listenCompletions(d.js.Conn())
 			if err != nil {
+				d.stopSources()
 				return fmt.Errorf("dispatcher: listen to %s completions: %w", x.kind, err)
 			}
 			subs = append(subs, s)
 		}
 		x.src = &liveSource{x: x, cc: x.consumerConfig(), one: x.rate != nil}
 		if err := x.src.open(ctx); err != nil {
-			return nil // stopped while NATS was unreachable
+			d.stopSources() // stopped while NATS was unreachable
+			return nil
 		}
 		x.ready.Store(true)
 	}
@@ -243,6 +246,19 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		x.releaseHeld()
 	}
 	return nil
+}
+
+// stopSources stops the iterators opened by a Run that ends before its
+// workers started.
+func (d *Dispatcher) stopSources() {
+	for _, x := range d.execs {
+		if x.src == nil {
+			continue
+		}
+		if _, _, it := x.src.current(); it != nil {
+			it.Stop()
+		}
+	}
 }
 
 func (d *Dispatcher) stream(ctx context.Context) (*jetstream.StreamInfo, error) {
