@@ -30,7 +30,6 @@ import (
 
 	"github.com/effects-run/effects/internal/admin"
 	"github.com/effects-run/effects/internal/completer"
-	"github.com/effects-run/effects/internal/envconfig"
 	"github.com/effects-run/effects/internal/ingest"
 	"github.com/effects-run/effects/internal/natsconn"
 	"github.com/effects-run/effects/internal/pgcluster"
@@ -191,7 +190,6 @@ func Run(ctx context.Context, o Options, out io.Writer, logger *slog.Logger) (er
 		})
 		return nil
 	}
-	env := envconfig.New()
 
 	// ingest: table source and webhook.
 	inc, ijs, err := connect("effects-ingest")
@@ -232,7 +230,7 @@ func Run(ctx context.Context, o Options, out io.Writer, logger *slog.Logger) (er
 	if err != nil {
 		return err
 	}
-	hcfg, err := handlers.ConfigFromEnv(env)
+	hcfg, err := handlers.ConfigFromEnv(nil) // nil: the process environment
 	if err != nil {
 		return err
 	}
