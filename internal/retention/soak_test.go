@@ -272,6 +272,3 @@ func metric(g prometheus.Gatherer, name string, label ...string) float64 {
 	}
 	return sum
 }
-
-
-
