@@ -65,14 +65,15 @@ func insertRows(t testing.TB, pool *pgxpool.Pool, rows ...rowSpec) []string {
 	return ids
 }
 
-// insertMany inserts n rows of one kind in one statement.
+// insertMany inserts n rows of one kind in one statement, each a
+// microsecond newer than the one before.
 func insertMany(t testing.TB, pool *pgxpool.Pool, n int, r rowSpec) []string {
 	t.Helper()
 	rows, err := pool.Query(testCtx(t), `
 		INSERT INTO effects (kind, status, created_at, completed_at)
-		SELECT 'echo', $1, now() - $2::int8 * interval '1 microsecond',
-		       CASE WHEN $3::int8 = 0 THEN NULL ELSE now() - $3::int8 * interval '1 microsecond' END
-		  FROM generate_series(1, $4)
+		SELECT 'echo', $1, now() - $2::int8 * interval '1 microsecond' + g * interval '1 microsecond',
+		       CASE WHEN $3::int8 = 0 THEN NULL ELSE now() - $3::int8 * interval '1 microsecond' + g * interval '1 microsecond' END
+		  FROM generate_series(1, $4) g
 		RETURNING id::text`, r.status, r.createdAgo.Microseconds(), r.completedAgo.Microseconds(), n)
 	if err != nil {
 		t.Fatal(err)

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/effects-run/effects/internal/schema"
 	"github.com/effects-run/effects/pkg/effects"
@@ -136,11 +137,14 @@ func Pass(ctx context.Context, db Conn, table schema.Table, p Policy, o PassOpti
 			continue
 		}
 		del := fmt.Sprintf(deleteSQL, table.Quoted(), status)
+		from := pgtype.Timestamptz{InfinityModifier: pgtype.NegativeInfinity, Valid: true}
 		for {
 			if err := ctx.Err(); err != nil {
 				return res, err
 			}
-			n, err := removeBatch(ctx, db, table, del, cutoff, o.BatchSize)
+			var n int64
+			var err error
+			n, from, err = removeBatch(ctx, db, table, del, cutoff, from, o.BatchSize)
 			if err != nil {
 				return res, fmt.Errorf("remove %s rows: %w", status, err)
 			}
@@ -167,44 +171,72 @@ func Pass(ctx context.Context, db Conn, table schema.Table, p Policy, o PassOpti
 // hand) goes by created_at.
 const predicate = `status = '%[2]s' AND created_at < $1 AND (completed_at < $1 OR completed_at IS NULL)`
 
-// deleteSQL removes one batch. The subquery walks the status's partial
-// index oldest first and locks the rows it picks, skipping any that a
-// completion is writing (a failed row being re-run); the DELETE then finds
-// them by primary key.
+// deleteSQL removes one batch and returns how many rows it removed and the
+// newest created_at among them. The subquery walks the status's partial
+// index oldest first, from where the previous batch of the pass stopped
+// ($3), and locks the rows it picks, skipping any that a completion is
+// writing (a failed row being re-run); the DELETE then finds them by primary
+// key.
+//
+// "= ANY(ARRAY(...))" rather than "IN (...)": with IN the planner joined the
+// batch's ids to a sequential scan of the whole table (a hash semi join: 46ms
+// per batch of 1000 on a table of 200k rows, growing with the table); the
+// array makes it probe the primary key (5ms).
+//
+// Starting at the previous batch's newest created_at (>=, as rows may share
+// one) skips the index entries of the rows already removed: they stay in
+// the index until vacuum, and while any transaction is older than the
+// removal (a long report, a replica's feedback) a scan from the start would
+// read all of them again for every batch, making a pass quadratic in its
+// length. Rows it leaves behind (locked, or completed too recently) are the
+// next pass's.
 const deleteSQL = `
-DELETE FROM %[1]s
- WHERE id IN (SELECT id FROM %[1]s
-               WHERE ` + predicate + `
-               ORDER BY created_at
-               LIMIT $2
-               FOR UPDATE SKIP LOCKED)`
+WITH removed AS (
+    DELETE FROM %[1]s
+     WHERE id = ANY(ARRAY(
+             SELECT id FROM %[1]s
+              WHERE ` + predicate + ` AND created_at >= $3
+              ORDER BY created_at
+              LIMIT $2
+              FOR UPDATE SKIP LOCKED))
+    RETURNING created_at
+)
+SELECT count(*), max(created_at) FROM removed`
+
+// oldestSQL is the age of the oldest row of a status, in microseconds.
+const oldestSQL = `SELECT (extract(epoch FROM now() - min(created_at)) * 1e6)::int8 FROM %[1]s WHERE status = '%[2]s'`
 
 const countSQL = `SELECT count(*) FROM %[1]s WHERE ` + predicate
 
-// removeBatch deletes up to limit rows in a transaction of its own, holding
-// the table's retention lock for it.
-func removeBatch(ctx context.Context, db Conn, table schema.Table, del string, cutoff time.Time, limit int) (int64, error) {
+// removeBatch deletes up to limit rows created at or after from, in a
+// transaction of its own holding the table's retention lock, and returns
+// how many it removed and where the next batch starts.
+func removeBatch(ctx context.Context, db Conn, table schema.Table, del string, cutoff time.Time, from pgtype.Timestamptz, limit int) (int64, pgtype.Timestamptz, error) {
 	tx, err := db.Begin(ctx)
 	if err != nil {
-		return 0, err
+		return 0, from, err
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
 	var locked bool
 	err = tx.QueryRow(ctx, `SELECT pg_try_advisory_xact_lock($1::int8 | $2::text::regclass::oid::int8)`, lockKeyHigh, table.Quoted()).Scan(&locked)
 	if err != nil {
-		return 0, err
+		return 0, from, err
 	}
 	if !locked {
-		return 0, ErrPassRunning
+		return 0, from, ErrPassRunning
 	}
-	tag, err := tx.Exec(ctx, del, cutoff, limit)
-	if err != nil {
-		return 0, err
+	var n int64
+	var newest pgtype.Timestamptz
+	if err := tx.QueryRow(ctx, del, cutoff, limit, from).Scan(&n, &newest); err != nil {
+		return 0, from, err
 	}
 	if err := tx.Commit(ctx); err != nil {
-		return 0, err
+		return 0, from, err
 	}
-	return tag.RowsAffected(), nil
+	if !newest.Valid {
+		return n, from, nil
+	}
+	return n, newest, nil
 }
 
 // OldestAge is, per final status, the age (by the database's clock) of the
@@ -214,8 +246,7 @@ func OldestAge(ctx context.Context, db Conn, table schema.Table) (map[effects.St
 	out := map[effects.Status]time.Duration{}
 	for _, status := range Statuses {
 		var us *int64
-		err := db.QueryRow(ctx, fmt.Sprintf(`SELECT (extract(epoch FROM now() - min(created_at)) * 1e6)::int8 FROM %[1]s WHERE status = '%[2]s'`,
-			table.Quoted(), status)).Scan(&us)
+		err := db.QueryRow(ctx, fmt.Sprintf(oldestSQL, table.Quoted(), status)).Scan(&us)
 		if err != nil {
 			return nil, fmt.Errorf("oldest %s row: %w", status, err)
 		}
