@@ -121,11 +121,6 @@ func (t Table) VersionTable() Table {
 // table (index, constraint). PostgreSQL puts indexes in the table's schema.
 func (t Table) sibling(suffix string) string { return pgx.Identifier{t.Name + suffix}.Sanitize() }
 
-// Fillfactor is the table's fillfactor (migration 002): the share of each
-// heap page inserts fill, leaving the rest for completions to land on the
-// same page. Chosen by measurement; see docs/architecture.md.
-const Fillfactor = 90
-
 // templateData is what the migration templates see.
 func (t Table) templateData() map[string]any {
 	return map[string]any{
@@ -135,7 +130,6 @@ func (t Table) templateData() map[string]any {
 		"PendingIndex":    t.sibling("_pending_idx"),
 		"FailedIndex":     t.sibling("_failed_idx"),
 		"SucceededIndex":  t.sibling("_succeeded_idx"),
-		"Fillfactor":      Fillfactor,
 	}
 }
 

@@ -179,9 +179,7 @@ func TestMigrateSetsStorageOptions(t *testing.T) {
 	}
 	got := strings.Join(opts, ",")
 	for _, want := range []string{
-		fmt.Sprintf("fillfactor=%d", schema.Fillfactor),
 		"autovacuum_vacuum_scale_factor=0.02",
-		"autovacuum_vacuum_insert_scale_factor=0.02",
 		"autovacuum_analyze_scale_factor=0.02",
 	} {
 		if !strings.Contains(got, want) {
