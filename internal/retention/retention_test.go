@@ -353,3 +353,33 @@ func TestConfigFromEnv(t *testing.T) {
 		t.Errorf("bad table: %v", err)
 	}
 }
+
+// TestPassSkipsLockedRows: a row being written (locked by a completion's
+// UPDATE) is skipped, not waited for, and a later pass removes it.
+func TestPassSkipsLockedRows(t *testing.T) {
+	t.Parallel()
+	pool := migrated(t)
+	ids := insertMany(t, pool, 10, rowSpec{"failed", 3 * h, 2 * h})
+	tx, err := pool.Begin(testCtx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback(context.Background()) }()
+	// The oldest row, as a completion re-running it would lock it.
+	if _, err := tx.Exec(testCtx(t), `UPDATE effects SET attempts = attempts + 1 WHERE id = $1`, ids[0]); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(testCtx(t), 30*time.Second)
+	defer cancel()
+	res, err := retention.Pass(ctx, pool, effectsTable, retention.Policy{Failed: h}, retention.PassOptions{BatchSize: 3})
+	if err != nil || res.Removed.Failed != 9 {
+		t.Fatalf("pass with a locked row: %+v, %v; want the 9 others removed without waiting", res.Removed, err)
+	}
+	if err := tx.Commit(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	res, err = retention.Pass(testCtx(t), pool, effectsTable, retention.Policy{Failed: h}, retention.PassOptions{})
+	if err != nil || res.Removed.Failed != 1 {
+		t.Fatalf("next pass: %+v, %v; want the formerly locked row removed", res.Removed, err)
+	}
+}
