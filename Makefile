@@ -13,6 +13,10 @@ BENCHFLAGS ?=
 # Flags for `make soak`, e.g. SOAKFLAGS='-soak.duration=3m -soak.rate=2000 -soak.plain'.
 SOAKFLAGS ?=
 
+# The checks of the deployment files: a Go module of their own, so that the
+# main module does not depend on Kubernetes, kustomize and compose-go.
+CHECK_DIR := deployments/check
+
 .DEFAULT_GOAL := help
 MAKEFLAGS += --no-print-directory
 
@@ -26,16 +30,23 @@ build: ## Build the three services into bin/ (ingest, dispatcher, completer)
 	$(GO) build -o $(BIN)/ ./cmd/...
 
 .PHONY: test
-test: ## Run every test with the race detector (needs PostgreSQL on 127.0.0.1:5432, database test)
+test: ## Run every test with the race detector, then the deployment checks (needs PostgreSQL on 127.0.0.1:5432, database test, and promtool)
 	$(GO) test -race -count=1 -timeout 20m $(TESTFLAGS) ./...
+	$(MAKE) check-deployments
+
+.PHONY: check-deployments
+check-deployments: ## Check docker-compose, Kubernetes, Hasura, Prometheus, Grafana and the Dockerfile (deployments/check)
+	cd $(CHECK_DIR) && $(GO) test -count=1 -timeout 20m $(TESTFLAGS) ./...
 
 .PHONY: vet
-vet: ## go vet every package
+vet: ## go vet every package, the deployment checks' module included
 	$(GO) vet ./...
+	cd $(CHECK_DIR) && $(GO) vet ./...
 
 .PHONY: staticcheck
-staticcheck: ## Run staticcheck (pinned in go.mod as a tool)
+staticcheck: ## Run staticcheck (pinned in go.mod as a tool) on both modules
 	$(GO) tool staticcheck ./...
+	cd $(CHECK_DIR) && "$$($(GO) -C $(CURDIR) tool -n staticcheck)" ./...
 
 .PHONY: fmt-check
 fmt-check: ## Fail if any Go file is not gofmt-formatted
