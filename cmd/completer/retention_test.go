@@ -18,6 +18,7 @@ func TestServiceRemovesRowsPastRetention(t *testing.T) {
 	env := map[string]string{
 		"DATABASE_URL": withPassword(pg.URL, "pw-never-printed"), "NATS_URL": n.URL,
 		"EFFECTS_ADMIN_ADDR": "127.0.0.1:0", "EFFECTS_RETAIN_SUCCEEDED": "1h",
+		"EFFECTS_RETAIN_INTERVAL": "1h", // one pass (at start) during the test
 	}
 	if out, err := command(t, testCtx(t), env, "migrate").CombinedOutput(); err != nil {
 		t.Fatalf("migrate: %v\n%s", err, out)
