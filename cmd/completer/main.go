@@ -89,7 +89,7 @@ func run(ctx context.Context, d service.Deps) error {
 	d.Checks.Add("nats", natsconn.Ready(nc))
 	d.Checks.Add("consumer", c.CheckConsuming)
 	// Retention runs beside the completer, in every replica, and stops with
-	// it: a pass is cut short between batches.
+	// it (a batch in flight is rolled back; the next pass redoes it).
 	rctx, stopRetention := context.WithCancel(ctx)
 	retentionDone := make(chan struct{})
 	go func() {

@@ -12,9 +12,10 @@ import (
 )
 
 // OpenPool returns a pool on cfg.DatabaseURL with a connection for every
-// writer plus one for checks and one for retention batches. It does not connect yet (the completer waits
-// for PostgreSQL by itself); it fails only on a URL it cannot parse. Its
-// errors never contain the URL or the password.
+// writer plus one for checks and one for retention batches. It does not
+// connect yet (the completer waits for PostgreSQL by itself); it fails only
+// on a URL it cannot parse. Its errors never contain the URL or the
+// password.
 func OpenPool(cfg Config) (*pgxpool.Pool, error) {
 	cfg = cfg.WithDefaults()
 	pc, err := pgxpool.ParseConfig(cfg.DatabaseURL)
