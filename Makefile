@@ -11,6 +11,8 @@ TESTFLAGS ?=
 # Extra flags for `make bench`, e.g. BENCHFLAGS='-benchtime=3x', BENCHFLAGS='-effects 50000',
 # BENCHFLAGS='-bench EndToEndTable', BENCHFLAGS='-nats nats://host:4222 -nats-delete-streams'.
 BENCHFLAGS ?=
+# Flags for `make soak`, e.g. SOAKFLAGS='-soak.duration=3m -soak.rate=2000 -soak.plain'.
+SOAKFLAGS ?=
 
 # The checks of the deployment files: a Go module of their own, so that the
 # main module does not depend on Kubernetes, kustomize and compose-go.
@@ -67,6 +69,10 @@ bench: ## Run the end-to-end benchmarks (webhook and table source) once; flags t
 .PHONY: dev
 dev: ## Run the whole pipeline in one process: embedded NATS, a private PostgreSQL (or DATABASE_URL); Ctrl-C stops all
 	$(GO) run ./cmd/effects dev
+
+.PHONY: soak
+soak: ## Measure the table under a sustained rate with retention (10 minutes; not part of test)
+	$(GO) test -tags soak -run '^TestSoak$$' -count=1 -v -timeout 60m ./internal/retention/ -args $(SOAKFLAGS)
 
 .PHONY: run
 run: build ## Run ingest, dispatcher and completer locally against local PostgreSQL and NATS (Ctrl-C stops all)

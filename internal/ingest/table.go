@@ -18,7 +18,7 @@ package ingest
 //     once (same message id);
 //   - replicas (and workers) skip each other's locked rows, so they split
 //     the work instead of publishing the same rows.
-// LISTEN/NOTIFY (a statement trigger of migration 002) only wakes an idle
+// LISTEN/NOTIFY (a statement trigger of migration 003) only wakes an idle
 // worker early; a poll every EFFECTS_TABLE_POLL_INTERVAL is what guarantees
 // that every row is found.
 

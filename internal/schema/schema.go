@@ -129,7 +129,8 @@ func (t Table) templateData() map[string]any {
 		"StatusCheckName": t.Name + "_status_check",
 		"PendingIndex":    t.sibling("_pending_idx"),
 		"FailedIndex":     t.sibling("_failed_idx"),
-		// The table source (002).
+		"SucceededIndex":  t.sibling("_succeeded_idx"),
+		// The table source (003).
 		"UnpublishedIndex": t.sibling("_unpub_idx"),
 		"NotifyTrigger":    t.sibling("_notify"),
 		"NotifyFunction":   t.qualified("_notify"),

@@ -11,7 +11,7 @@ import (
 	"github.com/effects-run/effects/internal/testenv"
 )
 
-// Migration 002: rows from before it read as published long ago, new rows
+// Migration 003: rows from before it read as published long ago, new rows
 // start unpublished, and an insert notifies the table's channel, for a plain
 // and a schema-qualified table.
 func TestTableSourceMigration(t *testing.T) {
