@@ -241,7 +241,44 @@ func (s *Server) handleEvent(w http.ResponseWriter, ev *hasuraEvent) {
 	if tp := ev.Event.TraceContext.parent; tp != "" {
 		msg.Header[TraceparentHeader] = []string{tp}
 	}
+	// A message over the server's max_payload can never be stored. Checked
+	// here rather than left to the client: the client refuses it too, but
+	// only after registering the async publish, whose timer then holds the
+	// whole message until the async publish timeout (hundreds of such
+	// requests held gigabytes).
+	if size, limit := msgSize(msg), s.maxPayload(); limit > 0 && int64(size) > limit {
+		s.reject(w, ev.ID, row.ID, kind, kind, fmt.Sprintf(
+			"the effect message is %d bytes (payload %d, session_variables %d, the rest envelope and headers), "+
+				"more than the NATS server accepts (max_payload %d)",
+			size, len(payload), len(sv), limit))
+		return
+	}
 	s.publish(w, ev.ID, row.ID, kind, msg)
+}
+
+// maxPayload is the largest message the connected server accepts, 0 when
+// not known yet.
+func (s *Server) maxPayload() int64 {
+	if nc := s.js.Conn(); nc != nil {
+		return nc.MaxPayload()
+	}
+	return 0
+}
+
+// msgSize is what the server counts against max_payload: the body and the
+// headers as the client encodes them ("NATS/1.0\r\n", "Key: value\r\n" per
+// value, a closing "\r\n").
+func msgSize(m *nats.Msg) int {
+	n := len(m.Data)
+	if len(m.Header) > 0 {
+		n += len("NATS/1.0\r\n") + len("\r\n")
+		for k, vs := range m.Header {
+			for _, v := range vs {
+				n += len(k) + len(": ") + len(v) + len("\r\n")
+			}
+		}
+	}
+	return n
 }
 
 // publish sends msg without waiting on any other request and replies once
