@@ -23,6 +23,16 @@ build: ## Build the three services into bin/ (ingest, dispatcher, completer)
 	@mkdir -p $(BIN)
 	$(GO) build -o $(BIN)/ ./cmd/...
 
+# The nats-server `make run` and CI use: the version go.mod pins, which is the
+# one the tests embed (github.com/nats-io/nats-server/v2), built from the
+# module cache rather than taken from the system (Debian's is too old).
+NATS_SERVER ?= $(BIN)/tools/nats-server
+
+.PHONY: nats-server
+nats-server: ## Build the pinned nats-server (go.mod's version, as in the tests) into bin/tools
+	@mkdir -p $(dir $(NATS_SERVER))
+	$(GO) build -o $(NATS_SERVER) github.com/nats-io/nats-server/v2
+
 .PHONY: test
 test: ## Run every test with the race detector (needs PostgreSQL on 127.0.0.1:5432, database test)
 	$(GO) test -race -count=1 -timeout 20m $(TESTFLAGS) ./...
@@ -53,8 +63,8 @@ bench: ## Run the end-to-end benchmark in ./e2e once and print effects/s and lat
 	$(GO) test -run '^$$' -bench . -benchtime=1x -timeout 30m -v $(BENCHFLAGS) ./e2e/...
 
 .PHONY: run
-run: build ## Run ingest, dispatcher and completer locally against local PostgreSQL and NATS (Ctrl-C stops all)
-	BIN=$(BIN) ./scripts/run-local.sh
+run: build nats-server ## Run a pinned nats-server, ingest, dispatcher and completer locally against local PostgreSQL (Ctrl-C stops all)
+	BIN=$(BIN) NATS_SERVER=$(NATS_SERVER) ./scripts/run-local.sh
 
 .PHONY: ci
 ci: ## What .ci/run runs once services are up: lint, then test
