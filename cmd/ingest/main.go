@@ -17,11 +17,7 @@ func main() {
 		if err != nil {
 			return &service.ConfigError{Err: err}
 		}
-		ns := natsconn.SettingsFromEnv(d.Env)
-		if err := d.Env.Err(); err != nil {
-			return &service.ConfigError{Err: err}
-		}
-		nc, js, err := natsconn.Connect(ns.URL, "effects-ingest", d.Logger, 0)
+		nc, js, err := natsconn.Connect(d.Shared.NATSURL, "effects-ingest", d.Logger, 0)
 		if err != nil {
 			return err
 		}

@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/effects-run/effects/internal/envconfig"
-	"github.com/effects-run/effects/internal/natsconn"
+	"github.com/effects-run/effects/internal/settings"
 	"github.com/effects-run/effects/pkg/effects"
 )
 
@@ -20,7 +20,7 @@ const (
 	DefaultMaxBodyBytes    = 4 << 20
 	DefaultPublishTimeout  = 5 * time.Second
 	DefaultRetryAfter      = 5 * time.Second
-	DefaultShutdownTimeout = 30 * time.Second
+	DefaultShutdownTimeout = settings.DefaultShutdownTimeout
 
 	// BodyOverhead is how much larger than EFFECTS_MAX_PAYLOAD_BYTES the
 	// request body limit must at least be: a Hasura body carries the row's
@@ -73,10 +73,17 @@ type Config struct {
 	// stop waits for requests in flight to get their acks and replies.
 	ShutdownTimeout time.Duration
 
-	// Streams are the stream settings applied at start:
+	// Kinds is EFFECTS_KINDS, default empty (every valid kind): when set,
+	// the only kinds the ingest publishes; a row of any other kind is
+	// failed at once with the reason, instead of waiting out the stream's
+	// retention with nobody to handle it.
+	Kinds []string
+
+	// Streams are the settings of a stream the ingest creates because it
+	// does not exist yet (an existing stream is never changed):
 	// EFFECTS_STREAM_MAX_AGE (default 168h), EFFECTS_DUPLICATE_WINDOW
 	// (default 2m) and EFFECTS_STREAM_REPLICAS (default 1), read by
-	// [natsconn.SettingsFromEnv].
+	// [settings.Streams].
 	Streams effects.StreamOptions
 }
 
@@ -91,8 +98,9 @@ func ConfigFromEnv(r *envconfig.Reader) (Config, error) {
 		MaxBodyBytes:     r.Int("EFFECTS_MAX_BODY_BYTES", 0), // 0: derived from MaxPayloadBytes
 		PublishTimeout:   r.Duration("EFFECTS_PUBLISH_TIMEOUT", DefaultPublishTimeout),
 		RetryAfter:       r.Duration("EFFECTS_RETRY_AFTER", DefaultRetryAfter),
-		ShutdownTimeout:  r.Duration("EFFECTS_SHUTDOWN_TIMEOUT", DefaultShutdownTimeout),
-		Streams:          natsconn.SettingsFromEnv(r).Streams,
+		ShutdownTimeout:  settings.ShutdownTimeout(r),
+		Kinds:            r.List("EFFECTS_KINDS"),
+		Streams:          settings.Streams(r),
 	}
 	if err := r.Err(); err != nil {
 		return Config{}, err
@@ -150,6 +158,11 @@ func (c Config) Validate() error {
 	case c.ShutdownTimeout <= 0:
 		return fmt.Errorf("EFFECTS_SHUTDOWN_TIMEOUT=%s: want a positive duration", c.ShutdownTimeout)
 	}
+	for _, k := range c.Kinds {
+		if err := effects.ValidateKind(k); err != nil {
+			return fmt.Errorf("EFFECTS_KINDS: %w", err)
+		}
+	}
 	if err := c.Streams.Validate(); err != nil {
 		return fmt.Errorf("EFFECTS_STREAM_MAX_AGE, EFFECTS_DUPLICATE_WINDOW or EFFECTS_STREAM_REPLICAS: %w", err)
 	}
@@ -174,6 +187,7 @@ func (c Config) LogValue() slog.Value {
 		slog.Duration("publish_timeout", c.PublishTimeout),
 		slog.Duration("retry_after", c.RetryAfter),
 		slog.Duration("shutdown_timeout", c.ShutdownTimeout),
+		slog.Any("kinds", c.Kinds),
 	)
 }
 

@@ -1069,3 +1069,67 @@ func hasLabels(m *dto.Metric, want map[string]string) bool {
 	}
 	return true
 }
+
+// TestKindLabelIsBounded: rows of 5000 random kinds do not make 5000 series:
+// the first 100 kinds get a label of their own, the rest count as ~other,
+// and every event is still counted.
+func TestKindLabelIsBounded(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	const kinds = 5000
+	for i := range kinds {
+		// UPDATEs are counted per kind like INSERTs and publish nothing,
+		// which keeps the test quick.
+		kind := fmt.Sprintf("k%d_%s", i, strings.ReplaceAll(newUUID(t)[:8], "-", ""))
+		reply(t, b.post(t, rawEvent(newUUID(t), "UPDATE", rawRow(newUUID(t), kind, `{}`))), http.StatusOK)
+	}
+	reply(t, b.post(t, rawEvent(newUUID(t), "INSERT", rawRow(newUUID(t), "late_kind", `{}`))), http.StatusOK)
+	families, err := b.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	series := 0
+	for _, f := range families {
+		if f.GetName() == "effects_ingested_total" {
+			series = len(f.GetMetric())
+		}
+	}
+	if series > 102 {
+		t.Errorf("effects_ingested_total has %d series for %d kinds, want at most 102", series, kinds+1)
+	}
+	if got := counterValue(t, b.reg, "effects_ingested_total", map[string]string{"kind": "~other", "outcome": "ignored"}); got != kinds-100 {
+		t.Errorf("~other ignored = %v, want %d", got, kinds-100)
+	}
+	if got := counterValue(t, b.reg, "effects_ingested_total", map[string]string{"kind": "~other", "outcome": "published"}); got != 1 {
+		t.Errorf("~other published = %v, want 1", got)
+	}
+}
+
+// TestKindsAllowList: with EFFECTS_KINDS set, a row of another kind is
+// failed at once with the reason, instead of waiting out the stream's
+// retention with no one to handle it.
+func TestKindsAllowList(t *testing.T) {
+	t.Parallel()
+	b := setup(t, func(c *ingest.Config) { c.Kinds = []string{"send_email", "http_request"} })
+
+	got := reply(t, b.post(t, rawEvent(newUUID(t), "INSERT", rawRow(newUUID(t), "send_email", `{}`))), http.StatusOK)
+	if got["duplicate"] != false {
+		t.Fatalf("allowed kind: %v", got)
+	}
+	rowID := newUUID(t)
+	got = reply(t, b.post(t, rawEvent(newUUID(t), "INSERT", rawRow(rowID, "sms", `{}`))), http.StatusOK)
+	const reason = `kind "sms" is not handled here: EFFECTS_KINDS allows send_email, http_request`
+	if got["rejected"] != reason {
+		t.Fatalf("reply %v, want rejected with %q", got, reason)
+	}
+	c, err := effects.ParseCompletion(b.lastMsg(t, effects.CompletedStream, "effects.completed.sms").Data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.EffectID != rowID || c.Status != effects.StatusFailed || c.Error == nil || *c.Error != reason {
+		t.Errorf("completion %+v", c)
+	}
+	if n := b.count(t, effects.EffectsStream); n != 1 {
+		t.Errorf("%d effects stored, want 1", n)
+	}
+}

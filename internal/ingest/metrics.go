@@ -7,6 +7,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/effects-run/effects/internal/kindlabel"
 	"github.com/effects-run/effects/pkg/effects"
 )
 
@@ -30,6 +31,9 @@ func kindLabel(kind string) string {
 }
 
 type metrics struct {
+	// kinds bounds the kind label: the allow-list's kinds and the first
+	// kindlabel.DefaultMax others get their own, the rest count as ~other.
+	kinds    *kindlabel.Set
 	ingested *prometheus.CounterVec
 	requests *prometheus.CounterVec
 	// byCode holds the request counters of the codes the ingest answers
@@ -38,11 +42,12 @@ type metrics struct {
 	publishSeconds prometheus.Histogram
 }
 
-func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+func newMetrics(reg prometheus.Registerer, kinds *kindlabel.Set) (*metrics, error) {
 	m := &metrics{
+		kinds: kinds,
 		ingested: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "effects_ingested_total",
-			Help: "Hasura events handled by the ingest, by effect kind (~invalid for a kind that is not valid) and outcome: published, duplicate (JetStream already had the event), ignored (UPDATE or DELETE), rejected (a row that can never succeed, failed at once).",
+			Help: "Hasura events handled by the ingest, by effect kind (~invalid for a kind that is not valid, ~other for kinds beyond the first 100) and outcome: published, duplicate (JetStream already had the event), ignored (UPDATE or DELETE), rejected (a row that can never succeed, failed at once).",
 		}, []string{"kind", "outcome"}),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "effects_ingest_requests_total",
@@ -69,6 +74,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}
 	}
 	return m, nil
+}
+
+// ingest counts an event of kind with its outcome, under a bounded label.
+func (m *metrics) ingest(kind, outcome string) {
+	m.ingested.WithLabelValues(m.kinds.Label(kind), outcome).Inc()
 }
 
 func (m *metrics) request(code int) {

@@ -17,11 +17,12 @@ import (
 	"golang.org/x/mod/semver"
 
 	"github.com/effects-run/effects/internal/envconfig"
+	"github.com/effects-run/effects/internal/settings"
 	"github.com/effects-run/effects/pkg/effects"
 )
 
 // DefaultURL is used when NATS_URL is unset.
-const DefaultURL = "nats://127.0.0.1:4222"
+const DefaultURL = settings.DefaultNATSURL
 
 // PublishAsyncTimeout is how long an async publish waits for its ack before
 // it fails and frees its pending slot. Callers wait less (the ingest's
@@ -161,17 +162,10 @@ type Settings struct {
 	Streams effects.StreamOptions
 }
 
-// SettingsFromEnv reads [Settings]; r collects any error.
+// SettingsFromEnv reads [Settings] through the shared reader
+// ([settings.NATSURL], [settings.Streams]); r collects any error.
 func SettingsFromEnv(r *envconfig.Reader) Settings {
-	s := Settings{
-		URL: r.String("NATS_URL", DefaultURL),
-		Streams: effects.StreamOptions{
-			MaxAge:     r.Duration("EFFECTS_STREAM_MAX_AGE", 168*time.Hour),
-			Duplicates: r.Duration("EFFECTS_DUPLICATE_WINDOW", 2*time.Minute),
-			Replicas:   r.Int("EFFECTS_STREAM_REPLICAS", 1),
-		},
-	}
-	return s
+	return Settings{URL: settings.NATSURL(r), Streams: settings.Streams(r)}
 }
 
 // Ready is a readiness check: the connection is up.

@@ -78,26 +78,41 @@ func StreamConfigs(o StreamOptions) []jetstream.StreamConfig {
 	}
 }
 
-// EnsureStreams creates the two streams, or brings the settings this project
-// owns (subjects, retention, max age, duplicate window, replicas) to o on
-// streams that exist, keeping any other setting an operator made. Every
-// service calls it at start, so they may start in any order.
+// EnsureStreams creates whichever of the two streams does not exist, with the
+// settings o, and leaves a stream that exists exactly as it is. Every service
+// calls it at start, so they may start in any order; none of them changes a
+// stream's configuration, so a service started with a stray setting cannot
+// change retention for everyone. [ApplyStreams] is the one step that does.
 func EnsureStreams(ctx context.Context, js jetstream.JetStream, o StreamOptions) error {
 	for _, want := range StreamConfigs(o) {
-		if err := ensureStream(ctx, js, want); err != nil {
+		if err := ensureStream(ctx, js, want, false); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.StreamConfig) error {
+// ApplyStreams creates the two streams, or brings the settings this project
+// owns (subjects, max age, duplicate window, replicas) to o on streams that
+// exist, keeping any other setting an operator made. It is the explicit
+// step that changes the streams (`completer migrate` runs it); services only
+// call [EnsureStreams].
+func ApplyStreams(ctx context.Context, js jetstream.JetStream, o StreamOptions) error {
+	for _, want := range StreamConfigs(o) {
+		if err := ensureStream(ctx, js, want, true); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.StreamConfig, update bool) error {
 	s, err := js.Stream(ctx, want.Name)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		_, err = js.CreateStream(ctx, want)
 		if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
 			// Another service created it at the same moment.
-			return ensureStream(ctx, js, want)
+			return ensureStream(ctx, js, want, update)
 		}
 		if err != nil {
 			return fmt.Errorf("create stream %s: %w", want.Name, err)
@@ -106,6 +121,9 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.St
 	}
 	if err != nil {
 		return fmt.Errorf("look up stream %s: %w", want.Name, err)
+	}
+	if !update {
+		return nil
 	}
 	have := s.CachedInfo().Config
 	if slices.Equal(have.Subjects, want.Subjects) && have.Retention == want.Retention &&

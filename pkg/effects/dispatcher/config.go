@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/effects-run/effects/internal/envconfig"
+	"github.com/effects-run/effects/internal/settings"
 	"github.com/effects-run/effects/pkg/effects"
 )
 
@@ -119,7 +120,7 @@ func ConfigFromEnv(r *envconfig.Reader, streams effects.StreamOptions) (Config, 
 		RetryMax:        r.Duration("EFFECTS_RETRY_MAX", def.RetryMax),
 		AckWait:         r.Duration("EFFECTS_ACK_WAIT", 0),
 		MaxAckPending:   r.Int("EFFECTS_MAX_ACK_PENDING", def.MaxAckPending),
-		ShutdownTimeout: r.Duration("EFFECTS_SHUTDOWN_TIMEOUT", def.ShutdownTimeout),
+		ShutdownTimeout: settings.ShutdownTimeout(r),
 		Streams:         streams.WithDefaults(),
 	}
 	if err := r.Err(); err != nil {
