@@ -33,6 +33,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/effects-run/effects/internal/kindlabel"
 	"github.com/effects-run/effects/internal/retry"
 	"github.com/effects-run/effects/internal/schema"
 	"github.com/effects-run/effects/pkg/effects"
@@ -46,6 +47,7 @@ type Completer struct {
 	js     jetstream.JetStream
 	logger *slog.Logger
 	m      *metrics
+	kinds  *kindlabel.Set // bounds the kind label
 	table  schema.Table
 	// secrets are replaced in every error text the completer logs or
 	// serves (pgx errors may quote connection settings).
@@ -84,6 +86,7 @@ func New(cfg Config, pool *pgxpool.Pool, js jetstream.JetStream, logger *slog.Lo
 		js:     js,
 		logger: logger,
 		m:      m,
+		kinds:  kindlabel.New(kindlabel.DefaultMax),
 		table:  table,
 	}
 	for _, s := range []string{cfg.DatabaseURL, pool.Config().ConnConfig.Password} {
@@ -461,7 +464,7 @@ func (wk *worker) process(ctx context.Context, msgs []jetstream.Msg) {
 		switch r := it.res; r.outcome {
 		case written:
 			c.m.written[it.comp.Status].Inc()
-			c.m.endToEnd.WithLabelValues(kindLabel(r.kind)).Observe(r.age)
+			c.m.endToEnd.WithLabelValues(c.kinds.Label(r.kind)).Observe(r.age)
 			c.settle(it.msg.Ack())
 		case unchanged:
 			c.m.skipped[ReasonUnchanged].Inc()

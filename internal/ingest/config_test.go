@@ -23,14 +23,15 @@ func TestConfigFromEnvDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := ingest.Config{
-		HTTPAddr:        ":8080",
-		WebhookSecret:   "s3cret",
-		MaxPayloadBytes: 512 << 10,
-		MaxBodyBytes:    4 << 20,
-		PublishTimeout:  5 * time.Second,
-		RetryAfter:      5 * time.Second,
-		ShutdownTimeout: 30 * time.Second,
-		Streams:         effects.StreamOptions{MaxAge: 168 * time.Hour, Duplicates: 2 * time.Minute, Replicas: 1},
+		HTTPAddr:              ":8080",
+		WebhookSecret:         "s3cret",
+		MaxPayloadBytes:       512 << 10,
+		MaxBodyBytes:          4 << 20,
+		PublishTimeout:        5 * time.Second,
+		RetryAfter:            5 * time.Second,
+		ShutdownTimeout:       30 * time.Second,
+		ConsumerCheckInterval: time.Minute,
+		Streams:               effects.StreamOptions{MaxAge: 168 * time.Hour, Duplicates: 2 * time.Minute, Replicas: 1},
 	}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("config\n%+v\nwant\n%+v", cfg, want)
@@ -43,31 +44,33 @@ func TestConfigFromEnvDefaults(t *testing.T) {
 func TestConfigFromEnvReadsEveryVariable(t *testing.T) {
 	t.Parallel()
 	cfg, err := ingest.ConfigFromEnv(envconfig.FromMap(map[string]string{
-		"EFFECTS_HTTP_ADDR":          "127.0.0.1:18080",
-		"EFFECTS_INSECURE_NO_SECRET": "1",
-		"EFFECTS_MAX_PAYLOAD_BYTES":  "1000",
-		"EFFECTS_MAX_BODY_BYTES":     "100000",
-		"EFFECTS_PUBLISH_TIMEOUT":    "250ms",
-		"EFFECTS_RETRY_AFTER":        "30s",
-		"EFFECTS_SHUTDOWN_TIMEOUT":   "1m",
-		"EFFECTS_STREAM_MAX_AGE":     "24h",
-		"EFFECTS_DUPLICATE_WINDOW":   "10m",
-		"EFFECTS_STREAM_REPLICAS":    "3",
-		"EFFECTS_KINDS":              "send_email, http_request",
+		"EFFECTS_HTTP_ADDR":               "127.0.0.1:18080",
+		"EFFECTS_INSECURE_NO_SECRET":      "1",
+		"EFFECTS_MAX_PAYLOAD_BYTES":       "1000",
+		"EFFECTS_MAX_BODY_BYTES":          "100000",
+		"EFFECTS_PUBLISH_TIMEOUT":         "250ms",
+		"EFFECTS_RETRY_AFTER":             "30s",
+		"EFFECTS_SHUTDOWN_TIMEOUT":        "1m",
+		"EFFECTS_STREAM_MAX_AGE":          "24h",
+		"EFFECTS_DUPLICATE_WINDOW":        "10m",
+		"EFFECTS_STREAM_REPLICAS":         "3",
+		"EFFECTS_KINDS":                   "send_email, http_request",
+		"EFFECTS_CONSUMER_CHECK_INTERVAL": "10s",
 	}))
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := ingest.Config{
-		HTTPAddr:         "127.0.0.1:18080",
-		InsecureNoSecret: true,
-		MaxPayloadBytes:  1000,
-		MaxBodyBytes:     100000,
-		PublishTimeout:   250 * time.Millisecond,
-		RetryAfter:       30 * time.Second,
-		ShutdownTimeout:  time.Minute,
-		Streams:          effects.StreamOptions{MaxAge: 24 * time.Hour, Duplicates: 10 * time.Minute, Replicas: 3},
-		Kinds:            []string{"send_email", "http_request"},
+		HTTPAddr:              "127.0.0.1:18080",
+		InsecureNoSecret:      true,
+		MaxPayloadBytes:       1000,
+		MaxBodyBytes:          100000,
+		PublishTimeout:        250 * time.Millisecond,
+		RetryAfter:            30 * time.Second,
+		ShutdownTimeout:       time.Minute,
+		ConsumerCheckInterval: 10 * time.Second,
+		Streams:               effects.StreamOptions{MaxAge: 24 * time.Hour, Duplicates: 10 * time.Minute, Replicas: 3},
+		Kinds:                 []string{"send_email", "http_request"},
 	}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("config\n%+v\nwant\n%+v", cfg, want)

@@ -40,6 +40,9 @@ type metrics struct {
 	// with, so that counting a reply does not format a label.
 	byCode         map[int]prometheus.Counter
 	publishSeconds prometheus.Histogram
+	// Kinds with effects in the stream that no consumer takes.
+	kindsWithoutConsumer prometheus.Gauge
+	unconsumed           *prometheus.GaugeVec
 }
 
 func newMetrics(reg prometheus.Registerer, kinds *kindlabel.Set) (*metrics, error) {
@@ -58,6 +61,14 @@ func newMetrics(reg prometheus.Registerer, kinds *kindlabel.Set) (*metrics, erro
 			Help:    "Time from publishing a message (an effect, or the failed completion of a rejected row) to JetStream's ack, for acked publishes.",
 			Buckets: prometheus.ExponentialBuckets(0.00025, 2, 15), // 250µs to 4s
 		}),
+		kindsWithoutConsumer: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "effects_kinds_without_consumer",
+			Help: "Kinds whose effects are in the EFFECTS stream while no consumer's filter takes them (checked every EFFECTS_CONSUMER_CHECK_INTERVAL): nobody handles them, and they expire unhandled.",
+		}),
+		unconsumed: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "effects_unconsumed_kind_messages",
+			Help: "Messages in the EFFECTS stream of each kind no consumer takes (~other for kinds beyond the first 100).",
+		}, []string{"kind"}),
 		byCode: make(map[int]prometheus.Counter),
 	}
 	for _, code := range []int{
@@ -67,7 +78,7 @@ func newMetrics(reg prometheus.Registerer, kinds *kindlabel.Set) (*metrics, erro
 		m.byCode[code] = m.requests.WithLabelValues(strconv.Itoa(code))
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.ingested, m.requests, m.publishSeconds} {
+		for _, c := range []prometheus.Collector{m.ingested, m.requests, m.publishSeconds, m.kindsWithoutConsumer, m.unconsumed} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("ingest: register metrics: %w", err)
 			}

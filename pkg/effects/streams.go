@@ -122,10 +122,21 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.St
 	if err != nil {
 		return fmt.Errorf("look up stream %s: %w", want.Name, err)
 	}
+	have := s.CachedInfo().Config
 	if !update {
+		// Not changed, but checked: the pipeline cannot work on a stream
+		// that does not capture its subjects or keeps messages for one
+		// consumer only.
+		if have.Retention != want.Retention {
+			return fmt.Errorf("stream %s has %s retention, want %s: JetStream cannot change it; delete or rename the stream",
+				want.Name, have.Retention, want.Retention)
+		}
+		if !slices.Contains(have.Subjects, want.Subjects[0]) {
+			return fmt.Errorf("stream %s captures %v, not %s: run `completer migrate streams` to set its subjects",
+				want.Name, have.Subjects, want.Subjects[0])
+		}
 		return nil
 	}
-	have := s.CachedInfo().Config
 	if slices.Equal(have.Subjects, want.Subjects) && have.Retention == want.Retention &&
 		have.MaxAge == want.MaxAge && have.Duplicates == want.Duplicates && have.Replicas == want.Replicas {
 		return nil
