@@ -268,6 +268,12 @@ func TestStreamsAreOwnedByMigrate(t *testing.T) {
 	if age, dup := streamConfig(); age != time.Hour || dup != 2*time.Minute {
 		t.Errorf("a service changed the streams: max age %s, duplicates %s", age, dup)
 	}
+	// It says so, and how to apply them.
+	if l := p.FindLog(t, "completer", "the streams differ from this service's EFFECTS_STREAM_MAX_AGE, EFFECTS_DUPLICATE_WINDOW or "+
+		"EFFECTS_STREAM_REPLICAS; services never change a stream: run `completer migrate streams` to apply them"); l == nil ||
+		!strings.Contains(fmt.Sprint(l["differences"]), "EFFECTS max age 1h0m0s, here 2h0m0s") {
+		t.Errorf("no warning naming the difference\n%s", p.Output())
+	}
 	p.Signal(t, syscall.SIGTERM)
 	if code := p.Wait(t); code != 0 {
 		t.Fatalf("exit %d\n%s", code, p.Output())

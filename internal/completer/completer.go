@@ -306,6 +306,11 @@ func (c *Completer) ensureConsumer(ctx context.Context) (jetstream.Consumer, err
 	if err := effects.EnsureStreams(ctx, c.js, c.cfg.Streams); err != nil {
 		return nil, err
 	}
+	if drift, err := effects.StreamDrift(ctx, c.js, c.cfg.Streams); err == nil && len(drift) > 0 {
+		c.logger.Warn("the streams differ from this service's EFFECTS_STREAM_MAX_AGE, EFFECTS_DUPLICATE_WINDOW or "+
+			"EFFECTS_STREAM_REPLICAS; services never change a stream: run `completer migrate streams` to apply them",
+			"differences", drift)
+	}
 	cons, err := c.js.CreateOrUpdateConsumer(ctx, effects.CompletedStream, c.ConsumerConfig())
 	if err != nil {
 		return nil, fmt.Errorf("create or update consumer %s on %s: %w", ConsumerName, effects.CompletedStream, err)

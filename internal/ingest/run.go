@@ -122,7 +122,20 @@ func (s *Server) ensureStreams(ctx context.Context) {
 	s.streamsReadyOnce.Do(func() { close(s.streamsReady) })
 	s.logger.Info("streams ready", "attempts", attempts)
 	s.checkMaxPayload()
+	s.warnStreamDrift(ctx)
 	s.watchConsumers(ctx)
+}
+
+// warnStreamDrift says when the existing streams differ from this service's
+// EFFECTS_STREAM_* settings, which it never applies itself.
+func (s *Server) warnStreamDrift(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, ensureAttemptTimeout)
+	defer cancel()
+	if drift, err := effects.StreamDrift(ctx, s.js, s.cfg.Streams); err == nil && len(drift) > 0 {
+		s.logger.Warn("the streams differ from this service's EFFECTS_STREAM_MAX_AGE, EFFECTS_DUPLICATE_WINDOW or "+
+			"EFFECTS_STREAM_REPLICAS; services never change a stream: run `completer migrate streams` to apply them",
+			"differences", drift)
+	}
 }
 
 // errNotConnected stands in for a stream request while the connection is

@@ -60,9 +60,16 @@ func CheckServerVersion(version string) error {
 // reports it.
 var refused sync.Map // *nats.Conn -> error
 
-// checkServer closes nc when the server it is connected to is too old.
+// checkServer closes nc when the server it is connected to is too old. It
+// does nothing unless nc is connected: the connect handler also runs
+// (asynchronously) for a connection made at once, maybe only once it is
+// draining or closed, when the server's version reads "".
 func checkServer(nc *nats.Conn, logger *slog.Logger) error {
-	err := CheckServerVersion(nc.ConnectedServerVersion())
+	version := nc.ConnectedServerVersion() // "" unless connected
+	if version == "" {
+		return nil
+	}
+	err := CheckServerVersion(version)
 	if err == nil {
 		return nil
 	}
@@ -99,8 +106,8 @@ func Connect(rawURL, name string, logger *slog.Logger, maxPending int) (*nats.Co
 				logger.Info("nats reconnected", "server", Redact(c.ConnectedUrl()))
 			}
 		}),
-		// Called only for a first connection made after nats.Connect
-		// returned (RetryOnFailedConnect).
+		// Called for the first connection, whether made at once or
+		// later (RetryOnFailedConnect).
 		nats.ConnectHandler(func(c *nats.Conn) {
 			if checkServer(c, logger) == nil {
 				logger.Info("nats connected", "server", Redact(c.ConnectedUrl()))

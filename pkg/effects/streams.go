@@ -155,3 +155,31 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.St
 	}
 	return nil
 }
+
+// StreamDrift lists, one line per setting, where the existing streams differ
+// from o in the settings [ApplyStreams] owns ("EFFECTS max age 1h0m0s, here
+// 2h0m0s"): a service warns about them, since it never applies them itself.
+// A stream that does not exist is not listed.
+func StreamDrift(ctx context.Context, js jetstream.JetStream, o StreamOptions) ([]string, error) {
+	var drift []string
+	for _, want := range StreamConfigs(o) {
+		s, err := js.Stream(ctx, want.Name)
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("look up stream %s: %w", want.Name, err)
+		}
+		have := s.CachedInfo().Config
+		if have.MaxAge != want.MaxAge {
+			drift = append(drift, fmt.Sprintf("%s max age %s, here %s", want.Name, have.MaxAge, want.MaxAge))
+		}
+		if have.Duplicates != want.Duplicates {
+			drift = append(drift, fmt.Sprintf("%s duplicate window %s, here %s", want.Name, have.Duplicates, want.Duplicates))
+		}
+		if have.Replicas != want.Replicas {
+			drift = append(drift, fmt.Sprintf("%s replicas %d, here %d", want.Name, have.Replicas, want.Replicas))
+		}
+	}
+	return drift, nil
+}
