@@ -54,8 +54,16 @@ fmt-check: ## Fail if any Go file is not gofmt-formatted
 		exit 1; \
 	fi
 
+.PHONY: script-check
+script-check: ## Syntax-check the shell scripts; refuse pipes into head (under pipefail they fail with 141 when head exits first)
+	@for f in .ci/run scripts/*.sh; do bash -n "$$f" || exit 1; done
+	@if grep -nE '^[^#]*\|[[:space:]]*head([[:space:]]|$$)' .ci/run scripts/*.sh; then \
+		echo "Pipes into head fail under 'set -o pipefail' when head exits before the writer (exit 141); read the whole output instead (see first_line in .ci/run)."; \
+		exit 1; \
+	fi
+
 .PHONY: lint
-lint: fmt-check vet staticcheck ## fmt-check, vet and staticcheck
+lint: fmt-check vet staticcheck script-check ## fmt-check, vet, staticcheck and script-check
 
 .PHONY: bench
 bench: ## Run the end-to-end benchmark in ./e2e once and print effects/s and latency

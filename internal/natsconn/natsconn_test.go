@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -150,5 +151,26 @@ func TestLateConnectionToAnOldServerIsClosed(t *testing.T) {
 	}
 	if err := Ready(nc)(context.Background()); !errors.Is(err, ErrServerTooOld) {
 		t.Errorf("Ready: %v, want ErrServerTooOld", err)
+	}
+}
+
+// TestCIAndREADMEStateTheMinimumVersion: CI checks the server it starts
+// against the same minimum the services enforce, and the README states it.
+func TestCIAndREADMEStateTheMinimumVersion(t *testing.T) {
+	ci, err := os.ReadFile("../../.ci/run")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(ci), "\nNATS_MIN_VERSION="+MinServerVersion+"\n") {
+		t.Errorf(".ci/run does not set NATS_MIN_VERSION=%s", MinServerVersion)
+	}
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	major, minor, _ := strings.Cut(MinServerVersion, ".")
+	minor, _, _ = strings.Cut(minor, ".")
+	if !strings.Contains(string(readme), "nats-server "+major+"."+minor+" or later") {
+		t.Errorf("README.md does not say nats-server %s.%s or later", major, minor)
 	}
 }
