@@ -79,6 +79,11 @@ func run(ctx context.Context, d service.Deps) error {
 	}
 	// Acks are sent without waiting; draining makes sure the last ones left.
 	defer natsconn.Close(nc, 5*time.Second)
+	// A server found too old after the start stops the completer with the
+	// reason: it could consume nothing.
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	natsconn.OnRefused(nc, cancel)
 	c, err := completer.New(cfg, pool, js, d.Logger, d.Registry)
 	if err != nil {
 		return &service.ConfigError{Err: err}
@@ -86,7 +91,13 @@ func run(ctx context.Context, d service.Deps) error {
 	d.Checks.Add("postgres", c.CheckPostgres)
 	d.Checks.Add("nats", natsconn.Ready(nc))
 	d.Checks.Add("consumer", c.CheckConsuming)
-	return c.Run(ctx)
+	if err := c.Run(ctx); err != nil {
+		return err
+	}
+	if cause := context.Cause(ctx); errors.Is(cause, natsconn.ErrServerTooOld) {
+		return cause
+	}
+	return nil
 }
 
 // streamsTimeout bounds how long `completer migrate` waits for NATS.

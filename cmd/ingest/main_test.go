@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
+	"net"
 	"io"
 	"net/http"
 	"os"
@@ -366,5 +367,31 @@ func TestRefusesAnOldNATSServer(t *testing.T) {
 				t.Errorf("no error naming the version and the minimum\n%s", p.Output())
 			}
 		})
+	}
+}
+
+// TestStopsWhenALaterServerIsTooOld: NATS is down when the ingest starts;
+// the server that comes up is 2.9. The ingest stops with the reason rather
+// than run on answering 503 forever.
+func TestStopsWhenALaterServerIsTooOld(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // nothing answers until the stand-in below
+	p := testenv.StartProcess(t, selector, map[string]string{
+		"NATS_URL": "nats://" + addr, "EFFECTS_WEBHOOK_SECRET": secret,
+		"EFFECTS_ADMIN_ADDR": "127.0.0.1:0", "EFFECTS_HTTP_ADDR": "127.0.0.1:0",
+	})
+	p.WaitForLog(t, "ingest listening")
+	testenv.ServeFakeNATS(t, addr, "2.9.10")
+	if code := p.Wait(t); code != 1 {
+		t.Fatalf("exit %d, want 1\n%s", code, p.Output())
+	}
+	l := p.FindLog(t, "ingest", "stopped with an error")
+	if l == nil || !strings.Contains(fmt.Sprint(l["error"]), "nats-server is too old: it is 2.9.10") {
+		t.Errorf("no error naming the old version\n%s", p.Output())
 	}
 }

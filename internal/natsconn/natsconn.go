@@ -57,8 +57,22 @@ func CheckServerVersion(version string) error {
 }
 
 // refused holds, per connection closed by the version check, why: Ready
-// reports it.
-var refused sync.Map // *nats.Conn -> error
+// reports it. onRefused holds the callbacks [OnRefused] registered.
+var refused, onRefused sync.Map // *nats.Conn -> error, func(error)
+
+// OnRefused arranges for f to be called (once, from another goroutine) if
+// nc is closed later because it reached a server older than
+// [MinServerVersion] (NATS was down at start, or a reconnect found an older
+// server); at once if that already happened. A service cancels its run with
+// it, so that it stops with the reason rather than run on without NATS.
+func OnRefused(nc *nats.Conn, f func(error)) {
+	onRefused.Store(nc, f)
+	if err, ok := refused.Load(nc); ok {
+		if f, ok := onRefused.LoadAndDelete(nc); ok {
+			go f.(func(error))(err.(error))
+		}
+	}
+}
 
 // checkServer closes nc when the server it is connected to is too old. It
 // does nothing unless nc is connected: the connect handler also runs
@@ -77,6 +91,9 @@ func checkServer(nc *nats.Conn, logger *slog.Logger) error {
 	refused.Store(nc, err)
 	logger.Error("refusing the NATS server; the connection is closed", "error", err)
 	nc.Close()
+	if f, ok := onRefused.LoadAndDelete(nc); ok {
+		go f.(func(error))(err)
+	}
 	return err
 }
 
