@@ -6,7 +6,8 @@
 #   docker build -t effects .
 #   docker run --rm effects completer migrate
 
-ARG GO_VERSION=1.26
+# The Go of go.mod's go line; a check keeps them equal.
+ARG GO_VERSION=1.26.8
 
 FROM golang:${GO_VERSION}-alpine AS build
 WORKDIR /src
@@ -21,7 +22,7 @@ RUN --mount=type=cache,target=/root/go/pkg/mod \
 
 # Alpine rather than distroless: busybox wget serves the compose healthchecks
 # on /healthz.
-FROM alpine:3.22
+FROM alpine:3.22.1
 RUN apk add --no-cache ca-certificates tzdata \
     && adduser -D -H -u 10001 effects
 COPY --from=build /out/ /usr/local/bin/

@@ -11,6 +11,10 @@ TESTFLAGS ?=
 # Extra flags for `make bench`, e.g. BENCHFLAGS='-benchtime=3x'.
 BENCHFLAGS ?=
 
+# The checks of the deployment files: a Go module of their own, so that the
+# main module does not depend on Kubernetes, kustomize and compose-go.
+CHECK_DIR := deployments/check
+
 .DEFAULT_GOAL := help
 MAKEFLAGS += --no-print-directory
 
@@ -34,16 +38,23 @@ nats-server: ## Build the pinned nats-server (go.mod's version, as in the tests)
 	$(GO) build -o $(NATS_SERVER) github.com/nats-io/nats-server/v2
 
 .PHONY: test
-test: ## Run every test with the race detector (needs PostgreSQL on 127.0.0.1:5432, database test)
+test: ## Run every test with the race detector, then the deployment checks (needs PostgreSQL on 127.0.0.1:5432, database test, and promtool)
 	$(GO) test -race -count=1 -timeout 20m $(TESTFLAGS) ./...
+	$(MAKE) check-deployments
+
+.PHONY: check-deployments
+check-deployments: ## Check docker-compose, Kubernetes, Hasura, Prometheus, Grafana and the Dockerfile (deployments/check)
+	cd $(CHECK_DIR) && $(GO) test -count=1 -timeout 20m $(TESTFLAGS) ./...
 
 .PHONY: vet
-vet: ## go vet every package
+vet: ## go vet every package, the deployment checks' module included
 	$(GO) vet ./...
+	cd $(CHECK_DIR) && $(GO) vet ./...
 
 .PHONY: staticcheck
-staticcheck: ## Run staticcheck (pinned in go.mod as a tool)
+staticcheck: ## Run staticcheck (pinned in go.mod as a tool) on both modules
 	$(GO) tool staticcheck ./...
+	cd $(CHECK_DIR) && "$$($(GO) -C $(CURDIR) tool -n staticcheck)" ./...
 
 .PHONY: fmt-check
 fmt-check: ## Fail if any Go file is not gofmt-formatted

@@ -57,10 +57,22 @@ func StartProcessWithStdin(t testing.TB, selector string, env map[string]string)
 	return startProcess(t, selector, env, true)
 }
 
+// StartBinary runs the program at path with args and the environment
+// ChildEnv("", env): a binary built by the test rather than the test
+// binary. It is killed when the test ends.
+func StartBinary(t testing.TB, path string, args []string, env map[string]string) *Process {
+	t.Helper()
+	return startCommand(t, exec.Command(path, args...), "", env, false)
+}
+
 func startProcess(t testing.TB, selector string, env map[string]string, withStdin bool) *Process {
 	t.Helper()
-	p := &Process{done: make(chan struct{})}
-	p.cmd = exec.Command(os.Args[0])
+	return startCommand(t, exec.Command(os.Args[0]), selector, env, withStdin)
+}
+
+func startCommand(t testing.TB, cmd *exec.Cmd, selector string, env map[string]string, withStdin bool) *Process {
+	t.Helper()
+	p := &Process{done: make(chan struct{}), cmd: cmd}
 	p.cmd.Env = ChildEnv(selector, env)
 	p.cmd.Stdout, p.cmd.Stderr = &p.stdout, &p.stderr
 	p.cmd.WaitDelay = 5 * time.Second

@@ -7,6 +7,10 @@
 //     exercises the whole pipeline and does nothing else.
 //   - "http_request" ([NewHTTPRequest]) sends one HTTP request described by
 //     the payload and completes with the response's status and body.
+//   - "email" ([NewEmail]) sends one email through an SMTP server; only when
+//     EFFECTS_SMTP_URL is set.
+//   - "blob_put" ([NewBlobPut]) writes one object to S3 or an S3-compatible
+//     server; only when EFFECTS_S3_BUCKETS is set.
 //
 // A custom dispatcher registers them with [Register] beside its own handlers:
 //
@@ -70,4 +74,34 @@
 // host name in the URL, not the address it resolves to: a host whose DNS
 // answer an attacker controls (DNS rebinding) can still point at an internal
 // address, so list only hosts whose DNS you trust.
+//
+// # email payload and completion
+//
+//	{"to": ["Ann <ann@example.com>"], "cc": [...], "bcc": [...],  // at least one recipient
+//	 "from": "billing@example.com",   // optional; must be EFFECTS_EMAIL_FROM or in EFFECTS_EMAIL_FROM_ALLOW
+//	 "reply_to": "support@example.com", "subject": "...",
+//	 "text": "...", "html": "...",    // at least one
+//	 "headers": {"X-Campaign": "december"}}
+//
+// Completion: {"message_id": "<effect id>@<sender's domain>", "accepted":
+// [every envelope recipient]}. The Message-ID is the same on every attempt
+// and re-run of an effect, so a repeat is recognisable. A 5xx reply (a
+// refused recipient, failed authentication) fails at once; a 4xx reply, a
+// connection or TLS failure is retried. A CR or LF in any field, a recipient
+// domain outside EFFECTS_EMAIL_TO_ALLOW (when set) or a sender not allowed
+// fails at once, before any connection.
+//
+// # blob_put payload and completion
+//
+//	{"bucket": "reports",              // required; must be in EFFECTS_S3_BUCKETS
+//	 "key": "2025/03/rates.json",      // required; no "..", ".", "//", leading "/", "\" or control characters
+//	 "body": {"any": "JSON"},          // stored as its JSON text; or
+//	 "body_base64": "iVBORw0KGgo=",    // bytes
+//	 "content_type": "application/json", "metadata": {"source": "rates-job"}}
+//
+// Completion: {"bucket", "key", "etag", "size", "version_id"} (version_id
+// null unless the bucket is versioned). A re-run overwrites the same key with
+// the same bytes. Throttling (503 SlowDown, 429), 408, 5xx and network
+// errors are retried; other 4xx fail at once, and so does a body over
+// EFFECTS_S3_MAX_BYTES.
 package handlers

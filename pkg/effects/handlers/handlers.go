@@ -3,6 +3,8 @@ package handlers
 import (
 	"context"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 
 	"github.com/effects-run/effects/internal/envconfig"
@@ -32,6 +34,10 @@ const (
 type Config struct {
 	// HTTP configures http_request.
 	HTTP HTTPConfig
+	// Email configures email; with no SMTPURL it is not registered.
+	Email EmailConfig
+	// Blob configures blob_put; with no Buckets it is not registered.
+	Blob BlobConfig
 }
 
 // ConfigFromEnv reads the built-ins' configuration from r: EFFECTS_HTTP_ALLOW
@@ -48,6 +54,8 @@ func ConfigFromEnv(r *envconfig.Reader) (Config, error) {
 		DefaultTimeout:   r.Duration(EnvHTTPTimeout, DefaultHTTPTimeout),
 		MaxResponseBytes: int64(r.Int(EnvHTTPMaxResponseBytes, DefaultMaxResponseBytes)),
 	}}
+	cfg.Email = emailConfigFromEnv(r)
+	cfg.Blob = blobConfigFromEnv(r)
 	if err := r.Err(); err != nil {
 		return Config{}, err
 	}
@@ -62,26 +70,49 @@ func ConfigFromEnv(r *envconfig.Reader) (Config, error) {
 	if cfg.HTTP.MaxResponseBytes <= 0 {
 		return Config{}, fmt.Errorf("%s=%d: want a positive number of bytes", EnvHTTPMaxResponseBytes, cfg.HTTP.MaxResponseBytes)
 	}
+	if err := checkEmailConfig(cfg.Email); err != nil {
+		return Config{}, err
+	}
+	if err := checkBlobConfig(cfg.Blob); err != nil {
+		return Config{}, err
+	}
 	return cfg, nil
 }
 
-// Register registers the built-in handlers in reg: "echo" and "http_request".
-// It registers nothing when it returns an error (an invalid configuration, or
-// a kind already taken in reg).
+// Register registers the built-in handlers in reg: "echo" and
+// "http_request" always, "email" when cfg.Email has an SMTP URL and
+// "blob_put" when cfg.Blob lists buckets (opt-in: without settings their
+// kinds have no consumer here). It registers nothing when it returns an
+// error (an invalid configuration, or a kind already taken in reg).
 func Register(reg *effects.Registry, cfg Config) error {
 	httpRequest, err := NewHTTPRequest(cfg.HTTP)
 	if err != nil {
 		return err
 	}
-	for _, kind := range []string{KindEcho, KindHTTPRequest} {
+	builtins := map[string]effects.HandlerFunc{KindEcho: Echo, KindHTTPRequest: httpRequest}
+	// Opt-in: without settings the kind has no consumer here.
+	if cfg.Email.SMTPURL != "" {
+		if builtins[KindEmail], err = NewEmail(cfg.Email); err != nil {
+			return err
+		}
+	}
+	if len(cfg.Blob.Buckets) > 0 {
+		if builtins[KindBlobPut], err = NewBlobPut(cfg.Blob); err != nil {
+			return err
+		}
+	}
+	kinds := slices.Sorted(maps.Keys(builtins))
+	for _, kind := range kinds {
 		if _, taken := reg.Lookup(kind); taken {
 			return fmt.Errorf("handlers: a handler for kind %q is already registered", kind)
 		}
 	}
-	if err := reg.Register(KindEcho, Echo); err != nil {
-		return err
+	for _, kind := range kinds {
+		if err := reg.Register(kind, builtins[kind]); err != nil {
+			return err
+		}
 	}
-	return reg.Register(KindHTTPRequest, httpRequest)
+	return nil
 }
 
 // Echo is the "echo" handler: its completion is the effect's payload,
