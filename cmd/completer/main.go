@@ -23,6 +23,7 @@ import (
 	"github.com/effects-run/effects/internal/completer"
 	"github.com/effects-run/effects/internal/envconfig"
 	"github.com/effects-run/effects/internal/natsconn"
+	"github.com/effects-run/effects/internal/retention"
 	"github.com/effects-run/effects/internal/retry"
 	"github.com/effects-run/effects/internal/schema"
 	"github.com/effects-run/effects/internal/service"
@@ -56,7 +57,7 @@ func usage(w io.Writer) {
   completer migrate streams  only the streams (needs NATS_URL)
 
 Configured by environment variables: DATABASE_URL (required), EFFECTS_TABLE,
-NATS_URL, EFFECTS_COMPLETER_*, EFFECTS_ADMIN_ADDR, EFFECTS_LOG_LEVEL; see the README.
+NATS_URL, EFFECTS_COMPLETER_*, EFFECTS_RETAIN_*, EFFECTS_ADMIN_ADDR, EFFECTS_LOG_LEVEL; see the README.
 `)
 }
 
@@ -65,6 +66,10 @@ func run(ctx context.Context, d service.Deps) error {
 	// would answer ready while it is still starting.
 	d.Checks.Add("consumer", func(context.Context) error { return errors.New("starting") })
 	cfg, err := completer.ConfigFromEnv(d.Env)
+	if err != nil {
+		return &service.ConfigError{Err: err}
+	}
+	rcfg, err := retention.ConfigFromEnv(d.Env, cfg.Table)
 	if err != nil {
 		return &service.ConfigError{Err: err}
 	}
@@ -88,10 +93,25 @@ func run(ctx context.Context, d service.Deps) error {
 	if err != nil {
 		return &service.ConfigError{Err: err}
 	}
+	rm, err := retention.New(rcfg, pool, d.Logger, d.Registry)
+	if err != nil {
+		return &service.ConfigError{Err: err}
+	}
 	d.Checks.Add("postgres", c.CheckPostgres)
 	d.Checks.Add("nats", natsconn.Ready(nc))
 	d.Checks.Add("consumer", c.CheckConsuming)
-	if err := c.Run(ctx); err != nil {
+	// Retention runs beside the completer, in every replica, and stops with
+	// it (a batch in flight is rolled back; the next pass redoes it).
+	rctx, stopRetention := context.WithCancel(ctx)
+	retentionDone := make(chan struct{})
+	go func() {
+		defer close(retentionDone)
+		_ = rm.Run(rctx)
+	}()
+	err = c.Run(ctx)
+	stopRetention()
+	<-retentionDone
+	if err != nil {
 		return err
 	}
 	if cause := context.Cause(ctx); errors.Is(cause, natsconn.ErrServerTooOld) {
