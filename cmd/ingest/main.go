@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -35,15 +36,19 @@ func run(ctx context.Context, d service.Deps) error {
 			return &service.ConfigError{Err: err}
 		}
 	}
-	ns := natsconn.SettingsFromEnv(d.Env)
 	if err := d.Env.Err(); err != nil {
 		return &service.ConfigError{Err: err}
 	}
-	nc, js, err := natsconn.Connect(ns.URL, "effects-ingest", d.Logger, 0)
+	nc, js, err := natsconn.Connect(d.Shared.NATSURL, "effects-ingest", d.Logger, 0)
 	if err != nil {
 		return err
 	}
 	defer natsconn.Close(nc, 5*time.Second)
+	// A server found too old after the start stops the ingest with the
+	// reason: it could publish nothing.
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	natsconn.OnRefused(nc, cancel)
 	d.Checks.Add("nats", natsconn.Ready(nc))
 
 	g, gctx := errgroup.WithContext(ctx)
@@ -68,5 +73,11 @@ func run(ctx context.Context, d service.Deps) error {
 		d.Checks.Add("table", src.Ready)
 		g.Go(func() error { return src.Run(gctx) })
 	}
-	return g.Wait()
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	if cause := context.Cause(ctx); errors.Is(cause, natsconn.ErrServerTooOld) {
+		return cause
+	}
+	return nil
 }

@@ -39,6 +39,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/effects-run/effects/internal/kindlabel"
 	"github.com/effects-run/effects/internal/retry"
 	"github.com/effects-run/effects/internal/schema"
 	"github.com/effects-run/effects/pkg/effects"
@@ -56,6 +57,9 @@ type TableSource struct {
 	tm      *tableMetrics
 
 	claimSQL, markSQL, backlogSQL string
+
+	// allowed is EFFECTS_KINDS as a set; nil allows every valid kind.
+	allowed map[string]struct{}
 
 	// wake has one channel per worker; a notification (or a reconnected
 	// listener) sends to each without blocking.
@@ -86,7 +90,7 @@ func NewTableSource(cfg TableConfig, pool *pgxpool.Pool, js jetstream.JetStream,
 		logger = slog.New(slog.DiscardHandler)
 	}
 	t, _ := schema.ParseTable(cfg.Table) // validated above
-	m, err := newMetrics(reg, false)
+	m, err := newMetrics(reg, kindlabel.New(kindlabel.DefaultMax, cfg.Kinds...), false)
 	if err != nil {
 		return nil, err
 	}
@@ -104,6 +108,12 @@ func NewTableSource(cfg TableConfig, pool *pgxpool.Pool, js jetstream.JetStream,
 		markSQL: `UPDATE ` + q + ` SET published_at = now() WHERE id = ANY($1::uuid[])`,
 		backlogSQL: `SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 FROM ` + q +
 			` WHERE published_at IS NULL AND status = 'pending'`,
+	}
+	if len(cfg.Kinds) > 0 {
+		s.allowed = make(map[string]struct{}, len(cfg.Kinds))
+		for _, k := range cfg.Kinds {
+			s.allowed[k] = struct{}{}
+		}
 	}
 	s.wake = make([]chan struct{}, cfg.Workers)
 	for i := range s.wake {
@@ -362,7 +372,7 @@ func (s *TableSource) batch(ctx context.Context) (int, error) {
 		// Counted once marked: a batch rolled back is published again and
 		// counted then (as duplicates).
 		for _, p := range outcomes {
-			s.metrics.ingested.WithLabelValues(p.label, p.outcome).Inc()
+			s.metrics.ingest(p.label, p.outcome)
 		}
 	}
 	if publishErr != nil {
@@ -407,6 +417,11 @@ func (s *TableSource) check(r claimedRow) (label, reason string) {
 	if err := effects.ValidateKind(*r.kind); err != nil {
 		detail := strings.TrimPrefix(err.Error(), effects.ErrInvalidKind.Error()+": ")
 		return invalidKindLabel, fmt.Sprintf("kind %s is not valid: %s", quoteShort(*r.kind), detail)
+	}
+	if s.allowed != nil {
+		if _, ok := s.allowed[*r.kind]; !ok {
+			return *r.kind, fmt.Sprintf("kind %q is not handled here: EFFECTS_KINDS allows %s", *r.kind, allowedList(s.cfg.Kinds))
+		}
 	}
 	if n := len(*r.payload); n > s.cfg.MaxPayloadBytes {
 		return *r.kind, fmt.Sprintf("payload is %d bytes, the limit is %d (EFFECTS_MAX_PAYLOAD_BYTES)", n, s.cfg.MaxPayloadBytes)

@@ -11,8 +11,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/effects-run/effects/internal/envconfig"
-	"github.com/effects-run/effects/internal/natsconn"
 	"github.com/effects-run/effects/internal/schema"
+	"github.com/effects-run/effects/internal/settings"
 	"github.com/effects-run/effects/pkg/effects"
 )
 
@@ -94,6 +94,10 @@ type TableConfig struct {
 	// stop waits for the batches in flight to be acked and marked.
 	ShutdownTimeout time.Duration
 
+	// Kinds is EFFECTS_KINDS, default empty (every valid kind): a row of
+	// another kind is failed with the reason, as the webhook does.
+	Kinds []string
+
 	// Streams are the stream settings applied at start (see [Config]).
 	Streams effects.StreamOptions
 }
@@ -110,8 +114,9 @@ func TableConfigFromEnv(r *envconfig.Reader) (TableConfig, error) {
 		RetryMax:        r.Duration("EFFECTS_TABLE_RETRY_MAX", DefaultTableRetryMax),
 		MaxPayloadBytes: r.Int("EFFECTS_MAX_PAYLOAD_BYTES", DefaultMaxPayloadBytes),
 		PublishTimeout:  r.Duration("EFFECTS_PUBLISH_TIMEOUT", DefaultPublishTimeout),
-		ShutdownTimeout: r.Duration("EFFECTS_SHUTDOWN_TIMEOUT", DefaultShutdownTimeout),
-		Streams:         natsconn.SettingsFromEnv(r).Streams,
+		ShutdownTimeout: settings.ShutdownTimeout(r),
+		Kinds:           r.List("EFFECTS_KINDS"),
+		Streams:         settings.Streams(r),
 	}
 	if err := r.Err(); err != nil {
 		return TableConfig{}, err
@@ -187,6 +192,11 @@ func (c TableConfig) Validate() error {
 		return fmt.Errorf("EFFECTS_PUBLISH_TIMEOUT=%s: want a positive duration", c.PublishTimeout)
 	case c.ShutdownTimeout <= 0:
 		return fmt.Errorf("EFFECTS_SHUTDOWN_TIMEOUT=%s: want a positive duration", c.ShutdownTimeout)
+	}
+	for _, k := range c.Kinds {
+		if err := effects.ValidateKind(k); err != nil {
+			return fmt.Errorf("EFFECTS_KINDS: %w", err)
+		}
 	}
 	if err := c.Streams.Validate(); err != nil {
 		return fmt.Errorf("EFFECTS_STREAM_MAX_AGE, EFFECTS_DUPLICATE_WINDOW or EFFECTS_STREAM_REPLICAS: %w", err)

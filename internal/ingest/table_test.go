@@ -378,11 +378,12 @@ func TestTableSourceConcurrentInsertsTwoReplicas(t *testing.T) {
 // does, and marked: it does not block the source.
 func TestTableSourceRejects(t *testing.T) {
 	b := setupTable(t)
-	src := b.startSource(func(c *ingest.TableConfig) { c.MaxPayloadBytes = 64 })
+	src := b.startSource(func(c *ingest.TableConfig) { c.MaxPayloadBytes = 64; c.Kinds = []string{"echo"} })
 	bad := b.insert("not a kind!", `{}`)
 	big := b.insert("echo", `{"x": "`+strings.Repeat("y", 100)+`"}`)
+	other := b.insert("other", `{}`)
 	good := b.insert("echo", `{}`)
-	b.waitPublished([]string{bad, big, good})
+	b.waitPublished([]string{bad, big, other, good})
 
 	ctx := context.Background()
 	cs, err := b.js.Stream(ctx, effects.CompletedStream)
@@ -392,6 +393,7 @@ func TestTableSourceRejects(t *testing.T) {
 	for _, c := range []struct{ id, subject, reason string }{
 		{bad, effects.InvalidKindSubject, "is not valid"},
 		{big, effects.CompletedSubject("echo"), "EFFECTS_MAX_PAYLOAD_BYTES"},
+		{other, effects.CompletedSubject("other"), "EFFECTS_KINDS"},
 	} {
 		m, err := cs.GetLastMsgForSubject(ctx, c.subject)
 		if err != nil {
@@ -406,11 +408,11 @@ func TestTableSourceRejects(t *testing.T) {
 		}
 	}
 	ids := b.streamIDs()
-	if ids[bad]+ids[big] != 0 || ids[good] != 1 {
+	if ids[bad]+ids[big]+ids[other] != 0 || ids[good] != 1 {
 		t.Errorf("stream ids %v: want only %s", ids, good)
 	}
-	if got := counter(t, src.reg, "effects_ingested_total", map[string]string{"outcome": "rejected"}); got != 2 {
-		t.Errorf("rejected %v, want 2", got)
+	if got := counter(t, src.reg, "effects_ingested_total", map[string]string{"outcome": "rejected"}); got != 3 {
+		t.Errorf("rejected %v, want 3", got)
 	}
 }
 
