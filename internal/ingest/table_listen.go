@@ -31,6 +31,10 @@ func (s *TableSource) listen(ctx context.Context) {
 			conn = c
 			return nil
 		}, func(err error, n int, wait time.Duration) {
+			// Without notifications, let the workers look at the
+			// listener's pace (they ignore it while backing off): they
+			// find rows sooner than the poll and see an outage at once.
+			s.wakeAll()
 			if n == 1 || n%10 == 0 {
 				s.logger.Debug("table source: LISTEN failed; polling meanwhile", "attempt", n, "retry_in", wait.String(), "error", err)
 			}
