@@ -10,6 +10,8 @@ BIN       ?= bin
 TESTFLAGS ?=
 # Extra flags for `make bench`, e.g. BENCHFLAGS='-benchtime=3x'.
 BENCHFLAGS ?=
+# Flags for `make soak`, e.g. SOAKFLAGS='-soak.duration=3m -soak.rate=2000 -soak.plain'.
+SOAKFLAGS ?=
 
 # The checks of the deployment files: a Go module of their own, so that the
 # main module does not depend on Kubernetes, kustomize and compose-go.
@@ -70,6 +72,10 @@ lint: fmt-check vet staticcheck ## fmt-check, vet and staticcheck
 bench: ## Run the end-to-end benchmark in ./e2e once and print effects/s and latency
 	@test -d e2e || { echo "make bench: ./e2e does not exist yet; the end-to-end benchmark goes there"; exit 1; }
 	$(GO) test -run '^$$' -bench . -benchtime=1x -timeout 30m -v $(BENCHFLAGS) ./e2e/...
+
+.PHONY: soak
+soak: ## Measure the table under a sustained rate with retention (10 minutes; not part of test)
+	$(GO) test -tags soak -run '^TestSoak$$' -count=1 -v -timeout 60m ./internal/retention/ -args $(SOAKFLAGS)
 
 .PHONY: run
 run: build ## Run ingest, dispatcher and completer locally against local PostgreSQL and NATS (Ctrl-C stops all)

@@ -20,6 +20,7 @@ import (
 	"github.com/effects-run/effects/internal/completer"
 	"github.com/effects-run/effects/internal/envconfig"
 	"github.com/effects-run/effects/internal/natsconn"
+	"github.com/effects-run/effects/internal/retention"
 	"github.com/effects-run/effects/internal/schema"
 	"github.com/effects-run/effects/internal/service"
 )
@@ -47,7 +48,7 @@ func usage(w io.Writer) {
   completer migrate   create or upgrade the effects table and exit (safe to run again)
 
 Configured by environment variables: DATABASE_URL (required), EFFECTS_TABLE,
-NATS_URL, EFFECTS_COMPLETER_*, EFFECTS_ADMIN_ADDR, EFFECTS_LOG_LEVEL; see the README.
+NATS_URL, EFFECTS_COMPLETER_*, EFFECTS_RETAIN_*, EFFECTS_ADMIN_ADDR, EFFECTS_LOG_LEVEL; see the README.
 `)
 }
 
@@ -61,6 +62,10 @@ func run(ctx context.Context, d service.Deps) error {
 		return &service.ConfigError{Err: err}
 	}
 	cfg.Streams = streams.Streams
+	rcfg, err := retention.ConfigFromEnv(d.Env, cfg.Table)
+	if err != nil {
+		return &service.ConfigError{Err: err}
+	}
 	pool, err := completer.OpenPool(cfg)
 	if err != nil {
 		return &service.ConfigError{Err: err}
@@ -76,10 +81,25 @@ func run(ctx context.Context, d service.Deps) error {
 	if err != nil {
 		return &service.ConfigError{Err: err}
 	}
+	rm, err := retention.New(rcfg, pool, d.Logger, d.Registry)
+	if err != nil {
+		return &service.ConfigError{Err: err}
+	}
 	d.Checks.Add("postgres", c.CheckPostgres)
 	d.Checks.Add("nats", natsconn.Ready(nc))
 	d.Checks.Add("consumer", c.CheckConsuming)
-	return c.Run(ctx)
+	// Retention runs beside the completer, in every replica, and stops with
+	// it (a batch in flight is rolled back; the next pass redoes it).
+	rctx, stopRetention := context.WithCancel(ctx)
+	retentionDone := make(chan struct{})
+	go func() {
+		defer close(retentionDone)
+		_ = rm.Run(rctx)
+	}()
+	err = c.Run(ctx)
+	stopRetention()
+	<-retentionDone
+	return err
 }
 
 // migrate runs `completer migrate`: 0 when the table is up to date, 1 when

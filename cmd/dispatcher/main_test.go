@@ -17,6 +17,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/goleak"
 
 	"github.com/effects-run/effects/internal/testenv"
 	"github.com/effects-run/effects/pkg/effects"
@@ -34,7 +35,7 @@ func TestMain(m *testing.M) {
 		main()
 		os.Exit(0) // main returned: the service ran and stopped
 	}
-	os.Exit(m.Run())
+	goleak.VerifyTestMain(m)
 }
 
 // builtins are the kinds cmd/dispatcher handles.
@@ -57,6 +58,9 @@ func TestConfigErrors(t *testing.T) {
 		{"retry max below base", map[string]string{"EFFECTS_RETRY_BASE": "2s", "EFFECTS_RETRY_MAX": "1s"}, "EFFECTS_RETRY_MAX"},
 		{"bad handler timeout", map[string]string{"EFFECTS_HANDLER_TIMEOUT": "long"}, "EFFECTS_HANDLER_TIMEOUT"},
 		{"bad duplicate window", map[string]string{"EFFECTS_DUPLICATE_WINDOW": "2 minutes"}, "EFFECTS_DUPLICATE_WINDOW"},
+		{"kind concurrency not a number", map[string]string{"EFFECTS_KIND_CONCURRENCY": "echo=many"}, `EFFECTS_KIND_CONCURRENCY: echo="many"`},
+		{"kind rate without a unit", map[string]string{"EFFECTS_KIND_RATE": "http_request=10"}, "EFFECTS_KIND_RATE"},
+		{"kind rate for a kind without handler", map[string]string{"EFFECTS_KIND_RATE": "sms=10/s"}, `EFFECTS_KIND_RATE names kind "sms"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -414,4 +418,66 @@ func newUUID(t *testing.T) string {
 	b[6] = b[6]&0x0f | 0x40
 	b[8] = b[8]&0x3f | 0x80
 	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:])
+}
+
+// TestRateLimitAcrossProcesses runs two dispatcher processes with
+// EFFECTS_KIND_RATE=http_request=10/s against one NATS: together they start
+// at most 10 requests a second, and both take part.
+func TestRateLimitAcrossProcesses(t *testing.T) {
+	t.Parallel()
+	n := testenv.StartNATS(t)
+	_, js := n.Connect(t)
+	const effectsN = 12
+	const interval = 100 * time.Millisecond
+	var mu sync.Mutex
+	var arrivals []time.Time
+	all := make(chan struct{})
+	target := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		arrivals = append(arrivals, time.Now())
+		if len(arrivals) == effectsN {
+			close(all)
+		}
+		mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"ok":true}`)
+	}))
+	t.Cleanup(target.Close)
+	env := map[string]string{
+		"NATS_URL": n.URL, "EFFECTS_ADMIN_ADDR": "127.0.0.1:0", "EFFECTS_HTTP_ALLOW": "127.0.0.1",
+		"EFFECTS_KIND_RATE": "http_request=10/s",
+	}
+	procs := []*testenv.Process{testenv.StartProcess(t, selector, env), testenv.StartProcess(t, selector, env)}
+	admins := make([]string, len(procs))
+	for i, p := range procs {
+		admins[i] = "http://" + p.LoopbackAddr(t, "starting", "admin_addr")
+		waitReady(t, p, admins[i])
+	}
+	for range effectsN {
+		publishHTTPRequest(t, js, target.URL)
+	}
+	select {
+	case <-all:
+	case <-time.After(testenv.ProcessTimeout):
+		t.Fatalf("%d requests in %s, want %d", len(arrivals), testenv.ProcessTimeout, effectsN)
+	}
+	for i, p := range procs {
+		_, metrics := testenv.HTTPGet(t, admins[i]+"/metrics")
+		if strings.Contains(metrics, `effects_handled_total{kind="http_request",outcome="succeeded"} 0`+"\n") {
+			t.Errorf("dispatcher %d handled no http_request\n%s", i, p.Output())
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	// 12 starts at 10/s span at least 11 intervals, whichever process runs
+	// them (10% slack for scheduling); a limit per process would allow 20/s.
+	if span, want := arrivals[len(arrivals)-1].Sub(arrivals[0]), (effectsN-1)*interval*9/10; span < want {
+		t.Fatalf("%d requests within %s, want at least %s at 10/s", effectsN, span, want)
+	}
+	for _, p := range procs {
+		p.Signal(t, syscall.SIGTERM)
+		if code := p.Wait(t); code != 0 {
+			t.Fatalf("exit %d\n%s", code, p.Output())
+		}
+	}
 }

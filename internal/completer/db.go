@@ -12,16 +12,17 @@ import (
 )
 
 // OpenPool returns a pool on cfg.DatabaseURL with a connection for every
-// writer plus one for checks. It does not connect yet (the completer waits
-// for PostgreSQL by itself); it fails only on a URL it cannot parse. Its
-// errors never contain the URL or the password.
+// writer plus one for checks and one for retention batches. It does not
+// connect yet (the completer waits for PostgreSQL by itself); it fails only
+// on a URL it cannot parse. Its errors never contain the URL or the
+// password.
 func OpenPool(cfg Config) (*pgxpool.Pool, error) {
 	cfg = cfg.WithDefaults()
 	pc, err := pgxpool.ParseConfig(cfg.DatabaseURL)
 	if err != nil {
 		return nil, redact(fmt.Errorf("DATABASE_URL: %w", err), cfg.DatabaseURL)
 	}
-	if need := int32(cfg.Writers + 1); pc.MaxConns < need {
+	if need := int32(cfg.Writers + 2); pc.MaxConns < need {
 		pc.MaxConns = need
 	}
 	pool, err := pgxpool.NewWithConfig(context.Background(), pc)

@@ -129,6 +129,7 @@ func (t Table) templateData() map[string]any {
 		"StatusCheckName": t.Name + "_status_check",
 		"PendingIndex":    t.sibling("_pending_idx"),
 		"FailedIndex":     t.sibling("_failed_idx"),
+		"SucceededIndex":  t.sibling("_succeeded_idx"),
 	}
 }
 

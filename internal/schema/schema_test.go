@@ -115,6 +115,7 @@ func TestMigrateCreatesTable(t *testing.T) {
 		"constraint effects_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'succeeded'::text, 'failed'::text])))",
 		"USING btree (created_at) WHERE (status = 'pending'::text)",
 		"USING btree (created_at) WHERE (status = 'failed'::text)",
+		"USING btree (created_at) WHERE (status = 'succeeded'::text)",
 	} {
 		if !strings.Contains(got, want) {
 			t.Errorf("catalog lacks %q; have:\n%s", want, got)
@@ -146,6 +147,8 @@ func TestMigrateCreatesTable(t *testing.T) {
 	for q, index := range map[string]string{
 		"SELECT id FROM effects WHERE status = 'pending' ORDER BY created_at LIMIT 100":     "effects_pending_idx",
 		"SELECT id FROM effects WHERE status = 'failed' ORDER BY created_at DESC LIMIT 100": "effects_failed_idx",
+		// What retention removes, oldest first.
+		"SELECT id FROM effects WHERE status = 'succeeded' ORDER BY created_at LIMIT 100": "effects_succeeded_idx",
 	} {
 		var plan string
 		rows, err := conn.Query(ctx, "EXPLAIN "+q)
@@ -159,6 +162,28 @@ func TestMigrateCreatesTable(t *testing.T) {
 		plan = strings.Join(lines, "\n")
 		if !strings.Contains(plan, "Index Scan") || !strings.Contains(plan, index) || strings.Contains(plan, "Sort") {
 			t.Errorf("%s:\n%s\nwant an index scan without a sort", q, plan)
+		}
+	}
+}
+
+// TestMigrateSetsStorageOptions checks migration 002's storage settings,
+// which the catalog above does not show.
+func TestMigrateSetsStorageOptions(t *testing.T) {
+	t.Parallel()
+	pg := testenv.StartPostgres(t)
+	conn := connect(t, pg.URL)
+	migrate(t, conn, "effects")
+	var opts []string
+	if err := conn.QueryRow(testCtx(t), `SELECT reloptions FROM pg_class WHERE oid = 'effects'::regclass`).Scan(&opts); err != nil {
+		t.Fatal(err)
+	}
+	got := strings.Join(opts, ",")
+	for _, want := range []string{
+		"autovacuum_vacuum_scale_factor=0.02",
+		"autovacuum_analyze_scale_factor=0.02",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("reloptions %q lack %q", got, want)
 		}
 	}
 }
@@ -298,7 +323,7 @@ func TestMigrateUpgradesTableMadeByHand(t *testing.T) {
 		t.Fatalf("existing row after upgrade: status=%q attempts=%d note=%q", status, attempts, note)
 	}
 	got := catalog(t, conn, "effects")
-	for _, want := range []string{"column completion jsonb", "column error text", "constraint effects_status_check", "effects_pending_idx", "effects_failed_idx", "column note text"} {
+	for _, want := range []string{"column completion jsonb", "column error text", "constraint effects_status_check", "effects_pending_idx", "effects_failed_idx", "effects_succeeded_idx", "column note text"} {
 		if !strings.Contains(got, want) {
 			t.Errorf("catalog lacks %q; have:\n%s", want, got)
 		}

@@ -1,6 +1,7 @@
 package effects
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -63,14 +64,80 @@ func (c *Client) Publish(ctx context.Context, ref Ref, comp Completion) error {
 	if err := comp.Validate(); err != nil {
 		return err
 	}
-	data, err := json.Marshal(comp)
+	msg, err := CompletionMsg(ref, comp)
 	if err != nil {
-		return fmt.Errorf("effects: marshal completion: %w", err)
+		return err
+	}
+	if err := CheckSize(msg, c.maxPayload()); err != nil {
+		return err
+	}
+	return PublishAndWait(ctx, c.js, msg)
+}
+
+func (c *Client) maxPayload() int64 {
+	if nc := c.js.Conn(); nc != nil {
+		return nc.MaxPayload()
+	}
+	return 0
+}
+
+// CompletionMsg encodes comp as the NATS message that carries it, with its
+// Nats-Msg-Id derived from ref.
+func CompletionMsg(ref Ref, comp Completion) (*nats.Msg, error) {
+	data, err := EncodeJSON(comp)
+	if err != nil {
+		return nil, fmt.Errorf("effects: marshal completion: %w", err)
 	}
 	msg := nats.NewMsg(CompletedSubject(comp.Kind))
 	msg.Data = data
 	msg.Header.Set(jetstream.MsgIDHeader, CompletionMsgID(ref, comp.Status))
-	return PublishAndWait(ctx, c.js, msg)
+	return msg, nil
+}
+
+// ErrTooLarge is returned (wrapped) when a message is larger than the NATS
+// server accepts (its max_payload).
+var ErrTooLarge = errors.New("message too large")
+
+// CheckSize returns an error wrapping [ErrTooLarge], stating the size and
+// the limit, when msg (data and headers) exceeds maxPayload bytes. A
+// maxPayload of 0 or less (not connected yet) checks nothing.
+func CheckSize(msg *nats.Msg, maxPayload int64) error {
+	if maxPayload <= 0 {
+		return nil
+	}
+	size := int64(len(msg.Data) + headerSize(msg.Header))
+	if size > maxPayload {
+		return fmt.Errorf("effects: %w: %s is %d bytes, over the NATS server's max_payload of %d bytes", ErrTooLarge, msg.Subject, size, maxPayload)
+	}
+	return nil
+}
+
+// headerSize is the size of h on the wire ("NATS/1.0\r\n", one line per
+// value, a blank line).
+func headerSize(h nats.Header) int {
+	if len(h) == 0 {
+		return 0
+	}
+	n := len("NATS/1.0\r\n\r\n")
+	for k, vs := range h {
+		for _, v := range vs {
+			n += len(k) + len(": \r\n") + len(v)
+		}
+	}
+	return n
+}
+
+// EncodeJSON is json.Marshal without HTML escaping: '<', '>' and '&' stay
+// one byte each instead of six (encoding/json escapes them even inside a
+// json.RawMessage), so a completion is no larger than its content.
+func EncodeJSON(v any) ([]byte, error) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
 }
 
 // CompletionMsgID is the Nats-Msg-Id of a completion: the effect id, the
@@ -118,7 +185,7 @@ func MarshalResult(result any) (json.RawMessage, error) {
 		}
 		return r, nil
 	}
-	raw, err := json.Marshal(result)
+	raw, err := EncodeJSON(result)
 	if err != nil {
 		return nil, fmt.Errorf("effects: marshal handler result: %w", err)
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/effects-run/effects/pkg/effects"
 )
@@ -89,4 +90,21 @@ func ExampleRegistry_HandleAsync() {
 	// Output:
 	// deferred: true err: <nil>
 	// complete 0d8a6f4e-2b1c-4c6e-9a0f-5f3d2e1b7c11: {"uploaded":4512}
+}
+
+// Per-kind limits at registration. EFFECTS_KIND_CONCURRENCY and
+// EFFECTS_KIND_RATE override them without a rebuild.
+func ExampleRegistry_Handle_options() {
+	reg := effects.NewRegistry()
+	reg.Handle("publish_rateset", publishRateset,
+		effects.Concurrency(5),             // at once, per dispatcher process
+		effects.RateLimit(10, time.Second), // across all dispatcher processes
+		effects.AttemptTimeout(20*time.Second),
+		effects.MaxAttempts(5),
+		effects.MaxRetryDelay(time.Minute)) // caps backoff and RetryAfter
+	h, _ := reg.Lookup("publish_rateset")
+	o := h.Options()
+	fmt.Println(o.Concurrency, o.Rate, o.AttemptTimeout, o.MaxAttempts, o.MaxRetryDelay)
+	// Output:
+	// 5 10/s 20s 5 1m0s
 }

@@ -36,7 +36,11 @@ type Handler struct {
 	kind  string
 	sync  HandlerFunc
 	async AsyncHandlerFunc
+	opts  KindOptions
 }
+
+// Options are the kind's limits set at registration.
+func (h *Handler) Options() KindOptions { return h.opts }
 
 // Kind is the kind the handler was registered for.
 func (h *Handler) Kind() string { return h.kind }
@@ -72,39 +76,46 @@ func NewRegistry() *Registry {
 // Handle registers a synchronous handler for kind. Like http.ServeMux.Handle
 // it panics on a programming error: an invalid kind, a nil handler, or a kind
 // registered twice. Use [Registry.Register] to get an error instead.
-func (r *Registry) Handle(kind string, h HandlerFunc) {
-	if err := r.Register(kind, h); err != nil {
+// opts set the kind's limits ([Concurrency], [RateLimit], ...).
+func (r *Registry) Handle(kind string, h HandlerFunc, opts ...HandlerOption) {
+	if err := r.Register(kind, h, opts...); err != nil {
 		panic(err)
 	}
 }
 
 // HandleAsync registers an asynchronous handler for kind; it panics like
 // [Registry.Handle].
-func (r *Registry) HandleAsync(kind string, h AsyncHandlerFunc) {
-	if err := r.RegisterAsync(kind, h); err != nil {
+func (r *Registry) HandleAsync(kind string, h AsyncHandlerFunc, opts ...HandlerOption) {
+	if err := r.RegisterAsync(kind, h, opts...); err != nil {
 		panic(err)
 	}
 }
 
 // Register registers a synchronous handler for kind.
-func (r *Registry) Register(kind string, h HandlerFunc) error {
+func (r *Registry) Register(kind string, h HandlerFunc, opts ...HandlerOption) error {
 	if h == nil {
 		return fmt.Errorf("effects: nil handler for kind %q", kind)
 	}
-	return r.add(&Handler{kind: kind, sync: h})
+	return r.add(&Handler{kind: kind, sync: h}, opts)
 }
 
 // RegisterAsync registers an asynchronous handler for kind.
-func (r *Registry) RegisterAsync(kind string, h AsyncHandlerFunc) error {
+func (r *Registry) RegisterAsync(kind string, h AsyncHandlerFunc, opts ...HandlerOption) error {
 	if h == nil {
 		return fmt.Errorf("effects: nil handler for kind %q", kind)
 	}
-	return r.add(&Handler{kind: kind, async: h})
+	return r.add(&Handler{kind: kind, async: h}, opts)
 }
 
-func (r *Registry) add(h *Handler) error {
+func (r *Registry) add(h *Handler, opts []HandlerOption) error {
 	if err := ValidateKind(h.kind); err != nil {
 		return fmt.Errorf("effects: register: %w", err)
+	}
+	for _, o := range opts {
+		o(&h.opts)
+	}
+	if err := h.opts.Validate(); err != nil {
+		return fmt.Errorf("effects: register %q: %w", h.kind, err)
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()

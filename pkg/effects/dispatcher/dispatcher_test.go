@@ -80,13 +80,6 @@ func (b *bundle) start(cfg Config, reg *effects.Registry) {
 	if err != nil {
 		b.t.Fatal(err)
 	}
-	// Keep the metrics of the first dispatcher for assertions.
-	if b.d == nil {
-		d.m = mustMetrics(b.t, b.reg)
-		for k, e := range d.kinds {
-			d.kinds[k] = kindEntry{handler: e.handler, m: d.m.forKind(k)}
-		}
-	}
 	b.d = d
 	ctx, cancel := context.WithCancel(context.Background())
 	b.stop = cancel
@@ -101,14 +94,6 @@ func (b *bundle) start(cfg Config, reg *effects.Registry) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	b.t.Cleanup(func() { cancel(); <-stopped })
-}
-
-func mustMetrics(t *testing.T, reg prometheus.Registerer) *metrics {
-	m, err := newMetrics(reg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return m
 }
 
 var idSeq atomic.Int64
@@ -164,6 +149,19 @@ func (b *bundle) noCompletion(within time.Duration) {
 
 func (b *bundle) handled(kind, outcome string) float64 {
 	return testutil.ToFloat64(b.d.m.handled.WithLabelValues(kind, outcome))
+}
+
+func (b *bundle) consumerInfo(kind string) *jetstream.ConsumerInfo {
+	b.t.Helper()
+	cons, err := b.js.Consumer(context.Background(), effects.EffectsStream, ConsumerName(kind))
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	info, err := cons.Info(context.Background())
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	return info
 }
 
 // consumerSettled waits until the kind's consumer has nothing pending or
@@ -302,12 +300,14 @@ func TestRetryAfterIsHonoured(t *testing.T) {
 		}
 		return time.Since(first).Milliseconds(), nil
 	})
-	b := setup(t, testConfig(), reg)
+	cfg := testConfig()
+	cfg.RetryMax = 5 * time.Second // RetryAfter is capped by the max retry delay
+	b := setup(t, cfg, reg)
 	id, _ := b.publish("later", `{}`)
 	c := b.completion(id)
 	var waited int64
 	_ = json.Unmarshal(c.Completion, &waited)
-	// RetryMax is 50ms here, so only RetryAfter explains a wait this long.
+	// The backoff is 10-20ms here, so only RetryAfter explains a wait this long.
 	if c.Status != effects.StatusSucceeded || waited < 700 {
 		t.Fatalf("completion %+v after %dms", c, waited)
 	}
@@ -325,25 +325,56 @@ func TestPanicIsAnError(t *testing.T) {
 	}
 }
 
-func TestHandlerIgnoringTimeoutIsRetried(t *testing.T) {
+// A handler that ignores its context is given up: its attempt counts as a
+// timeout, its late result is discarded, it is counted while it runs, and
+// no new attempt of the same effect runs alongside it.
+func TestHandlerIgnoringTimeoutIsGivenUp(t *testing.T) {
 	t.Parallel()
-	var calls atomic.Int32
+	var calls, running, overlapped atomic.Int32
 	release := make(chan struct{})
-	t.Cleanup(func() { close(release) })
 	reg := effects.NewRegistry()
 	reg.Handle("stuck", func(ctx context.Context, e effects.Effect) (any, error) {
+		if running.Add(1) > 1 {
+			overlapped.Add(1)
+		}
+		defer running.Add(-1)
 		if calls.Add(1) == 1 {
 			<-release // ignores ctx
+			return "late", nil
 		}
 		return "ok", nil
 	})
 	cfg := testConfig()
 	cfg.HandlerTimeout = 100 * time.Millisecond
+	cfg.MaxAttempts = 1000 // the attempts while the first overruns are retried quickly
 	b := setup(t, cfg, reg)
 	id, _ := b.publish("stuck", `{}`)
+	m := b.d.m
+	deadline := time.Now().Add(10 * time.Second)
+	for testutil.ToFloat64(m.overruns.WithLabelValues("stuck")) != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("overrun not counted")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n := testutil.ToFloat64(m.overrunning.WithLabelValues("stuck")); n != 1 {
+		t.Fatalf("overrunning %v", n)
+	}
+	// Attempts of the same effect meanwhile do not run the handler.
+	b.noCompletion(300 * time.Millisecond)
+	if calls.Load() != 1 {
+		t.Fatalf("handler ran %d times while the first attempt overran", calls.Load())
+	}
+	close(release)
 	c := b.completion(id)
-	if c.Status != effects.StatusSucceeded || c.Attempts != 2 {
-		t.Fatalf("completion %+v", c)
+	if c.Status != effects.StatusSucceeded || string(c.Completion) != `"ok"` || c.Attempts < 3 {
+		t.Fatalf("completion %+v %s", c, c.Completion)
+	}
+	if overlapped.Load() != 0 {
+		t.Fatal("attempts of one effect overlapped")
+	}
+	if n := testutil.ToFloat64(m.overrunning.WithLabelValues("stuck")); n != 0 {
+		t.Fatalf("overrunning %v after the handler returned", n)
 	}
 }
 
@@ -416,8 +447,12 @@ func TestAsyncHandlerCompletesLater(t *testing.T) {
 	b := setup(t, testConfig(), reg)
 	id, _ := b.publish("publish_rateset", `{"RATESET": 4512}`)
 	done := <-refs
-	b.consumerSettled("publish_rateset") // acked as deferred, no completion yet
 	b.noCompletion(100 * time.Millisecond)
+	// Held, not acked, until the completion arrives: a crash now would
+	// bring the effect back.
+	if info := b.consumerInfo("publish_rateset"); info.NumAckPending != 1 {
+		t.Fatalf("async effect not held: %+v", info)
+	}
 	if n := b.handled("publish_rateset", "deferred"); n != 1 {
 		t.Fatalf("deferred counted %v", n)
 	}
@@ -433,6 +468,7 @@ func TestAsyncHandlerCompletesLater(t *testing.T) {
 	if c.Status != effects.StatusSucceeded || string(c.Completion) != `{"uploaded":4512}` || c.Attempts != 1 {
 		t.Fatalf("completion %+v %s", c, c.Completion)
 	}
+	b.consumerSettled("publish_rateset") // the completion let it go
 	// Completing the same delivery twice stores it once.
 	if err := done.Complete(context.Background(), map[string]any{"uploaded": 4512}); err != nil {
 		t.Fatal(err)
@@ -522,7 +558,6 @@ func TestShutdownLetsRunningHandlersFinish(t *testing.T) {
 }
 
 func TestDecide(t *testing.T) {
-	d := &Dispatcher{cfg: Config{MaxAttempts: 3, RetryBase: time.Second, RetryMax: time.Minute}}
 	plain := errors.New("x")
 	cases := []struct {
 		name     string
@@ -545,7 +580,9 @@ func TestDecide(t *testing.T) {
 		{"success while stopping", 1, false, nil, true, succeeded, 0},
 	}
 	for _, tc := range cases {
-		o := d.decide(tc.attempt, tc.deferred, tc.err, tc.stopping)
+		in := attemptInfo{effect: effects.Effect{ID: newID(), Kind: "k"}, attempt: tc.attempt, maxAttempts: 3,
+			stopping: tc.stopping, now: time.Now(), retryBase: time.Second, maxDelay: time.Minute}
+		o := decide(in, result{deferred: tc.deferred, err: tc.err})
 		if o.verdict != tc.want || (tc.delay >= 0 && o.delay != tc.delay) {
 			t.Errorf("%s: got %+v, want %s delay %s", tc.name, o, tc.want, tc.delay)
 		}
@@ -553,11 +590,10 @@ func TestDecide(t *testing.T) {
 }
 
 func TestBackoffGrowsWithJitterAndCap(t *testing.T) {
-	d := &Dispatcher{cfg: Config{RetryBase: time.Second, RetryMax: 10 * time.Second}}
 	for attempt, nominal := range map[int]time.Duration{1: time.Second, 2: 2 * time.Second, 3: 4 * time.Second, 4: 8 * time.Second, 5: 10 * time.Second, 80: 10 * time.Second} {
 		seen := map[time.Duration]bool{}
 		for range 50 {
-			got := d.backoff(attempt)
+			got := backoff(attempt, time.Second, 10*time.Second)
 			if got < nominal/2 || got > nominal {
 				t.Fatalf("attempt %d: %s outside [%s, %s]", attempt, got, nominal/2, nominal)
 			}
@@ -644,27 +680,31 @@ func TestCompletionsGoThroughTheirOwnConnection(t *testing.T) {
 }
 
 func TestConfigFromEnv(t *testing.T) {
-	c, err := ConfigFromEnv(envconfig.FromMap(map[string]string{"EFFECTS_CONCURRENCY": "7", "EFFECTS_RETRY_BASE": "250ms"}), effects.StreamOptions{})
+	c, err := configFromEnv(envconfig.FromMap(map[string]string{"EFFECTS_CONCURRENCY": "7", "EFFECTS_RETRY_BASE": "250ms"}), effects.StreamOptions{})
 	if err != nil || c.Concurrency != 7 || c.RetryBase != 250*time.Millisecond || c.MaxAttempts != 10 || c.Streams.MaxAge != 168*time.Hour {
 		t.Fatalf("%+v %v", c, err)
 	}
-	if c.AckWait != c.HandlerTimeout+30*time.Second {
-		t.Fatalf("default ack wait %s", c.AckWait)
+	if l, err := c.limitsFor("k", effects.KindOptions{}); err != nil || l.ackWait != c.HandlerTimeout+30*time.Second {
+		t.Fatalf("default ack wait %s %v", l.ackWait, err)
 	}
 	// The ack wait follows a longer handler timeout unless it is set.
-	c, err = ConfigFromEnv(envconfig.FromMap(map[string]string{"EFFECTS_HANDLER_TIMEOUT": "5m"}), effects.StreamOptions{})
-	if err != nil || c.AckWait != 5*time.Minute+30*time.Second {
+	c, err = configFromEnv(envconfig.FromMap(map[string]string{"EFFECTS_HANDLER_TIMEOUT": "5m"}), effects.StreamOptions{})
+	if l, _ := c.limitsFor("k", effects.KindOptions{}); err != nil || l.ackWait != 5*time.Minute+30*time.Second {
 		t.Fatalf("%+v %v", c, err)
 	}
-	if _, err := ConfigFromEnv(envconfig.FromMap(map[string]string{"EFFECTS_HANDLER_TIMEOUT": "5m", "EFFECTS_ACK_WAIT": "1m"}), effects.StreamOptions{}); err == nil {
+	// And a kind's own attempt timeout.
+	if l, _ := c.limitsFor("k", effects.KindOptions{AttemptTimeout: 10 * time.Minute}); l.ackWait != 10*time.Minute+30*time.Second {
+		t.Fatalf("kind ack wait %s", l.ackWait)
+	}
+	if _, err := configFromEnv(envconfig.FromMap(map[string]string{"EFFECTS_HANDLER_TIMEOUT": "5m", "EFFECTS_ACK_WAIT": "1m"}), effects.StreamOptions{}); err == nil {
 		t.Fatal("ack wait below the handler timeout accepted")
 	}
 	// An explicit zero is a value, checked like any other.
-	if _, err := ConfigFromEnv(envconfig.FromMap(map[string]string{"EFFECTS_CONCURRENCY": "0"}), effects.StreamOptions{}); err == nil ||
+	if _, err := configFromEnv(envconfig.FromMap(map[string]string{"EFFECTS_CONCURRENCY": "0"}), effects.StreamOptions{}); err == nil ||
 		!strings.Contains(err.Error(), "EFFECTS_CONCURRENCY") {
 		t.Fatalf("EFFECTS_CONCURRENCY=0: %v", err)
 	}
-	if _, err := ConfigFromEnv(envconfig.FromMap(map[string]string{"EFFECTS_MAX_ATTEMPTS": "many"}), effects.StreamOptions{}); err == nil ||
+	if _, err := configFromEnv(envconfig.FromMap(map[string]string{"EFFECTS_MAX_ATTEMPTS": "many"}), effects.StreamOptions{}); err == nil ||
 		!strings.Contains(err.Error(), "EFFECTS_MAX_ATTEMPTS") {
 		t.Fatalf("EFFECTS_MAX_ATTEMPTS=many: %v", err)
 	}

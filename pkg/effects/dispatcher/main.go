@@ -36,7 +36,7 @@ func Main(reg *effects.Registry, opts ...Option) {
 	}
 	service.Main("dispatcher", ":9091", func(ctx context.Context, deps service.Deps) error {
 		if o.builtins {
-			hcfg, err := handlers.ConfigFromEnv(deps.Env)
+			hcfg, err := handlers.ConfigFromEnv(nil)
 			if err != nil {
 				return &service.ConfigError{Err: err}
 			}
@@ -45,7 +45,7 @@ func Main(reg *effects.Registry, opts ...Option) {
 			}
 		}
 		ns := natsconn.SettingsFromEnv(deps.Env)
-		cfg, err := ConfigFromEnv(deps.Env, ns.Streams)
+		cfg, err := configFromEnv(deps.Env, ns.Streams)
 		if err != nil {
 			return &service.ConfigError{Err: err}
 		}

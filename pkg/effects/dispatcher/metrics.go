@@ -9,13 +9,17 @@ type metrics struct {
 	duration      *prometheus.HistogramVec
 	inFlight      *prometheus.GaugeVec
 	publishErrors *prometheus.CounterVec
+	overruns      *prometheus.CounterVec
+	overrunning   *prometheus.GaugeVec
+	consumerLost  *prometheus.CounterVec
+	held          *prometheus.GaugeVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
 		handled: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "effects_handled_total",
-			Help: "Attempts by kind and outcome: succeeded, retried, failed, deferred (async handler started), interrupted (shutdown), malformed.",
+			Help: "Deliveries by kind and outcome: succeeded, retried, failed, deferred (async handler started), interrupted (shutdown), malformed.",
 		}, []string{"kind", "outcome"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "effects_handler_duration_seconds",
@@ -30,8 +34,24 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "effects_completion_publish_errors_total",
 			Help: "Completion publishes that JetStream did not acknowledge (the effect is redelivered).",
 		}, []string{"kind"}),
+		overruns: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "effects_handler_overruns_total",
+			Help: "Attempts given up because their handler kept running past its timeout and grace (it ignored its context).",
+		}, []string{"kind"}),
+		overrunning: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "effects_handlers_overrunning",
+			Help: "Handlers still running after their attempt was given up.",
+		}, []string{"kind"}),
+		consumerLost: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "effects_dispatcher_consumer_recreated_total",
+			Help: "Times a kind's durable consumer was found gone and created again.",
+		}, []string{"kind"}),
+		held: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "effects_async_held",
+			Help: "Async effects whose work started and whose completion has not arrived yet (messages held by this process).",
+		}, []string{"kind"}),
 	}
-	for _, c := range []prometheus.Collector{m.handled, m.duration, m.inFlight, m.publishErrors} {
+	for _, c := range []prometheus.Collector{m.handled, m.duration, m.inFlight, m.publishErrors, m.overruns, m.overrunning, m.consumerLost, m.held} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -43,21 +63,27 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 // label lookups.
 type kindMetrics struct {
 	handled       map[verdict]prometheus.Counter
-	malformed     prometheus.Counter
 	duration      prometheus.Observer
 	inFlight      prometheus.Gauge
 	publishErrors prometheus.Counter
+	overruns      prometheus.Counter
+	overrunning   prometheus.Gauge
+	consumerLost  prometheus.Counter
+	held          prometheus.Gauge
 }
 
 func (m *metrics) forKind(kind string) *kindMetrics {
 	km := &kindMetrics{
 		handled:       map[verdict]prometheus.Counter{},
-		malformed:     m.handled.WithLabelValues(kind, "malformed"),
 		duration:      m.duration.WithLabelValues(kind),
 		inFlight:      m.inFlight.WithLabelValues(kind),
 		publishErrors: m.publishErrors.WithLabelValues(kind),
+		overruns:      m.overruns.WithLabelValues(kind),
+		overrunning:   m.overrunning.WithLabelValues(kind),
+		consumerLost:  m.consumerLost.WithLabelValues(kind),
+		held:          m.held.WithLabelValues(kind),
 	}
-	for _, v := range []verdict{succeeded, deferred, retried, failed, interrupted} {
+	for _, v := range []verdict{succeeded, deferred, retried, failed, interrupted, malformed} {
 		km.handled[v] = m.handled.WithLabelValues(kind, string(v))
 	}
 	return km

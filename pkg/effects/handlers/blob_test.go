@@ -22,7 +22,6 @@ import (
 	"github.com/johannesboyne/gofakes3"
 	"github.com/johannesboyne/gofakes3/backend/s3mem"
 
-	"github.com/effects-run/effects/internal/envconfig"
 	"github.com/effects-run/effects/pkg/effects"
 )
 
@@ -447,7 +446,7 @@ func TestNewBlobPutConfigErrors(t *testing.T) {
 
 func TestBlobPutIsOptIn(t *testing.T) {
 	t.Parallel()
-	cfg, err := ConfigFromEnv(envconfig.FromMap(nil))
+	cfg, err := ConfigFromEnv(lookupIn(nil))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -462,7 +461,7 @@ func TestBlobPutIsOptIn(t *testing.T) {
 		t.Error("blob_put is registered without EFFECTS_S3_BUCKETS")
 	}
 
-	cfg, err = ConfigFromEnv(envconfig.FromMap(map[string]string{
+	cfg, err = ConfigFromEnv(lookupIn(map[string]string{
 		EnvS3Buckets:  "reports, uploads",
 		EnvS3Endpoint: "http://127.0.0.1:9000",
 		EnvS3MaxBytes: "1024",
@@ -498,7 +497,7 @@ func TestBlobConfigFromEnvErrors(t *testing.T) {
 		{map[string]string{EnvS3Buckets: "reports", EnvS3Timeout: "0s"}, `EFFECTS_S3_TIMEOUT="0s"`},
 		{map[string]string{EnvS3Buckets: "reports", EnvS3Endpoint: "ftp://x"}, "EFFECTS_S3_ENDPOINT"},
 	} {
-		_, err := ConfigFromEnv(envconfig.FromMap(tc.env))
+		_, err := ConfigFromEnv(lookupIn(tc.env))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("ConfigFromEnv(%v) err = %v, want one containing %q", tc.env, err, tc.want)
 		}

@@ -24,7 +24,6 @@ import (
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 
-	"github.com/effects-run/effects/internal/envconfig"
 	"github.com/effects-run/effects/pkg/effects"
 )
 
@@ -644,7 +643,7 @@ func TestEmailShutdownKeepsTheCause(t *testing.T) {
 
 func TestEmailIsOptIn(t *testing.T) {
 	t.Parallel()
-	cfg, err := ConfigFromEnv(envconfig.FromMap(nil))
+	cfg, err := ConfigFromEnv(lookupIn(nil))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -656,7 +655,7 @@ func TestEmailIsOptIn(t *testing.T) {
 		t.Error("email is registered without EFFECTS_SMTP_URL")
 	}
 
-	cfg, err = ConfigFromEnv(envconfig.FromMap(map[string]string{
+	cfg, err = ConfigFromEnv(lookupIn(map[string]string{
 		EnvSMTPURL:        " smtp://mailer:hunter2@mail.example.com ",
 		EnvEmailFrom:      "noreply@example.com",
 		EnvEmailFromAllow: "billing@example.com, alerts.example.com",
@@ -692,7 +691,7 @@ func TestEmailConfigFromEnvErrors(t *testing.T) {
 		{map[string]string{EnvSMTPURL: "smtp://u:hunter2@mail.example.com", EnvEmailFrom: "a@example.com", EnvSMTPTimeout: "0s"}, `EFFECTS_SMTP_TIMEOUT="0s"`},
 		{map[string]string{EnvSMTPURL: "smtp://u:hunter2@mail.example.com", EnvEmailFrom: "a@example.com", EnvSMTPTimeout: "soon"}, `EFFECTS_SMTP_TIMEOUT="soon"`},
 	} {
-		_, err := ConfigFromEnv(envconfig.FromMap(tc.env))
+		_, err := ConfigFromEnv(lookupIn(tc.env))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("ConfigFromEnv(%v) err = %v, want one containing %q", tc.env, err, tc.want)
 		}

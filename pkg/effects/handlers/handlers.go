@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"os"
 	"slices"
 	"strings"
 
@@ -26,7 +27,8 @@ const (
 	// timeout_ms, as a Go duration. Default: 30s.
 	EnvHTTPTimeout = "EFFECTS_HTTP_TIMEOUT"
 	// EnvHTTPMaxResponseBytes caps how much of a response body is read.
-	// Default: 1048576 (1 MiB).
+	// Default: 262144 (256 KiB), so that the completion fits in NATS's default
+	// 1 MiB max_payload even when escaping a text body doubles it or more.
 	EnvHTTPMaxResponseBytes = "EFFECTS_HTTP_MAX_RESPONSE_BYTES"
 )
 
@@ -40,15 +42,27 @@ type Config struct {
 	Blob BlobConfig
 }
 
-// ConfigFromEnv reads the built-ins' configuration from r: EFFECTS_HTTP_ALLOW
-// (default empty: no host allowed), EFFECTS_HTTP_TIMEOUT (default 30s) and
-// EFFECTS_HTTP_MAX_RESPONSE_BYTES (default 1048576). A nil r reads the process
-// environment, which is how a dispatcher outside this module calls it. The
-// error names the variable that is wrong.
-func ConfigFromEnv(r *envconfig.Reader) (Config, error) {
-	if r == nil {
-		r = envconfig.New()
+// ConfigFromEnv reads the built-ins' configuration through lookup (like
+// os.LookupEnv): EFFECTS_HTTP_ALLOW (default empty: no host allowed),
+// EFFECTS_HTTP_TIMEOUT (default 30s) and EFFECTS_HTTP_MAX_RESPONSE_BYTES
+// (default 262144). A nil lookup reads the process environment, which is how
+// a dispatcher outside this module calls it. The error names the variable
+// that is wrong.
+func ConfigFromEnv(lookup func(string) (string, bool)) (Config, error) {
+	if lookup == nil {
+		lookup = os.LookupEnv
 	}
+	env := map[string]string{}
+	for _, k := range []string{
+		EnvHTTPAllow, EnvHTTPTimeout, EnvHTTPMaxResponseBytes,
+		EnvSMTPURL, EnvEmailFrom, EnvEmailFromAllow, EnvEmailToAllow, EnvSMTPTimeout,
+		EnvS3Buckets, EnvS3Endpoint, EnvS3MaxBytes, EnvS3Timeout,
+	} {
+		if v, ok := lookup(k); ok {
+			env[k] = v
+		}
+	}
+	r := envconfig.FromMap(env)
 	cfg := Config{HTTP: HTTPConfig{
 		Allow:            r.List(EnvHTTPAllow),
 		DefaultTimeout:   r.Duration(EnvHTTPTimeout, DefaultHTTPTimeout),

@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/effects-run/effects/internal/envconfig"
 	"github.com/effects-run/effects/pkg/effects"
 )
 
@@ -34,11 +33,11 @@ func TestEchoReturnsPayloadUnchanged(t *testing.T) {
 
 func TestConfigFromEnvDefaults(t *testing.T) {
 	t.Parallel()
-	cfg, err := ConfigFromEnv(envconfig.FromMap(nil))
+	cfg, err := ConfigFromEnv(lookupIn(nil))
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := HTTPConfig{DefaultTimeout: 30 * time.Second, MaxResponseBytes: 1 << 20}
+	want := HTTPConfig{DefaultTimeout: 30 * time.Second, MaxResponseBytes: 256 << 10}
 	if cfg.HTTP.Allow != nil || cfg.HTTP.DefaultTimeout != want.DefaultTimeout || cfg.HTTP.MaxResponseBytes != want.MaxResponseBytes {
 		t.Errorf("ConfigFromEnv() = %+v, want %+v", cfg.HTTP, want)
 	}
@@ -46,7 +45,7 @@ func TestConfigFromEnvDefaults(t *testing.T) {
 
 func TestConfigFromEnvValues(t *testing.T) {
 	t.Parallel()
-	cfg, err := ConfigFromEnv(envconfig.FromMap(map[string]string{
+	cfg, err := ConfigFromEnv(lookupIn(map[string]string{
 		EnvHTTPAllow:            " api.example.com, hooks.example.com:8443 ,,[::1]",
 		EnvHTTPTimeout:          "5s",
 		EnvHTTPMaxResponseBytes: "4096",
@@ -75,7 +74,7 @@ func TestConfigFromEnvErrorsNameTheVariable(t *testing.T) {
 		{map[string]string{EnvHTTPMaxResponseBytes: "1MB"}, `EFFECTS_HTTP_MAX_RESPONSE_BYTES="1MB"`},
 		{map[string]string{EnvHTTPMaxResponseBytes: "-1"}, `EFFECTS_HTTP_MAX_RESPONSE_BYTES=-1: want a positive number of bytes`},
 	} {
-		_, err := ConfigFromEnv(envconfig.FromMap(tc.env))
+		_, err := ConfigFromEnv(lookupIn(tc.env))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("ConfigFromEnv(%v) err = %v, want one containing %q", tc.env, err, tc.want)
 		}
@@ -131,4 +130,8 @@ func TestRegisterIsAllOrNothing(t *testing.T) {
 	if kinds := reg.Kinds(); len(kinds) != 0 {
 		t.Errorf("Register registered %q although it failed", kinds)
 	}
+}
+
+func lookupIn(m map[string]string) func(string) (string, bool) {
+	return func(k string) (string, bool) { v, ok := m[k]; return v, ok }
 }

@@ -21,7 +21,7 @@ import (
 // Defaults of [HTTPConfig].
 const (
 	DefaultHTTPTimeout      = 30 * time.Second
-	DefaultMaxResponseBytes = 1 << 20
+	DefaultMaxResponseBytes = 256 << 10
 )
 
 const (
@@ -63,7 +63,8 @@ type HTTPConfig struct {
 	DefaultTimeout time.Duration
 	// MaxResponseBytes caps how much of a response body is read. A longer
 	// body of a 2xx response is cut there and the completion says
-	// "truncated": true. Default: 1 MiB. From
+	// "truncated": true. Default: 256 KiB (fits in NATS's default 1 MiB
+	// max_payload). From
 	// EFFECTS_HTTP_MAX_RESPONSE_BYTES.
 	MaxResponseBytes int64
 }
@@ -334,7 +335,7 @@ func completionBody(data []byte, partial bool) json.RawMessage {
 	if !partial && json.Valid(data) {
 		return data
 	}
-	s, _ := json.Marshal(string(data)) // cannot fail for a string
+	s, _ := effects.EncodeJSON(string(data)) // cannot fail for a string; not HTML-escaped
 	return s
 }
 

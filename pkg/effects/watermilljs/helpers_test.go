@@ -1,4 +1,4 @@
-package jetstreamsub_test
+package watermilljs_test
 
 import (
 	"context"
@@ -10,8 +10,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/effects-run/effects/internal/jetstreamsub"
 	"github.com/effects-run/effects/internal/testenv"
+	"github.com/effects-run/effects/pkg/effects/watermilljs"
 )
 
 // The targeted tests use stream T on t.>, topic X on subject t.X, durable
@@ -69,13 +69,13 @@ func consumerConfig(ackWait time.Duration) func(topic string) jetstream.Consumer
 
 // subscriber returns a subscriber on stream T, closed when the test ends.
 // cfg.Consumer defaults to consumerConfig(0).
-func (b *testBundle) subscriber(t *testing.T, cfg jetstreamsub.Config) *jetstreamsub.Subscriber {
+func (b *testBundle) subscriber(t *testing.T, cfg watermilljs.Config) *watermilljs.Subscriber {
 	t.Helper()
 	cfg.Stream = testStream
 	if cfg.Consumer == nil {
 		cfg.Consumer = consumerConfig(0)
 	}
-	sub, err := jetstreamsub.New(b.js, cfg)
+	sub, err := watermilljs.New(b.js, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,7 +83,7 @@ func (b *testBundle) subscriber(t *testing.T, cfg jetstreamsub.Config) *jetstrea
 	return sub
 }
 
-func subscribe(t *testing.T, sub *jetstreamsub.Subscriber, topic string) <-chan *message.Message {
+func subscribe(t *testing.T, sub *watermilljs.Subscriber, topic string) <-chan *message.Message {
 	t.Helper()
 	ch, err := sub.Subscribe(context.Background(), topic)
 	if err != nil {
@@ -171,9 +171,9 @@ func eventually(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-func delivery(t *testing.T, msg *message.Message) *jetstreamsub.Delivery {
+func delivery(t *testing.T, msg *message.Message) *watermilljs.Delivery {
 	t.Helper()
-	d, ok := jetstreamsub.DeliveryOf(msg)
+	d, ok := watermilljs.DeliveryOf(msg)
 	if !ok {
 		t.Fatal("message has no delivery")
 	}

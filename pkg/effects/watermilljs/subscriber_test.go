@@ -1,10 +1,11 @@
-package jetstreamsub_test
+package watermilljs_test
 
 import (
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -16,13 +17,13 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/effects-run/effects/internal/jetstreamsub"
+	"github.com/effects-run/effects/pkg/effects/watermilljs"
 )
 
 func TestAck(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	sub := b.subscriber(t, jetstreamsub.Config{})
+	sub := b.subscriber(t, watermilljs.Config{})
 	b.publish(t, "ack", 1)
 	msg := receive(t, subscribe(t, sub, "ack"))
 
@@ -43,7 +44,7 @@ func TestNackRedeliversAfterNackDelay(t *testing.T) {
 	t.Parallel()
 	const nackDelay = 300 * time.Millisecond
 	b := setup(t)
-	sub := b.subscriber(t, jetstreamsub.Config{NackDelay: nackDelay, Concurrency: 2})
+	sub := b.subscriber(t, watermilljs.Config{NackDelay: nackDelay, Concurrency: 2})
 	b.publish(t, "nack", 1)
 	ch := subscribe(t, sub, "nack")
 	msg := receive(t, ch)
@@ -72,7 +73,7 @@ func TestRetryAfter(t *testing.T) {
 			b := setup(t)
 			// A NackDelay longer than the receive timeout: the redelivery
 			// must follow RetryAfter, not NackDelay.
-			sub := b.subscriber(t, jetstreamsub.Config{NackDelay: time.Minute, Concurrency: 2})
+			sub := b.subscriber(t, watermilljs.Config{NackDelay: time.Minute, Concurrency: 2})
 			b.publish(t, "retry", 1)
 			ch := subscribe(t, sub, "retry")
 			msg := receive(t, ch)
@@ -106,12 +107,12 @@ func TestTerminate(t *testing.T) {
 	if err := b.nc.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	sub := b.subscriber(t, jetstreamsub.Config{Concurrency: 2})
+	sub := b.subscriber(t, watermilljs.Config{Concurrency: 2})
 	ids := b.publish(t, "term", 1)
 	ch := subscribe(t, sub, "term")
 	msg := receive(t, ch)
 
-	delivery(t, msg).Terminate("payload is not an effect")
+	delivery(t, msg).Terminate()
 	msg.Ack()
 
 	am, err := advisories.NextMsg(receiveTimeout)
@@ -128,7 +129,7 @@ func TestTerminate(t *testing.T) {
 	if err := json.Unmarshal(am.Data, &adv); err != nil {
 		t.Fatalf("advisory %s: %v", am.Data, err)
 	}
-	if adv.Stream != testStream || adv.Consumer != durableOf("term") || adv.StreamSeq != 1 || adv.Reason != "payload is not an effect" {
+	if adv.Stream != testStream || adv.Consumer != durableOf("term") || adv.StreamSeq != 1 {
 		t.Errorf("advisory = %+v", adv)
 	}
 
@@ -159,7 +160,7 @@ func TestConcurrencyLimit(t *testing.T) {
 	t.Parallel()
 	const limit, rounds = 4, 5
 	b := setup(t)
-	sub := b.subscriber(t, jetstreamsub.Config{Concurrency: limit})
+	sub := b.subscriber(t, watermilljs.Config{Concurrency: limit})
 	b.publish(t, "conc", limit*rounds)
 	ch := subscribe(t, sub, "conc")
 
@@ -224,7 +225,7 @@ func TestInProgress(t *testing.T) {
 			b := setup(t)
 			// Concurrency 2, so a redelivery could be handed out while the
 			// first delivery is held.
-			sub := b.subscriber(t, jetstreamsub.Config{
+			sub := b.subscriber(t, watermilljs.Config{
 				Consumer:        consumerConfig(ackWait),
 				Concurrency:     2,
 				InProgressEvery: tc.inProgress,
@@ -264,7 +265,7 @@ func TestCloseKeepsConsumer(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	// AckWait far beyond receiveTimeout: only a prompt give-back passes.
-	cfg := jetstreamsub.Config{Consumer: consumerConfig(time.Minute), Concurrency: 2}
+	cfg := watermilljs.Config{Consumer: consumerConfig(time.Minute), Concurrency: 2}
 	first := b.subscriber(t, cfg)
 	ids := b.publish(t, "keep", 6)
 	ch := subscribe(t, first, "keep")
@@ -305,7 +306,7 @@ func TestCloseKeepsConsumer(t *testing.T) {
 func TestCloseGivesBackUnsettled(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	cfg := jetstreamsub.Config{Consumer: consumerConfig(time.Minute), NackDelay: time.Minute, InProgressEvery: time.Second}
+	cfg := watermilljs.Config{Consumer: consumerConfig(time.Minute), NackDelay: time.Minute, InProgressEvery: time.Second}
 	first := b.subscriber(t, cfg)
 	b.publish(t, "held", 1)
 	msg := receive(t, subscribe(t, first, "held"))
@@ -315,7 +316,7 @@ func TestCloseGivesBackUnsettled(t *testing.T) {
 	}
 	select {
 	case <-msg.Context().Done():
-		if cause := context.Cause(msg.Context()); !errors.Is(cause, jetstreamsub.ErrClosed) {
+		if cause := context.Cause(msg.Context()); !errors.Is(cause, watermilljs.ErrClosed) {
 			t.Errorf("context cause = %v, want ErrClosed", cause)
 		}
 	default:
@@ -336,7 +337,7 @@ func TestCloseGivesBackUnsettled(t *testing.T) {
 func TestCloseWhileDisconnected(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	cfg := jetstreamsub.Config{Consumer: consumerConfig(time.Minute), Concurrency: 4}
+	cfg := watermilljs.Config{Consumer: consumerConfig(time.Minute), Concurrency: 4}
 	first := b.subscriber(t, cfg)
 	b.publish(t, "down", 10)
 	msg := receive(t, subscribe(t, first, "down"))
@@ -356,7 +357,7 @@ func TestCloseWhileDisconnected(t *testing.T) {
 	if took := time.Since(start); took > time.Second {
 		t.Errorf("Close took %s with the server down", took)
 	}
-	if cause := context.Cause(msg.Context()); !errors.Is(cause, jetstreamsub.ErrClosed) {
+	if cause := context.Cause(msg.Context()); !errors.Is(cause, watermilljs.ErrClosed) {
 		t.Errorf("context cause = %v, want ErrClosed", cause)
 	}
 
@@ -374,14 +375,14 @@ func TestCloseWhileDisconnected(t *testing.T) {
 func TestStopFetchingAndWaitSettled(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	sub := b.subscriber(t, jetstreamsub.Config{Consumer: consumerConfig(time.Minute), Concurrency: 3})
+	sub := b.subscriber(t, watermilljs.Config{Consumer: consumerConfig(time.Minute), Concurrency: 3})
 	b.publish(t, "stop", 8)
 	ch := subscribe(t, sub, "stop")
 	held := []*message.Message{receive(t, ch), receive(t, ch)}
 
 	sub.StopFetching()
 	held = append(held, expectClosed(t, ch)...) // one more may have been on its way
-	if _, err := sub.Subscribe(context.Background(), "other"); !errors.Is(err, jetstreamsub.ErrClosed) {
+	if _, err := sub.Subscribe(context.Background(), "other"); !errors.Is(err, watermilljs.ErrClosed) {
 		t.Errorf("Subscribe after StopFetching: %v, want ErrClosed", err)
 	}
 
@@ -413,7 +414,7 @@ func TestStopFetchingAndWaitSettled(t *testing.T) {
 	for _, msg := range held {
 		seen[msg.UUID] = true
 	}
-	ch = subscribe(t, b.subscriber(t, jetstreamsub.Config{Consumer: consumerConfig(time.Minute), Concurrency: 3}), "stop")
+	ch = subscribe(t, b.subscriber(t, watermilljs.Config{Consumer: consumerConfig(time.Minute), Concurrency: 3}), "stop")
 	for range 8 - len(held) {
 		msg := receive(t, ch)
 		if seen[msg.UUID] {
@@ -438,7 +439,7 @@ func TestWaitSettledWhileMessagesFlow(t *testing.T) {
 	for i := range 10 {
 		topic := fmt.Sprintf("flow-%d", i)
 		b.publish(t, topic, 40)
-		sub := b.subscriber(t, jetstreamsub.Config{Concurrency: 8})
+		sub := b.subscriber(t, watermilljs.Config{Concurrency: 8})
 		ch := subscribe(t, sub, topic)
 		var settledReturned atomic.Bool
 		var late atomic.Int32
@@ -480,8 +481,8 @@ func TestWaitSettledWhileMessagesFlow(t *testing.T) {
 func TestMessageMetadata(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	sub := b.subscriber(t, jetstreamsub.Config{})
-	pub, err := jetstreamsub.NewPublisher(b.js, jetstreamsub.PublisherConfig{Subject: subjectOf})
+	sub := b.subscriber(t, watermilljs.Config{})
+	pub, err := watermilljs.NewPublisher(b.js, watermilljs.PublisherConfig{Subject: subjectOf})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -540,7 +541,7 @@ func TestWorkContextCause(t *testing.T) {
 	b := setup(t)
 	work, stop := context.WithCancelCause(context.Background())
 	defer stop(nil)
-	sub := b.subscriber(t, jetstreamsub.Config{WorkContext: work})
+	sub := b.subscriber(t, watermilljs.Config{WorkContext: work})
 	b.publish(t, "work", 1)
 	msg := receive(t, subscribe(t, sub, "work"))
 
@@ -561,8 +562,8 @@ func TestSubscribeManyTopics(t *testing.T) {
 	t.Parallel()
 	const topics, perTopic = 20, 100
 	b := setup(t)
-	sub := b.subscriber(t, jetstreamsub.Config{Concurrency: 8})
-	pub, err := jetstreamsub.NewPublisher(b.js, jetstreamsub.PublisherConfig{Subject: subjectOf})
+	sub := b.subscriber(t, watermilljs.Config{Concurrency: 8})
+	pub, err := watermilljs.NewPublisher(b.js, watermilljs.PublisherConfig{Subject: subjectOf})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -603,4 +604,30 @@ func TestSubscribeManyTopics(t *testing.T) {
 		})
 	}
 	wg.Wait()
+}
+
+// WaitSettled that times out again and again, while a message stays out,
+// does not leave a goroutine behind per call.
+func TestWaitSettledTimeoutsDoNotLeak(t *testing.T) {
+	b := setup(t)
+	sub := b.subscriber(t, watermilljs.Config{Concurrency: 1})
+	b.publish(t, "wait", 1)
+	msg := receive(t, subscribe(t, sub, "wait"))
+	sub.StopFetching()
+	expired, cancel := context.WithCancel(context.Background())
+	cancel()
+	_ = sub.WaitSettled(expired)
+	before := runtime.NumGoroutine()
+	for range 100 {
+		if err := sub.WaitSettled(expired); err == nil {
+			t.Fatal("WaitSettled returned nil with a message out")
+		}
+	}
+	if after := runtime.NumGoroutine(); after > before+5 {
+		t.Fatalf("goroutines grew from %d to %d over 100 timed-out WaitSettled calls", before, after)
+	}
+	msg.Ack()
+	if err := sub.WaitSettled(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 }

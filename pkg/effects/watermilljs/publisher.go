@@ -1,4 +1,4 @@
-package jetstreamsub
+package watermilljs
 
 import (
 	"errors"
@@ -55,16 +55,16 @@ type Publisher struct {
 var _ message.Publisher = (*Publisher)(nil)
 
 // ErrPublisherClosed is returned by Publish after Close.
-var ErrPublisherClosed = errors.New("jetstreamsub: publisher closed")
+var ErrPublisherClosed = errors.New("watermilljs: publisher closed")
 
 // NewPublisher returns a publisher that publishes through js. It does not
 // own js's connection: Close leaves it open.
 func NewPublisher(js jetstream.JetStream, cfg PublisherConfig) (*Publisher, error) {
 	if js == nil {
-		return nil, errors.New("jetstreamsub: NewPublisher needs a JetStream")
+		return nil, errors.New("watermilljs: NewPublisher needs a JetStream")
 	}
 	if cfg.AckTimeout < 0 {
-		return nil, fmt.Errorf("jetstreamsub: PublisherConfig.AckTimeout is negative (%s)", cfg.AckTimeout)
+		return nil, fmt.Errorf("watermilljs: PublisherConfig.AckTimeout is negative (%s)", cfg.AckTimeout)
 	}
 	if cfg.AckTimeout == 0 {
 		cfg.AckTimeout = DefaultAckTimeout
@@ -112,7 +112,7 @@ func (p *Publisher) Publish(topic string, msgs ...*message.Message) error {
 		if err != nil {
 			// Watermill's contract: later messages are not published once
 			// one fails. Those already sent are still waited for below.
-			errs = append(errs, fmt.Errorf("jetstreamsub: publish message %s to %s: %w", msg.UUID, subject, err))
+			errs = append(errs, fmt.Errorf("watermilljs: publish message %s to %s: %w", msg.UUID, subject, err))
 			break
 		}
 		pending = append(pending, sent{msg, fut})
@@ -127,19 +127,19 @@ func (p *Publisher) Publish(topic string, msgs ...*message.Message) error {
 			select {
 			case <-s.fut.Ok():
 			case err := <-s.fut.Err():
-				errs = append(errs, fmt.Errorf("jetstreamsub: publish message %s to %s: %w", s.msg.UUID, subject, err))
+				errs = append(errs, fmt.Errorf("watermilljs: publish message %s to %s: %w", s.msg.UUID, subject, err))
 			default:
-				errs = append(errs, fmt.Errorf("jetstreamsub: publish message %s to %s: no ack within %s", s.msg.UUID, subject, p.cfg.AckTimeout))
+				errs = append(errs, fmt.Errorf("watermilljs: publish message %s to %s: no ack within %s", s.msg.UUID, subject, p.cfg.AckTimeout))
 			}
 			continue
 		}
 		select {
 		case <-s.fut.Ok():
 		case err := <-s.fut.Err():
-			errs = append(errs, fmt.Errorf("jetstreamsub: publish message %s to %s: %w", s.msg.UUID, subject, err))
+			errs = append(errs, fmt.Errorf("watermilljs: publish message %s to %s: %w", s.msg.UUID, subject, err))
 		case <-timeout.C:
 			timedOut = true
-			errs = append(errs, fmt.Errorf("jetstreamsub: publish message %s to %s: no ack within %s", s.msg.UUID, subject, p.cfg.AckTimeout))
+			errs = append(errs, fmt.Errorf("watermilljs: publish message %s to %s: no ack within %s", s.msg.UUID, subject, p.cfg.AckTimeout))
 		}
 	}
 	return errors.Join(errs...)

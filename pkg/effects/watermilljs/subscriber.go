@@ -1,4 +1,4 @@
-// Package jetstreamsub is a Watermill Subscriber and Publisher over
+// Package watermilljs is a Watermill Subscriber and Publisher over
 // JetStream, written on nats.go's jetstream package: the Subscriber reads
 // durable pull consumers, the Publisher stores messages with Nats-Msg-Id set
 // to their UUID. Both pass Watermill's Pub/Sub conformance suite, but for
@@ -23,7 +23,7 @@
 //
 // Stopping gracefully is StopFetching, then WaitSettled, then Close: Close
 // alone gives back (naks) what handlers still hold.
-package jetstreamsub
+package watermilljs
 
 import (
 	"context"
@@ -74,17 +74,20 @@ type Subscriber struct {
 	closeOnce sync.Once
 	subs      sync.WaitGroup // fetch loops
 	out       sync.WaitGroup // messages handed out and not settled
+
+	allSettledOnce sync.Once
+	allSettled     chan struct{} // closed once fetch loops ended and all is settled
 }
 
 var _ message.Subscriber = (*Subscriber)(nil)
 
 // ErrClosed is returned by Subscribe after Close.
-var ErrClosed = errors.New("jetstreamsub: subscriber closed")
+var ErrClosed = errors.New("watermilljs: subscriber closed")
 
 // New returns a subscriber reading consumers of cfg.Stream through js.
 func New(js jetstream.JetStream, cfg Config) (*Subscriber, error) {
 	if cfg.Stream == "" || cfg.Consumer == nil {
-		return nil, errors.New("jetstreamsub: Stream and Consumer are required")
+		return nil, errors.New("watermilljs: Stream and Consumer are required")
 	}
 	if cfg.Concurrency <= 0 {
 		cfg.Concurrency = 1
@@ -114,12 +117,12 @@ func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 	cons, err := s.js.CreateOrUpdateConsumer(ctx, s.cfg.Stream, cc)
 	if err != nil {
 		s.subs.Done()
-		return nil, fmt.Errorf("jetstreamsub: consumer %s on %s: %w", cc.Durable, s.cfg.Stream, err)
+		return nil, fmt.Errorf("watermilljs: consumer %s on %s: %w", cc.Durable, s.cfg.Stream, err)
 	}
 	it, err := cons.Messages(jetstream.PullMaxMessages(s.cfg.Concurrency), jetstream.PullHeartbeat(pullHeartbeat))
 	if err != nil {
 		s.subs.Done()
-		return nil, fmt.Errorf("jetstreamsub: consume %s: %w", cc.Durable, err)
+		return nil, fmt.Errorf("watermilljs: consume %s: %w", cc.Durable, err)
 	}
 	out := make(chan *message.Message)
 	go s.fetch(ctx, it, out)
@@ -314,7 +317,7 @@ func (s *Subscriber) settled(d *Delivery, nacked bool) {
 
 // errSettled is the cause of a message's context once it was acked or
 // nacked.
-var errSettled = errors.New("jetstreamsub: message settled")
+var errSettled = errors.New("watermilljs: message settled")
 
 func (s *Subscriber) report(d *Delivery, err error) {
 	if err != nil {
@@ -339,12 +342,16 @@ func (s *Subscriber) StopFetching() {
 // and every message they handed out is settled, or ctx ends. The fetch
 // loops come first: one may still hand out a message it pulled as
 // StopFetching was called, and counting it after the wait began would let
-// WaitSettled return too early (and is a WaitGroup misuse).
+// WaitSettled return too early (and is a WaitGroup misuse). However often
+// it is called and times out, one goroutine waits, and it ends once
+// everything is settled (Close settles everything).
 func (s *Subscriber) WaitSettled(ctx context.Context) error {
-	done := make(chan struct{})
-	go func() { s.subs.Wait(); s.out.Wait(); close(done) }()
+	s.allSettledOnce.Do(func() {
+		s.allSettled = make(chan struct{})
+		go func() { s.subs.Wait(); s.out.Wait(); close(s.allSettled) }()
+	})
 	select {
-	case <-done:
+	case <-s.allSettled:
 		return nil
 	case <-ctx.Done():
 		return context.Cause(ctx)
@@ -373,12 +380,11 @@ type Delivery struct {
 
 	cancel context.CancelCauseFunc // ends the message's context
 
-	mu        sync.Mutex
-	nakDelay  time.Duration
-	hasDelay  bool
-	term      bool
-	termCause string
-	retry     bool
+	mu       sync.Mutex
+	nakDelay time.Duration
+	hasDelay bool
+	term     bool
+	retry    bool
 }
 
 // DeliveryOf returns the delivery of a message from a [Subscriber].
@@ -404,11 +410,13 @@ func (d *Delivery) RetryAfter(delay time.Duration) {
 }
 
 // Terminate asks that the message be terminated (never redelivered, and a
-// MSG_TERMINATED advisory published) with reason when the router acks it.
-func (d *Delivery) Terminate(reason string) {
+// MSG_TERMINATED advisory published) when the router acks it. It sends a
+// plain Term without a reason: nats-server before 2.10 ignores a Term with
+// a reason and redelivers the message.
+func (d *Delivery) Terminate() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.term, d.termCause = true, reason
+	d.term = true
 }
 
 // giveBack nacks a message that was never handed out, for redelivery at
@@ -434,7 +442,7 @@ func (d *Delivery) apply(nacked bool, defaultDelay time.Duration) error {
 		}
 		return d.Msg.NakWithDelay(delay)
 	case d.term:
-		return d.Msg.TermWithReason(d.termCause)
+		return d.Msg.Term()
 	default:
 		return d.Msg.Ack()
 	}

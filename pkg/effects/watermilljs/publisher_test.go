@@ -1,4 +1,4 @@
-package jetstreamsub_test
+package watermilljs_test
 
 import (
 	"context"
@@ -12,12 +12,12 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/effects-run/effects/internal/jetstreamsub"
+	"github.com/effects-run/effects/pkg/effects/watermilljs"
 )
 
-func newPublisher(t *testing.T, js jetstream.JetStream, cfg jetstreamsub.PublisherConfig) *jetstreamsub.Publisher {
+func newPublisher(t *testing.T, js jetstream.JetStream, cfg watermilljs.PublisherConfig) *watermilljs.Publisher {
 	t.Helper()
-	pub, err := jetstreamsub.NewPublisher(js, cfg)
+	pub, err := watermilljs.NewPublisher(js, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,7 +54,7 @@ func (b *testBundle) storedMsg(t *testing.T, seq uint64) *jetstream.RawStreamMsg
 func TestPublish(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	pub := newPublisher(t, b.js, jetstreamsub.PublisherConfig{Subject: subjectOf})
+	pub := newPublisher(t, b.js, watermilljs.PublisherConfig{Subject: subjectOf})
 	const n = 50
 	var msgs []*message.Message
 	for i := range n {
@@ -81,7 +81,7 @@ func TestPublish(t *testing.T) {
 func TestPublishDefaultSubjectIsTopic(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	pub := newPublisher(t, b.js, jetstreamsub.PublisherConfig{})
+	pub := newPublisher(t, b.js, watermilljs.PublisherConfig{})
 	if err := pub.Publish("t.as-is", message.NewMessage("x", nil)); err != nil {
 		t.Fatal(err)
 	}
@@ -95,7 +95,7 @@ func TestPublishDefaultSubjectIsTopic(t *testing.T) {
 func TestPublishAgainIsStoredOnce(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	pub := newPublisher(t, b.js, jetstreamsub.PublisherConfig{Subject: subjectOf})
+	pub := newPublisher(t, b.js, watermilljs.PublisherConfig{Subject: subjectOf})
 	msg := message.NewMessage("once", []byte("x"))
 	for range 3 {
 		if err := pub.Publish("dup", msg); err != nil {
@@ -116,7 +116,7 @@ func TestPublishAgainIsStoredOnce(t *testing.T) {
 func TestPublishSameUUIDTwoTopics(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	pub := newPublisher(t, b.js, jetstreamsub.PublisherConfig{Subject: subjectOf})
+	pub := newPublisher(t, b.js, watermilljs.PublisherConfig{Subject: subjectOf})
 	msg := message.NewMessage("fan", []byte("x"))
 	if err := pub.Publish("one", msg); err != nil {
 		t.Fatal(err)
@@ -134,7 +134,7 @@ func TestPublishSameUUIDTwoTopics(t *testing.T) {
 func TestPublishLeavesOutJetStreamHeaders(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	pub := newPublisher(t, b.js, jetstreamsub.PublisherConfig{Subject: subjectOf})
+	pub := newPublisher(t, b.js, watermilljs.PublisherConfig{Subject: subjectOf})
 	// The premise: this header makes JetStream refuse the message.
 	raw := nats.NewMsg(subjectOf("hdr"))
 	raw.Header.Set("Nats-Expected-Last-Sequence", "999")
@@ -156,7 +156,7 @@ func TestPublishLeavesOutJetStreamHeaders(t *testing.T) {
 func TestPublishNoStream(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	pub := newPublisher(t, b.js, jetstreamsub.PublisherConfig{})
+	pub := newPublisher(t, b.js, watermilljs.PublisherConfig{})
 	err := pub.Publish("nowhere", message.NewMessage("lost-1", nil))
 	if !errors.Is(err, jetstream.ErrNoStreamResponse) || !strings.Contains(err.Error(), "lost-1") {
 		t.Errorf("err = %v, want ErrNoStreamResponse naming lost-1", err)
@@ -185,7 +185,7 @@ func TestPublishAckTimeout(t *testing.T) {
 	const ackTimeout = 200 * time.Millisecond
 	b := setup(t)
 	b.silentResponder(t)
-	pub := newPublisher(t, b.js, jetstreamsub.PublisherConfig{
+	pub := newPublisher(t, b.js, watermilljs.PublisherConfig{
 		Subject:    func(topic string) string { return "noack." + topic },
 		AckTimeout: ackTimeout,
 	})
@@ -210,7 +210,7 @@ func TestPublisherClose(t *testing.T) {
 	const ackTimeout = 300 * time.Millisecond
 	b := setup(t)
 	received := b.silentResponder(t)
-	pub := newPublisher(t, b.js, jetstreamsub.PublisherConfig{
+	pub := newPublisher(t, b.js, watermilljs.PublisherConfig{
 		Subject:    func(topic string) string { return "noack." + topic },
 		AckTimeout: ackTimeout,
 	})
@@ -227,7 +227,7 @@ func TestPublisherClose(t *testing.T) {
 	if took := time.Since(start); took < ackTimeout {
 		t.Errorf("Close returned after %s, before the running Publish (AckTimeout %s) ended", took, ackTimeout)
 	}
-	if err := pub.Publish("x", message.NewMessage("late", nil)); !errors.Is(err, jetstreamsub.ErrPublisherClosed) {
+	if err := pub.Publish("x", message.NewMessage("late", nil)); !errors.Is(err, watermilljs.ErrPublisherClosed) {
 		t.Errorf("Publish after Close: %v, want ErrPublisherClosed", err)
 	}
 	if err := pub.Close(); err != nil {
@@ -237,11 +237,11 @@ func TestPublisherClose(t *testing.T) {
 
 func TestNewPublisherValidates(t *testing.T) {
 	t.Parallel()
-	if _, err := jetstreamsub.NewPublisher(nil, jetstreamsub.PublisherConfig{}); err == nil {
+	if _, err := watermilljs.NewPublisher(nil, watermilljs.PublisherConfig{}); err == nil {
 		t.Error("no error without a JetStream")
 	}
 	b := setup(t)
-	if _, err := jetstreamsub.NewPublisher(b.js, jetstreamsub.PublisherConfig{AckTimeout: -time.Second}); err == nil || !strings.Contains(err.Error(), "AckTimeout") {
+	if _, err := watermilljs.NewPublisher(b.js, watermilljs.PublisherConfig{AckTimeout: -time.Second}); err == nil || !strings.Contains(err.Error(), "AckTimeout") {
 		t.Errorf("negative AckTimeout: %v, want an error naming AckTimeout", err)
 	}
 }

@@ -1,4 +1,4 @@
-package jetstreamsub_test
+package watermilljs_test
 
 import (
 	"context"
@@ -13,8 +13,8 @@ import (
 	"github.com/ThreeDotsLabs/watermill/pubsub/tests"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/effects-run/effects/internal/jetstreamsub"
 	"github.com/effects-run/effects/internal/testenv"
+	"github.com/effects-run/effects/pkg/effects/watermilljs"
 )
 
 // The conformance runs map Watermill topic T to subject wmtest.T on one
@@ -62,11 +62,11 @@ func startConformance(t *testing.T) *conformance {
 func (c *conformance) pubSub(t *testing.T, group string, concurrency int) (message.Publisher, message.Subscriber) {
 	t.Helper()
 	_, js := c.nats.Connect(t)
-	pub, err := jetstreamsub.NewPublisher(js, jetstreamsub.PublisherConfig{Subject: wmSubject})
+	pub, err := watermilljs.NewPublisher(js, watermilljs.PublisherConfig{Subject: wmSubject})
 	if err != nil {
 		t.Fatal(err)
 	}
-	sub, err := jetstreamsub.New(js, jetstreamsub.Config{
+	sub, err := watermilljs.New(js, watermilljs.Config{
 		Stream: wmStream,
 		Consumer: func(topic string) jetstream.ConsumerConfig {
 			return jetstream.ConsumerConfig{
