@@ -243,7 +243,13 @@ func TestNatsCLIConsumerBesideDispatcher(t *testing.T) {
 	}
 	defer nc.Close()
 	for name, want := range map[string]uint64{dispatcher.ConsumerName("audited"): n, "audit-team": n} {
-		info := consumerInfo(ctx, t, js, effects.EffectsStream, name)
+		// The dispatcher acks an effect after publishing its completion,
+		// which may be after the completer wrote the row.
+		var info *jetstream.ConsumerInfo
+		p.waitFor(20*time.Second, name+" to settle its acks", func() bool {
+			info = consumerInfo(ctx, t, js, effects.EffectsStream, name)
+			return info.NumAckPending == 0
+		})
 		if info.NumPending != 0 || info.NumAckPending != 0 || info.NumRedelivered != 0 || info.Delivered.Consumer != want {
 			t.Errorf("consumer %s: pending %d, ack pending %d, redelivered %d, delivered %d; want 0, 0, 0, %d",
 				name, info.NumPending, info.NumAckPending, info.NumRedelivered, info.Delivered.Consumer, want)
