@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/effects-run/effects/internal/natsconn"
@@ -46,6 +48,7 @@ func TestPublishedMessagesMatchSchemas(t *testing.T) {
 
 	type want struct{ status, kind string }
 	wants := map[string]want{}
+	direct := map[string]bool{} // published on effects.<kind> by the test, not by the ingest
 	deliver := func(kind, payload string, edit func([]byte) []byte) string {
 		t.Helper()
 		id, row := p.insert(kind, payload)
@@ -73,6 +76,37 @@ func TestPublishedMessagesMatchSchemas(t *testing.T) {
 	wants[deliver("bad_input", `"just a string"`, nil)] = want{"failed", "bad_input"}
 	invalid := deliver("not.a valid kind", `{}`, nil)
 	wants[invalid] = want{"failed", "not.a valid kind"}
+
+	// Effect messages another publisher got wrong, put on the stream
+	// directly: the dispatcher fails their rows, and its completions must
+	// keep to the contract too, on the subject of the kind they came on.
+	pub, pubJS, err := natsconn.Connect(p.natsURL, "e2e-schema-publisher", logger(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Close()
+	malformed := func(body func(id string) string) {
+		t.Helper()
+		id, _ := p.insert("with_result", `{}`)
+		msg := nats.NewMsg(effects.Subject("with_result"))
+		msg.Data = []byte(body(id))
+		msg.Header.Set(jetstream.MsgIDHeader, "malformed-"+id)
+		if _, err := pubJS.PublishMsg(context.Background(), msg); err != nil {
+			t.Fatal(err)
+		}
+		wants[id] = want{"failed", "with_result"}
+		direct[id] = true
+	}
+	malformed(func(id string) string {
+		return `{"id":"` + id + `","kind":"with_result","payload":{},"created_at":"yesterday","session_variables":null}`
+	})
+	malformed(func(id string) string {
+		return `{"id":"` + id + `","kind":"no_result","payload":{},"created_at":"2026-03-14T09:26:53Z","session_variables":null}`
+	})
+	malformed(func(id string) string {
+		return `{"id":"` + id + `","kind":"` + strings.Repeat("k", 300) + `","payload":{}}`
+	})
+
 	for id, w := range wants {
 		if got := p.settled(id); got.Status != w.status {
 			t.Fatalf("%s (%s): row %+v, want %s", id, w.kind, got, w.status)
@@ -89,6 +123,9 @@ func TestPublishedMessagesMatchSchemas(t *testing.T) {
 
 	seen := map[string]bool{}
 	for _, m := range storedMessages(ctx, t, js, effects.EffectsStream) {
+		if bytes.HasPrefix([]byte(m.Header.Get(jetstream.MsgIDHeader)), []byte("malformed-")) {
+			continue // the test's own malformed messages
+		}
 		if err := v.Effect(m.Data); err != nil {
 			t.Errorf("%s: %v\n%s", m.Subject, err, m.Data)
 		}
@@ -121,7 +158,7 @@ func TestPublishedMessagesMatchSchemas(t *testing.T) {
 		}
 	}
 	for id, w := range wants {
-		if id != invalid && !seen["effect "+id] {
+		if id != invalid && !direct[id] && !seen["effect "+id] {
 			t.Errorf("no effect message for %s (%s)", id, w.kind)
 		}
 		if !seen["completion "+id] {
