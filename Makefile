@@ -29,6 +29,16 @@ build: ## Build the three services into bin/ (ingest, dispatcher, completer)
 	@mkdir -p $(BIN)
 	$(GO) build -o $(BIN)/ ./cmd/...
 
+# The nats-server `make run` and CI use: the version go.mod pins, which is the
+# one the tests embed (github.com/nats-io/nats-server/v2), built from the
+# module cache rather than taken from the system (Debian's is too old).
+NATS_SERVER ?= $(BIN)/tools/nats-server
+
+.PHONY: nats-server
+nats-server: ## Build the pinned nats-server (go.mod's version, as in the tests) into bin/tools
+	@mkdir -p $(dir $(NATS_SERVER))
+	$(GO) build -o $(NATS_SERVER) github.com/nats-io/nats-server/v2
+
 .PHONY: test
 test: ## Run every test with the race detector, then the deployment checks (needs PostgreSQL on 127.0.0.1:5432, database test, and promtool)
 	$(GO) test -race -count=1 -timeout 20m $(TESTFLAGS) ./...
@@ -65,8 +75,16 @@ fmt-check: ## Fail if any Go file is not gofmt-formatted
 		exit 1; \
 	fi
 
+.PHONY: script-check
+script-check: ## Syntax-check the shell scripts; refuse pipes into head (under pipefail they fail with 141 when head exits first)
+	@for f in .ci/run scripts/*.sh; do bash -n "$$f" || exit 1; done
+	@if grep -nE '^[^#]*\|[[:space:]]*head([[:space:]]|$$)' .ci/run scripts/*.sh; then \
+		echo "Pipes into head fail under 'set -o pipefail' when head exits before the writer (exit 141); read the whole output instead (see first_line in .ci/run)."; \
+		exit 1; \
+	fi
+
 .PHONY: lint
-lint: fmt-check vet staticcheck ## fmt-check, vet and staticcheck
+lint: fmt-check vet staticcheck script-check ## fmt-check, vet, staticcheck and script-check
 
 .PHONY: bench
 bench: ## Run the end-to-end benchmark in ./e2e once and print effects/s and latency
@@ -78,8 +96,8 @@ soak: ## Measure the table under a sustained rate with retention (10 minutes; no
 	$(GO) test -tags soak -run '^TestSoak$$' -count=1 -v -timeout 60m ./internal/retention/ -args $(SOAKFLAGS)
 
 .PHONY: run
-run: build ## Run ingest, dispatcher and completer locally against local PostgreSQL and NATS (Ctrl-C stops all)
-	BIN=$(BIN) ./scripts/run-local.sh
+run: build nats-server ## Run a pinned nats-server, ingest, dispatcher and completer locally against local PostgreSQL (Ctrl-C stops all)
+	BIN=$(BIN) NATS_SERVER=$(NATS_SERVER) ./scripts/run-local.sh
 
 .PHONY: ci
 ci: ## What .ci/run runs once services are up: lint, then test

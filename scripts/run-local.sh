@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
 # Runs the three effects services from bin/ against a local PostgreSQL and
-# NATS (JetStream): first `completer migrate`, then ingest, dispatcher and
-# completer in the background, each logging to $LOG_DIR/<service>.log. Ctrl-C
-# (or SIGTERM) stops them in pipeline order: ingest, dispatcher, completer.
-# If one of them exits on its own, the others are stopped too.
+# the pinned nats-server (bin/tools/nats-server, go.mod's version, which
+# `make run` builds): starts that server with JetStream on 127.0.0.1:4223
+# unless NATS_URL names another server, runs `completer migrate` (the table
+# and the streams' configuration), then ingest, dispatcher and completer in
+# the background, each logging to $LOG_DIR/<service>.log. Ctrl-C (or
+# SIGTERM) stops them in pipeline order: ingest, dispatcher, completer, then
+# the nats-server. If one of them exits on its own, the others are stopped
+# too.
+#
+# Port 4223, not 4222: a system NATS on 4222 (Debian's 2.9 is too old for the
+# services) is left alone.
 #
 # Called by `make run`, which builds bin/ first. Every setting below may be
 # overridden from the environment.
@@ -14,7 +21,13 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 BIN=${BIN:-bin}
 LOG_DIR=${LOG_DIR:-$BIN/run}
 export DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable}
-export NATS_URL=${NATS_URL:-nats://127.0.0.1:4222}
+NATS_SERVER=${NATS_SERVER:-$BIN/tools/nats-server}
+NATS_PORT=${NATS_PORT:-4223}
+own_nats= # set when this script starts the nats-server
+if [[ -z ${NATS_URL:-} ]]; then
+	own_nats=1
+	export NATS_URL=nats://127.0.0.1:$NATS_PORT
+fi
 # A fixed development secret, so the local ingest checks X-Effects-Secret the
 # way a deployed one does. Never use it anywhere else.
 export EFFECTS_WEBHOOK_SECRET=${EFFECTS_WEBHOOK_SECRET:-dev-secret}
@@ -37,7 +50,42 @@ for s in "${services[@]}"; do
 done
 mkdir -p "$LOG_DIR"
 
-log "migrating the schema (DATABASE_URL=${DATABASE_URL})"
+nats_pid=
+stop_nats() {
+	[[ -n $nats_pid ]] || return 0
+	log "stopping nats-server (pid $nats_pid)"
+	kill -TERM "$nats_pid" 2>/dev/null || true
+	wait "$nats_pid" 2>/dev/null || true
+	nats_pid=
+}
+nats_answers() { (exec 3<>"/dev/tcp/127.0.0.1/$NATS_PORT") 2>/dev/null; }
+if [[ -n $own_nats ]]; then
+	if nats_answers; then
+		log "something already listens on 127.0.0.1:$NATS_PORT; using it as NATS (the services refuse a server older than 2.10)"
+	else
+		if [[ ! -x $NATS_SERVER ]]; then
+			log "$NATS_SERVER not found; run 'make nats-server' (or 'make run') first"
+			exit 1
+		fi
+		mkdir -p "$LOG_DIR/nats"
+		"$NATS_SERVER" -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$LOG_DIR/nats" >>"$LOG_DIR/nats-server.log" 2>&1 </dev/null &
+		nats_pid=$!
+		trap 'stop_nats' EXIT
+		for _ in $(seq 1 50); do
+			nats_answers && break
+			kill -0 "$nats_pid" 2>/dev/null || break
+			sleep 0.2
+		done
+		if ! nats_answers; then
+			log "nats-server did not come up on 127.0.0.1:$NATS_PORT; last lines of $LOG_DIR/nats-server.log:"
+			tail -n 20 "$LOG_DIR/nats-server.log" >&2 || true
+			exit 1
+		fi
+		log "started $("$NATS_SERVER" --version) (pid $nats_pid) on $NATS_URL, store $LOG_DIR/nats, log $LOG_DIR/nats-server.log"
+	fi
+fi
+
+log "migrating the schema and applying the streams' configuration (DATABASE_URL=${DATABASE_URL})"
 "$BIN/completer" migrate
 
 # stop_one sends service $1 (an index into services) one SIGTERM and waits up
@@ -71,6 +119,7 @@ stop_all() {
 	for i in "${!services[@]}"; do
 		stop_one "$i"
 	done
+	stop_nats
 }
 trap 'stop_all; exit 130' INT
 trap 'stop_all; exit 143' TERM
@@ -98,6 +147,7 @@ cat <<EOF
 
 Running. Webhook for Hasura (or curl): POST http://127.0.0.1:${EFFECTS_HTTP_ADDR##*:}/hasura/events
   with header X-Effects-Secret: ${EFFECTS_WEBHOOK_SECRET}
+NATS: ${NATS_URL}
 /metrics, /healthz, /readyz: http://127.0.0.1:9090 (ingest), :9091 (dispatcher), :9092 (completer)
 Logs: tail -f $LOG_DIR/*.log    Stop: Ctrl-C
 

@@ -1,8 +1,10 @@
 // Command completer writes the outcomes of effects back into the effects
 // table.
 //
-//	completer           run the service (see internal/completer)
-//	completer migrate   create or upgrade the table, then exit (safe to rerun)
+//	completer                   run the service (see internal/completer)
+//	completer migrate [what]    create or upgrade the table and apply the
+//	                            streams' configuration, then exit (safe to
+//	                            rerun); what is "table" or "streams" for one
 //
 // Configuration is read from the environment; DATABASE_URL is required.
 package main
@@ -12,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
@@ -21,15 +24,18 @@ import (
 	"github.com/effects-run/effects/internal/envconfig"
 	"github.com/effects-run/effects/internal/natsconn"
 	"github.com/effects-run/effects/internal/retention"
+	"github.com/effects-run/effects/internal/retry"
 	"github.com/effects-run/effects/internal/schema"
 	"github.com/effects-run/effects/internal/service"
+	"github.com/effects-run/effects/internal/settings"
+	"github.com/effects-run/effects/pkg/effects"
 )
 
 func main() {
 	if len(os.Args) > 1 {
 		switch os.Args[1] {
 		case "migrate":
-			os.Exit(migrate())
+			os.Exit(migrate(os.Args[2:]))
 		case "help", "-h", "-help", "--help":
 			usage(os.Stdout)
 			os.Exit(0)
@@ -44,8 +50,11 @@ func main() {
 
 func usage(w io.Writer) {
 	fmt.Fprint(w, `usage:
-  completer           write completions from JetStream into the effects table
-  completer migrate   create or upgrade the effects table and exit (safe to run again)
+  completer                  write completions from JetStream into the effects table
+  completer migrate          create or upgrade the effects table, create the streams or
+                             apply EFFECTS_STREAM_* to them, and exit (safe to run again)
+  completer migrate table    only the table (needs DATABASE_URL)
+  completer migrate streams  only the streams (needs NATS_URL)
 
 Configured by environment variables: DATABASE_URL (required), EFFECTS_TABLE,
 NATS_URL, EFFECTS_COMPLETER_*, EFFECTS_RETAIN_*, EFFECTS_ADMIN_ADDR, EFFECTS_LOG_LEVEL; see the README.
@@ -56,12 +65,10 @@ func run(ctx context.Context, d service.Deps) error {
 	// Not ready until the completer consumes: without a check /readyz
 	// would answer ready while it is still starting.
 	d.Checks.Add("consumer", func(context.Context) error { return errors.New("starting") })
-	streams := natsconn.SettingsFromEnv(d.Env)
 	cfg, err := completer.ConfigFromEnv(d.Env)
 	if err != nil {
 		return &service.ConfigError{Err: err}
 	}
-	cfg.Streams = streams.Streams
 	rcfg, err := retention.ConfigFromEnv(d.Env, cfg.Table)
 	if err != nil {
 		return &service.ConfigError{Err: err}
@@ -71,12 +78,17 @@ func run(ctx context.Context, d service.Deps) error {
 		return &service.ConfigError{Err: err}
 	}
 	defer pool.Close()
-	nc, js, err := natsconn.Connect(streams.URL, "effects-completer", d.Logger, 0)
+	nc, js, err := natsconn.Connect(d.Shared.NATSURL, "effects-completer", d.Logger, 0)
 	if err != nil {
 		return err
 	}
 	// Acks are sent without waiting; draining makes sure the last ones left.
 	defer natsconn.Close(nc, 5*time.Second)
+	// A server found too old after the start stops the completer with the
+	// reason: it could consume nothing.
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	natsconn.OnRefused(nc, cancel)
 	c, err := completer.New(cfg, pool, js, d.Logger, d.Registry)
 	if err != nil {
 		return &service.ConfigError{Err: err}
@@ -99,30 +111,96 @@ func run(ctx context.Context, d service.Deps) error {
 	err = c.Run(ctx)
 	stopRetention()
 	<-retentionDone
-	return err
+	if err != nil {
+		return err
+	}
+	if cause := context.Cause(ctx); errors.Is(cause, natsconn.ErrServerTooOld) {
+		return cause
+	}
+	return nil
 }
 
-// migrate runs `completer migrate`: 0 when the table is up to date, 1 when
-// migrating failed, 2 on a configuration error.
-func migrate() int {
+// streamsTimeout bounds how long `completer migrate` waits for NATS.
+const streamsTimeout = 30 * time.Second
+
+// migrate runs `completer migrate [table|streams]`: 0 when the table and the
+// streams are up to date, 1 when migrating failed, 2 on a configuration or
+// usage error. Applying the streams' configuration (EFFECTS_STREAM_MAX_AGE,
+// EFFECTS_DUPLICATE_WINDOW, EFFECTS_STREAM_REPLICAS) to existing streams is
+// done here and nowhere else: the services only create a missing stream.
+func migrate(args []string) int {
 	env := envconfig.New()
-	logger, err := service.NewLogger(env.String("EFFECTS_LOG_LEVEL", "info"))
+	shared := settings.Read(env, "")
+	logger, err := service.NewLogger(shared.LogLevel)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "completer migrate: %v\n", err)
 		return 2
 	}
 	logger = logger.With("service", "completer", "command", "migrate")
-	cfg, err := completer.ConfigFromEnv(env)
-	if err != nil {
+	doTable, doStreams := true, true
+	switch {
+	case len(args) == 0:
+	case len(args) == 1 && args[0] == "table":
+		doStreams = false
+	case len(args) == 1 && args[0] == "streams":
+		doTable = false
+	default:
+		fmt.Fprintf(os.Stderr, "completer migrate: unknown arguments %q\n\n", args)
+		usage(os.Stderr)
+		return 2
+	}
+	if err := env.Err(); err != nil {
 		logger.Error("configuration", "error", err)
 		return 2
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if err := completer.Migrate(ctx, cfg); err != nil {
-		logger.Error("migrate failed", "table", cfg.Table, "error", err)
-		return 1
+	if doTable {
+		cfg, err := completer.ConfigFromEnv(env)
+		if err != nil {
+			logger.Error("configuration", "error", err)
+			return 2
+		}
+		if err := completer.Migrate(ctx, cfg); err != nil {
+			logger.Error("migrate failed", "table", cfg.Table, "error", err)
+			return 1
+		}
+		logger.Info("effects table is up to date", "table", cfg.Table, "schema_version", schema.LatestVersion())
 	}
-	logger.Info("effects table is up to date", "table", cfg.Table, "schema_version", schema.LatestVersion())
+	if doStreams {
+		if err := applyStreams(ctx, shared, logger); err != nil {
+			logger.Error("applying the streams' configuration failed", "nats", natsconn.Redact(shared.NATSURL), "error", err)
+			return 1
+		}
+		logger.Info("streams are up to date", "max_age", shared.Streams.MaxAge.String(),
+			"duplicate_window", shared.Streams.Duplicates.String(), "replicas", shared.Streams.Replicas)
+	}
 	return 0
+}
+
+func applyStreams(ctx context.Context, shared settings.Shared, logger *slog.Logger) error {
+	nc, js, err := natsconn.Connect(shared.NATSURL, "effects-migrate", logger, 0)
+	if err != nil {
+		return err
+	}
+	defer natsconn.Close(nc, 5*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, streamsTimeout)
+	defer cancel()
+	var last error
+	_, ok := retry.Until(ctx, retry.Policy{Min: 100 * time.Millisecond, Max: 2 * time.Second},
+		func(ctx context.Context) error {
+			if err := natsconn.Ready(nc)(ctx); err != nil {
+				last = err // not connected yet, or a server refused as too old
+				return last
+			}
+			last = effects.ApplyStreams(ctx, js, shared.Streams)
+			return last
+		}, nil)
+	if !ok {
+		if last == nil {
+			last = ctx.Err()
+		}
+		return fmt.Errorf("after %s: %w", streamsTimeout, last)
+	}
+	return nil
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/effects-run/effects/internal/schema"
 	"github.com/effects-run/effects/internal/testenv"
+	"github.com/effects-run/effects/pkg/effects"
 )
 
 // The tests run this test binary as the command: with
@@ -67,7 +68,8 @@ func withPassword(url, pw string) string {
 func TestMigrateCommand(t *testing.T) {
 	t.Parallel()
 	pg := testenv.StartPostgres(t)
-	env := map[string]string{"DATABASE_URL": withPassword(pg.URL, "pw-never-printed"), "EFFECTS_TABLE": "effects"}
+	n := testenv.StartNATS(t)
+	env := map[string]string{"DATABASE_URL": withPassword(pg.URL, "pw-never-printed"), "EFFECTS_TABLE": "effects", "NATS_URL": n.URL}
 	for i := 0; i < 2; i++ {
 		out, err := command(t, testCtx(t), env, "migrate").CombinedOutput()
 		if code := exitCode(err); code != 0 {
@@ -224,4 +226,81 @@ func get(t *testing.T, url string) (int, string) {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, fmt.Sprint(string(b))
+}
+
+// TestStreamsAreOwnedByMigrate: the streams' configuration changes only
+// through `completer migrate`. A service started with other stream settings
+// leaves the existing streams as they are (a stray EFFECTS_STREAM_MAX_AGE on
+// one service must not change retention for everyone, nor flip it back and
+// forth during a rolling deploy).
+func TestStreamsAreOwnedByMigrate(t *testing.T) {
+	t.Parallel()
+	pg := testenv.StartPostgres(t)
+	n := testenv.StartNATS(t)
+	_, js := n.Connect(t)
+	base := map[string]string{"DATABASE_URL": pg.URL, "NATS_URL": n.URL, "EFFECTS_ADMIN_ADDR": "127.0.0.1:0"}
+	streamConfig := func() (time.Duration, time.Duration) {
+		t.Helper()
+		for _, name := range []string{effects.EffectsStream, effects.CompletedStream} {
+			s, err := js.Stream(testCtx(t), name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if name == effects.CompletedStream {
+				c := s.CachedInfo().Config
+				return c.MaxAge, c.Duplicates
+			}
+		}
+		return 0, 0
+	}
+
+	if out, err := command(t, testCtx(t), testenv.MergeEnv(base, map[string]string{"EFFECTS_STREAM_MAX_AGE": "1h"}), "migrate").CombinedOutput(); err != nil {
+		t.Fatalf("migrate: %v\n%s", err, out)
+	}
+	if age, dup := streamConfig(); age != time.Hour || dup != 2*time.Minute {
+		t.Fatalf("after migrate: max age %s, duplicates %s", age, dup)
+	}
+
+	p := testenv.StartProcess(t, "EFFECTS_COMPLETER_TEST_MAIN", testenv.MergeEnv(base, map[string]string{
+		"EFFECTS_STREAM_MAX_AGE": "2h", "EFFECTS_DUPLICATE_WINDOW": "1m",
+	}))
+	p.WaitForLog(t, "completer running")
+	if age, dup := streamConfig(); age != time.Hour || dup != 2*time.Minute {
+		t.Errorf("a service changed the streams: max age %s, duplicates %s", age, dup)
+	}
+	// It says so, and how to apply them.
+	if l := p.FindLog(t, "completer", "the streams differ from this service's EFFECTS_STREAM_MAX_AGE, EFFECTS_DUPLICATE_WINDOW or "+
+		"EFFECTS_STREAM_REPLICAS; services never change a stream: run `completer migrate streams` to apply them"); l == nil ||
+		!strings.Contains(fmt.Sprint(l["differences"]), "EFFECTS max age 1h0m0s, here 2h0m0s") {
+		t.Errorf("no warning naming the difference\n%s", p.Output())
+	}
+	p.Signal(t, syscall.SIGTERM)
+	if code := p.Wait(t); code != 0 {
+		t.Fatalf("exit %d\n%s", code, p.Output())
+	}
+
+	out, err := command(t, testCtx(t), testenv.MergeEnv(base, map[string]string{"EFFECTS_STREAM_MAX_AGE": "2h"}), "migrate", "streams").CombinedOutput()
+	if err != nil {
+		t.Fatalf("migrate streams: %v\n%s", err, out)
+	}
+	if age, dup := streamConfig(); age != 2*time.Hour || dup != 2*time.Minute {
+		t.Errorf("after migrate streams: max age %s, duplicates %s", age, dup)
+	}
+}
+
+// TestSharedSettingsRefuseZero: an explicit 0 in a shared setting is an
+// error naming the variable, the same in the service and in migrate, never a
+// silent default.
+func TestSharedSettingsRefuseZero(t *testing.T) {
+	t.Parallel()
+	for _, name := range []string{"EFFECTS_SHUTDOWN_TIMEOUT", "EFFECTS_STREAM_MAX_AGE", "EFFECTS_DUPLICATE_WINDOW", "EFFECTS_STREAM_REPLICAS"} {
+		env := map[string]string{"DATABASE_URL": "postgres://u@127.0.0.1:1/db", "NATS_URL": "nats://127.0.0.1:1",
+			"EFFECTS_ADMIN_ADDR": "127.0.0.1:0", name: "0"}
+		for _, args := range [][]string{nil, {"migrate"}} {
+			out, err := command(t, testCtx(t), env, args...).CombinedOutput()
+			if code := exitCode(err); code != 2 || !bytes.Contains(out, []byte(name+`=\"0\"`)) {
+				t.Errorf("%s=0, args %q: exit %d, want 2 naming it:\n%s", name, args, code, out)
+			}
+		}
+	}
 }

@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/effects-run/effects/internal/ingest"
@@ -17,21 +18,28 @@ func main() {
 		if err != nil {
 			return &service.ConfigError{Err: err}
 		}
-		ns := natsconn.SettingsFromEnv(d.Env)
-		if err := d.Env.Err(); err != nil {
-			return &service.ConfigError{Err: err}
-		}
-		nc, js, err := natsconn.Connect(ns.URL, "effects-ingest", d.Logger, 0)
+		nc, js, err := natsconn.Connect(d.Shared.NATSURL, "effects-ingest", d.Logger, 0)
 		if err != nil {
 			return err
 		}
 		defer natsconn.Close(nc, 5*time.Second)
+		// A server found too old after the start stops the ingest with
+		// the reason: it could publish nothing.
+		ctx, cancel := context.WithCancelCause(ctx)
+		defer cancel(nil)
+		natsconn.OnRefused(nc, cancel)
 		d.Checks.Add("nats", natsconn.Ready(nc))
 		srv, err := ingest.New(cfg, js, d.Logger, d.Registry)
 		if err != nil {
 			return err
 		}
 		d.Checks.Add("streams", srv.Ready)
-		return srv.Run(ctx)
+		if err := srv.Run(ctx); err != nil {
+			return err
+		}
+		if cause := context.Cause(ctx); errors.Is(cause, natsconn.ErrServerTooOld) {
+			return cause
+		}
+		return nil
 	})
 }

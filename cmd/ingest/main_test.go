@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"strings"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/effects-run/effects/internal/natsconn"
 	"github.com/effects-run/effects/internal/testenv"
 	"github.com/effects-run/effects/pkg/effects"
 )
@@ -344,3 +346,52 @@ func post(t *testing.T, url, secret string, body []byte) (int, string) {
 }
 
 var httpClient = &http.Client{Timeout: 15 * time.Second}
+
+// TestRefusesAnOldNATSServer: against a 2.9 server (which ignores the reason
+// of a terminate and so would redeliver failed effects forever) the ingest
+// does not start, and says why.
+func TestRefusesAnOldNATSServer(t *testing.T) {
+	t.Parallel()
+	for _, s := range testenv.OldNATSServers(t, "2.9.10") {
+		t.Run(s.Name, func(t *testing.T) {
+			p := testenv.StartProcess(t, selector, map[string]string{
+				"NATS_URL": s.URL, "EFFECTS_WEBHOOK_SECRET": secret,
+				"EFFECTS_ADMIN_ADDR": "127.0.0.1:0", "EFFECTS_HTTP_ADDR": "127.0.0.1:0",
+			})
+			if code := p.Wait(t); code != 1 {
+				t.Fatalf("exit %d, want 1\n%s", code, p.Output())
+			}
+			l := p.FindLog(t, "ingest", "stopped with an error")
+			if l == nil || !strings.Contains(fmt.Sprint(l["error"]), "nats-server is too old: it is 2.9.") ||
+				!strings.Contains(fmt.Sprint(l["error"]), natsconn.MinServerVersion) {
+				t.Errorf("no error naming the version and the minimum\n%s", p.Output())
+			}
+		})
+	}
+}
+
+// TestStopsWhenALaterServerIsTooOld: NATS is down when the ingest starts;
+// the server that comes up is 2.9. The ingest stops with the reason rather
+// than run on answering 503 forever.
+func TestStopsWhenALaterServerIsTooOld(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // nothing answers until the stand-in below
+	p := testenv.StartProcess(t, selector, map[string]string{
+		"NATS_URL": "nats://" + addr, "EFFECTS_WEBHOOK_SECRET": secret,
+		"EFFECTS_ADMIN_ADDR": "127.0.0.1:0", "EFFECTS_HTTP_ADDR": "127.0.0.1:0",
+	})
+	p.WaitForLog(t, "ingest listening")
+	testenv.ServeFakeNATS(t, addr, "2.9.10")
+	if code := p.Wait(t); code != 1 {
+		t.Fatalf("exit %d, want 1\n%s", code, p.Output())
+	}
+	l := p.FindLog(t, "ingest", "stopped with an error")
+	if l == nil || !strings.Contains(fmt.Sprint(l["error"]), "nats-server is too old: it is 2.9.10") {
+		t.Errorf("no error naming the old version\n%s", p.Output())
+	}
+}

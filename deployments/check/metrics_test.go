@@ -62,7 +62,7 @@ func TestRulesAndDashboardQueryExportedMetrics(t *testing.T) {
 	const secret = "metrics-test-secret"
 	common := map[string]string{"NATS_URL": nats.URL, "EFFECTS_ADMIN_ADDR": "127.0.0.1:0", "EFFECTS_LOG_LEVEL": "info"}
 
-	migrate := testenv.StartBinary(t, bin("completer"), []string{"migrate"}, map[string]string{"DATABASE_URL": pg.URL})
+	migrate := testenv.StartBinary(t, bin("completer"), []string{"migrate"}, map[string]string{"DATABASE_URL": pg.URL, "NATS_URL": nats.URL})
 	if code := migrate.Wait(t); code != 0 {
 		t.Fatalf("completer migrate: exit %d\n%s", code, migrate.Output())
 	}

@@ -57,7 +57,7 @@ func TestServicesStartWithTheDeployedSettings(t *testing.T) {
 	dir := builtBinaries(t)
 	nats := testenv.StartNATS(t)
 	pg := testenv.StartPostgres(t)
-	migrate := testenv.StartBinary(t, filepath.Join(dir, "completer"), []string{"migrate"}, map[string]string{"DATABASE_URL": pg.URL})
+	migrate := testenv.StartBinary(t, filepath.Join(dir, "completer"), []string{"migrate"}, map[string]string{"DATABASE_URL": pg.URL, "NATS_URL": nats.URL})
 	if code := migrate.Wait(t); code != 0 {
 		t.Fatalf("completer migrate: exit %d\n%s", code, migrate.Output())
 	}

@@ -144,6 +144,9 @@ type result struct {
 	kind    string  // the row's kind, when written
 	age     float64 // seconds from the row's created_at to the write, when written
 	reason  string  // why PostgreSQL rejected it
+	// substituted: PostgreSQL refused the completion's values and a failed
+	// completion saying so was written in its place.
+	substituted bool
 }
 
 // writeSQL is the one statement that writes a batch. The arrays carry one

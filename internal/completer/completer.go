@@ -33,6 +33,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/effects-run/effects/internal/kindlabel"
 	"github.com/effects-run/effects/internal/retry"
 	"github.com/effects-run/effects/internal/schema"
 	"github.com/effects-run/effects/pkg/effects"
@@ -46,6 +47,7 @@ type Completer struct {
 	js     jetstream.JetStream
 	logger *slog.Logger
 	m      *metrics
+	kinds  *kindlabel.Set // bounds the kind label
 	table  schema.Table
 	// secrets are replaced in every error text the completer logs or
 	// serves (pgx errors may quote connection settings).
@@ -84,6 +86,7 @@ func New(cfg Config, pool *pgxpool.Pool, js jetstream.JetStream, logger *slog.Lo
 		js:     js,
 		logger: logger,
 		m:      m,
+		kinds:  kindlabel.New(kindlabel.DefaultMax),
 		table:  table,
 	}
 	for _, s := range []string{cfg.DatabaseURL, pool.Config().ConnConfig.Password} {
@@ -145,21 +148,9 @@ func (c *Completer) Run(ctx context.Context) error {
 		hardCancel()
 	}()
 
-	inbox := make(chan jetstream.Msg, c.cfg.BatchSize)
-	quit := make(chan struct{}) // closed when the completer gives up what it holds
-	cc, err := cons.Consume(func(msg jetstream.Msg) {
-		select {
-		case <-quit: // checked first: once the writers are gone, queue nothing
-			c.handBack(msg)
-			return
-		default:
-		}
-		select {
-		case inbox <- msg:
-		case <-quit:
-			c.handBack(msg)
-		}
-	},
+	in := newIntake(c.cfg.BatchSize, c.handBack)
+	inbox := in.ch
+	cc, err := cons.Consume(in.deliver,
 		// The client buffers two batches, so that the next batch is there
 		// as soon as a writer is free.
 		jetstream.PullMaxMessages(2*c.cfg.BatchSize),
@@ -207,10 +198,64 @@ func (c *Completer) Run(ctx context.Context) error {
 	case <-closed:
 		close(drained)
 	case <-hard.Done():
-		close(quit)
+		in.close()
 	}
 	wg.Wait()
+	// The writers are gone. Without a server the drain above was not waited
+	// for, and the client may still hand over what it had buffered: from now
+	// on the callback gives every message back instead of waiting for a
+	// writer that will never come.
+	in.close()
+	if n := in.handBackQueued(); n > 0 {
+		c.logger.Warn("stopping: completions not written were handed back to JetStream", "count", n)
+	}
 	return nil
+}
+
+// intake carries messages from the consume callback to the writers. Once
+// closed, the callback hands every message back at once: it must never block
+// on writers that have stopped, or the client's delivery goroutine would hang
+// for good (with NATS down nothing else would ever end it).
+type intake struct {
+	ch       chan jetstream.Msg
+	quit     chan struct{}
+	quitOnce sync.Once
+	back     func(jetstream.Msg)
+}
+
+func newIntake(size int, back func(jetstream.Msg)) *intake {
+	return &intake{ch: make(chan jetstream.Msg, size), quit: make(chan struct{}), back: back}
+}
+
+// deliver is the consume callback.
+func (in *intake) deliver(msg jetstream.Msg) {
+	select {
+	case <-in.quit: // checked first: once closed, queue nothing
+		in.back(msg)
+		return
+	default:
+	}
+	select {
+	case in.ch <- msg:
+	case <-in.quit:
+		in.back(msg)
+	}
+}
+
+func (in *intake) close() { in.quitOnce.Do(func() { close(in.quit) }) }
+
+// handBackQueued hands back what is still queued and says how much.
+func (in *intake) handBackQueued() int {
+	n := 0
+	for {
+		select {
+		case msg := <-in.ch:
+			in.back(msg)
+			n++
+		default:
+			return n
+		}
+	}
 }
 
 var alreadyClosed = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
@@ -260,6 +305,11 @@ func (c *Completer) ensureConsumer(ctx context.Context) (jetstream.Consumer, err
 	defer cancel()
 	if err := effects.EnsureStreams(ctx, c.js, c.cfg.Streams); err != nil {
 		return nil, err
+	}
+	if drift, err := effects.StreamDrift(ctx, c.js, c.cfg.Streams); err == nil && len(drift) > 0 {
+		c.logger.Warn("the streams differ from this service's EFFECTS_STREAM_MAX_AGE, EFFECTS_DUPLICATE_WINDOW or "+
+			"EFFECTS_STREAM_REPLICAS; services never change a stream: run `completer migrate streams` to apply them",
+			"differences", drift)
 	}
 	cons, err := c.js.CreateOrUpdateConsumer(ctx, effects.CompletedStream, c.ConsumerConfig())
 	if err != nil {
@@ -419,7 +469,7 @@ func (wk *worker) process(ctx context.Context, msgs []jetstream.Msg) {
 		switch r := it.res; r.outcome {
 		case written:
 			c.m.written[it.comp.Status].Inc()
-			c.m.endToEnd.WithLabelValues(kindLabel(r.kind)).Observe(r.age)
+			c.m.endToEnd.WithLabelValues(c.kinds.Label(r.kind)).Observe(r.age)
 			c.settle(it.msg.Ack())
 		case unchanged:
 			c.m.skipped[ReasonUnchanged].Inc()
@@ -459,12 +509,47 @@ func (wk *worker) writeBatch(ctx context.Context, rows []*item) {
 	}
 	// A value error: find the completion PostgreSQL refuses by halving.
 	if len(rows) == 1 {
-		rows[0].res = result{outcome: rejected, reason: "PostgreSQL refused the completion: " + err.Error()}
+		wk.writeRefused(ctx, rows[0], err)
 		return
 	}
 	h := len(rows) / 2
 	wk.writeBatch(ctx, rows[:h])
 	wk.writeBatch(ctx, rows[h:])
+}
+
+// writeRefused writes, in place of a completion PostgreSQL refused, a failed
+// completion without a value whose error says why: the side effect may well
+// have happened, and a row left pending would hide that. Only when even that
+// is refused (it cannot be: its values are checked here) is the message
+// terminated.
+func (wk *worker) writeRefused(ctx context.Context, it *item, refusal error) {
+	orig := it.comp
+	reason := "the completion could not be stored: PostgreSQL refused it: " + storableText(refusal.Error())
+	if orig.Status == effects.StatusFailed && orig.Error != nil {
+		reason = storableText(*orig.Error) + " (" + reason + ")"
+	}
+	sub := *it
+	sub.comp.Status = effects.StatusFailed
+	sub.comp.Error = &reason
+	sub.completion = nil
+	row := []*item{&sub}
+	if err := wk.writeRetrying(ctx, row); err != nil {
+		if ctx.Err() == nil {
+			it.res = result{outcome: rejected, reason: "PostgreSQL refused the completion: " + storableText(refusal.Error())}
+		}
+		return
+	}
+	it.res = sub.res
+	it.res.substituted = true
+	it.comp.Status = sub.comp.Status // counted as what was written
+	wk.c.logger.Warn("PostgreSQL refused a completion; the effect is failed with the reason instead",
+		"effect_id", it.comp.EffectID, "subject", it.msg.Subject(), "error", refusal)
+}
+
+// storableText is s as PostgreSQL text takes it: valid UTF-8 without NUL.
+func storableText(s string) string {
+	s = strings.ToValidUTF8(s, "\uFFFD")
+	return strings.ReplaceAll(s, "\x00", "\uFFFD")
 }
 
 // writeRetrying runs the statement until it succeeds, PostgreSQL refuses the

@@ -3,9 +3,11 @@ package completer_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -264,9 +266,7 @@ func TestValueRefusedByPostgresIsIsolated(t *testing.T) {
 	for i, id := range ids {
 		want := "succeeded"
 		switch i {
-		case 2:
-			want = "pending"
-		case 4:
+		case 2, 4:
 			want = "failed"
 		}
 		if r := b.row(t, id); r.Status != want {
@@ -276,11 +276,46 @@ func TestValueRefusedByPostgresIsIsolated(t *testing.T) {
 	if r := b.row(t, ids[4]); !strings.HasPrefix(r.Error, "nul ") {
 		t.Errorf("error text: %q", r.Error)
 	}
-	if got := b.metric(t, "effects_completions_skipped_total", "reason", "malformed"); got != 1 {
-		t.Errorf("skipped{malformed} = %v, want 1", got)
+	if r := b.row(t, ids[2]); r.Completion != "<null>" || !strings.Contains(r.Error, "PostgreSQL refused it") {
+		t.Errorf("refused completion: %+v", r)
 	}
-	if got := b.metric(t, "effects_completions_written_total"); got != 4 {
-		t.Errorf("written = %v, want 4", got)
+	if got := b.metric(t, "effects_completions_written_total"); got != 5 {
+		t.Errorf("written = %v, want 5", got)
+	}
+}
+
+// TestCompletionPostgresRefusesFailsTheRow: a completion whose value jsonb
+// refuses is not dropped: the row is failed with the reason, completion
+// NULL, for each kind of value PostgreSQL cannot store.
+func TestCompletionPostgresRefusesFailsTheRow(t *testing.T) {
+	t.Parallel()
+	b := setup(t, setupOpts{noStart: true})
+	now := time.Now().UTC().Format(time.RFC3339Nano)
+	cases := []struct {
+		name, completion, wantInError string
+	}{
+		{"NUL in a string", `{"s": "a\u0000b"}`, "refused"},
+		{"number beyond numeric", `{"n": 1e1000000}`, "refused"},
+		{"invalid UTF-8", "{\"s\": \"\xff\xfe\"}", "refused"},
+	}
+	ids := make([]string, len(cases))
+	for i, c := range cases {
+		ids[i] = b.insert(t, "echo")
+		data := fmt.Sprintf(`{"effect_id":%q,"kind":"echo","status":"succeeded","completion":%s,"error":null,"attempts":1,"completed_at":%q}`,
+			ids[i], c.completion, now)
+		b.publishRaw(t, effects.CompletedSubject("echo"), []byte(data))
+	}
+	b.start(t)
+	b.waitSettled(t)
+	for i, c := range cases {
+		r := b.row(t, ids[i])
+		if r.Status != "failed" || r.Completion != "<null>" || !strings.Contains(r.Error, c.wantInError) ||
+			!utf8.ValidString(r.Error) || r.Attempts != 1 {
+			t.Errorf("%s: row %+v, want failed, completion NULL, error naming the refusal", c.name, r)
+		}
+	}
+	if got := b.metric(t, "effects_completions_written_total", "status", "failed"); got != float64(len(cases)) {
+		t.Errorf("written{failed} = %v, want %d", got, len(cases))
 	}
 }
 

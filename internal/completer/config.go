@@ -8,6 +8,7 @@ import (
 
 	"github.com/effects-run/effects/internal/envconfig"
 	"github.com/effects-run/effects/internal/schema"
+	"github.com/effects-run/effects/internal/settings"
 	"github.com/effects-run/effects/pkg/effects"
 )
 
@@ -68,8 +69,9 @@ type Config struct {
 	// is asked for, how long the completer goes on writing the completions it
 	// already holds. What it still holds then is handed back to JetStream.
 	ShutdownTimeout time.Duration
-	// Streams are the stream settings passed to [effects.EnsureStreams]; the
-	// caller fills them from [natsconn.SettingsFromEnv].
+	// Streams are the stream settings: [effects.EnsureStreams] creates a
+	// missing stream with them, and `completer migrate` applies them to
+	// existing ones ([effects.ApplyStreams]). Read by [settings.Streams].
 	Streams effects.StreamOptions
 }
 
@@ -80,7 +82,7 @@ const (
 	DefaultAckWait         = 30 * time.Second
 	DefaultRetryMax        = 10 * time.Second
 	DefaultWriteTimeout    = 10 * time.Second
-	DefaultShutdownTimeout = 30 * time.Second
+	DefaultShutdownTimeout = settings.DefaultShutdownTimeout
 )
 
 // ConfigFromEnv reads the completer's environment variables. It fails when
@@ -95,7 +97,8 @@ func ConfigFromEnv(r *envconfig.Reader) (Config, error) {
 		AckWait:         r.Duration("EFFECTS_COMPLETER_ACK_WAIT", DefaultAckWait),
 		RetryMax:        r.Duration("EFFECTS_COMPLETER_RETRY_MAX", DefaultRetryMax),
 		WriteTimeout:    r.Duration("EFFECTS_COMPLETER_WRITE_TIMEOUT", DefaultWriteTimeout),
-		ShutdownTimeout: r.Duration("EFFECTS_SHUTDOWN_TIMEOUT", DefaultShutdownTimeout),
+		ShutdownTimeout: settings.ShutdownTimeout(r),
+		Streams:         settings.Streams(r),
 	}
 	if err := r.Err(); err != nil {
 		return Config{}, err

@@ -28,6 +28,10 @@ func FromMap(m map[string]string) *Reader {
 // Err is the first error met.
 func (r *Reader) Err() error { return r.err }
 
+// Fail records an error about variable name holding value, unless one was
+// recorded already; want says what it should be.
+func (r *Reader) Fail(name, value, want string) { r.fail(name, value, want) }
+
 func (r *Reader) fail(name, value, want string) {
 	if r.err == nil {
 		r.err = fmt.Errorf("%s=%q: %s", name, value, want)
@@ -112,4 +116,27 @@ func (r *Reader) List(name string) []string {
 		}
 	}
 	return out
+}
+
+// PositiveDuration is [Reader.Duration] for a setting that must be above
+// zero: an explicit 0 or a negative value is an error, never the default.
+func (r *Reader) PositiveDuration(name string, def time.Duration) time.Duration {
+	v, ok := r.get(name)
+	d := r.Duration(name, def)
+	if ok && d <= 0 && r.err == nil {
+		r.fail(name, v, "want a positive duration; unset the variable for the default ("+def.String()+")")
+		return def
+	}
+	return d
+}
+
+// IntRange is [Reader.Int] for a setting that must lie in [lo, hi].
+func (r *Reader) IntRange(name string, def, lo, hi int) int {
+	v, ok := r.get(name)
+	n := r.Int(name, def)
+	if ok && (n < lo || n > hi) && r.err == nil {
+		r.fail(name, v, fmt.Sprintf("want %d to %d", lo, hi))
+		return def
+	}
+	return n
 }

@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/effects-run/effects/internal/envconfig"
-	"github.com/effects-run/effects/internal/natsconn"
+	"github.com/effects-run/effects/internal/settings"
 	"github.com/effects-run/effects/pkg/effects"
 )
 
@@ -20,7 +20,10 @@ const (
 	DefaultMaxBodyBytes    = 4 << 20
 	DefaultPublishTimeout  = 5 * time.Second
 	DefaultRetryAfter      = 5 * time.Second
-	DefaultShutdownTimeout = 30 * time.Second
+	DefaultShutdownTimeout = settings.DefaultShutdownTimeout
+	// DefaultConsumerCheckInterval is how often the ingest looks for kinds
+	// with effects that no consumer takes.
+	DefaultConsumerCheckInterval = time.Minute
 
 	// BodyOverhead is how much larger than EFFECTS_MAX_PAYLOAD_BYTES the
 	// request body limit must at least be: a Hasura body carries the row's
@@ -73,10 +76,24 @@ type Config struct {
 	// stop waits for requests in flight to get their acks and replies.
 	ShutdownTimeout time.Duration
 
-	// Streams are the stream settings applied at start:
+	// ConsumerCheckInterval is EFFECTS_CONSUMER_CHECK_INTERVAL, default 1m:
+	// how often the ingest compares the kinds with effects in the EFFECTS
+	// stream against the consumers' filter subjects, and reports the kinds
+	// no consumer takes (metric effects_kinds_without_consumer, and a log
+	// line when that set changes).
+	ConsumerCheckInterval time.Duration
+
+	// Kinds is EFFECTS_KINDS, default empty (every valid kind): when set,
+	// the only kinds the ingest publishes; a row of any other kind is
+	// failed at once with the reason, instead of waiting out the stream's
+	// retention with nobody to handle it.
+	Kinds []string
+
+	// Streams are the settings of a stream the ingest creates because it
+	// does not exist yet (an existing stream is never changed):
 	// EFFECTS_STREAM_MAX_AGE (default 168h), EFFECTS_DUPLICATE_WINDOW
 	// (default 2m) and EFFECTS_STREAM_REPLICAS (default 1), read by
-	// [natsconn.SettingsFromEnv].
+	// [settings.Streams].
 	Streams effects.StreamOptions
 }
 
@@ -84,15 +101,17 @@ type Config struct {
 // validates it. An error names the variable that is wrong.
 func ConfigFromEnv(r *envconfig.Reader) (Config, error) {
 	cfg := Config{
-		HTTPAddr:         r.String("EFFECTS_HTTP_ADDR", DefaultHTTPAddr),
-		WebhookSecret:    strings.TrimSpace(r.Secret("EFFECTS_WEBHOOK_SECRET")),
-		InsecureNoSecret: r.Bool("EFFECTS_INSECURE_NO_SECRET", false),
-		MaxPayloadBytes:  r.Int("EFFECTS_MAX_PAYLOAD_BYTES", DefaultMaxPayloadBytes),
-		MaxBodyBytes:     r.Int("EFFECTS_MAX_BODY_BYTES", 0), // 0: derived from MaxPayloadBytes
-		PublishTimeout:   r.Duration("EFFECTS_PUBLISH_TIMEOUT", DefaultPublishTimeout),
-		RetryAfter:       r.Duration("EFFECTS_RETRY_AFTER", DefaultRetryAfter),
-		ShutdownTimeout:  r.Duration("EFFECTS_SHUTDOWN_TIMEOUT", DefaultShutdownTimeout),
-		Streams:          natsconn.SettingsFromEnv(r).Streams,
+		HTTPAddr:              r.String("EFFECTS_HTTP_ADDR", DefaultHTTPAddr),
+		WebhookSecret:         strings.TrimSpace(r.Secret("EFFECTS_WEBHOOK_SECRET")),
+		InsecureNoSecret:      r.Bool("EFFECTS_INSECURE_NO_SECRET", false),
+		MaxPayloadBytes:       r.Int("EFFECTS_MAX_PAYLOAD_BYTES", DefaultMaxPayloadBytes),
+		MaxBodyBytes:          r.Int("EFFECTS_MAX_BODY_BYTES", 0), // 0: derived from MaxPayloadBytes
+		PublishTimeout:        r.Duration("EFFECTS_PUBLISH_TIMEOUT", DefaultPublishTimeout),
+		RetryAfter:            r.Duration("EFFECTS_RETRY_AFTER", DefaultRetryAfter),
+		ShutdownTimeout:       settings.ShutdownTimeout(r),
+		Kinds:                 r.List("EFFECTS_KINDS"),
+		ConsumerCheckInterval: r.PositiveDuration("EFFECTS_CONSUMER_CHECK_INTERVAL", DefaultConsumerCheckInterval),
+		Streams:               settings.Streams(r),
 	}
 	if err := r.Err(); err != nil {
 		return Config{}, err
@@ -124,6 +143,9 @@ func (c Config) WithDefaults() Config {
 	if c.ShutdownTimeout == 0 {
 		c.ShutdownTimeout = DefaultShutdownTimeout
 	}
+	if c.ConsumerCheckInterval == 0 {
+		c.ConsumerCheckInterval = DefaultConsumerCheckInterval
+	}
 	c.Streams = c.Streams.WithDefaults()
 	return c
 }
@@ -149,6 +171,13 @@ func (c Config) Validate() error {
 		return fmt.Errorf("EFFECTS_RETRY_AFTER=%s: want a positive duration", c.RetryAfter)
 	case c.ShutdownTimeout <= 0:
 		return fmt.Errorf("EFFECTS_SHUTDOWN_TIMEOUT=%s: want a positive duration", c.ShutdownTimeout)
+	case c.ConsumerCheckInterval <= 0:
+		return fmt.Errorf("EFFECTS_CONSUMER_CHECK_INTERVAL=%s: want a positive duration", c.ConsumerCheckInterval)
+	}
+	for _, k := range c.Kinds {
+		if err := effects.ValidateKind(k); err != nil {
+			return fmt.Errorf("EFFECTS_KINDS: %w", err)
+		}
 	}
 	if err := c.Streams.Validate(); err != nil {
 		return fmt.Errorf("EFFECTS_STREAM_MAX_AGE, EFFECTS_DUPLICATE_WINDOW or EFFECTS_STREAM_REPLICAS: %w", err)
@@ -174,6 +203,8 @@ func (c Config) LogValue() slog.Value {
 		slog.Duration("publish_timeout", c.PublishTimeout),
 		slog.Duration("retry_after", c.RetryAfter),
 		slog.Duration("shutdown_timeout", c.ShutdownTimeout),
+		slog.Duration("consumer_check_interval", c.ConsumerCheckInterval),
+		slog.Any("kinds", c.Kinds),
 	)
 }
 
@@ -183,9 +214,9 @@ func (c Config) GoString() string { return c.String() }
 // String keeps the secret out of fmt output (%v, %+v) too.
 func (c Config) String() string {
 	return fmt.Sprintf("ingest.Config{HTTPAddr:%q WebhookSecret:%s InsecureNoSecret:%t MaxPayloadBytes:%d "+
-		"MaxBodyBytes:%d PublishTimeout:%s RetryAfter:%s ShutdownTimeout:%s}",
+		"MaxBodyBytes:%d PublishTimeout:%s RetryAfter:%s ShutdownTimeout:%s ConsumerCheckInterval:%s Kinds:%q Streams:%+v}",
 		c.HTTPAddr, redacted(c.WebhookSecret), c.InsecureNoSecret, c.MaxPayloadBytes,
-		c.MaxBodyBytes, c.PublishTimeout, c.RetryAfter, c.ShutdownTimeout)
+		c.MaxBodyBytes, c.PublishTimeout, c.RetryAfter, c.ShutdownTimeout, c.ConsumerCheckInterval, c.Kinds, c.Streams)
 }
 
 func redacted(secret string) string {

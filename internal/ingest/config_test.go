@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"log/slog"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -22,16 +23,17 @@ func TestConfigFromEnvDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := ingest.Config{
-		HTTPAddr:        ":8080",
-		WebhookSecret:   "s3cret",
-		MaxPayloadBytes: 512 << 10,
-		MaxBodyBytes:    4 << 20,
-		PublishTimeout:  5 * time.Second,
-		RetryAfter:      5 * time.Second,
-		ShutdownTimeout: 30 * time.Second,
-		Streams:         effects.StreamOptions{MaxAge: 168 * time.Hour, Duplicates: 2 * time.Minute, Replicas: 1},
+		HTTPAddr:              ":8080",
+		WebhookSecret:         "s3cret",
+		MaxPayloadBytes:       512 << 10,
+		MaxBodyBytes:          4 << 20,
+		PublishTimeout:        5 * time.Second,
+		RetryAfter:            5 * time.Second,
+		ShutdownTimeout:       30 * time.Second,
+		ConsumerCheckInterval: time.Minute,
+		Streams:               effects.StreamOptions{MaxAge: 168 * time.Hour, Duplicates: 2 * time.Minute, Replicas: 1},
 	}
-	if cfg != want {
+	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("config\n%+v\nwant\n%+v", cfg, want)
 	}
 	if cfg.WebhookSecret != want.WebhookSecret {
@@ -42,31 +44,35 @@ func TestConfigFromEnvDefaults(t *testing.T) {
 func TestConfigFromEnvReadsEveryVariable(t *testing.T) {
 	t.Parallel()
 	cfg, err := ingest.ConfigFromEnv(envconfig.FromMap(map[string]string{
-		"EFFECTS_HTTP_ADDR":          "127.0.0.1:18080",
-		"EFFECTS_INSECURE_NO_SECRET": "1",
-		"EFFECTS_MAX_PAYLOAD_BYTES":  "1000",
-		"EFFECTS_MAX_BODY_BYTES":     "100000",
-		"EFFECTS_PUBLISH_TIMEOUT":    "250ms",
-		"EFFECTS_RETRY_AFTER":        "30s",
-		"EFFECTS_SHUTDOWN_TIMEOUT":   "1m",
-		"EFFECTS_STREAM_MAX_AGE":     "24h",
-		"EFFECTS_DUPLICATE_WINDOW":   "10m",
-		"EFFECTS_STREAM_REPLICAS":    "3",
+		"EFFECTS_HTTP_ADDR":               "127.0.0.1:18080",
+		"EFFECTS_INSECURE_NO_SECRET":      "1",
+		"EFFECTS_MAX_PAYLOAD_BYTES":       "1000",
+		"EFFECTS_MAX_BODY_BYTES":          "100000",
+		"EFFECTS_PUBLISH_TIMEOUT":         "250ms",
+		"EFFECTS_RETRY_AFTER":             "30s",
+		"EFFECTS_SHUTDOWN_TIMEOUT":        "1m",
+		"EFFECTS_STREAM_MAX_AGE":          "24h",
+		"EFFECTS_DUPLICATE_WINDOW":        "10m",
+		"EFFECTS_STREAM_REPLICAS":         "3",
+		"EFFECTS_KINDS":                   "send_email, http_request",
+		"EFFECTS_CONSUMER_CHECK_INTERVAL": "10s",
 	}))
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := ingest.Config{
-		HTTPAddr:         "127.0.0.1:18080",
-		InsecureNoSecret: true,
-		MaxPayloadBytes:  1000,
-		MaxBodyBytes:     100000,
-		PublishTimeout:   250 * time.Millisecond,
-		RetryAfter:       30 * time.Second,
-		ShutdownTimeout:  time.Minute,
-		Streams:          effects.StreamOptions{MaxAge: 24 * time.Hour, Duplicates: 10 * time.Minute, Replicas: 3},
+		HTTPAddr:              "127.0.0.1:18080",
+		InsecureNoSecret:      true,
+		MaxPayloadBytes:       1000,
+		MaxBodyBytes:          100000,
+		PublishTimeout:        250 * time.Millisecond,
+		RetryAfter:            30 * time.Second,
+		ShutdownTimeout:       time.Minute,
+		ConsumerCheckInterval: 10 * time.Second,
+		Streams:               effects.StreamOptions{MaxAge: 24 * time.Hour, Duplicates: 10 * time.Minute, Replicas: 3},
+		Kinds:                 []string{"send_email", "http_request"},
 	}
-	if cfg != want {
+	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("config\n%+v\nwant\n%+v", cfg, want)
 	}
 }
@@ -106,6 +112,12 @@ func TestConfigErrorsNameTheVariable(t *testing.T) {
 		{"negative publish timeout", map[string]string{"EFFECTS_WEBHOOK_SECRET": "s", "EFFECTS_PUBLISH_TIMEOUT": "-1s"}, []string{"EFFECTS_PUBLISH_TIMEOUT"}},
 		{"negative retry after", map[string]string{"EFFECTS_WEBHOOK_SECRET": "s", "EFFECTS_RETRY_AFTER": "-5s"}, []string{"EFFECTS_RETRY_AFTER"}},
 		{"negative shutdown timeout", map[string]string{"EFFECTS_WEBHOOK_SECRET": "s", "EFFECTS_SHUTDOWN_TIMEOUT": "-1s"}, []string{"EFFECTS_SHUTDOWN_TIMEOUT"}},
+		{"zero shutdown timeout: an error, never the default", map[string]string{"EFFECTS_WEBHOOK_SECRET": "s", "EFFECTS_SHUTDOWN_TIMEOUT": "0"},
+			[]string{`EFFECTS_SHUTDOWN_TIMEOUT="0"`, "unset the variable for the default (30s)"}},
+		{"zero stream max age", map[string]string{"EFFECTS_WEBHOOK_SECRET": "s", "EFFECTS_STREAM_MAX_AGE": "0s"}, []string{"EFFECTS_STREAM_MAX_AGE"}},
+		{"zero replicas", map[string]string{"EFFECTS_WEBHOOK_SECRET": "s", "EFFECTS_STREAM_REPLICAS": "0"}, []string{"EFFECTS_STREAM_REPLICAS"}},
+		{"a kind in the allow-list that is not valid", map[string]string{"EFFECTS_WEBHOOK_SECRET": "s", "EFFECTS_KINDS": "send_email,a.b"},
+			[]string{"EFFECTS_KINDS", "a.b"}},
 		{"duplicate window over max age", map[string]string{"EFFECTS_WEBHOOK_SECRET": "s", "EFFECTS_STREAM_MAX_AGE": "1m", "EFFECTS_DUPLICATE_WINDOW": "2m"},
 			[]string{"EFFECTS_DUPLICATE_WINDOW"}},
 	} {

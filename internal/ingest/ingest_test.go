@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -767,7 +768,7 @@ func TestMessageOverNATSMaxPayloadIsFailed(t *testing.T) {
 	payload := `"` + strings.Repeat("x", 1100<<10) + `"`
 	got := reply(t, b.post(t, rawEvent(eventID, "INSERT", rawRow(rowID, "big", payload))), http.StatusOK)
 	reason, _ := got["rejected"].(string)
-	if !strings.HasPrefix(reason, "the effect message is ") || !strings.HasSuffix(reason, "bytes, more than the NATS server accepts (max_payload 1048576)") {
+	if !strings.HasPrefix(reason, "the effect message is ") || !strings.HasSuffix(reason, "more than the NATS server accepts (max_payload 1048576)") {
 		t.Errorf("reply %v", got)
 	}
 	c, err := effects.ParseCompletion(b.lastMsg(t, effects.CompletedStream, "effects.completed.big").Data)
@@ -783,6 +784,87 @@ func TestMessageOverNATSMaxPayloadIsFailed(t *testing.T) {
 	if n := b.count(t, effects.EffectsStream); n != 0 {
 		t.Errorf("%d effects stored", n)
 	}
+}
+
+// TestEffectMessageSizeIsCheckedBeforePublishing: payload and session
+// variables each within their limits, together over the server's
+// max_payload. The row is failed with its size and the limit, and the
+// message never reaches the client's async publish, whose timer would hold
+// it (and memory) until the async publish timeout. One byte less is
+// published: the count matches the server's.
+func TestEffectMessageSizeIsCheckedBeforePublishing(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	spy := &publishSpy{JetStream: b.js}
+	b = newBundle(t, b.nats, b.nc, spy)
+	limit := int(b.nc.MaxPayload())
+	payload := `"` + strings.Repeat("p", 400<<10) + `"`
+	event := func(rowID, eventID string, svLen int) []byte {
+		sv := `{"x-hasura-role":"user","x-hasura-blob":"` + strings.Repeat("s", svLen) + `"}`
+		return bytes.Replace(rawEvent(eventID, "INSERT", rawRow(rowID, "big_sv", payload)),
+			[]byte(`"session_variables":null`), []byte(`"session_variables":`+sv), 1)
+	}
+
+	// A small message first, to learn the envelope's size.
+	reply(t, b.post(t, event(newUUID(t), newUUID(t), 1)), http.StatusOK)
+	if spy.calls.Load() != 1 {
+		t.Fatalf("%d publishes", spy.calls.Load())
+	}
+	small := int(spy.lastSize.Load())
+	atLimit := 1 + limit - small
+
+	got := reply(t, b.post(t, event(newUUID(t), newUUID(t), atLimit)), http.StatusOK)
+	if got["duplicate"] != false || spy.lastSize.Load() != int64(limit) {
+		t.Fatalf("a message of exactly max_payload (%d bytes): reply %v, published %d bytes", limit, got, spy.lastSize.Load())
+	}
+
+	rowID := newUUID(t)
+	got = reply(t, b.post(t, event(rowID, newUUID(t), atLimit+1)), http.StatusOK)
+	reason, _ := got["rejected"].(string)
+	want := fmt.Sprintf("the effect message is %d bytes (payload %d, session_variables %d, the rest envelope and headers), "+
+		"more than the NATS server accepts (max_payload %d)", limit+1, len(payload), atLimit+1+len(`{"x-hasura-role":"user","x-hasura-blob":""}`), limit)
+	if reason != want {
+		t.Errorf("reason\n%s\nwant\n%s", reason, want)
+	}
+	if n := spy.calls.Load(); n != 2 {
+		t.Errorf("%d async publishes, want 2: the oversized message was handed to the client", n)
+	}
+	c, err := effects.ParseCompletion(b.lastMsg(t, effects.CompletedStream, "effects.completed.big_sv").Data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.EffectID != rowID || c.Status != effects.StatusFailed || c.Error == nil || *c.Error != reason {
+		t.Errorf("completion %+v", c)
+	}
+	if n := b.count(t, effects.EffectsStream); n != 2 {
+		t.Errorf("%d effects stored, want 2", n)
+	}
+}
+
+// publishSpy counts the async publishes of effects (not completions) that
+// reach JetStream and the size of the last one, as the server counts it.
+type publishSpy struct {
+	jetstream.JetStream
+	calls    atomic.Int64
+	lastSize atomic.Int64
+}
+
+func (s *publishSpy) PublishMsgAsync(m *nats.Msg, opts ...jetstream.PublishOpt) (jetstream.PubAckFuture, error) {
+	if strings.HasPrefix(m.Subject, "effects.completed.") {
+		return s.JetStream.PublishMsgAsync(m, opts...)
+	}
+	s.calls.Add(1)
+	size := len(m.Data)
+	if len(m.Header) > 0 {
+		size += len("NATS/1.0\r\n\r\n")
+		for k, vs := range m.Header {
+			for _, v := range vs {
+				size += len(k) + len(": \r\n") + len(v)
+			}
+		}
+	}
+	s.lastSize.Store(int64(size))
+	return s.JetStream.PublishMsgAsync(m, opts...)
 }
 
 func TestStreamMissingIs503(t *testing.T) {
@@ -986,4 +1068,68 @@ func hasLabels(m *dto.Metric, want map[string]string) bool {
 		}
 	}
 	return true
+}
+
+// TestKindLabelIsBounded: rows of 5000 random kinds do not make 5000 series:
+// the first 100 kinds get a label of their own, the rest count as ~other,
+// and every event is still counted.
+func TestKindLabelIsBounded(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	const kinds = 5000
+	for i := range kinds {
+		// UPDATEs are counted per kind like INSERTs and publish nothing,
+		// which keeps the test quick.
+		kind := fmt.Sprintf("k%d_%s", i, strings.ReplaceAll(newUUID(t)[:8], "-", ""))
+		reply(t, b.post(t, rawEvent(newUUID(t), "UPDATE", rawRow(newUUID(t), kind, `{}`))), http.StatusOK)
+	}
+	reply(t, b.post(t, rawEvent(newUUID(t), "INSERT", rawRow(newUUID(t), "late_kind", `{}`))), http.StatusOK)
+	families, err := b.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	series := 0
+	for _, f := range families {
+		if f.GetName() == "effects_ingested_total" {
+			series = len(f.GetMetric())
+		}
+	}
+	if series > 102 {
+		t.Errorf("effects_ingested_total has %d series for %d kinds, want at most 102", series, kinds+1)
+	}
+	if got := counterValue(t, b.reg, "effects_ingested_total", map[string]string{"kind": "~other", "outcome": "ignored"}); got != kinds-100 {
+		t.Errorf("~other ignored = %v, want %d", got, kinds-100)
+	}
+	if got := counterValue(t, b.reg, "effects_ingested_total", map[string]string{"kind": "~other", "outcome": "published"}); got != 1 {
+		t.Errorf("~other published = %v, want 1", got)
+	}
+}
+
+// TestKindsAllowList: with EFFECTS_KINDS set, a row of another kind is
+// failed at once with the reason, instead of waiting out the stream's
+// retention with no one to handle it.
+func TestKindsAllowList(t *testing.T) {
+	t.Parallel()
+	b := setup(t, func(c *ingest.Config) { c.Kinds = []string{"send_email", "http_request"} })
+
+	got := reply(t, b.post(t, rawEvent(newUUID(t), "INSERT", rawRow(newUUID(t), "send_email", `{}`))), http.StatusOK)
+	if got["duplicate"] != false {
+		t.Fatalf("allowed kind: %v", got)
+	}
+	rowID := newUUID(t)
+	got = reply(t, b.post(t, rawEvent(newUUID(t), "INSERT", rawRow(rowID, "sms", `{}`))), http.StatusOK)
+	const reason = `kind "sms" is not handled here: EFFECTS_KINDS allows send_email, http_request`
+	if got["rejected"] != reason {
+		t.Fatalf("reply %v, want rejected with %q", got, reason)
+	}
+	c, err := effects.ParseCompletion(b.lastMsg(t, effects.CompletedStream, "effects.completed.sms").Data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.EffectID != rowID || c.Status != effects.StatusFailed || c.Error == nil || *c.Error != reason {
+		t.Errorf("completion %+v", c)
+	}
+	if n := b.count(t, effects.EffectsStream); n != 1 {
+		t.Errorf("%d effects stored, want 1", n)
+	}
 }

@@ -7,6 +7,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/effects-run/effects/internal/kindlabel"
 	"github.com/effects-run/effects/pkg/effects"
 )
 
@@ -30,19 +31,26 @@ func kindLabel(kind string) string {
 }
 
 type metrics struct {
+	// kinds bounds the kind label: the allow-list's kinds and the first
+	// kindlabel.DefaultMax others get their own, the rest count as ~other.
+	kinds    *kindlabel.Set
 	ingested *prometheus.CounterVec
 	requests *prometheus.CounterVec
 	// byCode holds the request counters of the codes the ingest answers
 	// with, so that counting a reply does not format a label.
 	byCode         map[int]prometheus.Counter
 	publishSeconds prometheus.Histogram
+	// Kinds with effects in the stream that no consumer takes.
+	kindsWithoutConsumer prometheus.Gauge
+	unconsumed           *prometheus.GaugeVec
 }
 
-func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+func newMetrics(reg prometheus.Registerer, kinds *kindlabel.Set) (*metrics, error) {
 	m := &metrics{
+		kinds: kinds,
 		ingested: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "effects_ingested_total",
-			Help: "Hasura events handled by the ingest, by effect kind (~invalid for a kind that is not valid) and outcome: published, duplicate (JetStream already had the event), ignored (UPDATE or DELETE), rejected (a row that can never succeed, failed at once).",
+			Help: "Hasura events handled by the ingest, by effect kind (~invalid for a kind that is not valid, ~other for kinds beyond the first 100) and outcome: published, duplicate (JetStream already had the event), ignored (UPDATE or DELETE), rejected (a row that can never succeed, failed at once).",
 		}, []string{"kind", "outcome"}),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "effects_ingest_requests_total",
@@ -53,6 +61,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help:    "Time from publishing a message (an effect, or the failed completion of a rejected row) to JetStream's ack, for acked publishes.",
 			Buckets: prometheus.ExponentialBuckets(0.00025, 2, 15), // 250µs to 4s
 		}),
+		kindsWithoutConsumer: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "effects_kinds_without_consumer",
+			Help: "Kinds whose effects are in the EFFECTS stream while no consumer's filter takes them (checked every EFFECTS_CONSUMER_CHECK_INTERVAL): nobody handles them, and they expire unhandled.",
+		}),
+		unconsumed: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "effects_unconsumed_kind_messages",
+			Help: "Messages in the EFFECTS stream of each kind no consumer takes (~other for kinds beyond the first 100).",
+		}, []string{"kind"}),
 		byCode: make(map[int]prometheus.Counter),
 	}
 	for _, code := range []int{
@@ -62,13 +78,18 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		m.byCode[code] = m.requests.WithLabelValues(strconv.Itoa(code))
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.ingested, m.requests, m.publishSeconds} {
+		for _, c := range []prometheus.Collector{m.ingested, m.requests, m.publishSeconds, m.kindsWithoutConsumer, m.unconsumed} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("ingest: register metrics: %w", err)
 			}
 		}
 	}
 	return m, nil
+}
+
+// ingest counts an event of kind with its outcome, under a bounded label.
+func (m *metrics) ingest(kind, outcome string) {
+	m.ingested.WithLabelValues(m.kinds.Label(kind), outcome).Inc()
 }
 
 func (m *metrics) request(code int) {

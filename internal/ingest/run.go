@@ -107,8 +107,9 @@ func (s *Server) Ready(context.Context) error {
 // StreamsReady is closed once [Server.Serve] has ensured the streams.
 func (s *Server) StreamsReady() <-chan struct{} { return s.streamsReady }
 
-// ensureStreams creates or updates the streams, retrying with backoff until it
-// succeeds or ctx ends: services may start in any order, NATS among them.
+// ensureStreams creates the streams that are missing, retrying with backoff
+// until it succeeds or ctx ends (services may start in any order, NATS among
+// them), then watches for kinds no consumer takes until ctx ends.
 func (s *Server) ensureStreams(ctx context.Context) {
 	attempts, ok := retry.Until(ctx, retry.Policy{Min: ensureBackoffMin, Max: ensureBackoffMax}, s.ensureStreamsOnce,
 		func(err error, n int, wait time.Duration) {
@@ -121,6 +122,20 @@ func (s *Server) ensureStreams(ctx context.Context) {
 	s.streamsReadyOnce.Do(func() { close(s.streamsReady) })
 	s.logger.Info("streams ready", "attempts", attempts)
 	s.checkMaxPayload()
+	s.warnStreamDrift(ctx)
+	s.watchConsumers(ctx)
+}
+
+// warnStreamDrift says when the existing streams differ from this service's
+// EFFECTS_STREAM_* settings, which it never applies itself.
+func (s *Server) warnStreamDrift(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, ensureAttemptTimeout)
+	defer cancel()
+	if drift, err := effects.StreamDrift(ctx, s.js, s.cfg.Streams); err == nil && len(drift) > 0 {
+		s.logger.Warn("the streams differ from this service's EFFECTS_STREAM_MAX_AGE, EFFECTS_DUPLICATE_WINDOW or "+
+			"EFFECTS_STREAM_REPLICAS; services never change a stream: run `completer migrate streams` to apply them",
+			"differences", drift)
+	}
 }
 
 // errNotConnected stands in for a stream request while the connection is

@@ -16,6 +16,9 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/effects-run/effects/internal/testenv"
 	"github.com/effects-run/effects/pkg/effects"
@@ -213,5 +216,83 @@ func TestServeAnswers503UntilNATSIsUp(t *testing.T) {
 	}
 	if resp := postHTTP(t, client, s.addr, readFixture(t, "insert.json")); resp.StatusCode != http.StatusOK {
 		t.Errorf("POST after NATS came up: %s", resp.Status)
+	}
+}
+
+// TestKindsWithoutConsumerAreReported: effects of a kind that no consumer's
+// filter takes are counted and logged; a consumer for the kind, or one taking
+// every kind, clears the report.
+func TestKindsWithoutConsumerAreReported(t *testing.T) {
+	t.Parallel()
+	n := testenv.StartNATS(t)
+	_, js := n.Connect(t)
+	ctx := context.Background()
+	if err := effects.EnsureStreams(ctx, js, effects.StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, kind := range []string{"send_email", "sms", "sms", "typo_kind"} {
+		if _, err := js.Publish(ctx, effects.Subject(kind), []byte(`{}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := js.CreateOrUpdateConsumer(ctx, effects.EffectsStream, jetstream.ConsumerConfig{
+		Durable: "dispatcher-send_email", FilterSubject: effects.Subject("send_email"), AckPolicy: jetstream.AckExplicitPolicy,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	srv, err := New(Config{WebhookSecret: "s"}, js, nil, reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kinds, err := srv.checkConsumers(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(kinds) != "[sms typo_kind]" {
+		t.Errorf("kinds without a consumer: %v, want [sms typo_kind]", kinds)
+	}
+	if got := testutil.ToFloat64(srv.metrics.kindsWithoutConsumer); got != 2 {
+		t.Errorf("effects_kinds_without_consumer = %v, want 2", got)
+	}
+	if got := testutil.ToFloat64(srv.metrics.unconsumed.WithLabelValues("sms")); got != 2 {
+		t.Errorf("effects_unconsumed_kind_messages{kind=sms} = %v, want 2", got)
+	}
+
+	// Another team's consumer on several subjects, one with a wildcard.
+	if _, err := js.CreateOrUpdateConsumer(ctx, effects.EffectsStream, jetstream.ConsumerConfig{
+		Durable: "audit", FilterSubjects: []string{"effects.sms", "effects.typo_*"}, AckPolicy: jetstream.AckExplicitPolicy,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if kinds, err := srv.checkConsumers(ctx); err != nil || fmt.Sprint(kinds) != "[typo_kind]" {
+		t.Errorf("after the audit consumer: %v %v, want [typo_kind]", kinds, err)
+	}
+	if _, err := js.CreateOrUpdateConsumer(ctx, effects.EffectsStream, jetstream.ConsumerConfig{
+		Durable: "everything", FilterSubject: effects.EffectsSubjects, AckPolicy: jetstream.AckExplicitPolicy,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if kinds, err := srv.checkConsumers(ctx); err != nil || len(kinds) != 0 {
+		t.Errorf("with a consumer of every kind: %v %v, want none", kinds, err)
+	}
+	if got := testutil.ToFloat64(srv.metrics.kindsWithoutConsumer); got != 0 {
+		t.Errorf("effects_kinds_without_consumer = %v, want 0", got)
+	}
+}
+
+func TestSubjectMatches(t *testing.T) {
+	for _, tc := range []struct {
+		filter, subject string
+		want            bool
+	}{
+		{"", "effects.a", true}, {">", "effects.a", true}, {"effects.>", "effects.a", true},
+		{"effects.*", "effects.a", true}, {"effects.a", "effects.a", true}, {"effects.a", "effects.b", false},
+		{"effects.a.*", "effects.a", false}, {"effects.*", "effects.a.b", false}, {"effects.>", "effects", false},
+		{"effects.completed.>", "effects.a", false},
+	} {
+		if got := subjectMatches(tc.filter, tc.subject); got != tc.want {
+			t.Errorf("subjectMatches(%q, %q) = %v", tc.filter, tc.subject, got)
+		}
 	}
 }

@@ -33,6 +33,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/effects-run/effects/internal/kindlabel"
 	"github.com/effects-run/effects/pkg/effects"
 )
 
@@ -74,6 +75,11 @@ type Server struct {
 	metrics *metrics
 	now     func() time.Time
 
+	// allowed is EFFECTS_KINDS as a set, nil when every valid kind is
+	// accepted; allowedList is it as the reason of a rejected row says it.
+	allowed     map[string]struct{}
+	allowedList string
+
 	checkSecret bool
 	secretSum   [sha256.Size]byte
 	retryAfter  []string
@@ -103,7 +109,7 @@ func New(cfg Config, js jetstream.JetStream, logger *slog.Logger, reg prometheus
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	m, err := newMetrics(reg)
+	m, err := newMetrics(reg, kindlabel.New(kindlabel.DefaultMax, cfg.Kinds...))
 	if err != nil {
 		return nil, err
 	}
@@ -118,6 +124,13 @@ func New(cfg Config, js jetstream.JetStream, logger *slog.Logger, reg prometheus
 		retryAfter:   []string{cfg.retryAfterSeconds()},
 		streamsReady: make(chan struct{}),
 	}
+	if len(cfg.Kinds) > 0 {
+		s.allowed = make(map[string]struct{}, len(cfg.Kinds))
+		for _, k := range cfg.Kinds {
+			s.allowed[k] = struct{}{}
+		}
+		s.allowedList = allowedList(cfg.Kinds)
+	}
 	if s.checkSecret {
 		// Comparing digests keeps the comparison constant-time in the
 		// secret's length as well as its bytes.
@@ -127,6 +140,16 @@ func New(cfg Config, js jetstream.JetStream, logger *slog.Logger, reg prometheus
 			"anyone who can reach the webhook can submit effects")
 	}
 	return s, nil
+}
+
+// allowedList names the allowed kinds for a rejection's reason, at most ten
+// of them.
+func allowedList(kinds []string) string {
+	const most = 10
+	if len(kinds) <= most {
+		return strings.Join(kinds, ", ")
+	}
+	return fmt.Sprintf("%s and %d more", strings.Join(kinds[:most], ", "), len(kinds)-most)
 }
 
 // Handler serves [EventsPath]; any other path is 404.
@@ -194,7 +217,7 @@ func (s *Server) handleEvent(w http.ResponseWriter, ev *hasuraEvent) {
 	case opUpdate, opDelete:
 		// The pipeline itself updates the row (status, completion); those
 		// updates must not start the effect again.
-		s.metrics.ingested.WithLabelValues(ev.ignoredKind(), outcomeIgnored).Inc()
+		s.metrics.ingest(ev.ignoredKind(), outcomeIgnored)
 		s.reply(w, http.StatusOK, appendIgnoredReply(make([]byte, 0, 40), ev.Event.Op))
 		return
 	}
@@ -211,6 +234,13 @@ func (s *Server) handleEvent(w http.ResponseWriter, ev *hasuraEvent) {
 		detail := strings.TrimPrefix(err.Error(), effects.ErrInvalidKind.Error()+": ")
 		s.reject(w, ev.ID, row.ID, kind, invalidKindLabel, fmt.Sprintf("kind %s is not valid: %s", quoteShort(kind), detail))
 		return
+	}
+	if s.allowed != nil {
+		if _, ok := s.allowed[kind]; !ok {
+			s.reject(w, ev.ID, row.ID, kind, kind, fmt.Sprintf("kind %q is not handled here: EFFECTS_KINDS allows %s",
+				kind, s.allowedList))
+			return
+		}
 	}
 	payload := []byte(row.Payload)
 	if len(payload) == 0 || string(payload) == "null" {
@@ -241,7 +271,44 @@ func (s *Server) handleEvent(w http.ResponseWriter, ev *hasuraEvent) {
 	if tp := ev.Event.TraceContext.parent; tp != "" {
 		msg.Header[TraceparentHeader] = []string{tp}
 	}
+	// A message over the server's max_payload can never be stored. Checked
+	// here rather than left to the client: the client refuses it too, but
+	// only after registering the async publish, whose timer then holds the
+	// whole message until the async publish timeout (hundreds of such
+	// requests held gigabytes).
+	if size, limit := msgSize(msg), s.maxPayload(); limit > 0 && int64(size) > limit {
+		s.reject(w, ev.ID, row.ID, kind, kind, fmt.Sprintf(
+			"the effect message is %d bytes (payload %d, session_variables %d, the rest envelope and headers), "+
+				"more than the NATS server accepts (max_payload %d)",
+			size, len(payload), len(sv), limit))
+		return
+	}
 	s.publish(w, ev.ID, row.ID, kind, msg)
+}
+
+// maxPayload is the largest message the connected server accepts, 0 when
+// not known yet.
+func (s *Server) maxPayload() int64 {
+	if nc := s.js.Conn(); nc != nil {
+		return nc.MaxPayload()
+	}
+	return 0
+}
+
+// msgSize is what the server counts against max_payload: the body and the
+// headers as the client encodes them ("NATS/1.0\r\n", "Key: value\r\n" per
+// value, a closing "\r\n").
+func msgSize(m *nats.Msg) int {
+	n := len(m.Data)
+	if len(m.Header) > 0 {
+		n += len("NATS/1.0\r\n") + len("\r\n")
+		for k, vs := range m.Header {
+			for _, v := range vs {
+				n += len(k) + len(": ") + len(v) + len("\r\n")
+			}
+		}
+	}
+	return n
 }
 
 // publish sends msg without waiting on any other request and replies once
@@ -273,7 +340,7 @@ func (s *Server) publish(w http.ResponseWriter, eventID, effectID, kind string, 
 		if ack.Duplicate {
 			outcome = outcomeDuplicate
 		}
-		s.metrics.ingested.WithLabelValues(kind, outcome).Inc()
+		s.metrics.ingest(kind, outcome)
 		s.reply(w, http.StatusOK, appendPublishedReply(make([]byte, 0, 160), effectID, eventID, ack.Duplicate, ack.Sequence))
 	case err := <-fut.Err():
 		s.unavailable(w, err)
@@ -314,7 +381,7 @@ func (s *Server) reject(w http.ResponseWriter, eventID, effectID, kind, label, r
 		return
 	}
 	s.metrics.publishSeconds.Observe(time.Since(start).Seconds())
-	s.metrics.ingested.WithLabelValues(label, outcomeRejected).Inc()
+	s.metrics.ingest(label, outcomeRejected)
 	s.logger.Debug("rejected an effect", "effect_id", effectID, "event_id", eventID, "reason", reason)
 	s.reply(w, http.StatusOK, appendRejectedReply(make([]byte, 0, 128+len(reason)), effectID, eventID, reason))
 }

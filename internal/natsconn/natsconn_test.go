@@ -1,7 +1,11 @@
 package natsconn
 
 import (
+	"context"
+	"errors"
 	"log/slog"
+	"net"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -68,5 +72,105 @@ func TestCloseDrainsAndWaits(t *testing.T) {
 	case <-got: // the message buffered before Close was delivered
 	default:
 		t.Fatal("buffered message lost on Close")
+	}
+}
+
+func TestCheckServerVersion(t *testing.T) {
+	for v, ok := range map[string]bool{
+		"2.9.10": false, "2.9.25": false, "2.2.0": false, "1.4.1": false, "2.10.0-beta.1": false,
+		"2.10.0": true, "2.10.29": true, "2.11.0-RC.1": true, "2.15.3": true, "3.0.0": true, "v2.12.1": true,
+		"": false, "garbage": false, "2.10": true,
+	} {
+		err := CheckServerVersion(v)
+		if (err == nil) != ok {
+			t.Errorf("%q: %v, want ok=%v", v, err, ok)
+		}
+		if err != nil && !errors.Is(err, ErrServerTooOld) {
+			t.Errorf("%q: %v does not wrap ErrServerTooOld", v, err)
+		}
+	}
+	if err := CheckServerVersion("2.9.10"); err == nil || !strings.Contains(err.Error(), "2.9.10") || !strings.Contains(err.Error(), MinServerVersion) {
+		t.Errorf("error %v should name the version and the minimum", err)
+	}
+}
+
+// TestConnectRefusesAnOldServer: a 2.9 server (a stand-in, and Debian's
+// binary when it is installed) is refused with an error that says why.
+func TestConnectRefusesAnOldServer(t *testing.T) {
+	for _, s := range testenv.OldNATSServers(t, "2.9.10") {
+		t.Run(s.Name, func(t *testing.T) {
+			nc, _, err := Connect(s.URL, "test", slog.New(slog.DiscardHandler), 0)
+			if err == nil {
+				nc.Close()
+				t.Fatal("connected to a 2.9 server")
+			}
+			if !errors.Is(err, ErrServerTooOld) || !strings.Contains(err.Error(), "2.9.") {
+				t.Errorf("error %v", err)
+			}
+		})
+	}
+}
+
+// TestConnectAcceptsTheEmbeddedServer: the server the tests embed passes.
+func TestConnectAcceptsTheEmbeddedServer(t *testing.T) {
+	n := testenv.StartNATS(t)
+	nc, _, err := Connect(n.URL, "test", slog.New(slog.DiscardHandler), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	if err := Ready(nc)(context.Background()); err != nil {
+		t.Error(err)
+	}
+}
+
+// TestLateConnectionToAnOldServerIsClosed: NATS was not up when the service
+// started; the first server that answers is too old. The connection is
+// closed and readiness says why.
+func TestLateConnectionToAnOldServerIsClosed(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // nothing answers until the stand-in below
+	nc, _, err := Connect("nats://"+addr, "test", slog.New(slog.DiscardHandler), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	closed := nc.StatusChanged(nats.CLOSED)
+	if nc.Status() == nats.CLOSED {
+		t.Fatal("closed before any server answered")
+	}
+	testenv.ServeFakeNATS(t, addr, "2.9.10")
+	select {
+	case <-closed:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the connection to a 2.9 server was not closed")
+	}
+	if err := Ready(nc)(context.Background()); !errors.Is(err, ErrServerTooOld) {
+		t.Errorf("Ready: %v, want ErrServerTooOld", err)
+	}
+}
+
+// TestCIAndREADMEStateTheMinimumVersion: CI checks the server it starts
+// against the same minimum the services enforce, and the README states it.
+func TestCIAndREADMEStateTheMinimumVersion(t *testing.T) {
+	ci, err := os.ReadFile("../../.ci/run")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(ci), "\nNATS_MIN_VERSION="+MinServerVersion+"\n") {
+		t.Errorf(".ci/run does not set NATS_MIN_VERSION=%s", MinServerVersion)
+	}
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	major, minor, _ := strings.Cut(MinServerVersion, ".")
+	minor, _, _ = strings.Cut(minor, ".")
+	if !strings.Contains(string(readme), "nats-server "+major+"."+minor+" or later") {
+		t.Errorf("README.md does not say nats-server %s.%s or later", major, minor)
 	}
 }

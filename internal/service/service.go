@@ -20,6 +20,7 @@ import (
 
 	"github.com/effects-run/effects/internal/admin"
 	"github.com/effects-run/effects/internal/envconfig"
+	"github.com/effects-run/effects/internal/settings"
 )
 
 // ErrStop is the cause of the context cancelled by SIGTERM or SIGINT. Work
@@ -32,6 +33,8 @@ type Deps struct {
 	Registry *prometheus.Registry
 	Checks   *admin.Checks
 	Env      *envconfig.Reader
+	// Shared are the settings every service shares, read once.
+	Shared settings.Shared
 }
 
 // NewLogger returns a JSON logger on stderr at the level named by level
@@ -53,13 +56,14 @@ func Main(name, defaultAdminAddr string, run func(ctx context.Context, d Deps) e
 
 func run1(name, defaultAdminAddr string, run func(ctx context.Context, d Deps) error) int {
 	env := envconfig.New()
-	logger, err := NewLogger(env.String("EFFECTS_LOG_LEVEL", "info"))
+	shared := settings.Read(env, defaultAdminAddr)
+	logger, err := NewLogger(shared.LogLevel)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
 		return 2
 	}
 	logger = logger.With("service", name)
-	adminAddr := env.String("EFFECTS_ADMIN_ADDR", defaultAdminAddr)
+	adminAddr := shared.AdminAddr
 
 	ctx, cancel := context.WithCancelCause(context.Background())
 	defer cancel(nil)
@@ -72,7 +76,7 @@ func run1(name, defaultAdminAddr string, run func(ctx context.Context, d Deps) e
 		signal.Stop(sigs)
 	}()
 
-	deps := Deps{Logger: logger, Registry: admin.NewRegistry(), Checks: &admin.Checks{}, Env: env}
+	deps := Deps{Logger: logger, Registry: admin.NewRegistry(), Checks: &admin.Checks{}, Env: env, Shared: shared}
 	ln, err := net.Listen("tcp", adminAddr)
 	if err != nil {
 		logger.Error("admin listener", "addr", adminAddr, "error", err)

@@ -78,26 +78,41 @@ func StreamConfigs(o StreamOptions) []jetstream.StreamConfig {
 	}
 }
 
-// EnsureStreams creates the two streams, or brings the settings this project
-// owns (subjects, retention, max age, duplicate window, replicas) to o on
-// streams that exist, keeping any other setting an operator made. Every
-// service calls it at start, so they may start in any order.
+// EnsureStreams creates whichever of the two streams does not exist, with the
+// settings o, and leaves a stream that exists exactly as it is. Every service
+// calls it at start, so they may start in any order; none of them changes a
+// stream's configuration, so a service started with a stray setting cannot
+// change retention for everyone. [ApplyStreams] is the one step that does.
 func EnsureStreams(ctx context.Context, js jetstream.JetStream, o StreamOptions) error {
 	for _, want := range StreamConfigs(o) {
-		if err := ensureStream(ctx, js, want); err != nil {
+		if err := ensureStream(ctx, js, want, false); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.StreamConfig) error {
+// ApplyStreams creates the two streams, or brings the settings this project
+// owns (subjects, max age, duplicate window, replicas) to o on streams that
+// exist, keeping any other setting an operator made. It is the explicit
+// step that changes the streams (`completer migrate` runs it); services only
+// call [EnsureStreams].
+func ApplyStreams(ctx context.Context, js jetstream.JetStream, o StreamOptions) error {
+	for _, want := range StreamConfigs(o) {
+		if err := ensureStream(ctx, js, want, true); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.StreamConfig, update bool) error {
 	s, err := js.Stream(ctx, want.Name)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		_, err = js.CreateStream(ctx, want)
 		if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
 			// Another service created it at the same moment.
-			return ensureStream(ctx, js, want)
+			return ensureStream(ctx, js, want, update)
 		}
 		if err != nil {
 			return fmt.Errorf("create stream %s: %w", want.Name, err)
@@ -108,6 +123,20 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.St
 		return fmt.Errorf("look up stream %s: %w", want.Name, err)
 	}
 	have := s.CachedInfo().Config
+	if !update {
+		// Not changed, but checked: the pipeline cannot work on a stream
+		// that does not capture its subjects or keeps messages for one
+		// consumer only.
+		if have.Retention != want.Retention {
+			return fmt.Errorf("stream %s has %s retention, want %s: JetStream cannot change it; delete or rename the stream",
+				want.Name, have.Retention, want.Retention)
+		}
+		if !slices.Contains(have.Subjects, want.Subjects[0]) {
+			return fmt.Errorf("stream %s captures %v, not %s: run `completer migrate streams` to set its subjects",
+				want.Name, have.Subjects, want.Subjects[0])
+		}
+		return nil
+	}
 	if slices.Equal(have.Subjects, want.Subjects) && have.Retention == want.Retention &&
 		have.MaxAge == want.MaxAge && have.Duplicates == want.Duplicates && have.Replicas == want.Replicas {
 		return nil
@@ -125,4 +154,32 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.St
 		return fmt.Errorf("update stream %s: %w", want.Name, err)
 	}
 	return nil
+}
+
+// StreamDrift lists, one line per setting, where the existing streams differ
+// from o in the settings [ApplyStreams] owns ("EFFECTS max age 1h0m0s, here
+// 2h0m0s"): a service warns about them, since it never applies them itself.
+// A stream that does not exist is not listed.
+func StreamDrift(ctx context.Context, js jetstream.JetStream, o StreamOptions) ([]string, error) {
+	var drift []string
+	for _, want := range StreamConfigs(o) {
+		s, err := js.Stream(ctx, want.Name)
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("look up stream %s: %w", want.Name, err)
+		}
+		have := s.CachedInfo().Config
+		if have.MaxAge != want.MaxAge {
+			drift = append(drift, fmt.Sprintf("%s max age %s, here %s", want.Name, have.MaxAge, want.MaxAge))
+		}
+		if have.Duplicates != want.Duplicates {
+			drift = append(drift, fmt.Sprintf("%s duplicate window %s, here %s", want.Name, have.Duplicates, want.Duplicates))
+		}
+		if have.Replicas != want.Replicas {
+			drift = append(drift, fmt.Sprintf("%s replicas %d, here %d", want.Name, have.Replicas, want.Replicas))
+		}
+	}
+	return drift, nil
 }

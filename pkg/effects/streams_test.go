@@ -27,18 +27,28 @@ func TestEnsureStreams(t *testing.T) {
 	if cfg.Retention != jetstream.LimitsPolicy || cfg.Storage != jetstream.FileStorage || cfg.MaxAge != 168*time.Hour || cfg.Duplicates != 2*time.Minute {
 		t.Fatalf("%+v", cfg)
 	}
-	// An operator's own setting survives; ours converge to the new values.
+	// An operator's own setting survives.
 	cfg.MaxMsgs = 12345
 	if _, err := js.UpdateStream(ctx, cfg); err != nil {
 		t.Fatal(err)
 	}
+	// A service started with other stream settings changes nothing.
 	if err := effects.EnsureStreams(ctx, js, effects.StreamOptions{MaxAge: 24 * time.Hour, Duplicates: 5 * time.Minute}); err != nil {
 		t.Fatal(err)
 	}
 	s, _ = js.Stream(ctx, effects.EffectsStream)
 	got := s.CachedInfo().Config
+	if got.MaxMsgs != 12345 || got.MaxAge != 168*time.Hour || got.Duplicates != 2*time.Minute {
+		t.Fatalf("EnsureStreams changed an existing stream: %+v", got)
+	}
+	// The explicit step brings ours to the new values, keeping the operator's.
+	if err := effects.ApplyStreams(ctx, js, effects.StreamOptions{MaxAge: 24 * time.Hour, Duplicates: 5 * time.Minute}); err != nil {
+		t.Fatal(err)
+	}
+	s, _ = js.Stream(ctx, effects.EffectsStream)
+	got = s.CachedInfo().Config
 	if got.MaxMsgs != 12345 || got.MaxAge != 24*time.Hour || got.Duplicates != 5*time.Minute {
-		t.Fatalf("%+v", got)
+		t.Fatalf("ApplyStreams: %+v", got)
 	}
 	// Both streams exist side by side: their subjects do not overlap.
 	if _, err := js.Stream(ctx, effects.CompletedStream); err != nil {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/effects-run/effects/internal/envconfig"
+	"github.com/effects-run/effects/internal/settings"
 	"github.com/effects-run/effects/pkg/effects"
 )
 
@@ -153,7 +154,7 @@ func configFromEnv(r *envconfig.Reader, streams effects.StreamOptions) (Config, 
 		RetryMax:           r.Duration("EFFECTS_RETRY_MAX", def.RetryMax),
 		AckWait:            r.Duration("EFFECTS_ACK_WAIT", 0),
 		MaxAckPending:      r.Int("EFFECTS_MAX_ACK_PENDING", def.MaxAckPending),
-		ShutdownTimeout:    r.Duration("EFFECTS_SHUTDOWN_TIMEOUT", def.ShutdownTimeout),
+		ShutdownTimeout:    settings.ShutdownTimeout(r),
 		CompletionDeadline: r.Duration("EFFECTS_COMPLETION_DEADLINE", def.CompletionDeadline),
 		Streams:            streams.WithDefaults(),
 	}

@@ -33,7 +33,12 @@ type executor struct {
 	km     *kindMetrics
 	logger *slog.Logger
 	rate   *rateLimiter // nil: no rate limit
-	src    *liveSource
+	// gate, for a rate-limited kind, is held from a worker's fetch until
+	// its attempt may start, so each process holds at most one message
+	// waiting for the limit: the others stay in the stream for whichever
+	// process gets the next slot, and work spreads over all dispatchers.
+	gate sync.Mutex
+	src  *liveSource
 
 	ready atomic.Bool
 
@@ -74,12 +79,18 @@ func (dl *delivery) settle() bool { return dl.settled.CompareAndSwap(false, true
 // worker pulls and handles messages until fetching stops.
 func (x *executor) worker(ctx context.Context) {
 	for {
+		if x.rate != nil {
+			x.gate.Lock() // released by handle once the attempt may start
+		}
 		jm, err := x.src.next(ctx)
 		if err == nil && ctx.Err() != nil {
 			_ = jm.Nak() // fetched as fetching stopped: back at once
 			err = ctx.Err()
 		}
 		if err != nil {
+			if x.rate != nil {
+				x.gate.Unlock()
+			}
 			x.workers.Done()
 			return
 		}
@@ -95,6 +106,12 @@ func (x *executor) worker(ctx context.Context) {
 // handler overran its attempt and this goroutine must end (a new worker
 // was started in its place).
 func (x *executor) handle(ctx context.Context, jm jetstream.Msg) bool {
+	release := func() {} // the rate gate the worker took before fetching
+	if x.rate != nil {
+		var once sync.Once
+		release = func() { once.Do(x.gate.Unlock) }
+		defer release() // every path that ends before the attempt starts
+	}
 	dl := &delivery{msg: jm, attempt: 1}
 	var seq uint64
 	if meta, err := jm.Metadata(); err == nil {
@@ -123,7 +140,9 @@ func (x *executor) handle(ctx context.Context, jm jetstream.Msg) bool {
 		return true
 	}
 	if x.rate != nil {
-		if err := x.rate.wait(ctx); err != nil {
+		err := x.rate.wait(ctx)
+		release()
+		if err != nil {
 			// Only a shutdown ends the wait: no attempt was made.
 			x.finish(dl, result{err: err}, true)
 			return true
