@@ -1,6 +1,7 @@
 // Command effects is the operators' and developers' command line.
 //
 //	effects dev        run the whole pipeline locally in one process
+//	effects retention  show the retention in force; --dry-run, --run a removal pass
 //	effects --version  print the version
 //
 // `effects dev` starts an embedded NATS server, a private PostgreSQL (unless
@@ -32,6 +33,9 @@ commands:
   dev         run ingest, dispatcher and completer with an embedded NATS and a
               private PostgreSQL (or DATABASE_URL) in one process, for a first
               run and local development (effects dev --help for its flags)
+  retention   show the retention in force and the oldest final rows; --dry-run
+              counts what a removal pass would remove, --run removes it
+              (needs DATABASE_URL; effects retention --help for its flags)
   version     print the version (also --version)
   help        print this (also --help)
 `)
@@ -51,6 +55,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 0
 	case "dev":
 		return dev(args[1:], stdout, stderr)
+	case "retention":
+		return retentionCmd(args[1:], stdout, stderr)
 	}
 	fmt.Fprintf(stderr, "effects: unknown command %q\n\n", args[0])
 	usage(stderr)
