@@ -19,6 +19,7 @@ import (
 	"github.com/effects-run/effects/internal/schema"
 	"github.com/effects-run/effects/internal/testenv"
 	"github.com/effects-run/effects/pkg/effects"
+	"go.uber.org/goleak"
 )
 
 // The tests run this test binary as the command: with
@@ -29,7 +30,7 @@ func TestMain(m *testing.M) {
 		main()
 		os.Exit(0) // main returned: the service ran and stopped
 	}
-	os.Exit(m.Run())
+	goleak.VerifyTestMain(m)
 }
 
 // command returns the completer with args and env (and nothing else of the

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/goleak"
 
 	"github.com/effects-run/effects/internal/natsconn"
 	"github.com/effects-run/effects/internal/testenv"
@@ -33,7 +34,7 @@ func TestMain(m *testing.M) {
 		main()
 		os.Exit(0) // main returned: the service ran and stopped
 	}
-	os.Exit(m.Run())
+	goleak.VerifyTestMain(m)
 }
 
 // secret is the webhook secret of the tests; it must never be printed.

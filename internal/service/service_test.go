@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/goleak"
 
 	"github.com/effects-run/effects/internal/service"
 	"github.com/effects-run/effects/internal/testenv"
@@ -45,7 +46,7 @@ func TestMain(m *testing.M) {
 		})
 		os.Exit(101) // service.Main does not return
 	}
-	os.Exit(m.Run())
+	goleak.VerifyTestMain(m)
 }
 
 // scenarios are the run functions a child process can be started with. They
