@@ -44,6 +44,14 @@ test: ## Run every test with the race detector, then the deployment checks (need
 	$(GO) test -race -count=1 -timeout 20m $(TESTFLAGS) ./...
 	$(MAKE) check-deployments
 
+# The nats CLI the test of other teams' consumers runs (e2e/natscli_test.go),
+# pinned in one place for the Makefile and the test.
+NATSCLI_VERSION := $(shell cat e2e/testdata/natscli.version)
+
+.PHONY: natscli
+natscli: ## Build the pinned nats CLI into bin/tools/nats (the consumer test uses it; else it builds its own)
+	GOBIN=$(CURDIR)/$(BIN)/tools $(GO) install github.com/nats-io/natscli/nats@$(NATSCLI_VERSION)
+
 .PHONY: check-deployments
 check-deployments: ## Check docker-compose, Kubernetes, Hasura, Prometheus, Grafana and the Dockerfile (deployments/check)
 	cd $(CHECK_DIR) && $(GO) test -count=1 -timeout 20m $(TESTFLAGS) ./...

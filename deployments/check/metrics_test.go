@@ -49,7 +49,8 @@ func exportedNames(t *testing.T, url string) map[string]bool {
 
 // The binaries the Dockerfile builds, run as processes against a real
 // PostgreSQL and NATS, export every metric the alert rules and the
-// dashboard query, once an effect went through them. They also start from
+// dashboard query, once an effect went through them, and their /metrics
+// pass `promtool check metrics`. They also start from
 // the environment the deployments give them and stop cleanly on SIGTERM.
 func TestRulesAndDashboardQueryExportedMetrics(t *testing.T) {
 	queried := queriedMetrics(t)
@@ -116,6 +117,7 @@ func TestRulesAndDashboardQueryExportedMetrics(t *testing.T) {
 
 	exported := map[string][]string{}
 	for name, url := range admin {
+		promtoolCheckMetrics(t, name, url+"/metrics")
 		for m := range exportedNames(t, url+"/metrics") {
 			exported[m] = append(exported[m], name)
 		}

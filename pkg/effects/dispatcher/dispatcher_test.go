@@ -484,7 +484,8 @@ func TestMalformedEffectFailsTheRow(t *testing.T) {
 	id := newID()
 	b.publishRaw("effects.echo", "ev-bad-1", []byte(fmt.Sprintf(`{"id":%q,"kind":"other","payload":{}}`, id)))
 	c := b.completion(id)
-	if c.Status != effects.StatusFailed || !strings.Contains(*c.Error, `does not match the subject's kind "echo"`) {
+	// Failed as the subject's kind, never as the kind the body names.
+	if c.Status != effects.StatusFailed || c.Kind != "echo" || !strings.Contains(*c.Error, `does not match the subject's kind "echo"`) {
 		t.Fatalf("completion %+v", c)
 	}
 	b.publishRaw("effects.echo", "ev-bad-2", []byte(`not json`))

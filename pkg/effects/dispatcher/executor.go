@@ -308,7 +308,11 @@ func decodeEffect(data []byte, kind string) (effects.Effect, error) {
 	case !effects.IsUUID(e.ID):
 		return e, fmt.Errorf("id %q is not a UUID", e.ID)
 	case e.Kind != kind:
-		return e, fmt.Errorf("kind %q does not match the subject's kind %q", e.Kind, kind)
+		// The failure goes out as the subject's kind: the body's kind is
+		// not a kind this consumer owns, and may not be a valid kind.
+		bodyKind := e.Kind
+		e.Kind = kind
+		return e, fmt.Errorf("kind %.80q does not match the subject's kind %q", bodyKind, kind)
 	}
 	if len(e.Payload) == 0 {
 		e.Payload = json.RawMessage("{}")
