@@ -8,7 +8,8 @@ GO        ?= go
 BIN       ?= bin
 # Extra flags for `go test` in `make test`, e.g. TESTFLAGS=-v or TESTFLAGS='-run TestIngest'.
 TESTFLAGS ?=
-# Extra flags for `make bench`, e.g. BENCHFLAGS='-benchtime=3x'.
+# Extra flags for `make bench`, e.g. BENCHFLAGS='-benchtime=3x', BENCHFLAGS='-effects 50000',
+# BENCHFLAGS='-bench EndToEndTable', BENCHFLAGS='-nats nats://host:4222 -nats-delete-streams'.
 BENCHFLAGS ?=
 # Flags for `make soak`, e.g. SOAKFLAGS='-soak.duration=3m -soak.rate=2000 -soak.plain'.
 SOAKFLAGS ?=
@@ -25,7 +26,7 @@ help: ## List the targets
 	@awk 'BEGIN { FS = ":.*## " } /^[a-zA-Z0-9_-]+:.*## / { printf "  %-12s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 
 .PHONY: build
-build: ## Build the three services into bin/ (ingest, dispatcher, completer)
+build: ## Build the binaries into bin/ (ingest, dispatcher, completer, effects)
 	@mkdir -p $(BIN)
 	$(GO) build -o $(BIN)/ ./cmd/...
 
@@ -87,9 +88,13 @@ script-check: ## Syntax-check the shell scripts; refuse pipes into head (under p
 lint: fmt-check vet staticcheck script-check ## fmt-check, vet, staticcheck and script-check
 
 .PHONY: bench
-bench: ## Run the end-to-end benchmark in ./e2e once and print effects/s and latency
+bench: ## Run the end-to-end benchmarks (webhook and table source) once; flags through BENCHFLAGS
 	@test -d e2e || { echo "make bench: ./e2e does not exist yet; the end-to-end benchmark goes there"; exit 1; }
 	$(GO) test -run '^$$' -bench . -benchtime=1x -timeout 30m -v $(BENCHFLAGS) ./e2e/...
+
+.PHONY: dev
+dev: ## Run the whole pipeline in one process: embedded NATS, a private PostgreSQL (or DATABASE_URL); Ctrl-C stops all
+	$(GO) run ./cmd/effects dev
 
 .PHONY: soak
 soak: ## Measure the table under a sustained rate with retention (10 minutes; not part of test)

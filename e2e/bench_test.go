@@ -20,8 +20,20 @@ import (
 var (
 	benchEffects     = flag.Int("effects", 20000, "effects per end-to-end benchmark run")
 	benchConcurrency = flag.Int("posters", 100, "concurrent webhook deliveries (Hasura's default pool is 100)")
-	benchNATS        = flag.String("nats", "", "URL of a NATS server to run against instead of an in-process one (its EFFECTS streams are deleted)")
+	benchNATS        = flag.String("nats", "", "URL of a NATS server to run against instead of an in-process one; needs -nats-delete-streams")
+	benchNATSDelete  = flag.Bool("nats-delete-streams", false, "agree that the benchmark deletes the EFFECTS and EFFECTS_COMPLETED streams of the -nats server")
 )
+
+// benchNATSURL is -nats, refused unless -nats-delete-streams says that its
+// streams may be deleted: pointed at a shared server by mistake, the
+// benchmark would otherwise wipe its effects unannounced.
+func benchNATSURL(b *testing.B) string {
+	if *benchNATS != "" && !*benchNATSDelete {
+		b.Fatalf("-nats %s: the benchmark deletes the EFFECTS and EFFECTS_COMPLETED streams of that server; "+
+			"add -nats-delete-streams if that is what you want (make bench BENCHFLAGS='-nats <url> -nats-delete-streams')", *benchNATS)
+	}
+	return *benchNATS
+}
 
 // BenchmarkEndToEnd measures the whole contract on this machine: rows are
 // inserted into PostgreSQL while, at the same time, each is POSTed to the
@@ -32,7 +44,7 @@ var (
 func BenchmarkEndToEnd(b *testing.B) {
 	reg := effects.NewRegistry()
 	reg.Handle("echo", handlers.Echo)
-	p := startPipeline(b, options{registry: reg, dispatcher: dispatcher.Config{Concurrency: 256}, natsURL: *benchNATS})
+	p := startPipeline(b, options{registry: reg, dispatcher: dispatcher.Config{Concurrency: 256}, natsURL: benchNATSURL(b)})
 	n := *benchEffects
 	ctx := context.Background()
 

@@ -55,6 +55,9 @@ type options struct {
 	// in-process one (the benchmark, to run NATS as its own process, as in
 	// production). Its effects streams are deleted first.
 	natsURL string
+	// tableSources starts that many ingest table sources (replicas) beside
+	// the webhook, as EFFECTS_SOURCE=webhook,table does.
+	tableSources int
 }
 
 func logger() *slog.Logger {
@@ -125,6 +128,22 @@ func startPipeline(t testing.TB, o options) *pipeline {
 	}
 	p.url = "http://" + ln.Addr().String() + "/hasura/events"
 	run("ingest", func(ctx context.Context) error { return ing.Serve(ctx, ln) })
+	var sources []*ingest.TableSource
+	for i := range o.tableSources {
+		tn := connect(fmt.Sprintf("e2e-table-%d", i))
+		tcfg := ingest.TableConfig{DatabaseURL: p.pg.URL, Table: "effects"}
+		pool, err := ingest.OpenTablePool(tcfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		src, err := ingest.NewTableSource(tcfg, pool, tn.JS, log.With("service", "ingest", "replica", i), prometheus.NewRegistry())
+		if err != nil {
+			t.Fatal(err)
+		}
+		sources = append(sources, src)
+		run("table source", src.Run)
+		t.Cleanup(func() { pool.Close(); tn.NC.Close() })
+	}
 
 	dn := connect("e2e-dispatcher")
 	d, err := dispatcher.New(o.dispatcher, o.registry, dn.JS, log.With("service", "dispatcher"), prometheus.NewRegistry())
@@ -157,6 +176,11 @@ func startPipeline(t testing.TB, o options) *pipeline {
 	// Ready when every service is: the ingest publishes, the dispatcher
 	// consumes, the completer writes.
 	p.waitFor(20*time.Second, "services ready", func() bool {
+		for _, src := range sources {
+			if src.Ready(ctx) != nil {
+				return false
+			}
+		}
 		return ing.Ready(ctx) == nil && d.Ready(ctx) == nil && c.CheckConsuming(ctx) == nil
 	})
 	return p

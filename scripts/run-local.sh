@@ -85,7 +85,7 @@ if [[ -n $own_nats ]]; then
 	fi
 fi
 
-log "migrating the schema and applying the streams' configuration (DATABASE_URL=${DATABASE_URL})"
+log "migrating the schema and applying the streams' configuration (DATABASE_URL is set; never printed)"
 "$BIN/completer" migrate
 
 # stop_one sends service $1 (an index into services) one SIGTERM and waits up

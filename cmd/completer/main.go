@@ -36,6 +36,9 @@ func main() {
 		switch os.Args[1] {
 		case "migrate":
 			os.Exit(migrate(os.Args[2:]))
+		case "version", "-version", "--version":
+			fmt.Println("completer", service.Version())
+			os.Exit(0)
 		case "help", "-h", "-help", "--help":
 			usage(os.Stdout)
 			os.Exit(0)
@@ -55,6 +58,7 @@ func usage(w io.Writer) {
                              apply EFFECTS_STREAM_* to them, and exit (safe to run again)
   completer migrate table    only the table (needs DATABASE_URL)
   completer migrate streams  only the streams (needs NATS_URL)
+  completer --version        print the version and exit
 
 Configured by environment variables: DATABASE_URL (required), EFFECTS_TABLE,
 NATS_URL, EFFECTS_COMPLETER_*, EFFECTS_RETAIN_*, EFFECTS_ADMIN_ADDR, EFFECTS_LOG_LEVEL; see the README.

@@ -1,6 +1,7 @@
 package ingest
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -45,7 +46,11 @@ type metrics struct {
 	unconsumed           *prometheus.GaugeVec
 }
 
-func newMetrics(reg prometheus.Registerer, kinds *kindlabel.Set) (*metrics, error) {
+// newMetrics makes the ingest's metrics. effects_ingested_total and
+// effects_ingest_publish_seconds are shared by a webhook and a table source
+// on one registry; the webhook's own (requests, kinds without consumer) are
+// registered only for the webhook, and twice is refused.
+func newMetrics(reg prometheus.Registerer, kinds *kindlabel.Set, webhook bool) (*metrics, error) {
 	m := &metrics{
 		kinds: kinds,
 		ingested: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -78,9 +83,22 @@ func newMetrics(reg prometheus.Registerer, kinds *kindlabel.Set) (*metrics, erro
 		m.byCode[code] = m.requests.WithLabelValues(strconv.Itoa(code))
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.ingested, m.requests, m.publishSeconds, m.kindsWithoutConsumer, m.unconsumed} {
-			if err := reg.Register(c); err != nil {
-				return nil, fmt.Errorf("ingest: register metrics: %w", err)
+		// A webhook and a table source on one registry share these: the
+		// second takes the collectors the first registered.
+		var err error
+		if m.ingested, err = register(reg, m.ingested); err != nil {
+			return nil, err
+		}
+		if m.publishSeconds, err = register(reg, m.publishSeconds); err != nil {
+			return nil, err
+		}
+		// Only the webhook answers requests and checks consumers; two
+		// webhooks on one registry are a mistake and refused.
+		if webhook {
+			for _, c := range []prometheus.Collector{m.requests, m.kindsWithoutConsumer, m.unconsumed} {
+				if err := reg.Register(c); err != nil {
+					return nil, fmt.Errorf("ingest: register metrics: %w", err)
+				}
 			}
 		}
 	}
@@ -98,4 +116,19 @@ func (m *metrics) request(code int) {
 		return
 	}
 	m.requests.WithLabelValues(strconv.Itoa(code)).Inc()
+}
+
+// register registers c on reg, or returns the collector of the same
+// description already registered there.
+func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
+	err := reg.Register(c)
+	if are, ok := errors.AsType[prometheus.AlreadyRegisteredError](err); ok {
+		if existing, ok := are.ExistingCollector.(C); ok {
+			return existing, nil
+		}
+	}
+	if err != nil {
+		return c, fmt.Errorf("ingest: register metrics: %w", err)
+	}
+	return c, nil
 }

@@ -109,7 +109,7 @@ func New(cfg Config, js jetstream.JetStream, logger *slog.Logger, reg prometheus
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	m, err := newMetrics(reg, kindlabel.New(kindlabel.DefaultMax, cfg.Kinds...))
+	m, err := newMetrics(reg, kindlabel.New(kindlabel.DefaultMax, cfg.Kinds...), true)
 	if err != nil {
 		return nil, err
 	}

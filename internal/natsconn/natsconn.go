@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -23,6 +24,9 @@ import (
 
 // DefaultURL is used when NATS_URL is unset.
 const DefaultURL = settings.DefaultNATSURL
+
+// unreachableLogEvery spaces the "cannot reach NATS" warnings.
+const unreachableLogEvery = 10 * time.Second
 
 // PublishAsyncTimeout is how long an async publish waits for its ack before
 // it fails and frees its pending slot. Callers wait less (the ingest's
@@ -107,15 +111,25 @@ func Connect(rawURL, name string, logger *slog.Logger, maxPending int) (*nats.Co
 	if maxPending <= 0 {
 		maxPending = 4000
 	}
+	// While NATS cannot be reached (at start, or after a disconnect), say
+	// so, naming the server, every 10s: otherwise the only trace is the
+	// callers' "context deadline exceeded".
+	var lastUnreachable atomic.Int64
 	nc, err := nats.Connect(rawURL,
 		nats.Name(name),
+		nats.ReconnectErrHandler(func(_ *nats.Conn, err error) {
+			now := time.Now().UnixNano()
+			if last := lastUnreachable.Load(); now-last >= int64(unreachableLogEvery) && lastUnreachable.CompareAndSwap(last, now) {
+				logger.Warn("cannot reach NATS; retrying (logged at most every 10s)", "nats_url", Redact(rawURL), "error", err)
+			}
+		}),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(250*time.Millisecond),
 		nats.RetryOnFailedConnect(true),
 		nats.ReconnectBufSize(64<<20),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil { // nil: our own Close or Drain
-				logger.Warn("nats disconnected", "error", err)
+				logger.Warn("nats disconnected", "nats_url", Redact(rawURL), "error", err)
 			}
 		}),
 		nats.ReconnectHandler(func(c *nats.Conn) {

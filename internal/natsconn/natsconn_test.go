@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -173,4 +174,48 @@ func TestCIAndREADMEStateTheMinimumVersion(t *testing.T) {
 	if !strings.Contains(string(readme), "nats-server "+major+"."+minor+" or later") {
 		t.Errorf("README.md does not say nats-server %s.%s or later", major, minor)
 	}
+}
+
+// With NATS down the log names NATS and its URL, without the credentials.
+func TestConnectLogsUnreachableNATS(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // nothing listens there now
+	var buf syncBuffer
+	logger := slog.New(slog.NewJSONHandler(&buf, nil))
+	nc, _, err := Connect("nats://alice:hunter2@"+addr, "test", logger, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(buf.String(), "cannot reach NATS") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no warning naming NATS: %s", buf.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !strings.Contains(buf.String(), addr) || strings.Contains(buf.String(), "hunter2") {
+		t.Errorf("want the address and no password: %s", buf.String())
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }

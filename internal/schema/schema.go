@@ -130,8 +130,28 @@ func (t Table) templateData() map[string]any {
 		"PendingIndex":    t.sibling("_pending_idx"),
 		"FailedIndex":     t.sibling("_failed_idx"),
 		"SucceededIndex":  t.sibling("_succeeded_idx"),
+		// The table source (003).
+		"UnpublishedIndex": t.sibling("_unpub_idx"),
+		"NotifyTrigger":    t.sibling("_notify"),
+		"NotifyFunction":   t.qualified("_notify"),
+		"NotifyChannel":    t.NotifyChannel(),
 	}
 }
+
+// qualified is the quoted name of a function that belongs to the table, in
+// the table's schema (functions, unlike indexes, do not follow the table).
+func (t Table) qualified(suffix string) string {
+	if t.Schema == "" {
+		return pgx.Identifier{t.Name + suffix}.Sanitize()
+	}
+	return pgx.Identifier{t.Schema, t.Name + suffix}.Sanitize()
+}
+
+// NotifyChannel is the LISTEN channel the table's insert trigger notifies:
+// "<name>_inserted". Letters, digits and '_' only (ParseTable), so it needs
+// no quoting in SQL. Tables of the same name in two schemas share it, which
+// costs a spurious wake-up, never a missed row: the table source also polls.
+func (t Table) NotifyChannel() string { return t.Name + "_inserted" }
 
 func migrationsFS() fs.FS {
 	sub, err := fs.Sub(migrationFiles, "migrations")

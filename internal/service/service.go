@@ -44,13 +44,26 @@ func NewLogger(level string) (*slog.Logger, error) {
 	if err := l.UnmarshalText([]byte(strings.ToLower(level))); err != nil {
 		return nil, fmt.Errorf("EFFECTS_LOG_LEVEL=%q: want debug, info, warn or error", level)
 	}
-	return slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: l})), nil
+	return slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: l, ReplaceAttr: DurationsAsText})), nil
+}
+
+// DurationsAsText is a slog ReplaceAttr that writes a time.Duration the way
+// Go and the settings spell it ("1.5s", "250ms") instead of as the JSON
+// handler's nanoseconds.
+func DurationsAsText(_ []string, a slog.Attr) slog.Attr {
+	if a.Value.Kind() == slog.KindDuration {
+		a.Value = slog.StringValue(a.Value.Duration().String())
+	}
+	return a
 }
 
 // Main runs a service until SIGTERM or SIGINT and exits: 0 after a graceful
 // stop, 1 when run fails, 2 on a configuration error. defaultAdminAddr is
 // used when EFFECTS_ADMIN_ADDR is unset.
+//
+// --help and --version print and exit before anything starts.
 func Main(name, defaultAdminAddr string, run func(ctx context.Context, d Deps) error) {
+	HandleArgs(name, os.Args[1:])
 	os.Exit(run1(name, defaultAdminAddr, run))
 }
 

@@ -2,6 +2,7 @@ package service_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -14,6 +15,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -431,4 +433,40 @@ func freeAddr(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return addr
+}
+
+func TestDurationsLoggedAsText(t *testing.T) {
+	var buf bytes.Buffer
+	l := slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{ReplaceAttr: service.DurationsAsText}))
+	l.Info("x", "retry_in", 1500*time.Millisecond, slog.Group("config", slog.Duration("timeout", 5*time.Second)))
+	if !strings.Contains(buf.String(), `"retry_in":"1.5s"`) || !strings.Contains(buf.String(), `"timeout":"5s"`) {
+		t.Errorf("durations not as text: %s", buf.String())
+	}
+}
+
+func TestHelpAndVersion(t *testing.T) {
+	for _, tc := range []struct {
+		arg      string
+		code     int
+		want     string
+		toStdout bool
+	}{
+		{"--help", 0, "usage: svc", true},
+		{"-h", 0, "usage: svc", true},
+		{"--version", 0, "svc ", true},
+		{"--bogus", 2, "unknown argument", false},
+	} {
+		var stdout, stderr bytes.Buffer
+		code, done := service.HandleArgsTo("svc", []string{tc.arg}, &stdout, &stderr)
+		out := stderr.String()
+		if tc.toStdout {
+			out = stdout.String()
+		}
+		if !done || code != tc.code || !strings.Contains(out, tc.want) {
+			t.Errorf("%s: done %v, code %d, stdout %q, stderr %q", tc.arg, done, code, stdout.String(), stderr.String())
+		}
+	}
+	if _, done := service.HandleArgsTo("svc", nil, io.Discard, io.Discard); done {
+		t.Error("no arguments: want the service to run")
+	}
 }

@@ -9,12 +9,13 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/effects-run/effects/internal/pgcluster"
 )
 
 // PGCluster is a PostgreSQL server of the test's own, made with initdb and
@@ -136,45 +137,9 @@ func (c *PGCluster) run(timeout time.Duration, prog string, args ...string) ([]b
 	return out.Bytes(), err
 }
 
-// findPGBindir finds the directory holding initdb, pg_ctl and postgres:
-// pg_config's answer, else the newest /usr/lib/postgresql/<version>/bin
-// (Debian keeps them off PATH), else initdb on PATH.
-func findPGBindir() (string, error) {
-	has := func(dir string) bool {
-		for _, p := range []string{"initdb", "pg_ctl", "postgres"} {
-			if _, err := os.Stat(filepath.Join(dir, p)); err != nil {
-				return false
-			}
-		}
-		return true
-	}
-	if pgConfig, err := exec.LookPath("pg_config"); err == nil {
-		if out, err := exec.Command(pgConfig, "--bindir").Output(); err == nil {
-			if dir := strings.TrimSpace(string(out)); has(dir) {
-				return dir, nil
-			}
-		}
-	}
-	dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin")
-	sort.Slice(dirs, func(i, j int) bool { return pgMajor(dirs[i]) > pgMajor(dirs[j]) })
-	for _, dir := range dirs {
-		if has(dir) {
-			return dir, nil
-		}
-	}
-	if initdb, err := exec.LookPath("initdb"); err == nil {
-		if resolved, err := filepath.EvalSymlinks(initdb); err == nil && has(filepath.Dir(resolved)) {
-			return filepath.Dir(resolved), nil
-		}
-	}
-	return "", fmt.Errorf("initdb, pg_ctl and postgres not found (looked at pg_config --bindir, /usr/lib/postgresql/*/bin and PATH): install the PostgreSQL server package (Debian: apt-get install postgresql)")
-}
-
-// pgMajor is the version number in /usr/lib/postgresql/<version>/bin.
-func pgMajor(bindir string) int {
-	n, _ := strconv.Atoi(filepath.Base(filepath.Dir(bindir)))
-	return n
-}
+// findPGBindir finds the PostgreSQL server binaries the way `effects dev`
+// does.
+func findPGBindir() (string, error) { return pgcluster.FindBindir() }
 
 func freePort(t testing.TB) int {
 	t.Helper()

@@ -1,0 +1,150 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/effects-run/effects/internal/envconfig"
+	"github.com/effects-run/effects/internal/retention"
+	"github.com/effects-run/effects/internal/schema"
+	"github.com/effects-run/effects/pkg/effects"
+)
+
+// retentionCmd shows the retention in force (EFFECTS_RETAIN_SUCCEEDED,
+// EFFECTS_RETAIN_FAILED) and the oldest row kept per final status, and with
+// --dry-run or --run counts or removes what one pass removes: the same
+// retention.Pass the completer runs, so what it shows is what the completer
+// does. Exit codes: 0 done, 1 the database failed, 2 bad arguments or
+// settings.
+func retentionCmd(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("effects retention", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	dryRun := fs.Bool("dry-run", false, "count the rows a removal pass would remove now; remove nothing")
+	runPass := fs.Bool("run", false, "run one removal pass now (try --dry-run first)")
+	asJSON := fs.Bool("json", false, "print JSON instead of text")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), "usage: effects retention [--dry-run | --run] [--json]\n\n"+
+			"Shows the retention in force (EFFECTS_RETAIN_SUCCEEDED, EFFECTS_RETAIN_FAILED) and the\n"+
+			"oldest succeeded and failed rows of EFFECTS_TABLE in DATABASE_URL. --dry-run counts what\n"+
+			"a removal pass would remove; --run removes it. Pending rows are never removed.\n\nflags:\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	fail := func(code int, format string, a ...any) int {
+		fmt.Fprintf(stderr, "effects retention: "+format+"\n", a...)
+		return code
+	}
+	switch {
+	case fs.NArg() > 0:
+		return fail(2, "unexpected argument %q", fs.Arg(0))
+	case *dryRun && *runPass:
+		return fail(2, "--dry-run and --run exclude each other")
+	}
+	env := envconfig.New()
+	dbURL := env.Secret("DATABASE_URL")
+	tableName := env.String("EFFECTS_TABLE", schema.DefaultTable)
+	cfg, err := retention.ConfigFromEnv(env, tableName)
+	if err != nil {
+		return fail(2, "%v", err)
+	}
+	if dbURL == "" {
+		return fail(2, "DATABASE_URL is not set")
+	}
+	table, err := schema.ParseTable(tableName)
+	if err != nil {
+		return fail(2, "EFFECTS_TABLE=%q: %v", tableName, err)
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	conn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		// pgx's connect errors name host, user and database, never the password.
+		return fail(1, "connect to PostgreSQL (DATABASE_URL): %v", err)
+	}
+	defer conn.Close(context.Background())
+
+	out := retentionReport{Table: table.String(), Policy: cfg.Policy.String(),
+		RetainSucceeded: cfg.Policy.Succeeded.String(), RetainFailed: cfg.Policy.Failed.String()}
+	if *dryRun || *runPass {
+		if !cfg.Policy.Enabled() {
+			return fail(2, "no retention is set (EFFECTS_RETAIN_SUCCEEDED and EFFECTS_RETAIN_FAILED are empty or 0): nothing would be removed")
+		}
+		res, err := retention.Pass(ctx, conn, table, cfg.Policy, retention.PassOptions{DryRun: *dryRun})
+		if err != nil {
+			return fail(1, "removal pass: %v", err)
+		}
+		out.Pass = &passReport{DryRun: res.DryRun, Succeeded: res.Removed.Succeeded, Failed: res.Removed.Failed}
+	}
+	oldest, err := retention.OldestAge(ctx, conn, table)
+	if err != nil {
+		return fail(1, "%v", err)
+	}
+	out.OldestSucceeded = ageString(oldest, effects.StatusSucceeded)
+	out.OldestFailed = ageString(oldest, effects.StatusFailed)
+
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(out); err != nil {
+			return fail(1, "%v", err)
+		}
+		return 0
+	}
+	fmt.Fprintf(stdout, "table:      %s\nretention:  %s\n", out.Table, out.Policy)
+	fmt.Fprintf(stdout, "oldest:     succeeded %s, failed %s\n", orNone(out.OldestSucceeded), orNone(out.OldestFailed))
+	if p := out.Pass; p != nil {
+		verb := "removed"
+		if p.DryRun {
+			verb = "would remove (dry run)"
+		}
+		fmt.Fprintf(stdout, "%s: %d succeeded, %d failed\n", verb, p.Succeeded, p.Failed)
+	}
+	return 0
+}
+
+type retentionReport struct {
+	Table           string      `json:"table"`
+	Policy          string      `json:"policy"`
+	RetainSucceeded string      `json:"retain_succeeded"` // "0s": forever
+	RetainFailed    string      `json:"retain_failed"`
+	OldestSucceeded string      `json:"oldest_succeeded_age,omitempty"`
+	OldestFailed    string      `json:"oldest_failed_age,omitempty"`
+	Pass            *passReport `json:"pass,omitempty"`
+}
+
+type passReport struct {
+	DryRun    bool  `json:"dry_run"`
+	Succeeded int64 `json:"succeeded"`
+	Failed    int64 `json:"failed"`
+}
+
+func ageString(m map[effects.Status]time.Duration, s effects.Status) string {
+	d, ok := m[s]
+	if !ok {
+		return ""
+	}
+	return d.Round(time.Second).String()
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
+}

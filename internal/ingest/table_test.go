@@ -1,0 +1,515 @@
+package ingest_test
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/effects-run/effects/internal/ingest"
+	"github.com/effects-run/effects/internal/schema"
+	"github.com/effects-run/effects/internal/testenv"
+	"github.com/effects-run/effects/pkg/effects"
+)
+
+// tableBundle is a migrated table in a schema of the test's own, a NATS
+// server of its own, and a way to run table sources on them.
+type tableBundle struct {
+	t    *testing.T
+	pg   *testenv.Postgres
+	url  string // DATABASE_URL of the table
+	pool *pgxpool.Pool
+	nats *testenv.NATS
+	js   jetstream.JetStream
+}
+
+func setupTable(t *testing.T) *tableBundle {
+	t.Helper()
+	pg := testenv.StartPostgres(t)
+	b := &tableBundle{t: t, pg: pg, url: pg.URL, pool: pg.Pool}
+	b.migrate()
+	b.nats = testenv.StartNATS(t)
+	_, b.js = b.nats.Connect(t)
+	return b
+}
+
+func (b *tableBundle) migrate() {
+	b.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, b.url)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if err := schema.Migrate(ctx, conn, "effects"); err != nil {
+		b.t.Fatal(err)
+	}
+}
+
+// source is a running table source (a replica); stop stops it.
+type source struct {
+	src  *ingest.TableSource
+	reg  *prometheus.Registry
+	stop func()
+}
+
+func (b *tableBundle) startSource(configure ...func(*ingest.TableConfig)) *source {
+	b.t.Helper()
+	cfg := ingest.TableConfig{DatabaseURL: b.url, BatchSize: 50, RetryMax: 200 * time.Millisecond}
+	for _, f := range configure {
+		f(&cfg)
+	}
+	pool, err := ingest.OpenTablePool(cfg)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	_, js := b.nats.Connect(b.t)
+	reg := prometheus.NewRegistry()
+	logger := slog.New(slog.NewTextHandler(b.t.Output(), &slog.HandlerOptions{Level: slog.LevelInfo}))
+	src, err := ingest.NewTableSource(cfg, pool, js, logger, reg)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- src.Run(ctx) }()
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				b.t.Errorf("table source: %v", err)
+			}
+			pool.Close()
+		})
+	}
+	b.t.Cleanup(stop)
+	return &source{src: src, reg: reg, stop: stop}
+}
+
+func (b *tableBundle) insert(kind, payload string) string {
+	b.t.Helper()
+	var id string
+	if err := b.pool.QueryRow(context.Background(),
+		`INSERT INTO effects (kind, payload) VALUES ($1, $2::jsonb) RETURNING id::text`, kind, payload).Scan(&id); err != nil {
+		b.t.Fatal(err)
+	}
+	return id
+}
+
+// waitPublished waits until every id in want has published_at set.
+func (b *tableBundle) waitPublished(want []string) {
+	b.t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		var n int
+		if err := b.pool.QueryRow(context.Background(),
+			`SELECT count(*) FROM effects WHERE id = ANY($1::uuid[]) AND published_at IS NOT NULL`, want).Scan(&n); err != nil {
+			b.t.Fatal(err)
+		}
+		if n == len(want) {
+			return
+		}
+		if time.Now().After(deadline) {
+			b.t.Fatalf("%d of %d rows published after 60s", n, len(want))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// streamIDs reads every message of the EFFECTS stream: Nats-Msg-Id → count.
+func (b *tableBundle) streamIDs() map[string]int {
+	b.t.Helper()
+	return streamMsgIDs(b.t, b.js)
+}
+
+func streamMsgIDs(t testing.TB, js jetstream.JetStream) map[string]int {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s, err := js.Stream(ctx, effects.EffectsStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := map[string]int{}
+	for seq := info.State.FirstSeq; info.State.Msgs > 0 && seq <= info.State.LastSeq; seq++ {
+		m, err := s.GetMsg(ctx, seq)
+		if err != nil {
+			t.Fatalf("get %d: %v", seq, err)
+		}
+		ids[m.Header.Get(jetstream.MsgIDHeader)]++
+	}
+	return ids
+}
+
+func counter(t testing.TB, reg *prometheus.Registry, name string, labels map[string]string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	next:
+		for _, m := range mf.GetMetric() {
+			for k, v := range labels {
+				if !hasLabel(m, k, v) {
+					continue next
+				}
+			}
+			switch {
+			case m.Counter != nil:
+				sum += m.Counter.GetValue()
+			case m.Gauge != nil:
+				sum += m.Gauge.GetValue()
+			case m.Histogram != nil:
+				sum += float64(m.Histogram.GetSampleCount())
+			}
+		}
+	}
+	return sum
+}
+
+func hasLabel(m *dto.Metric, k, v string) bool {
+	for _, l := range m.GetLabel() {
+		if l.GetName() == k && l.GetValue() == v {
+			return true
+		}
+	}
+	return false
+}
+
+func TestTableSourceWireFormat(t *testing.T) {
+	b := setupTable(t)
+	b.startSource()
+	payload := `{"b": [1, 2], "a": "<x> & y"}`
+	id := b.insert("echo", payload)
+	b.waitPublished([]string{id})
+
+	ctx := context.Background()
+	s, err := b.js.Stream(ctx, effects.EffectsStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := s.GetLastMsgForSubject(ctx, effects.Subject("echo"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := m.Header.Get(jetstream.MsgIDHeader); got != id {
+		t.Errorf("Nats-Msg-Id %q, want the row id %q", got, id)
+	}
+	var e effects.Effect
+	if err := json.Unmarshal(m.Data, &e); err != nil {
+		t.Fatalf("%s: %v", m.Data, err)
+	}
+	var stored, createdAt string
+	if err := b.pool.QueryRow(ctx, `SELECT payload::text, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US') FROM effects WHERE id = $1`, id).Scan(&stored, &createdAt); err != nil {
+		t.Fatal(err)
+	}
+	if e.ID != id || e.Kind != "echo" || string(e.Payload) != stored || e.SessionVariables != nil {
+		t.Errorf("effect %s: want id %s, kind echo, payload %s as PostgreSQL writes it, no session variables", m.Data, id, stored)
+	}
+	if got := e.CreatedAt.UTC().Format("2006-01-02T15:04:05.000000"); got != createdAt {
+		t.Errorf("created_at %s, want %s", got, createdAt)
+	}
+	if !strings.Contains(string(m.Data), `"session_variables":null`) {
+		t.Errorf("want session_variables null: %s", m.Data)
+	}
+}
+
+// A long transaction inserts a row first and commits last, after rows
+// inserted later were published: the source must still publish it. A
+// rolled-back row is never published.
+func TestTableSourceLateCommitAndRollback(t *testing.T) {
+	b := setupTable(t)
+	ctx := context.Background()
+	long, err := b.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lateID string
+	if err := long.QueryRow(ctx, `INSERT INTO effects (kind) VALUES ('echo') RETURNING id::text`).Scan(&lateID); err != nil {
+		t.Fatal(err)
+	}
+	rolled, err := b.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rolledID string
+	if err := rolled.QueryRow(ctx, `INSERT INTO effects (kind) VALUES ('echo') RETURNING id::text`).Scan(&rolledID); err != nil {
+		t.Fatal(err)
+	}
+
+	b.startSource()
+	var later []string
+	for range 20 {
+		later = append(later, b.insert("echo", `{}`))
+	}
+	b.waitPublished(later)
+	if err := rolled.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := long.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	b.waitPublished([]string{lateID})
+	ids := b.streamIDs()
+	if ids[rolledID] != 0 {
+		t.Errorf("the rolled-back row %s was published", rolledID)
+	}
+	if len(ids) != 21 {
+		t.Errorf("stream holds %d effects, want 21", len(ids))
+	}
+}
+
+// The trigger's notification wakes an idle source: with an hour-long poll a
+// row is still published at once.
+func TestTableSourceWakesOnNotify(t *testing.T) {
+	b := setupTable(t)
+	src := b.startSource(func(c *ingest.TableConfig) { c.PollInterval = time.Hour })
+	first := b.insert("echo", `{}`) // found by the first poll at start
+	b.waitPublished([]string{first})
+	waitFor(t, "the source to be ready", func() bool { return src.src.Ready(context.Background()) == nil })
+	b.waitPublished([]string{b.insert("echo", `{"n": 2}`)})
+}
+
+// Many connections insert at once, in single rows, multi-row statements and
+// transactions (some rolled back), while two replicas run: every committed
+// row is published exactly once, none that was rolled back.
+func TestTableSourceConcurrentInsertsTwoReplicas(t *testing.T) {
+	b := setupTable(t)
+	r1 := b.startSource()
+	r2 := b.startSource(func(c *ingest.TableConfig) { c.Workers = 3 })
+
+	const writers, perWriter = 8, 60
+	var mu sync.Mutex
+	var committed, rolledBack []string
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Go(func() {
+			ctx := context.Background()
+			for i := 0; i < perWriter; i += 3 {
+				tx, err := b.pool.Begin(ctx)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				rows, err := tx.Query(ctx, `INSERT INTO effects (kind, payload)
+					SELECT 'echo', jsonb_build_object('w', $1::int, 'i', $2::int + g) FROM generate_series(0, 2) g RETURNING id::text`, w, i)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				rollback := (w+i)%7 == 0
+				if rollback {
+					err = tx.Rollback(ctx)
+				} else {
+					err = tx.Commit(ctx)
+				}
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				mu.Lock()
+				if rollback {
+					rolledBack = append(rolledBack, ids...)
+				} else {
+					committed = append(committed, ids...)
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
+	b.waitPublished(committed)
+	ids := b.streamIDs()
+	for _, id := range committed {
+		if ids[id] != 1 {
+			t.Errorf("row %s is in the stream %d times", id, ids[id])
+		}
+	}
+	for _, id := range rolledBack {
+		if ids[id] != 0 {
+			t.Errorf("rolled-back row %s was published", id)
+		}
+	}
+	if len(ids) != len(committed) {
+		t.Errorf("stream holds %d effects, want %d", len(ids), len(committed))
+	}
+	// The replicas split the work without publishing a row twice.
+	var published, duplicates float64
+	for _, r := range []*source{r1, r2} {
+		published += counter(t, r.reg, "effects_ingested_total", map[string]string{"outcome": "published"})
+		duplicates += counter(t, r.reg, "effects_ingested_total", map[string]string{"outcome": "duplicate"})
+	}
+	if int(published) != len(committed) || duplicates != 0 {
+		t.Errorf("published %v, duplicates %v; want %d and 0", published, duplicates, len(committed))
+	}
+	t.Logf("%d rows committed, %d rolled back; replica 1 published %v, replica 2 %v", len(committed), len(rolledBack),
+		counter(t, r1.reg, "effects_ingested_total", nil), counter(t, r2.reg, "effects_ingested_total", nil))
+}
+
+// A row that can never succeed is failed with the reason, like the webhook
+// does, and marked: it does not block the source.
+func TestTableSourceRejects(t *testing.T) {
+	b := setupTable(t)
+	src := b.startSource(func(c *ingest.TableConfig) { c.MaxPayloadBytes = 64; c.Kinds = []string{"echo"} })
+	bad := b.insert("not a kind!", `{}`)
+	big := b.insert("echo", `{"x": "`+strings.Repeat("y", 100)+`"}`)
+	other := b.insert("other", `{}`)
+	good := b.insert("echo", `{}`)
+	b.waitPublished([]string{bad, big, other, good})
+
+	ctx := context.Background()
+	cs, err := b.js.Stream(ctx, effects.CompletedStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ id, subject, reason string }{
+		{bad, effects.InvalidKindSubject, "is not valid"},
+		{big, effects.CompletedSubject("echo"), "EFFECTS_MAX_PAYLOAD_BYTES"},
+		{other, effects.CompletedSubject("other"), "EFFECTS_KINDS"},
+	} {
+		m, err := cs.GetLastMsgForSubject(ctx, c.subject)
+		if err != nil {
+			t.Fatalf("%s: %v", c.subject, err)
+		}
+		var comp effects.Completion
+		if err := json.Unmarshal(m.Data, &comp); err != nil {
+			t.Fatal(err)
+		}
+		if comp.EffectID != c.id || comp.Status != effects.StatusFailed || comp.Error == nil || !strings.Contains(*comp.Error, c.reason) {
+			t.Errorf("completion on %s: %s; want %s failed with %q", c.subject, m.Data, c.id, c.reason)
+		}
+	}
+	ids := b.streamIDs()
+	if ids[bad]+ids[big]+ids[other] != 0 || ids[good] != 1 {
+		t.Errorf("stream ids %v: want only %s", ids, good)
+	}
+	if got := counter(t, src.reg, "effects_ingested_total", map[string]string{"outcome": "rejected"}); got != 3 {
+		t.Errorf("rejected %v, want 3", got)
+	}
+}
+
+// While NATS is down the source pauses and is not ready; the rows inserted
+// meanwhile are published once it is back.
+func TestTableSourceNATSOutage(t *testing.T) {
+	b := setupTable(t)
+	src := b.startSource(func(c *ingest.TableConfig) { c.BacklogInterval = 20 * time.Millisecond })
+	b.waitPublished([]string{b.insert("echo", `{}`)})
+	b.nats.Shutdown()
+	var during []string
+	for range 10 {
+		during = append(during, b.insert("echo", `{}`))
+	}
+	waitFor(t, "not ready while NATS is down", func() bool { return src.src.Ready(context.Background()) != nil })
+	// The hazard is visible: the backlog and its age.
+	waitFor(t, "a backlog of 10", func() bool {
+		return counter(t, src.reg, "effects_table_backlog", nil) == 10 && counter(t, src.reg, "effects_table_backlog_age_seconds", nil) > 0
+	})
+	b.nats.Restart(t)
+	b.waitPublished(during)
+	waitFor(t, "ready again", func() bool { return src.src.Ready(context.Background()) == nil })
+	waitFor(t, "no backlog", func() bool { return counter(t, src.reg, "effects_table_backlog", nil) == 0 })
+	if got := len(b.streamIDs()); got != 11 {
+		t.Errorf("stream holds %d effects, want 11", got)
+	}
+}
+
+// A PostgreSQL restart pauses the source (and its LISTEN); it resumes by
+// itself and publishes what was inserted after.
+func TestTableSourcePostgresRestart(t *testing.T) {
+	cluster := testenv.StartPGCluster(t)
+	b := &tableBundle{t: t, url: cluster.URL}
+	pool, err := pgxpool.New(context.Background(), cluster.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	b.pool = pool
+	b.migrate()
+	b.nats = testenv.StartNATS(t)
+	_, b.js = b.nats.Connect(t)
+	src := b.startSource(func(c *ingest.TableConfig) { c.PollInterval = time.Hour }) // only notifications and retries
+	b.waitPublished([]string{b.insert("echo", `{}`)})
+	waitFor(t, "ready", func() bool { return src.src.Ready(context.Background()) == nil })
+
+	cluster.Stop(t)
+	waitFor(t, "not ready while PostgreSQL is down", func() bool { return src.src.Ready(context.Background()) != nil })
+	cluster.Start(t)
+	b.pool.Reset()
+	var after []string
+	for range 5 {
+		after = append(after, b.insert("echo", `{}`))
+	}
+	b.waitPublished(after)
+	waitFor(t, "ready again", func() bool { return src.src.Ready(context.Background()) == nil })
+}
+
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// A webhook and a table source in one process share one registry (as with
+// EFFECTS_SOURCE=webhook,table), in either order.
+func TestTableSourceAndWebhookShareMetrics(t *testing.T) {
+	b := setupTable(t)
+	pool, err := ingest.OpenTablePool(ingest.TableConfig{DatabaseURL: b.url})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	for _, tableFirst := range []bool{true, false} {
+		reg := prometheus.NewRegistry()
+		newTable := func() error {
+			_, err := ingest.NewTableSource(ingest.TableConfig{DatabaseURL: b.url}, pool, b.js, nil, reg)
+			return err
+		}
+		newWebhook := func() error {
+			_, err := ingest.New(ingest.Config{WebhookSecret: "s"}, b.js, nil, reg)
+			return err
+		}
+		first, second := newWebhook, newTable
+		if tableFirst {
+			first, second = newTable, newWebhook
+		}
+		if err := first(); err != nil {
+			t.Fatal(err)
+		}
+		if err := second(); err != nil {
+			t.Errorf("table first %v: %v", tableFirst, err)
+		}
+	}
+}
