@@ -48,6 +48,9 @@ type options struct {
 	registry       *effects.Registry
 	dispatcher     dispatcher.Config
 	completerBatch int
+	// completerAckWait is the completer consumer's ack wait (0: its
+	// default, 30s).
+	completerAckWait time.Duration
 	// natsURL names an external NATS server to use instead of an
 	// in-process one (the benchmark, to run NATS as its own process, as in
 	// production). Its effects streams are deleted first.
@@ -150,7 +153,7 @@ func startPipeline(t testing.TB, o options) *pipeline {
 	run("dispatcher", d.Run)
 
 	cn := connect("e2e-completer")
-	ccfg := completer.Config{DatabaseURL: p.pg.URL, Table: "effects", BatchSize: o.completerBatch}.WithDefaults()
+	ccfg := completer.Config{DatabaseURL: p.pg.URL, Table: "effects", BatchSize: o.completerBatch, AckWait: o.completerAckWait}.WithDefaults()
 	c, err := completer.New(ccfg, p.pg.Pool, cn.JS, log.With("service", "completer"), prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)

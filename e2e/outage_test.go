@@ -23,8 +23,20 @@ func TestNoEffectLostWhenNATSRestarts(t *testing.T) {
 		handled.Store(e.ID, true)
 		return "done", nil
 	})
-	p := startPipeline(t, options{registry: reg, dispatcher: dispatcher.Config{
+	// A restart loses what is in flight: messages the server counted as
+	// delivered but the client never got (still in the server's outbound
+	// buffer at shutdown, or dropped by the client's pull iterator, which
+	// after a reconnect asks for a full batch while its buffer, as large as
+	// one batch, still holds messages from before), and acks sent into the
+	// closing connection. JetStream redelivers those after the consumer's
+	// ack wait, so the ack waits are short here: the defaults (90s for the
+	// dispatcher, 30s for the completer) are longer than the test waits.
+	const handlerTimeout = time.Second
+	ackWait := handlerTimeout + dispatcher.AckWaitMargin
+	completerAckWait := 2 * time.Second
+	p := startPipeline(t, options{registry: reg, completerAckWait: completerAckWait, dispatcher: dispatcher.Config{
 		Concurrency: 8, RetryBase: 20 * time.Millisecond, RetryMax: 200 * time.Millisecond,
+		HandlerTimeout: handlerTimeout, AckWait: ackWait,
 	}})
 
 	const n = 300
@@ -73,6 +85,12 @@ func TestNoEffectLostWhenNATSRestarts(t *testing.T) {
 	close(next)
 	wg.Wait()
 
+	// An effect lost in flight is handled one ack wait after its first
+	// delivery, its completion written at most a completer ack wait later
+	// (settled waits 30s per row).
+	if ackWait+completerAckWait >= 25*time.Second {
+		t.Fatalf("ack waits %s + %s leave settled too little time", ackWait, completerAckWait)
+	}
 	for _, id := range ids {
 		if got := p.settled(id); got.Status != "succeeded" {
 			t.Fatalf("row %s: %+v", id, got)
