@@ -2,6 +2,7 @@
 //
 //	effects dev        run the whole pipeline locally in one process
 //	effects retention  show the retention in force; --dry-run, --run a removal pass
+//	effects list       list effects newest first
 //	effects --version  print the version
 //
 // `effects dev` starts an embedded NATS server, a private PostgreSQL (unless
@@ -36,6 +37,8 @@ commands:
   retention   show the retention in force and the oldest final rows; --dry-run
               counts what a removal pass would remove, --run removes it
               (needs DATABASE_URL; effects retention --help for its flags)
+  list        list effects newest first, by status, kind and age
+              (effects list --help)
   version     print the version (also --version)
   help        print this (also --help)
 `)
@@ -57,6 +60,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return dev(args[1:], stdout, stderr)
 	case "retention":
 		return retentionCmd(args[1:], stdout, stderr)
+	case "list":
+		return listCmd(args[1:], stdout, stderr)
 	}
 	fmt.Fprintf(stderr, "effects: unknown command %q\n\n", args[0])
 	usage(stderr)
