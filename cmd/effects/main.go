@@ -3,6 +3,7 @@
 //	effects dev        run the whole pipeline locally in one process
 //	effects retention  show the retention in force; --dry-run, --run a removal pass
 //	effects list       list effects newest first
+//	effects show       one effect's row and where it is in JetStream
 //	effects --version  print the version
 //
 // `effects dev` starts an embedded NATS server, a private PostgreSQL (unless
@@ -39,6 +40,7 @@ commands:
               (needs DATABASE_URL; effects retention --help for its flags)
   list        list effects newest first, by status, kind and age
               (effects list --help)
+  show        show one effect's row and, when pending, where it is in JetStream
   version     print the version (also --version)
   help        print this (also --help)
 `)
@@ -62,6 +64,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return retentionCmd(args[1:], stdout, stderr)
 	case "list":
 		return listCmd(args[1:], stdout, stderr)
+	case "show":
+		return showCmd(args[1:], stdout, stderr)
 	}
 	fmt.Fprintf(stderr, "effects: unknown command %q\n\n", args[0])
 	usage(stderr)
