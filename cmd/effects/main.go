@@ -4,6 +4,7 @@
 //	effects retention  show the retention in force; --dry-run, --run a removal pass
 //	effects list       list effects newest first
 //	effects show       one effect's row and where it is in JetStream
+//	effects retry      re-run failed effects without Hasura
 //	effects --version  print the version
 //
 // `effects dev` starts an embedded NATS server, a private PostgreSQL (unless
@@ -41,6 +42,7 @@ commands:
   list        list effects newest first, by status, kind and age
               (effects list --help)
   show        show one effect's row and, when pending, where it is in JetStream
+  retry       re-run failed effects without Hasura (effects retry --help)
   version     print the version (also --version)
   help        print this (also --help)
 `)
@@ -66,6 +68,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return listCmd(args[1:], stdout, stderr)
 	case "show":
 		return showCmd(args[1:], stdout, stderr)
+	case "retry":
+		return retryCmd(args[1:], stdout, stderr)
 	}
 	fmt.Fprintf(stderr, "effects: unknown command %q\n\n", args[0])
 	usage(stderr)
