@@ -5,6 +5,7 @@
 //	effects list       list effects newest first
 //	effects show       one effect's row and where it is in JetStream
 //	effects retry      re-run failed effects without Hasura
+//	effects stats      counts by kind and status, oldest pending, backlogs
 //	effects --version  print the version
 //
 // `effects dev` starts an embedded NATS server, a private PostgreSQL (unless
@@ -43,6 +44,7 @@ commands:
               (effects list --help)
   show        show one effect's row and, when pending, where it is in JetStream
   retry       re-run failed effects without Hasura (effects retry --help)
+  stats       counts by kind and status, oldest pending, consumer backlogs
   version     print the version (also --version)
   help        print this (also --help)
 `)
@@ -70,6 +72,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return showCmd(args[1:], stdout, stderr)
 	case "retry":
 		return retryCmd(args[1:], stdout, stderr)
+	case "stats":
+		return statsCmd(args[1:], stdout, stderr)
 	}
 	fmt.Fprintf(stderr, "effects: unknown command %q\n\n", args[0])
 	usage(stderr)
