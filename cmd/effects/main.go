@@ -6,6 +6,7 @@
 //	effects show       one effect's row and where it is in JetStream
 //	effects retry      re-run failed effects without Hasura
 //	effects stats      counts by kind and status, oldest pending, backlogs
+//	effects tail       completions as they happen
 //	effects --version  print the version
 //
 // `effects dev` starts an embedded NATS server, a private PostgreSQL (unless
@@ -45,6 +46,7 @@ commands:
   show        show one effect's row and, when pending, where it is in JetStream
   retry       re-run failed effects without Hasura (effects retry --help)
   stats       counts by kind and status, oldest pending, consumer backlogs
+  tail        print completions as they happen (needs only NATS_URL)
   version     print the version (also --version)
   help        print this (also --help)
 `)
@@ -74,6 +76,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return retryCmd(args[1:], stdout, stderr)
 	case "stats":
 		return statsCmd(args[1:], stdout, stderr)
+	case "tail":
+		return tailCmd(args[1:], stdout, stderr)
 	}
 	fmt.Fprintf(stderr, "effects: unknown command %q\n\n", args[0])
 	usage(stderr)
