@@ -293,4 +293,3 @@ func TestConfigFromEnv(t *testing.T) {
 		}
 	}
 }
-
