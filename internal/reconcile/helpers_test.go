@@ -39,6 +39,7 @@ type bundle struct {
 	js   jetstream.JetStream
 	reg  *prometheus.Registry
 	rc   *reconcile.Reconciler
+	dreg *prometheus.Registry // the dispatcher's metrics
 
 	mu    sync.Mutex
 	calls map[string]int // handler calls by effect id
@@ -88,7 +89,8 @@ func run(t *testing.T, what string, f func(context.Context) error) {
 }
 
 // startServices starts the completer and a dispatcher handling "echo"
-// (counting calls) and, when slow is not nil, "slow" (counting calls, then
+// (counting calls), "flaky" (counting calls; the first asks for a retry in
+// an hour) and, when slow is not nil, "slow" (counting calls, then
 // waiting for slow to close; started is told of each call).
 func (b *bundle) startServices(t *testing.T, slow <-chan struct{}, started chan<- string) {
 	t.Helper()
@@ -107,6 +109,13 @@ func (b *bundle) startServices(t *testing.T, slow <-chan struct{}, started chan<
 		count(e.ID)
 		return map[string]string{"event_id": e.EventID}, nil
 	})
+	reg.Handle("flaky", func(_ context.Context, e effects.Effect) (any, error) {
+		count(e.ID)
+		if b.callsOf(e.ID) == 1 {
+			return nil, effects.RetryAfter(h, errors.New("busy, come back later"))
+		}
+		return nil, nil
+	})
 	if slow != nil {
 		reg.Handle("slow", func(ctx context.Context, e effects.Effect) (any, error) {
 			count(e.ID)
@@ -122,12 +131,13 @@ func (b *bundle) startServices(t *testing.T, slow <-chan struct{}, started chan<
 			}
 		})
 	}
-	d, err := dispatcher.New(dispatcher.Config{Concurrency: 2, HandlerTimeout: 2 * time.Minute}, reg, b.js, testLogger(t), prometheus.NewRegistry())
+	b.dreg = prometheus.NewRegistry()
+	d, err := dispatcher.New(dispatcher.Config{Concurrency: 2, HandlerTimeout: 2 * time.Minute, RetryMax: 2 * h}, reg, b.js, testLogger(t), b.dreg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	run(t, "dispatcher", d.Run)
-	kinds := []string{"echo"}
+	kinds := []string{"echo", "flaky"}
 	if slow != nil {
 		kinds = append(kinds, "slow")
 	}

@@ -122,6 +122,27 @@ func TestBacklogIsNotRepublished(t *testing.T) {
 	}
 }
 
+// TestRetryWaitingIsNotRepublished: an old row whose effect failed once and
+// waits an hour for its retry (nak'ed with a delay) is in flight, not lost:
+// the pass leaves it alone.
+func TestRetryWaitingIsNotRepublished(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.startServices(t, nil, nil)
+	id := b.insert(t, "flaky", 1, 3*h)[0]
+	b.publish(t, "flaky", id)
+	waitFor(t, time.Minute, "the first attempt retried", func() bool {
+		return metricValue(t, b.dreg, "effects_handled_total", "kind", "flaky", "outcome", "retried") == 1
+	})
+	res, err := b.rc.RunPass(testCtx(t))
+	if err != nil || res.Republished != 0 || res.Skipped[reconcile.SkipBacklog] != 1 {
+		t.Fatalf("pass: %+v, %v; want the row skipped for its kind's backlog", res, err)
+	}
+	if n := b.callsOf(id); n != 1 || b.status(t, id) != "pending" {
+		t.Fatalf("handled %d times, status %s; want once, pending", n, b.status(t, id))
+	}
+}
+
 // lostKind makes a dispatcher consumer for kind "lost" with nothing to run
 // it: what the reconciler publishes for it stays in the stream.
 func lostKind(t *testing.T, b *bundle) {
