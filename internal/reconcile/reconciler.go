@@ -290,7 +290,7 @@ func (r *Reconciler) batch(ctx context.Context, limit int, completionsBusy bool,
 			kinds[kind] = st
 			if st.skip != "" {
 				*skippedKinds = append(*skippedKinds, kind)
-				r.logger.Info("reconciler: leaving old pending rows of a kind alone", "kind", kind, "reason", st.skip)
+				r.logger.Debug("reconciler: leaving old pending rows of a kind alone", "kind", kind, "reason", st.skip)
 			}
 		}
 		if st.skip != "" {
