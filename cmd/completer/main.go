@@ -23,6 +23,7 @@ import (
 	"github.com/effects-run/effects/internal/completer"
 	"github.com/effects-run/effects/internal/envconfig"
 	"github.com/effects-run/effects/internal/natsconn"
+	"github.com/effects-run/effects/internal/reconcile"
 	"github.com/effects-run/effects/internal/retention"
 	"github.com/effects-run/effects/internal/retry"
 	"github.com/effects-run/effects/internal/schema"
@@ -61,7 +62,7 @@ func usage(w io.Writer) {
   completer --version        print the version and exit
 
 Configured by environment variables: DATABASE_URL (required), EFFECTS_TABLE,
-NATS_URL, EFFECTS_COMPLETER_*, EFFECTS_RETAIN_*, EFFECTS_ADMIN_ADDR, EFFECTS_LOG_LEVEL; see the README.
+NATS_URL, EFFECTS_COMPLETER_*, EFFECTS_RETAIN_*, EFFECTS_RECONCILE_AFTER, EFFECTS_ADMIN_ADDR, EFFECTS_LOG_LEVEL; see the README.
 `)
 }
 
@@ -74,6 +75,10 @@ func run(ctx context.Context, d service.Deps) error {
 		return &service.ConfigError{Err: err}
 	}
 	rcfg, err := retention.ConfigFromEnv(d.Env, cfg.Table)
+	if err != nil {
+		return &service.ConfigError{Err: err}
+	}
+	ccfg, err := reconcile.ConfigFromEnv(d.Env, cfg.Table)
 	if err != nil {
 		return &service.ConfigError{Err: err}
 	}
@@ -101,6 +106,10 @@ func run(ctx context.Context, d service.Deps) error {
 	if err != nil {
 		return &service.ConfigError{Err: err}
 	}
+	rc, err := reconcile.New(ccfg, pool, js, d.Logger, d.Registry)
+	if err != nil {
+		return &service.ConfigError{Err: err}
+	}
 	d.Checks.Add("postgres", c.CheckPostgres)
 	d.Checks.Add("nats", natsconn.Ready(nc))
 	d.Checks.Add("consumer", c.CheckConsuming)
@@ -112,9 +121,17 @@ func run(ctx context.Context, d service.Deps) error {
 		defer close(retentionDone)
 		_ = rm.Run(rctx)
 	}()
+	// The reconciler too (a batch in flight is rolled back; a row it had
+	// published is published again with the same message id, stored once).
+	reconcileDone := make(chan struct{})
+	go func() {
+		defer close(reconcileDone)
+		_ = rc.Run(rctx)
+	}()
 	err = c.Run(ctx)
 	stopRetention()
 	<-retentionDone
+	<-reconcileDone
 	if err != nil {
 		return err
 	}

@@ -230,7 +230,7 @@ func rerun(ctx context.Context, conn *pgx.Conn, o *oncall, js jetstream.JetStrea
 		return fail(fmt.Errorf("it cannot run: %w", err))
 	}
 	res.MsgID = "retry:" + id + ":" + dedupe
-	msg := ingest.EffectMsg(res.MsgID, id, kind, payload, createdAt, nil)
+	msg := ingest.EffectMsg(id, kind, payload, createdAt, res.MsgID)
 	if err := effects.CheckSize(msg, maxPayload); err != nil {
 		res.MsgID = ""
 		return fail(err)

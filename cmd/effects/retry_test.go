@@ -261,7 +261,7 @@ func TestRetryEndToEnd(t *testing.T) {
 	if err := pg.Pool.QueryRow(ctx, `SELECT created_at FROM effects WHERE id = $1`, id).Scan(&createdAt); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := js.PublishMsg(ctx, ingest.EffectMsg(id, id, "flaky", []byte(`{"to":"x"}`), createdAt, nil)); err != nil {
+	if _, err := js.PublishMsg(ctx, ingest.EffectMsg(id, "flaky", []byte(`{"to":"x"}`), createdAt, id)); err != nil {
 		t.Fatal(err)
 	}
 	waitStatus := func(want string) showReport {

@@ -31,7 +31,7 @@ func oncallNATS(t *testing.T) (*testenv.NATS, jetstream.JetStream) {
 
 func publish(t *testing.T, js jetstream.JetStream, msgID, id, kind string) {
 	t.Helper()
-	msg := ingest.EffectMsg(msgID, id, kind, []byte(`{}`), time.Now(), nil)
+	msg := ingest.EffectMsg(id, kind, []byte(`{}`), time.Now(), msgID)
 	if _, err := js.PublishMsg(context.Background(), msg); err != nil {
 		t.Fatal(err)
 	}

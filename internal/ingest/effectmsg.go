@@ -9,14 +9,15 @@ import (
 	"github.com/effects-run/effects/pkg/effects"
 )
 
-// EffectMsg builds the message the ingest publishes for a row (the wire
-// format of effects.Effect, built by the same code as the webhook's and the
-// table source's), on "effects.<kind>" with Nats-Msg-Id msgID. Other
-// publishers of effects (the `effects retry` command) use it so that there is
-// one builder of the format. payload and sessionVars must be valid JSON;
-// sessionVars may be nil.
-func EffectMsg(msgID, id, kind string, payload []byte, createdAt time.Time, sessionVars []byte) *nats.Msg {
-	data := appendEffect(make([]byte, 0, effectSize(id, kind, payload, sessionVars)), id, kind, payload, createdAt, sessionVars)
+// EffectMsg is the JetStream message of an effect row exactly as the ingest
+// publishes it (same subject, same JSON, built by the same code), with msgID
+// as its Nats-Msg-Id. The completer's reconciler publishes rows again with
+// it. payload must be valid JSON; an empty payload goes out as {}.
+func EffectMsg(id, kind string, payload []byte, createdAt time.Time, msgID string) *nats.Msg {
+	if len(payload) == 0 || string(payload) == "null" {
+		payload = emptyObject // a handler always gets JSON
+	}
+	data := appendEffect(make([]byte, 0, effectSize(id, kind, payload, nil)), id, kind, payload, createdAt, nil)
 	return &nats.Msg{
 		Subject: effects.Subject(kind),
 		Data:    data,

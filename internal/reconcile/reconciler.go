@@ -1,0 +1,424 @@
+// Package reconcile publishes again the effects whose rows stayed pending
+// with nothing on its way to them: Hasura gave up while the ingest answered
+// 503, a stream lost its data, an operator purged a stream.
+//
+// The rule (EFFECTS_RECONCILE_AFTER = A, default 15m, 0 off). A pass
+// publishes a row again when all of these hold:
+//   - the row is pending and was created more than A ago;
+//   - it was not handed to JetStream in the last A: published_at (set by the
+//     table source, and by the reconciler each time it publishes a row) is
+//     NULL or older than A, so a row is re-published at most once per A;
+//   - the completer's consumer has no completion waiting (not yet delivered
+//     or not yet acknowledged): the row's completion may be one of them;
+//   - the dispatcher consumer of the row's kind exists and has no message
+//     waiting (num_pending + num_ack_pending = 0): while a kind has a
+//     backlog or effects in flight, the row's effect may be among them, and
+//     it is left alone however old it is. A slow system or a long backlog
+//     is therefore never re-published; the price is that a lost row of a
+//     kind that is never idle waits for a quiet moment of its kind (the
+//     skipped metric shows it).
+//
+// The row is published with the ingest's own message builder, with
+// Nats-Msg-Id "reconcile:<row id>:<n>", n being the row's previous
+// published_at in Unix microseconds (0 when none): a pass that dies between
+// the ack and the commit publishes again with the same id, which JetStream's
+// duplicate window stores once, while each later re-publish is a delivery of
+// its own (its completion gets its own message id). A row that can never be
+// handled (no or invalid kind, message over the server's max_payload) gets a
+// failed completion instead, as the ingest does.
+//
+// The completer runs a [Reconciler] in every replica. Each batch is one
+// transaction that takes a transaction-level advisory lock of its own (the
+// replica that finds it taken leaves the pass to the other) and locks its
+// rows FOR UPDATE SKIP LOCKED, so the table source, which claims unpublished
+// rows the same way, never publishes a row the reconciler is publishing;
+// published_at is set after JetStream's ack, in that transaction.
+package reconcile
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgtype"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/effects-run/effects/internal/completer"
+	"github.com/effects-run/effects/internal/ingest"
+	"github.com/effects-run/effects/internal/schema"
+	"github.com/effects-run/effects/pkg/effects"
+	"github.com/effects-run/effects/pkg/effects/dispatcher"
+)
+
+// lockKeyHigh is the high half of the advisory lock key of a table's
+// reconcile batches ("effc"); the low half is the table's oid.
+const lockKeyHigh = int64(0x65666663) << 32
+
+// ErrPassRunning is returned by a pass when another session is
+// reconciling the table at this moment.
+var ErrPassRunning = errors.New("another reconcile pass is running on this table")
+
+// MsgIDPrefix starts the Nats-Msg-Id of every effect the reconciler
+// publishes.
+const MsgIDPrefix = "reconcile:"
+
+// Reconciler runs reconcile passes on a schedule. Create it with [New] and
+// run it with [Reconciler.Run] beside the completer.
+type Reconciler struct {
+	cfg    Config
+	pool   *pgxpool.Pool
+	js     jetstream.JetStream
+	logger *slog.Logger
+	m      *metrics
+	table  schema.Table
+
+	claimSQL, markSQL string
+}
+
+// New returns a Reconciler for cfg reading the table through pool and
+// publishing through js, with its metrics registered on reg. It does no I/O.
+func New(cfg Config, pool *pgxpool.Pool, js jetstream.JetStream, logger *slog.Logger, reg prometheus.Registerer) (*Reconciler, error) {
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if pool == nil || js == nil || logger == nil || reg == nil {
+		return nil, errors.New("reconcile: pool, js, logger and reg are required")
+	}
+	table, err := schema.ParseTable(cfg.Table)
+	if err != nil {
+		return nil, err
+	}
+	m, err := newMetrics(reg)
+	if err != nil {
+		return nil, fmt.Errorf("reconcile: register metrics: %w", err)
+	}
+	q := table.Quoted()
+	return &Reconciler{
+		cfg: cfg, pool: pool, js: js, logger: logger.With("component", "reconciler"), m: m, table: table,
+		// The pending partial index on created_at leads; kinds already
+		// skipped in this pass ($3) are left out so the next batch moves on.
+		claimSQL: `SELECT id::text, kind, payload::text, created_at, published_at FROM ` + q + `
+			 WHERE status = 'pending'
+			   AND created_at < now() - $1::int8 * interval '1 microsecond'
+			   AND (published_at IS NULL OR published_at < now() - $1::int8 * interval '1 microsecond')
+			   AND (kind IS NULL OR kind <> ALL($3::text[]))
+			 ORDER BY created_at
+			 LIMIT $2
+			 FOR UPDATE SKIP LOCKED`,
+		markSQL: `UPDATE ` + q + ` SET published_at = now() WHERE id = ANY($1::uuid[])`,
+	}, nil
+}
+
+// Run runs a pass every Interval (the first after one Interval, so a
+// completer starting after an outage first drains what waits for it) until
+// ctx ends; it returns nil then. Turned off (After 0) it logs so and
+// returns at once.
+func (r *Reconciler) Run(ctx context.Context) error {
+	if !r.cfg.Enabled() {
+		r.logger.Info("reconciler off (EFFECTS_RECONCILE_AFTER=0)")
+		return nil
+	}
+	r.logger.Info("reconciler running", "config", r.cfg)
+	t := time.NewTicker(r.cfg.Interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		_, _ = r.RunPass(ctx)
+	}
+}
+
+// PassResult is what one pass did, in rows.
+type PassResult struct {
+	Republished, Rejected int
+	// Skipped is rows left alone, by reason.
+	Skipped map[string]int
+}
+
+// RunPass runs one pass now, with metrics and logs. Another replica
+// reconciling is not an error: it returns nil then.
+func (r *Reconciler) RunPass(ctx context.Context) (PassResult, error) {
+	res, err := r.pass(ctx)
+	switch {
+	case errors.Is(err, ErrPassRunning):
+		r.m.passes.WithLabelValues(ResultSkipped).Inc()
+		r.logger.Debug("reconcile pass left to another replica")
+		return res, nil
+	case err != nil && ctx.Err() != nil:
+		return res, nil
+	case err != nil:
+		r.m.passes.WithLabelValues(ResultError).Inc()
+		r.logger.Warn("reconcile pass failed; retrying at the next interval", "error", err,
+			"republished", res.Republished, "next_in", r.cfg.Interval)
+		return res, err
+	}
+	r.m.passes.WithLabelValues(ResultDone).Inc()
+	if res.Republished > 0 || res.Rejected > 0 || len(res.Skipped) > 0 {
+		r.logger.Info("reconcile pass", "republished", res.Republished, "rejected", res.Rejected,
+			"skipped_backlog", res.Skipped[SkipBacklog], "skipped_no_consumer", res.Skipped[SkipNoConsumer],
+			"skipped_completions_backlog", res.Skipped[SkipCompletions])
+	}
+	return res, nil
+}
+
+// kindState is whether a pass may publish rows of a kind, and why not.
+type kindState struct{ skip string }
+
+func (r *Reconciler) pass(ctx context.Context) (PassResult, error) {
+	res := PassResult{Skipped: map[string]int{}}
+	completionsBusy, err := r.consumerBusy(ctx, effects.CompletedStream, completer.ConsumerName)
+	if err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return res, fmt.Errorf("NATS: completer consumer: %w", err)
+	}
+	kinds := map[string]kindState{}
+	skippedKinds := []string{} // not nil: kind <> ALL(NULL) would match nothing
+	for res.Republished+res.Rejected < r.cfg.MaxPerPass {
+		if err := ctx.Err(); err != nil {
+			return res, err
+		}
+		limit := min(r.cfg.BatchSize, r.cfg.MaxPerPass-res.Republished-res.Rejected)
+		n, err := r.batch(ctx, limit, completionsBusy, kinds, &skippedKinds, &res)
+		if err != nil {
+			return res, err
+		}
+		if n < limit {
+			break
+		}
+	}
+	return res, nil
+}
+
+// consumerBusy reports whether a consumer has messages not yet delivered or
+// not yet acknowledged.
+func (r *Reconciler) consumerBusy(ctx context.Context, stream, name string) (bool, error) {
+	cctx, cancel := context.WithTimeout(ctx, r.cfg.PublishTimeout)
+	defer cancel()
+	c, err := r.js.Consumer(cctx, stream, name)
+	if err != nil {
+		return false, err
+	}
+	info, err := c.Info(cctx)
+	if err != nil {
+		return false, err
+	}
+	return info.NumPending+uint64(info.NumAckPending) > 0, nil
+}
+
+type row struct {
+	id          string
+	kind        *string
+	payload     *string
+	createdAt   time.Time
+	publishedAt pgtype.Timestamptz
+}
+
+type inFlight struct {
+	row      row
+	label    string
+	fut      jetstream.PubAckFuture
+	rejected bool
+}
+
+// batch claims up to limit rows in a transaction holding the table's
+// reconcile lock, publishes those it may, marks the acked ones and commits.
+// It returns how many rows it claimed; the rows of a kind it skipped are
+// left out of the pass's next batches.
+func (r *Reconciler) batch(ctx context.Context, limit int, completionsBusy bool, kinds map[string]kindState, skippedKinds *[]string, res *PassResult) (int, error) {
+	bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*r.cfg.PublishTimeout)
+	defer cancel()
+	tx, err := r.pool.Begin(bctx)
+	if err != nil {
+		return 0, fmt.Errorf("PostgreSQL: begin: %w", err)
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(bctx)) }()
+	var locked bool
+	if err := tx.QueryRow(bctx, `SELECT pg_try_advisory_xact_lock($1::int8 | $2::text::regclass::oid::int8)`,
+		lockKeyHigh, r.table.Quoted()).Scan(&locked); err != nil {
+		return 0, fmt.Errorf("PostgreSQL: lock: %w", err)
+	}
+	if !locked {
+		return 0, ErrPassRunning
+	}
+	rows, err := tx.Query(bctx, r.claimSQL, r.cfg.After.Microseconds(), limit, *skippedKinds)
+	if err != nil {
+		return 0, fmt.Errorf("PostgreSQL: claim: %w", err)
+	}
+	var claimed []row
+	for rows.Next() {
+		var x row
+		if err := rows.Scan(&x.id, &x.kind, &x.payload, &x.createdAt, &x.publishedAt); err != nil {
+			rows.Close()
+			return 0, fmt.Errorf("PostgreSQL: claim: %w", err)
+		}
+		claimed = append(claimed, x)
+	}
+	if err := rows.Err(); err != nil {
+		return 0, fmt.Errorf("PostgreSQL: claim: %w", err)
+	}
+
+	maxPayload := int64(0)
+	if nc := r.js.Conn(); nc != nil {
+		maxPayload = nc.MaxPayload()
+	}
+	var flights []inFlight
+	for _, x := range claimed {
+		if x.kind == nil || effects.ValidateKind(*x.kind) != nil {
+			f, err := r.reject(x, invalidReason(x.kind))
+			if err != nil {
+				return 0, err
+			}
+			flights = append(flights, f)
+			continue
+		}
+		kind := *x.kind
+		st, ok := kinds[kind]
+		if !ok {
+			st, err = r.kindState(bctx, kind, completionsBusy)
+			if err != nil {
+				return 0, err
+			}
+			kinds[kind] = st
+			if st.skip != "" {
+				*skippedKinds = append(*skippedKinds, kind)
+				r.logger.Debug("reconciler: leaving old pending rows of a kind alone", "kind", kind, "reason", st.skip)
+			}
+		}
+		if st.skip != "" {
+			res.Skipped[st.skip]++
+			r.m.skipped.WithLabelValues(r.m.kinds.Label(kind), st.skip).Inc()
+			continue
+		}
+		payload := []byte("{}")
+		if x.payload != nil {
+			payload = []byte(*x.payload)
+		}
+		msg := ingest.EffectMsg(x.id, kind, payload, x.createdAt, msgID(x))
+		if err := effects.CheckSize(msg, maxPayload); err != nil {
+			f, err := r.reject(x, fmt.Sprintf("the effect message is %d bytes, more than the NATS server accepts (max_payload %d)", len(msg.Data), maxPayload))
+			if err != nil {
+				return 0, err
+			}
+			flights = append(flights, f)
+			continue
+		}
+		fut, err := r.js.PublishMsgAsync(msg)
+		if err != nil {
+			return 0, fmt.Errorf("NATS: publish: %w", err)
+		}
+		flights = append(flights, inFlight{row: x, label: r.m.kinds.Label(kind), fut: fut})
+	}
+
+	timer := time.NewTimer(r.cfg.PublishTimeout)
+	defer timer.Stop()
+	var acked []string
+	var done []inFlight
+	var publishErr error
+	for _, f := range flights {
+		select {
+		case <-f.fut.Ok():
+			acked = append(acked, f.row.id)
+			done = append(done, f)
+		case err := <-f.fut.Err():
+			if publishErr == nil {
+				publishErr = fmt.Errorf("NATS: publish: %w", err)
+			}
+		case <-timer.C:
+			if publishErr == nil {
+				publishErr = fmt.Errorf("NATS: no ack within %s", r.cfg.PublishTimeout)
+			}
+			timer.Reset(0)
+		}
+	}
+	if len(acked) > 0 {
+		if _, err := tx.Exec(bctx, r.markSQL, acked); err != nil {
+			return 0, fmt.Errorf("PostgreSQL: mark published: %w", err)
+		}
+	}
+	if err := tx.Commit(bctx); err != nil {
+		return 0, fmt.Errorf("PostgreSQL: commit: %w", err)
+	}
+	for _, f := range done {
+		if f.rejected {
+			res.Rejected++
+			r.m.rejected.WithLabelValues(f.label).Inc()
+			continue
+		}
+		res.Republished++
+		r.m.republished.WithLabelValues(f.label).Inc()
+		r.logger.Info("reconciler: published a pending row again", "effect_id", f.row.id, "kind", *f.row.kind,
+			"created_at", f.row.createdAt, "msg_id", msgID(f.row))
+	}
+	if publishErr != nil {
+		return 0, publishErr
+	}
+	return len(claimed), nil
+}
+
+func (r *Reconciler) kindState(ctx context.Context, kind string, completionsBusy bool) (kindState, error) {
+	if completionsBusy {
+		return kindState{skip: SkipCompletions}, nil
+	}
+	busy, err := r.consumerBusy(ctx, effects.EffectsStream, dispatcher.ConsumerName(kind))
+	switch {
+	case errors.Is(err, jetstream.ErrConsumerNotFound):
+		return kindState{skip: SkipNoConsumer}, nil
+	case err != nil:
+		return kindState{}, fmt.Errorf("NATS: consumer %s: %w", dispatcher.ConsumerName(kind), err)
+	case busy:
+		return kindState{skip: SkipBacklog}, nil
+	}
+	return kindState{}, nil
+}
+
+// reject publishes the failed completion of a row that can never be
+// handled. Its event id is the message id the row would have had.
+func (r *Reconciler) reject(x row, reason string) (inFlight, error) {
+	kind := ""
+	if x.kind != nil {
+		kind = *x.kind
+	}
+	label := r.m.kinds.Label(kind)
+	if effects.ValidateKind(kind) != nil {
+		kind = "invalid"
+	}
+	ref := effects.Ref{ID: x.id, Kind: kind, EventID: msgID(x)}
+	msg, err := effects.CompletionMsg(ref, effects.Completion{
+		EffectID: x.id, Kind: kind, Status: effects.StatusFailed, Error: &reason, CompletedAt: time.Now().UTC(),
+	})
+	if err != nil {
+		return inFlight{}, fmt.Errorf("failed completion of %s: %w", x.id, err)
+	}
+	fut, err := r.js.PublishMsgAsync(msg)
+	if err != nil {
+		return inFlight{}, fmt.Errorf("NATS: publish: %w", err)
+	}
+	r.logger.Warn("reconciler: a pending row can never be handled; failing it", "effect_id", x.id, "reason", reason)
+	return inFlight{row: x, label: label, fut: fut, rejected: true}, nil
+}
+
+func invalidReason(kind *string) string {
+	if kind == nil {
+		return "kind is null"
+	}
+	err := effects.ValidateKind(*kind)
+	return "kind is not valid: " + strings.TrimPrefix(err.Error(), effects.ErrInvalidKind.Error()+": ")
+}
+
+// msgID is the Nats-Msg-Id of the row's next re-publish.
+func msgID(x row) string {
+	n := int64(0)
+	if x.publishedAt.Valid && x.publishedAt.InfinityModifier == pgtype.Finite {
+		n = x.publishedAt.Time.UnixMicro()
+	}
+	return MsgIDPrefix + x.id + ":" + strconv.FormatInt(n, 10)
+}
