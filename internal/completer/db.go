@@ -12,7 +12,8 @@ import (
 )
 
 // OpenPool returns a pool on cfg.DatabaseURL with a connection for every
-// writer plus one for checks and one for retention batches. It does not
+// writer plus one for checks, one for retention batches and one the
+// reconciler holds through a pass. It does not
 // connect yet (the completer waits for PostgreSQL by itself); it fails only
 // on a URL it cannot parse. Its errors never contain the URL or the
 // password.
@@ -22,7 +23,7 @@ func OpenPool(cfg Config) (*pgxpool.Pool, error) {
 	if err != nil {
 		return nil, redact(fmt.Errorf("DATABASE_URL: %w", err), cfg.DatabaseURL)
 	}
-	if need := int32(cfg.Writers + 2); pc.MaxConns < need {
+	if need := int32(cfg.Writers + 3); pc.MaxConns < need {
 		pc.MaxConns = need
 	}
 	pool, err := pgxpool.NewWithConfig(context.Background(), pc)

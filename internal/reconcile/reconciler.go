@@ -176,6 +176,38 @@ type kindState struct{ skip string }
 
 func (r *Reconciler) pass(ctx context.Context) (PassResult, error) {
 	res := PassResult{Skipped: map[string]int{}}
+	// One replica runs a whole pass: a session lock held on one connection
+	// for the pass (its batches run on that connection, where the batch's
+	// own transaction lock on the same key is re-entrant). With a lock per
+	// batch only, two replicas interleaved, and the second saw the first's
+	// fresh publishes as the kind's backlog and left the rest of the rows
+	// for a later pass.
+	conn, err := r.pool.Acquire(ctx)
+	if err != nil {
+		return res, fmt.Errorf("PostgreSQL: acquire: %w", err)
+	}
+	var locked bool
+	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1::int8 | $2::text::regclass::oid::int8)`,
+		lockKeyHigh, r.table.Quoted()).Scan(&locked); err != nil {
+		conn.Release()
+		return res, fmt.Errorf("PostgreSQL: lock: %w", err)
+	}
+	if !locked {
+		conn.Release()
+		return res, ErrPassRunning
+	}
+	defer func() {
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.cfg.PublishTimeout)
+		defer cancel()
+		if _, err := conn.Exec(uctx, `SELECT pg_advisory_unlock($1::int8 | $2::text::regclass::oid::int8)`,
+			lockKeyHigh, r.table.Quoted()); err != nil {
+			// Never hand a connection that may still hold the lock back to
+			// the pool: closing the session releases it.
+			_ = conn.Hijack().Close(uctx)
+			return
+		}
+		conn.Release()
+	}()
 	completionsBusy, err := r.consumerBusy(ctx, effects.CompletedStream, completer.ConsumerName)
 	if err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
 		return res, fmt.Errorf("NATS: completer consumer: %w", err)
@@ -187,7 +219,7 @@ func (r *Reconciler) pass(ctx context.Context) (PassResult, error) {
 			return res, err
 		}
 		limit := min(r.cfg.BatchSize, r.cfg.MaxPerPass-res.Republished-res.Rejected)
-		n, err := r.batch(ctx, limit, completionsBusy, kinds, &skippedKinds, &res)
+		n, err := r.batch(ctx, conn, limit, completionsBusy, kinds, &skippedKinds, &res)
 		if err != nil {
 			return res, err
 		}
@@ -233,10 +265,10 @@ type inFlight struct {
 // reconcile lock, publishes those it may, marks the acked ones and commits.
 // It returns how many rows it claimed; the rows of a kind it skipped are
 // left out of the pass's next batches.
-func (r *Reconciler) batch(ctx context.Context, limit int, completionsBusy bool, kinds map[string]kindState, skippedKinds *[]string, res *PassResult) (int, error) {
+func (r *Reconciler) batch(ctx context.Context, conn *pgxpool.Conn, limit int, completionsBusy bool, kinds map[string]kindState, skippedKinds *[]string, res *PassResult) (int, error) {
 	bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*r.cfg.PublishTimeout)
 	defer cancel()
-	tx, err := r.pool.Begin(bctx)
+	tx, err := conn.Begin(bctx)
 	if err != nil {
 		return 0, fmt.Errorf("PostgreSQL: begin: %w", err)
 	}
