@@ -448,7 +448,14 @@ func (s *liveSource) next(ctx context.Context) (jetstream.Msg, error) {
 			jm, err = cons.Next(jetstream.FetchContext(fctx))
 			cancel()
 			if err != nil && ctx.Err() == nil && (errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout)) {
-				continue // nothing to do for now: ask again
+				// Nothing to do for now, or the consumer is gone (a pull
+				// to a deleted stream's consumer is answered by no one).
+				if s.gone(ctx, cons) {
+					if err := s.reopen(ctx, gen); err != nil {
+						return nil, err
+					}
+				}
+				continue
 			}
 		}
 		if err == nil {
@@ -464,10 +471,18 @@ func (s *liveSource) next(ctx context.Context) (jetstream.Msg, error) {
 			}
 			continue
 		}
-		// Missing heartbeats, a reconnect: the iterator recovers by itself.
+		// Missing heartbeats, a reconnect: the iterator recovers by itself,
+		// unless the consumer is gone without a word (its stream was
+		// deleted while no pull request was waiting to be told).
 		level := slog.LevelWarn
 		if errors.Is(err, jetstream.ErrNoHeartbeat) {
 			level = slog.LevelDebug
+			if s.gone(ctx, cons) {
+				if err := s.reopen(ctx, gen); err != nil {
+					return nil, err
+				}
+				continue
+			}
 		}
 		s.x.logger.Log(ctx, level, "jetstream fetch", "kind", s.x.kind, "error", err)
 		if it == nil {
@@ -476,6 +491,16 @@ func (s *liveSource) next(ctx context.Context) (jetstream.Msg, error) {
 			}
 		}
 	}
+}
+
+// gone asks the server whether the consumer (or its stream) no longer
+// exists. Any other answer, or none, is "not gone": the fetch loop keeps
+// trying as before.
+func (s *liveSource) gone(ctx context.Context, cons jetstream.Consumer) bool {
+	ictx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	_, err := cons.Info(ictx)
+	return errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrStreamNotFound)
 }
 
 // reopen re-creates a consumer found gone (once, whichever worker sees it
