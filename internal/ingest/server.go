@@ -113,6 +113,11 @@ func New(cfg Config, js jetstream.JetStream, logger *slog.Logger, reg prometheus
 	if err != nil {
 		return nil, err
 	}
+	if reg != nil {
+		if err := reg.Register(&consumerCollector{js: js, kinds: m.kinds}); err != nil {
+			return nil, fmt.Errorf("ingest: register metrics: %w", err)
+		}
+	}
 	s := &Server{
 		cfg:          cfg,
 		js:           js,
