@@ -349,7 +349,9 @@ effects_consumer_info_up 1
 		t.Fatalf("no message: %v", batch.Error())
 		return nil
 	}
-	email := consumer(jetstream.ConsumerConfig{Durable: "dispatcher-send_email", FilterSubject: effects.Subject("send_email")})
+	// One effect in flight at a time: the fetch after the nak gets the
+	// refused effect back rather than the next one.
+	email := consumer(jetstream.ConsumerConfig{Durable: "dispatcher-send_email", FilterSubject: effects.Subject("send_email"), MaxAckPending: 1})
 	consumer(jetstream.ConsumerConfig{Durable: "dispatcher-sms", FilterSubject: effects.Subject("sms")})
 	consumer(jetstream.ConsumerConfig{Durable: "audit", FilterSubjects: []string{"effects.sms", "effects.typo_*"}})
 	// One send_email effect delivered, refused, and delivered again: it is
