@@ -34,6 +34,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/effects-run/effects/internal/kindlabel"
+	"github.com/effects-run/effects/internal/redact"
 	"github.com/effects-run/effects/internal/retry"
 	"github.com/effects-run/effects/internal/schema"
 	"github.com/effects-run/effects/pkg/effects"
@@ -649,35 +650,7 @@ func (c *Completer) setStartErr(err error) {
 }
 
 // redact removes the database URL and password from err's text.
-func (c *Completer) redact(err error) error { return redact(err, c.secrets...) }
-
-// redact returns err with every secret in its text replaced. The result
-// still unwraps to err, for errors.Is and errors.As.
-func redact(err error, secrets ...string) error {
-	if err == nil {
-		return nil
-	}
-	msg := err.Error()
-	changed := false
-	for _, s := range secrets {
-		if s != "" && strings.Contains(msg, s) {
-			msg = strings.ReplaceAll(msg, s, "xxxxx")
-			changed = true
-		}
-	}
-	if !changed {
-		return err
-	}
-	return &redactedError{msg: msg, err: err}
-}
-
-type redactedError struct {
-	msg string
-	err error
-}
-
-func (e *redactedError) Error() string { return e.msg }
-func (e *redactedError) Unwrap() error { return e.err }
+func (c *Completer) redact(err error) error { return redact.Error(err, c.secrets...) }
 
 func truncate(s string, n int) string {
 	if len(s) <= n {

@@ -8,6 +8,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/effects-run/effects/internal/redact"
 	"github.com/effects-run/effects/internal/schema"
 )
 
@@ -21,14 +22,14 @@ func OpenPool(cfg Config) (*pgxpool.Pool, error) {
 	cfg = cfg.WithDefaults()
 	pc, err := pgxpool.ParseConfig(cfg.DatabaseURL)
 	if err != nil {
-		return nil, redact(fmt.Errorf("DATABASE_URL: %w", err), cfg.DatabaseURL)
+		return nil, redact.Error(fmt.Errorf("DATABASE_URL: %w", err), cfg.DatabaseURL)
 	}
 	if need := int32(cfg.Writers + 3); pc.MaxConns < need {
 		pc.MaxConns = need
 	}
 	pool, err := pgxpool.NewWithConfig(context.Background(), pc)
 	if err != nil {
-		return nil, redact(fmt.Errorf("DATABASE_URL: %w", err), cfg.DatabaseURL, pc.ConnConfig.Password)
+		return nil, redact.Error(fmt.Errorf("DATABASE_URL: %w", err), cfg.DatabaseURL, pc.ConnConfig.Password)
 	}
 	return pool, nil
 }
@@ -39,18 +40,18 @@ func OpenPool(cfg Config) (*pgxpool.Pool, error) {
 func Migrate(ctx context.Context, cfg Config) error {
 	cc, err := pgx.ParseConfig(cfg.DatabaseURL)
 	if err != nil {
-		return redact(fmt.Errorf("DATABASE_URL: %w", err), cfg.DatabaseURL)
+		return redact.Error(fmt.Errorf("DATABASE_URL: %w", err), cfg.DatabaseURL)
 	}
 	secrets := []string{cfg.DatabaseURL, cc.Password}
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	conn, err := pgx.ConnectConfig(cctx, cc)
 	if err != nil {
-		return redact(fmt.Errorf("connect to PostgreSQL: %w", err), secrets...)
+		return redact.Error(fmt.Errorf("connect to PostgreSQL: %w", err), secrets...)
 	}
 	defer func() { _ = conn.Close(context.WithoutCancel(ctx)) }()
 	if err := schema.Migrate(ctx, conn, cfg.Table); err != nil {
-		return redact(err, secrets...)
+		return redact.Error(err, secrets...)
 	}
 	return nil
 }

@@ -5,12 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/effects-run/effects/internal/redact"
 	"github.com/effects-run/effects/internal/schema"
 	"github.com/effects-run/effects/pkg/effects"
 )
@@ -91,7 +91,7 @@ func (r *Remover) RunPass(ctx context.Context) (PassResult, error) {
 		// Stopping: not a failure.
 		return res, nil
 	case err != nil:
-		err = redact(err, r.secrets...)
+		err = redact.Error(err, r.secrets...)
 		r.m.passes[ResultError].Inc()
 		r.m.passSeconds.Observe(time.Since(start).Seconds())
 		r.logger.Warn("retention pass failed; retrying at the next interval", "error", err,
@@ -108,7 +108,7 @@ func (r *Remover) RunPass(ctx context.Context) (PassResult, error) {
 	ages, aerr := OldestAge(ctx, r.pool, r.table)
 	if aerr != nil {
 		if ctx.Err() == nil {
-			r.logger.Warn("retention: reading the oldest rows failed", "error", redact(aerr, r.secrets...))
+			r.logger.Warn("retention: reading the oldest rows failed", "error", redact.Error(aerr, r.secrets...))
 		}
 		return res, err
 	}
@@ -117,28 +117,3 @@ func (r *Remover) RunPass(ctx context.Context) (PassResult, error) {
 	}
 	return res, err
 }
-
-// redact replaces secrets in err's text (pgx errors may quote connection
-// settings). The result still unwraps to err.
-func redact(err error, secrets ...string) error {
-	msg := err.Error()
-	changed := false
-	for _, s := range secrets {
-		if s != "" && strings.Contains(msg, s) {
-			msg = strings.ReplaceAll(msg, s, "xxxxx")
-			changed = true
-		}
-	}
-	if !changed {
-		return err
-	}
-	return &redactedError{msg: msg, err: err}
-}
-
-type redactedError struct {
-	msg string
-	err error
-}
-
-func (e *redactedError) Error() string { return e.msg }
-func (e *redactedError) Unwrap() error { return e.err }
