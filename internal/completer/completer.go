@@ -81,6 +81,9 @@ func New(cfg Config, pool *pgxpool.Pool, js jetstream.JetStream, logger *slog.Lo
 	if err != nil {
 		return nil, fmt.Errorf("completer: register metrics: %w", err)
 	}
+	if err := reg.Register(newOldestPendingCollector(pool, table)); err != nil {
+		return nil, fmt.Errorf("completer: register metrics: %w", err)
+	}
 	c := &Completer{
 		cfg:    cfg,
 		pool:   pool,

@@ -917,6 +917,12 @@ func TestNoAckInTimeIs503(t *testing.T) {
 	if elapsed < 200*time.Millisecond {
 		t.Errorf("answered after %s, before the publish timeout", elapsed)
 	}
+	if v := counterValue(t, b.reg, "effects_ingest_publish_errors_total", map[string]string{"reason": "timeout"}); v != 1 {
+		t.Errorf("publish_errors{reason=timeout} = %v, want 1", v)
+	}
+	if got := histogramCountWith(t, b.reg, "effects_ingest_request_duration_seconds", map[string]string{"code": "503"}); got != 1 {
+		t.Errorf("request_duration{code=503} count %d, want 1", got)
+	}
 }
 
 func TestNATSDownIs503ThenRecovers(t *testing.T) {
@@ -945,6 +951,9 @@ func TestNATSDownIs503ThenRecovers(t *testing.T) {
 	}
 	if v := counterValue(t, b.reg, "effects_ingested_total", nil); v != 0 {
 		t.Errorf("ingested = %v while JetStream was down, want 0", v)
+	}
+	if v := counterValue(t, b.reg, "effects_ingest_publish_errors_total", map[string]string{"reason": "error"}); v != 2 {
+		t.Errorf("publish_errors{reason=error} = %v, want 2", v)
 	}
 
 	// Hasura retries after Retry-After; by then NATS is back. The message
@@ -1001,6 +1010,15 @@ func TestMetrics(t *testing.T) {
 	if got := histogramCount(t, b.reg, "effects_ingest_publish_seconds"); got != 5 {
 		t.Errorf("effects_ingest_publish_seconds count %d, want 5", got)
 	}
+	// Every request is timed under its status code.
+	for code, want := range map[string]uint64{"200": 6, "400": 1, "401": 1, "503": 0} {
+		if got := histogramCountWith(t, b.reg, "effects_ingest_request_duration_seconds", map[string]string{"code": code}); got != want {
+			t.Errorf("effects_ingest_request_duration_seconds{code=%q} count %d, want %d", code, got, want)
+		}
+	}
+	if got := counterValue(t, b.reg, "effects_ingest_publish_errors_total", nil); got != 0 {
+		t.Errorf("effects_ingest_publish_errors_total = %v, want 0", got)
+	}
 }
 
 func TestNewRefusesABadConfig(t *testing.T) {
@@ -1036,9 +1054,16 @@ func counterValue(t testing.TB, reg *prometheus.Registry, name string, labels ma
 
 func histogramCount(t testing.TB, reg *prometheus.Registry, name string) uint64 {
 	t.Helper()
+	return histogramCountWith(t, reg, name, nil)
+}
+
+func histogramCountWith(t testing.TB, reg *prometheus.Registry, name string, labels map[string]string) uint64 {
+	t.Helper()
 	var n uint64
 	for _, m := range family(t, reg, name) {
-		n += m.GetHistogram().GetSampleCount()
+		if hasLabels(m, labels) {
+			n += m.GetHistogram().GetSampleCount()
+		}
 	}
 	return n
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -41,6 +42,11 @@ type metrics struct {
 	// with, so that counting a reply does not format a label.
 	byCode         map[int]prometheus.Counter
 	publishSeconds prometheus.Histogram
+	// publishErrors counts publishes JetStream did not ack, by reason.
+	publishErrors *prometheus.CounterVec
+	// duration and durationByCode time webhook requests, by status code.
+	duration       *prometheus.HistogramVec
+	durationByCode map[int]prometheus.Observer
 	// Kinds with effects in the stream that no consumer takes.
 	kindsWithoutConsumer prometheus.Gauge
 	unconsumed           *prometheus.GaugeVec
@@ -66,6 +72,16 @@ func newMetrics(reg prometheus.Registerer, kinds *kindlabel.Set, webhook bool) (
 			Help:    "Time from publishing a message (an effect, or the failed completion of a rejected row) to JetStream's ack, for acked publishes.",
 			Buckets: prometheus.ExponentialBuckets(0.00025, 2, 15), // 250µs to 4s
 		}),
+		publishErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "effects_ingest_publish_errors_total",
+			Help: "Publishes to JetStream (effects, or failed completions of rejected rows) that were not acked, by reason: timeout (no ack within EFFECTS_PUBLISH_TIMEOUT) or error (NATS refused or is not connected).",
+		}, []string{"reason"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "effects_ingest_request_duration_seconds",
+			Help:    "Time the webhook took to answer a request, from its arrival to the reply, by HTTP status code.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 15), // 500µs to 8s
+		}, []string{"code"}),
+		durationByCode: make(map[int]prometheus.Observer),
 		kindsWithoutConsumer: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "effects_kinds_without_consumer",
 			Help: "Kinds whose effects are in the EFFECTS stream while no consumer's filter takes them (checked every EFFECTS_CONSUMER_CHECK_INTERVAL): nobody handles them, and they expire unhandled.",
@@ -81,6 +97,10 @@ func newMetrics(reg prometheus.Registerer, kinds *kindlabel.Set, webhook bool) (
 		http.StatusMethodNotAllowed, http.StatusRequestEntityTooLarge, http.StatusServiceUnavailable,
 	} {
 		m.byCode[code] = m.requests.WithLabelValues(strconv.Itoa(code))
+		m.durationByCode[code] = m.duration.WithLabelValues(strconv.Itoa(code))
+	}
+	for _, reason := range []string{publishErrorTimeout, publishErrorError} {
+		m.publishErrors.WithLabelValues(reason) // exported at 0 from the start
 	}
 	if reg != nil {
 		// A webhook and a table source on one registry share these: the
@@ -92,10 +112,13 @@ func newMetrics(reg prometheus.Registerer, kinds *kindlabel.Set, webhook bool) (
 		if m.publishSeconds, err = register(reg, m.publishSeconds); err != nil {
 			return nil, err
 		}
+		if m.publishErrors, err = register(reg, m.publishErrors); err != nil {
+			return nil, err
+		}
 		// Only the webhook answers requests and checks consumers; two
 		// webhooks on one registry are a mistake and refused.
 		if webhook {
-			for _, c := range []prometheus.Collector{m.requests, m.kindsWithoutConsumer, m.unconsumed} {
+			for _, c := range []prometheus.Collector{m.requests, m.duration, m.kindsWithoutConsumer, m.unconsumed} {
 				if err := reg.Register(c); err != nil {
 					return nil, fmt.Errorf("ingest: register metrics: %w", err)
 				}
@@ -108,6 +131,26 @@ func newMetrics(reg prometheus.Registerer, kinds *kindlabel.Set, webhook bool) (
 // ingest counts an event of kind with its outcome, under a bounded label.
 func (m *metrics) ingest(kind, outcome string) {
 	m.ingested.WithLabelValues(m.kinds.Label(kind), outcome).Inc()
+}
+
+// Reasons of effects_ingest_publish_errors_total.
+const (
+	publishErrorTimeout = "timeout"
+	publishErrorError   = "error"
+)
+
+// publishError counts a publish that was not acked.
+func (m *metrics) publishError(reason string) {
+	m.publishErrors.WithLabelValues(reason).Inc()
+}
+
+// requestDone observes how long a request answered with code took.
+func (m *metrics) requestDone(code int, d time.Duration) {
+	if o, ok := m.durationByCode[code]; ok {
+		o.Observe(d.Seconds())
+		return
+	}
+	m.duration.WithLabelValues(strconv.Itoa(code)).Observe(d.Seconds())
 }
 
 func (m *metrics) request(code int) {

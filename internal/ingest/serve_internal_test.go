@@ -296,3 +296,105 @@ func TestSubjectMatches(t *testing.T) {
 		}
 	}
 }
+
+// TestConsumerMetricsAreReadAtScrape: each scrape reads the consumers of the
+// EFFECTS stream, summed by kind (~any for a consumer of several subjects),
+// and reports effects_consumer_info_up 0, without the series, when NATS is
+// down.
+func TestConsumerMetricsAreReadAtScrape(t *testing.T) {
+	t.Parallel()
+	n := testenv.StartNATS(t)
+	nc, js := n.Connect(t)
+	ctx := context.Background()
+	if err := effects.EnsureStreams(ctx, js, effects.StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	if _, err := New(Config{WebhookSecret: "s"}, js, nil, reg); err != nil {
+		t.Fatal(err)
+	}
+	names := []string{"effects_consumer_pending", "effects_consumer_ack_pending", "effects_consumer_redelivered", "effects_consumer_info_up"}
+	// No consumer yet: read, and nothing to report.
+	if err := testutil.GatherAndCompare(reg, bytes.NewBufferString(`
+# HELP effects_consumer_info_up 1 if this scrape read the consumers of the EFFECTS stream from JetStream, 0 if it could not (NATS down, the stream missing, no answer within 3s): the effects_consumer_* series are then missing.
+# TYPE effects_consumer_info_up gauge
+effects_consumer_info_up 1
+`), names...); err != nil {
+		t.Error(err)
+	}
+
+	for _, kind := range []string{"send_email", "send_email", "send_email", "sms", "sms"} {
+		if _, err := js.Publish(ctx, effects.Subject(kind), []byte(`{}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	consumer := func(cfg jetstream.ConsumerConfig) jetstream.Consumer {
+		t.Helper()
+		cfg.AckPolicy = jetstream.AckExplicitPolicy
+		c, err := js.CreateOrUpdateConsumer(ctx, effects.EffectsStream, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	fetchOne := func(c jetstream.Consumer) jetstream.Msg {
+		t.Helper()
+		batch, err := c.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for m := range batch.Messages() {
+			return m
+		}
+		t.Fatalf("no message: %v", batch.Error())
+		return nil
+	}
+	// One effect in flight at a time: the fetch after the nak gets the
+	// refused effect back rather than the next one.
+	email := consumer(jetstream.ConsumerConfig{Durable: "dispatcher-send_email", FilterSubject: effects.Subject("send_email"), MaxAckPending: 1})
+	consumer(jetstream.ConsumerConfig{Durable: "dispatcher-sms", FilterSubject: effects.Subject("sms")})
+	consumer(jetstream.ConsumerConfig{Durable: "audit", FilterSubjects: []string{"effects.sms", "effects.typo_*"}})
+	// One send_email effect delivered, refused, and delivered again: it is
+	// ack-pending and redelivered; the other two are pending.
+	if err := fetchOne(email).Nak(); err != nil {
+		t.Fatal(err)
+	}
+	if m := fetchOne(email); m == nil {
+		t.Fatal("no redelivery")
+	}
+
+	want := `
+# HELP effects_consumer_ack_pending Effects delivered to the consumers of each kind and not acked yet: running, or waiting out a crashed dispatcher's ack wait (num_ack_pending; read at scrape time).
+# TYPE effects_consumer_ack_pending gauge
+effects_consumer_ack_pending{kind="send_email"} 1
+effects_consumer_ack_pending{kind="sms"} 0
+effects_consumer_ack_pending{kind="~any"} 0
+# HELP effects_consumer_info_up 1 if this scrape read the consumers of the EFFECTS stream from JetStream, 0 if it could not (NATS down, the stream missing, no answer within 3s): the effects_consumer_* series are then missing.
+# TYPE effects_consumer_info_up gauge
+effects_consumer_info_up 1
+# HELP effects_consumer_pending Effects in the EFFECTS stream not yet delivered to the consumers of each kind (JetStream's num_pending, summed over the kind's consumers; read at scrape time).
+# TYPE effects_consumer_pending gauge
+effects_consumer_pending{kind="send_email"} 2
+effects_consumer_pending{kind="sms"} 2
+effects_consumer_pending{kind="~any"} 2
+# HELP effects_consumer_redelivered Effects of each kind delivered more than once and not acked yet (num_redelivered; read at scrape time).
+# TYPE effects_consumer_redelivered gauge
+effects_consumer_redelivered{kind="send_email"} 1
+effects_consumer_redelivered{kind="sms"} 0
+effects_consumer_redelivered{kind="~any"} 0
+`
+	if err := testutil.GatherAndCompare(reg, bytes.NewBufferString(want), names...); err != nil {
+		t.Error(err)
+	}
+
+	down := nc.StatusChanged(nats.RECONNECTING)
+	n.Shutdown()
+	<-down
+	if err := testutil.GatherAndCompare(reg, bytes.NewBufferString(`
+# HELP effects_consumer_info_up 1 if this scrape read the consumers of the EFFECTS stream from JetStream, 0 if it could not (NATS down, the stream missing, no answer within 3s): the effects_consumer_* series are then missing.
+# TYPE effects_consumer_info_up gauge
+effects_consumer_info_up 0
+`), names...); err != nil {
+		t.Error(err)
+	}
+}

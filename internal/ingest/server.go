@@ -113,6 +113,11 @@ func New(cfg Config, js jetstream.JetStream, logger *slog.Logger, reg prometheus
 	if err != nil {
 		return nil, err
 	}
+	if reg != nil {
+		if err := reg.Register(&consumerCollector{js: js, kinds: m.kinds}); err != nil {
+			return nil, fmt.Errorf("ingest: register metrics: %w", err)
+		}
+	}
 	s := &Server{
 		cfg:          cfg,
 		js:           js,
@@ -155,7 +160,28 @@ func allowedList(kinds []string) string {
 // Handler serves [EventsPath]; any other path is 404.
 func (s *Server) Handler() http.Handler { return http.HandlerFunc(s.serveHTTP) }
 
+// timedWriter remembers the status code a request was answered with, for
+// effects_ingest_request_duration_seconds.
+type timedWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (t *timedWriter) WriteHeader(code int) {
+	t.code = code
+	t.ResponseWriter.WriteHeader(code)
+}
+
 func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	tw := &timedWriter{ResponseWriter: w, code: http.StatusOK}
+	s.serve(tw, w, r)
+	s.metrics.requestDone(tw.code, time.Since(start))
+}
+
+// serve answers r on w; raw is the server's own writer, which
+// http.MaxBytesReader needs to close the connection of a body over the limit.
+func (s *Server) serve(w, raw http.ResponseWriter, r *http.Request) {
 	switch {
 	case r.URL.Path != EventsPath:
 		s.replyError(w, http.StatusNotFound, "not found: Hasura events are POSTed to "+EventsPath)
@@ -173,7 +199,7 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 
 	bufp := bodyPool.Get().(*[]byte)
-	body, err := readBody(http.MaxBytesReader(w, r.Body, int64(s.cfg.MaxBodyBytes)), (*bufp)[:0], r.ContentLength)
+	body, err := readBody(http.MaxBytesReader(raw, r.Body, int64(s.cfg.MaxBodyBytes)), (*bufp)[:0], r.ContentLength)
 	if err != nil {
 		putBody(bufp, body)
 		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
@@ -255,7 +281,7 @@ func (s *Server) handleEvent(w http.ResponseWriter, ev *hasuraEvent) {
 	// While the connection is down a publish would wait in the reconnect
 	// buffer until the timeout; Hasura learns sooner that it must retry.
 	if nc := s.js.Conn(); nc != nil && !nc.IsConnected() {
-		s.unavailable(w, errNotConnected)
+		s.unavailable(w, publishErrorError, errNotConnected)
 		return
 	}
 
@@ -325,7 +351,7 @@ func (s *Server) publish(w http.ResponseWriter, eventID, effectID, kind string, 
 				len(msg.Data), s.js.Conn().MaxPayload()))
 			return
 		}
-		s.unavailable(w, err)
+		s.unavailable(w, publishErrorError, err)
 		return
 	}
 	timer := time.NewTimer(s.cfg.PublishTimeout)
@@ -343,9 +369,9 @@ func (s *Server) publish(w http.ResponseWriter, eventID, effectID, kind string, 
 		s.metrics.ingest(kind, outcome)
 		s.reply(w, http.StatusOK, appendPublishedReply(make([]byte, 0, 160), effectID, eventID, ack.Duplicate, ack.Sequence))
 	case err := <-fut.Err():
-		s.unavailable(w, err)
+		s.unavailable(w, publishErrorError, err)
 	case <-timer.C:
-		s.unavailable(w, fmt.Errorf("no ack within %s (EFFECTS_PUBLISH_TIMEOUT)", s.cfg.PublishTimeout))
+		s.unavailable(w, publishErrorTimeout, fmt.Errorf("no ack within %s (EFFECTS_PUBLISH_TIMEOUT)", s.cfg.PublishTimeout))
 	}
 }
 
@@ -354,7 +380,7 @@ func (s *Server) publish(w http.ResponseWriter, eventID, effectID, kind string, 
 // for a kind that is not valid is effects.InvalidKindSubject.
 func (s *Server) reject(w http.ResponseWriter, eventID, effectID, kind, label, reason string) {
 	if nc := s.js.Conn(); nc != nil && !nc.IsConnected() {
-		s.unavailable(w, errNotConnected)
+		s.unavailable(w, publishErrorError, errNotConnected)
 		return
 	}
 	if len(kind) > maxStoredKindLength {
@@ -374,10 +400,12 @@ func (s *Server) reject(w http.ResponseWriter, eventID, effectID, kind, label, r
 		CompletedAt: s.now().UTC(),
 	})
 	if err != nil {
+		reason := publishErrorError
 		if errors.Is(err, context.DeadlineExceeded) {
+			reason = publishErrorTimeout
 			err = fmt.Errorf("no ack within %s (EFFECTS_PUBLISH_TIMEOUT)", s.cfg.PublishTimeout)
 		}
-		s.unavailable(w, err)
+		s.unavailable(w, reason, err)
 		return
 	}
 	s.metrics.publishSeconds.Observe(time.Since(start).Seconds())
@@ -388,7 +416,9 @@ func (s *Server) reject(w http.ResponseWriter, eventID, effectID, kind, label, r
 
 // unavailable answers 503 with Retry-After, which Hasura honours even when
 // its retries are spent, so the event is delivered once JetStream is back.
-func (s *Server) unavailable(w http.ResponseWriter, err error) {
+// It counts the publish that failed under reason.
+func (s *Server) unavailable(w http.ResponseWriter, reason string, err error) {
+	s.metrics.publishError(reason)
 	now := time.Now().UnixNano()
 	if last := s.lastUnavailableLog.Load(); now-last >= int64(10*time.Second) && s.lastUnavailableLog.CompareAndSwap(last, now) {
 		s.logger.Warn("JetStream did not store an event; answering 503 (logged at most every 10s)", "error", err)

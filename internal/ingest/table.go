@@ -326,6 +326,7 @@ func (s *TableSource) batch(ctx context.Context) (int, error) {
 	for _, r := range claimed {
 		p, err := s.publishRow(r)
 		if err != nil {
+			s.metrics.publishError(publishErrorError)
 			publishErr = err
 			break // the rest stay unpublished; tried again after a backoff
 		}
@@ -350,10 +351,12 @@ func (s *TableSource) batch(ctx context.Context) (int, error) {
 			}
 			outcomes = append(outcomes, p)
 		case err := <-p.fut.Err():
+			s.metrics.publishError(publishErrorError)
 			if publishErr == nil {
 				publishErr = fmt.Errorf("NATS: publish: %w", err)
 			}
 		case <-timer.C:
+			s.metrics.publishError(publishErrorTimeout)
 			if publishErr == nil {
 				publishErr = fmt.Errorf("NATS: no ack within %s (EFFECTS_PUBLISH_TIMEOUT)", s.cfg.PublishTimeout)
 			}

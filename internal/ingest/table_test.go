@@ -513,3 +513,35 @@ func TestTableSourceAndWebhookShareMetrics(t *testing.T) {
 		}
 	}
 }
+
+// A publish JetStream refuses counts in effects_ingest_publish_errors_total;
+// the row is published once the stream takes it again.
+func TestTableSourceCountsPublishErrors(t *testing.T) {
+	b := setupTable(t)
+	src := b.startSource()
+	b.waitPublished([]string{b.insert("echo", `{}`)})
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	stream, err := b.js.Stream(ctx, effects.EffectsStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	orig := stream.CachedInfo().Config
+	full := orig
+	full.MaxMsgs, full.Discard = 1, jetstream.DiscardNew // holds the first effect: refuses the next
+	if _, err := b.js.UpdateStream(ctx, full); err != nil {
+		t.Fatal(err)
+	}
+	id := b.insert("echo", `{}`)
+	waitFor(t, "a publish error counted", func() bool {
+		return counter(t, src.reg, "effects_ingest_publish_errors_total", map[string]string{"reason": "error"}) > 0
+	})
+	if _, err := b.js.UpdateStream(ctx, orig); err != nil {
+		t.Fatal(err)
+	}
+	b.waitPublished([]string{id})
+	if got := counter(t, src.reg, "effects_ingest_publish_errors_total", map[string]string{"reason": "timeout"}); got != 0 {
+		t.Errorf("publish_errors{reason=timeout} = %v, want 0", got)
+	}
+}

@@ -1,0 +1,57 @@
+package completer
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/effects-run/effects/internal/schema"
+)
+
+// oldestPendingTimeout bounds the query of one scrape, well under
+// Prometheus's default scrape timeout of 10s.
+const oldestPendingTimeout = 2 * time.Second
+
+var (
+	oldestPendingDesc = prometheus.NewDesc("effects_oldest_pending_seconds",
+		"Age of the oldest pending row of the effects table (0 when none is pending), read at scrape time. Growing without bound means effects are not completing: a kind without a dispatcher, a stalled completer, a lost message.",
+		nil, nil)
+	oldestPendingUpDesc = prometheus.NewDesc("effects_oldest_pending_up",
+		"1 if this scrape could read effects_oldest_pending_seconds from PostgreSQL, 0 if not (PostgreSQL down or no answer within 2s).",
+		nil, nil)
+)
+
+// oldestPendingCollector asks PostgreSQL for the oldest pending row at each
+// scrape: min(created_at) over the pending partial index, one index probe,
+// so it costs the same however many rows are pending.
+type oldestPendingCollector struct {
+	pool *pgxpool.Pool
+	sql  string
+}
+
+func newOldestPendingCollector(pool *pgxpool.Pool, table schema.Table) *oldestPendingCollector {
+	return &oldestPendingCollector{pool: pool, sql: fmt.Sprintf(
+		`SELECT coalesce(extract(epoch FROM clock_timestamp() - min(created_at)), 0)::float8 FROM %s WHERE status = 'pending'`,
+		table.Quoted())}
+}
+
+func (c *oldestPendingCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- oldestPendingDesc
+	ch <- oldestPendingUpDesc
+}
+
+func (c *oldestPendingCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), oldestPendingTimeout)
+	defer cancel()
+	var age float64
+	if err := c.pool.QueryRow(ctx, c.sql).Scan(&age); err != nil {
+		ch <- prometheus.MustNewConstMetric(oldestPendingUpDesc, prometheus.GaugeValue, 0)
+		return
+	}
+	// A created_at in the future (a client's clock) is not an age.
+	ch <- prometheus.MustNewConstMetric(oldestPendingDesc, prometheus.GaugeValue, max(age, 0))
+	ch <- prometheus.MustNewConstMetric(oldestPendingUpDesc, prometheus.GaugeValue, 1)
+}
