@@ -40,6 +40,7 @@ type Dispatcher struct {
 	logger *slog.Logger
 	m      *metrics
 	execs  []*executor
+	opts   options
 
 	// maxAge is the effects stream's MaxAge as the server has it.
 	maxAge time.Duration
@@ -52,8 +53,15 @@ type Dispatcher struct {
 }
 
 // New returns a dispatcher for the handlers in reg. reg must not change
-// afterwards.
-func New(cfg Config, reg *effects.Registry, js jetstream.JetStream, logger *slog.Logger, registerer prometheus.Registerer) (*Dispatcher, error) {
+// afterwards. Without opts it is the effects dispatcher; see [ConsumerOption] for a
+// team's own consumer.
+func New(cfg Config, reg *effects.Registry, js jetstream.JetStream, logger *slog.Logger, registerer prometheus.Registerer, opts ...ConsumerOption) (*Dispatcher, error) {
+	o := defaultOptions()
+	for _, opt := range opts {
+		if err := opt(&o); err != nil {
+			return nil, fmt.Errorf("dispatcher: %w", err)
+		}
+	}
 	cfg = cfg.WithDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -79,10 +87,13 @@ func New(cfg Config, reg *effects.Registry, js jetstream.JetStream, logger *slog
 	if err != nil {
 		return nil, fmt.Errorf("dispatcher: metrics: %w", err)
 	}
-	d := &Dispatcher{cfg: cfg, reg: reg, js: js, pubJS: js, client: effects.NewClient(js), logger: logger, m: m,
+	d := &Dispatcher{cfg: cfg, reg: reg, js: js, pubJS: js, opts: o, client: effects.NewClient(js), logger: logger, m: m,
 		fetchCtx: context.Background(), workCtx: context.Background()}
 	for _, k := range kinds {
 		h, _ := reg.Lookup(k)
+		if o.noCompletions && h.IsAsync() {
+			return nil, fmt.Errorf("dispatcher: kind %s has an asynchronous handler, which completes effects; WithoutCompletions takes synchronous handlers only", k)
+		}
 		lim, err := cfg.limitsFor(k, h.Options())
 		if err != nil {
 			return nil, err
@@ -112,7 +123,7 @@ func (d *Dispatcher) Ready(context.Context) error {
 	}
 	for _, x := range d.execs {
 		if !x.ready.Load() {
-			return fmt.Errorf("kind %s: its consumer %s is being created again", x.kind, ConsumerName(x.kind))
+			return fmt.Errorf("kind %s: its consumer %s is being created again", x.kind, x.consumerName())
 		}
 	}
 	return nil
@@ -127,14 +138,16 @@ func (d *Dispatcher) maxPayload() int64 {
 	return 0
 }
 
+func (x *executor) consumerName() string { return x.d.opts.prefix + x.kind }
+
 func (x *executor) consumerConfig() jetstream.ConsumerConfig {
 	return jetstream.ConsumerConfig{
-		Durable:       ConsumerName(x.kind),
+		Durable:       x.consumerName(),
 		Description:   "effects dispatcher for kind " + x.kind,
 		FilterSubject: effects.Subject(x.kind),
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       x.lim.ackWait,
-		DeliverPolicy: jetstream.DeliverAllPolicy,
+		DeliverPolicy: x.d.opts.deliver.policy(),
 		// The dispatcher decides when an effect has had enough attempts and
 		// records it as failed; a server-side limit would drop it silently.
 		MaxDeliver:    -1,
