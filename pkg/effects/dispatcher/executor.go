@@ -240,7 +240,7 @@ func retentionMargin(maxAge time.Duration) time.Duration {
 // apply carries out an outcome: the completion first, then the ack, nak,
 // term or hold. It is the only place a delivery is settled.
 func (x *executor) apply(dl *delivery, o outcome) {
-	if o.completion != nil {
+	if o.completion != nil && !x.d.opts.noCompletions {
 		if err := x.d.publish(o.completion); err != nil {
 			x.km.publishErrors.Inc()
 			x.logger.Error("completion not published; the effect will be redelivered", "effect_id", dl.effect.ID, "kind", x.kind, "error", err)
