@@ -13,6 +13,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/effects-run/effects/internal/retry"
 	"github.com/effects-run/effects/pkg/effects"
@@ -71,6 +73,10 @@ type delivery struct {
 	state          heldState
 	deadline       *time.Timer // async completion deadline
 	heldAt         time.Time
+
+	// trace is the attempt's span context: the completion message carries
+	// it so that the completer's write joins the effect's trace.
+	trace trace.SpanContext
 }
 
 // settle claims the right to apply the delivery's outcome.
@@ -151,7 +157,11 @@ func (x *executor) handle(ctx context.Context, jm jetstream.Msg) bool {
 
 	// The attempt. Its context descends from the work context, which only
 	// a shutdown past its grace period cancels.
-	workCtx := x.d.workCtx
+	workCtx, span := startAttempt(x.d.workCtx, jm.Headers(), x.kind, eff.ID, dl.attempt)
+	defer span.End()
+	dl.mu.Lock()
+	dl.trace = span.SpanContext()
+	dl.mu.Unlock()
 	att := &Attempt{Effect: eff}
 	if x.async {
 		att.Done = x.done(dl)
@@ -163,6 +173,9 @@ func (x *executor) handle(ctx context.Context, jm jetstream.Msg) bool {
 		<-overran // the attempt was given up; its result comes too late
 		x.lateResult(dl, r)
 		return false
+	}
+	if r.Err != nil {
+		span.SetStatus(codes.Error, errorText(r.Err))
 	}
 	x.finish(dl, result{value: r.Value, deferred: r.Deferred, err: r.Err}, errors.Is(context.Cause(workCtx), errShutdown))
 	return true
@@ -241,6 +254,7 @@ func retentionMargin(maxAge time.Duration) time.Duration {
 // term or hold. It is the only place a delivery is settled.
 func (x *executor) apply(dl *delivery, o outcome) {
 	if o.completion != nil && !x.d.opts.noCompletions {
+		injectTrace(dl, o.completion)
 		if err := x.d.publish(o.completion); err != nil {
 			x.km.publishErrors.Inc()
 			x.logger.Error("completion not published; the effect will be redelivered", "effect_id", dl.effect.ID, "kind", x.kind, "error", err)

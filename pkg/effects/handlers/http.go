@@ -15,6 +15,8 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"go.opentelemetry.io/otel/propagation"
+
 	"github.com/effects-run/effects/pkg/effects"
 )
 
@@ -201,6 +203,8 @@ func (h *httpRequester) handle(ctx context.Context, e effects.Effect) (any, erro
 		return nil, effects.Permanent(err)
 	}
 	req.Header.Set("User-Agent", userAgent)
+	// The attempt's trace continues at the target (W3C traceparent).
+	propagation.TraceContext{}.Inject(ctx, propagation.HeaderCarrier(req.Header))
 	if e.ID != "" {
 		// Delivery is at least once: this lets the receiver recognise a
 		// retry of an effect it has already acted on.

@@ -1,0 +1,49 @@
+package dispatcher
+
+import (
+	"context"
+	"net/http"
+
+	"github.com/nats-io/nats.go"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// tracerName names the dispatcher's spans' instrumentation scope.
+const tracerName = "github.com/effects-run/effects/pkg/effects/dispatcher"
+
+// propagator reads and writes the W3C traceparent of NATS messages. It is
+// fixed rather than the global one so that an effect's trace travels even
+// when no tracing is configured (the global propagator is a no-op then).
+var propagator = propagation.TraceContext{}
+
+// startAttempt starts the span of one handler attempt, continuing the trace
+// whose traceparent the effect message carries (the ingest sets it from
+// Hasura's trace). With no tracer provider installed the span records
+// nothing but still carries the parent, so http_request passes it on.
+func startAttempt(ctx context.Context, h nats.Header, kind, id string, attempt int) (context.Context, trace.Span) {
+	ctx = propagator.Extract(ctx, propagation.HeaderCarrier(http.Header(h)))
+	return otel.Tracer(tracerName).Start(ctx, "effect "+kind,
+		trace.WithSpanKind(trace.SpanKindConsumer),
+		trace.WithAttributes(
+			attribute.String("effect.id", id),
+			attribute.String("effect.kind", kind),
+			attribute.Int("effect.attempt", attempt),
+		))
+}
+
+// injectTrace puts the attempt's traceparent on its completion message.
+func injectTrace(dl *delivery, msg *nats.Msg) {
+	dl.mu.Lock()
+	sc := dl.trace
+	dl.mu.Unlock()
+	if !sc.IsValid() {
+		return
+	}
+	if msg.Header == nil {
+		msg.Header = nats.Header{}
+	}
+	propagator.Inject(trace.ContextWithSpanContext(context.Background(), sc), propagation.HeaderCarrier(http.Header(msg.Header)))
+}

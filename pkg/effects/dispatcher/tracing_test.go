@@ -1,0 +1,99 @@
+package dispatcher
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+
+	"github.com/effects-run/effects/pkg/effects"
+	"github.com/effects-run/effects/pkg/effects/handlers"
+)
+
+// The effect message's traceparent (set by the ingest from Hasura's trace)
+// is continued by the attempt's span, reaches the http_request target, and
+// travels on the completion message.
+func TestAttemptContinuesTheEffectsTrace(t *testing.T) {
+	exp := tracetest.NewInMemoryExporter()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(exp))
+	prev := otel.GetTracerProvider()
+	otel.SetTracerProvider(tp)
+	t.Cleanup(func() { otel.SetTracerProvider(prev); _ = tp.Shutdown(context.Background()) })
+
+	const traceID = "4bf92f3577b34da6a3ce929d0e0e4736"
+	parent := "00-" + traceID + "-00f067aa0ba902b7-01"
+	seen := make(chan string, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(_ http.ResponseWriter, r *http.Request) {
+		seen <- r.Header.Get("traceparent")
+	}))
+	t.Cleanup(srv.Close)
+	h, err := handlers.NewHTTPRequest(handlers.HTTPConfig{Allow: []string{strings.TrimPrefix(srv.URL, "http://")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := effects.NewRegistry()
+	reg.Handle("http_request", h)
+	b := setup(t, testConfig(), reg)
+	comps := make(chan *nats.Msg, 1)
+	sub, err := b.js.Conn().ChanSubscribe(effects.CompletedPrefix+"http_request", comps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+
+	id := newID()
+	msg := nats.NewMsg(effects.Subject("http_request"))
+	msg.Data = fmt.Appendf(nil, `{"id":%q,"kind":"http_request","payload":{"url":%q,"method":"GET"},"created_at":%q,"session_variables":null}`,
+		id, srv.URL, time.Now().UTC().Format(time.RFC3339Nano))
+	msg.Header.Set("Nats-Msg-Id", "ev-"+id)
+	msg.Header.Set("Traceparent", parent)
+	if _, err := b.js.PublishMsg(context.Background(), msg); err != nil {
+		t.Fatal(err)
+	}
+	if c := b.completion(id); c.Status != effects.StatusSucceeded {
+		t.Fatalf("completion %+v", c)
+	}
+	target := <-seen
+	if !strings.HasPrefix(target, "00-"+traceID+"-") || target == parent {
+		t.Fatalf("target saw traceparent %q, want the attempt's span in trace %s", target, traceID)
+	}
+	select {
+	case cm := <-comps:
+		if got := cm.Header.Get("Traceparent"); got != target {
+			t.Fatalf("completion traceparent %q, want the attempt's %q", got, target)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("no completion message")
+	}
+
+	var span *tracetest.SpanStub
+	for _, s := range exp.GetSpans() {
+		if s.SpanContext.TraceID().String() == traceID && s.Name == "effect http_request" {
+			span = &s
+		}
+	}
+	if span == nil {
+		t.Fatalf("no attempt span in trace %s: %+v", traceID, exp.GetSpans())
+	}
+	if span.Parent.SpanID().String() != "00f067aa0ba902b7" || !strings.Contains(target, span.SpanContext.SpanID().String()) {
+		t.Fatalf("span %v parent %v, target saw %q", span.SpanContext, span.Parent, target)
+	}
+	want := map[attribute.Key]string{"effect.id": id, "effect.kind": "http_request"}
+	for _, kv := range span.Attributes {
+		if w, ok := want[kv.Key]; ok && kv.Value.AsString() == w {
+			delete(want, kv.Key)
+		}
+	}
+	if len(want) != 0 {
+		t.Fatalf("span attributes %v lack %v", span.Attributes, want)
+	}
+}
