@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/effects-run/effects/internal/schema"
 	"github.com/effects-run/effects/pkg/effects"
@@ -29,6 +30,8 @@ type item struct {
 	completion []byte
 	// res is what writing it did (for the winner of its id).
 	res result
+	// span is the write's span while tracing is on (tracing.go).
+	span trace.Span
 }
 
 // parseItem decodes the body of a completion message; the error says why it

@@ -450,7 +450,9 @@ func (wk *worker) process(ctx context.Context, msgs []jetstream.Msg) {
 	wk.rows = rows
 
 	keep := startKeepAlive(c.cfg.AckWait/3, msgs)
+	startWrites(ctx, rows)
 	wk.writeBatch(ctx, rows)
+	endWrites(rows)
 	keep.stop()
 
 	var unknown []string

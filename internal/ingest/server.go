@@ -218,6 +218,11 @@ func (s *Server) serve(w, raw http.ResponseWriter, r *http.Request) {
 		s.replyError(w, http.StatusBadRequest, err.Error())
 		return
 	}
+	if ev.Event != nil && ev.Event.TraceContext.parent == "" {
+		// No trace_context in the body: Hasura's request headers may
+		// still carry its trace.
+		ev.Event.TraceContext.parent = headerParent(r.Header)
+	}
 	s.handleEvent(w, &ev)
 }
 
@@ -294,9 +299,8 @@ func (s *Server) handleEvent(w http.ResponseWriter, ev *hasuraEvent) {
 		// stores the effect once; a MANUAL re-run has a new id and runs.
 		Header: nats.Header{jetstream.MsgIDHeader: []string{ev.ID}},
 	}
-	if tp := ev.Event.TraceContext.parent; tp != "" {
-		msg.Header[TraceparentHeader] = []string{tp}
-	}
+	span := startPublish(ev.Event.TraceContext.parent, msg, row.ID, kind)
+	defer span.End()
 	// A message over the server's max_payload can never be stored. Checked
 	// here rather than left to the client: the client refuses it too, but
 	// only after registering the async publish, whose timer then holds the

@@ -1,0 +1,55 @@
+package ingest
+
+import (
+	"context"
+	"net/http"
+
+	"github.com/nats-io/nats.go"
+	"go.opentelemetry.io/contrib/propagators/b3"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+)
+
+const tracerName = "github.com/effects-run/effects/internal/ingest"
+
+// requestPropagator reads the trace Hasura's request headers carry: W3C
+// traceparent, or B3 (X-B3-TraceId, X-B3-SpanId, X-B3-Sampled, or the single
+// b3 header).
+var requestPropagator = propagation.NewCompositeTextMapPropagator(
+	propagation.TraceContext{},
+	b3.New(b3.WithInjectEncoding(b3.B3MultipleHeader)),
+)
+
+// headerParent returns the request headers' trace as a traceparent value,
+// "" when they carry none.
+func headerParent(h http.Header) string {
+	ctx := requestPropagator.Extract(context.Background(), propagation.HeaderCarrier(h))
+	if !trace.SpanContextFromContext(ctx).IsValid() {
+		return ""
+	}
+	c := propagation.MapCarrier{}
+	propagation.TraceContext{}.Inject(ctx, c)
+	return c["traceparent"]
+}
+
+// startPublish starts the ingest's span of one effect, a child of parent (a
+// traceparent, "" for a new trace), and puts the span's traceparent on msg.
+// With tracing off the span records nothing and msg carries parent as is.
+func startPublish(parent string, msg *nats.Msg, effectID, kind string) trace.Span {
+	ctx := context.Background()
+	if parent != "" {
+		ctx = propagation.TraceContext{}.Extract(ctx, propagation.MapCarrier{"traceparent": parent})
+	}
+	ctx, span := otel.Tracer(tracerName).Start(ctx, "ingest "+kind,
+		trace.WithSpanKind(trace.SpanKindProducer),
+		trace.WithAttributes(
+			attribute.String("effect.id", effectID),
+			attribute.String("effect.kind", kind),
+		))
+	if sc := span.SpanContext(); sc.IsValid() {
+		propagation.TraceContext{}.Inject(ctx, propagation.HeaderCarrier(http.Header(msg.Header)))
+	}
+	return span
+}
