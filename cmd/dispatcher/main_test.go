@@ -61,6 +61,7 @@ func TestConfigErrors(t *testing.T) {
 		{"kind concurrency not a number", map[string]string{"EFFECTS_KIND_CONCURRENCY": "echo=many"}, `EFFECTS_KIND_CONCURRENCY: echo="many"`},
 		{"kind rate without a unit", map[string]string{"EFFECTS_KIND_RATE": "http_request=10"}, "EFFECTS_KIND_RATE"},
 		{"kind rate for a kind without handler", map[string]string{"EFFECTS_KIND_RATE": "sms=10/s"}, `EFFECTS_KIND_RATE names kind "sms"`},
+		{"unknown traces exporter", map[string]string{"OTEL_TRACES_EXPORTER": "carrier-pigeon"}, "OTEL_TRACES_EXPORTER"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

@@ -89,6 +89,20 @@ func run1(name, defaultAdminAddr string, run func(ctx context.Context, d Deps) e
 		signal.Stop(sigs)
 	}()
 
+	stopTracing, err := startTracing(ctx, name)
+	if err != nil {
+		logger.Error("configuration", "error", err)
+		return 2
+	}
+	defer func() {
+		// Flushes the spans not exported yet.
+		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer scancel()
+		if err := stopTracing(sctx); err != nil {
+			logger.Warn("exporting the last spans", "error", err)
+		}
+	}()
+
 	deps := Deps{Logger: logger, Registry: admin.NewRegistry(), Checks: &admin.Checks{}, Env: env, Shared: shared}
 	ln, err := net.Listen("tcp", adminAddr)
 	if err != nil {
