@@ -92,3 +92,64 @@ func TestOneTraceFromIngestToCompleter(t *testing.T) {
 		t.Errorf("the target saw traceparent %q, want %q", got, want)
 	}
 }
+
+// The table source starts a new trace per row; the dispatcher's attempt and
+// the completer's write continue it.
+func TestTableSourceStartsATracePerRow(t *testing.T) {
+	// Not parallel: the tracer provider is global.
+	exp := tracetest.NewInMemoryExporter()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(exp))
+	otel.SetTracerProvider(tp) // not restored: a shut down provider records nothing
+	t.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+
+	reg := effects.NewRegistry()
+	reg.Handle("echo", func(_ context.Context, e effects.Effect) (any, error) { return e.Payload, nil })
+	p := startPipeline(t, options{
+		registry:     reg,
+		tableSources: 1,
+		dispatcher: dispatcher.Config{
+			Concurrency: 2, MaxAttempts: 3, RetryBase: 20 * time.Millisecond, RetryMax: 100 * time.Millisecond,
+			HandlerTimeout: 5 * time.Second, ShutdownTimeout: 2 * time.Second,
+		},
+	})
+	ids := map[string]bool{}
+	for range 2 {
+		id, _ := p.insert("echo", `{}`)
+		ids[id] = true
+	}
+	traces := map[string]map[string]tracetest.SpanStub{} // effect id -> span name -> span
+	p.waitFor(30*time.Second, "both rows' completer spans", func() bool {
+		for _, s := range exp.GetSpans() {
+			for _, kv := range s.Attributes {
+				if id := kv.Value.AsString(); kv.Key == "effect.id" && ids[id] {
+					if traces[id] == nil {
+						traces[id] = map[string]tracetest.SpanStub{}
+					}
+					traces[id][s.Name] = s
+				}
+			}
+		}
+		n := 0
+		for _, m := range traces {
+			if _, ok := m["complete echo"]; ok {
+				n++
+			}
+		}
+		return n == len(ids)
+	})
+	seen := map[string]bool{}
+	for id, m := range traces {
+		ing, att, comp := m["ingest echo"], m["effect echo"], m["complete echo"]
+		tid := ing.SpanContext.TraceID()
+		if !tid.IsValid() || ing.Parent.IsValid() {
+			t.Errorf("row %s: the table source's span %v should start a trace (parent %v)", id, ing.SpanContext, ing.Parent)
+		}
+		if att.SpanContext.TraceID() != tid || comp.SpanContext.TraceID() != tid {
+			t.Errorf("row %s: trace ids ingest %s attempt %s completer %s", id, tid, att.SpanContext.TraceID(), comp.SpanContext.TraceID())
+		}
+		if seen[tid.String()] {
+			t.Errorf("two rows share trace %s", tid)
+		}
+		seen[tid.String()] = true
+	}
+}

@@ -399,7 +399,10 @@ func (s *TableSource) publishRow(r claimedRow) (pending, error) {
 		// The row id: a batch published again after a crash is stored once.
 		Header: nats.Header{jetstream.MsgIDHeader: []string{r.id}},
 	}
+	// A row has no trace to continue: each starts its own.
+	span := startPublish("", msg, r.id, kind)
 	fut, err := s.js.PublishMsgAsync(msg)
+	span.End()
 	if errors.Is(err, nats.ErrMaxPayload) {
 		return s.publishRejection(r, kind, fmt.Sprintf(
 			"the effect message is %d bytes, more than the NATS server accepts (max_payload %d)",
