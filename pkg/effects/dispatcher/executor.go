@@ -157,8 +157,9 @@ func (x *executor) handle(ctx context.Context, jm jetstream.Msg) bool {
 
 	// The attempt. Its context descends from the work context, which only
 	// a shutdown past its grace period cancels.
+	// The span is the handler's run; it ends before the outcome is
+	// applied, which the completion message's traceparent follows.
 	workCtx, span := startAttempt(x.d.workCtx, jm.Headers(), x.kind, eff.ID, dl.attempt)
-	defer span.End()
 	dl.mu.Lock()
 	dl.trace = span.SpanContext()
 	dl.mu.Unlock()
@@ -169,13 +170,14 @@ func (x *executor) handle(ctx context.Context, jm jetstream.Msg) bool {
 	overran := make(chan struct{})
 	giveUp := time.AfterFunc(x.lim.timeout+interruptGrace, func() { x.overran(dl, overran) })
 	r := x.chain(workCtx, att)
+	if r.Err != nil {
+		span.SetStatus(codes.Error, errorText(r.Err))
+	}
+	span.End()
 	if !giveUp.Stop() {
 		<-overran // the attempt was given up; its result comes too late
 		x.lateResult(dl, r)
 		return false
-	}
-	if r.Err != nil {
-		span.SetStatus(codes.Error, errorText(r.Err))
 	}
 	x.finish(dl, result{value: r.Value, deferred: r.Deferred, err: r.Err}, errors.Is(context.Cause(workCtx), errShutdown))
 	return true
