@@ -6,10 +6,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/propagation"
 )
 
 // DefaultPublishTimeout bounds a completion publish when the caller's context
@@ -68,6 +70,9 @@ func (c *Client) Publish(ctx context.Context, ref Ref, comp Completion) error {
 	if err != nil {
 		return err
 	}
+	// A ctx in a trace (an async handler's attempt) puts its traceparent
+	// on the completion, so the completer's write joins that trace.
+	propagation.TraceContext{}.Inject(ctx, propagation.HeaderCarrier(http.Header(msg.Header)))
 	if err := CheckSize(msg, c.maxPayload()); err != nil {
 		return err
 	}

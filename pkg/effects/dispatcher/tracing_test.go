@@ -96,3 +96,38 @@ func TestAttemptContinuesTheEffectsTrace(t *testing.T) {
 		t.Fatalf("span attributes %v lack %v", span.Attributes, want)
 	}
 }
+
+// An async handler's Done, given the attempt's ctx, puts the attempt's
+// traceparent on the completion it publishes.
+func TestAsyncCompletionCarriesTheTrace(t *testing.T) {
+	const traceID = "5bf92f3577b34da6a3ce929d0e0e4736"
+	reg := effects.NewRegistry()
+	reg.HandleAsync("later", func(ctx context.Context, _ effects.Effect, done effects.Done) error {
+		return done.Complete(ctx, "ok")
+	})
+	b := setup(t, testConfig(), reg)
+	comps := make(chan *nats.Msg, 1)
+	sub, err := b.js.Conn().ChanSubscribe(effects.CompletedPrefix+"later", comps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	id := newID()
+	msg := nats.NewMsg(effects.Subject("later"))
+	msg.Data = fmt.Appendf(nil, `{"id":%q,"kind":"later","payload":{},"created_at":%q,"session_variables":null}`,
+		id, time.Now().UTC().Format(time.RFC3339Nano))
+	msg.Header.Set("Nats-Msg-Id", "ev-"+id)
+	msg.Header.Set("Traceparent", "00-"+traceID+"-00f067aa0ba902b7-01")
+	if _, err := b.js.PublishMsg(context.Background(), msg); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case cm := <-comps:
+		// Without a tracer provider the attempt's span is the parent's.
+		if got := cm.Header.Get("Traceparent"); !strings.HasPrefix(got, "00-"+traceID+"-") {
+			t.Fatalf("completion traceparent %q, want one in trace %s", got, traceID)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("no completion message")
+	}
+}
