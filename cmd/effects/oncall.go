@@ -76,6 +76,27 @@ func (o *oncall) connect(ctx context.Context) (*pgx.Conn, error) {
 	return conn, nil
 }
 
+// openOncall is the start every database command shares: the settings
+// (newOncall), a context that Ctrl-C or SIGTERM ends, and a connection. On
+// failure it has written why and code is the exit code; otherwise done
+// closes the connection and stops the signal handling.
+func openOncall(name string, stderr io.Writer) (o *oncall, ctx context.Context, conn *pgx.Conn, done func(), code int) {
+	o, code = newOncall(name, stderr)
+	if o == nil {
+		return nil, nil, nil, nil, code
+	}
+	ctx, stop := signalContext()
+	conn, err := o.connect(ctx)
+	if err != nil {
+		stop()
+		return nil, nil, nil, nil, o.fail(1, "%v", err)
+	}
+	return o, ctx, conn, func() {
+		_ = conn.Close(context.Background())
+		stop()
+	}, 0
+}
+
 // signalContext is cancelled by Ctrl-C or SIGTERM.
 func signalContext() (context.Context, context.CancelFunc) {
 	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -167,17 +188,11 @@ func listCmd(args []string, stdout, stderr io.Writer) int {
 			return bad("--kind: %v", err)
 		}
 	}
-	o, code := newOncall(name, stderr)
-	if o == nil {
+	o, ctx, conn, done, code := openOncall(name, stderr)
+	if code != 0 {
 		return code
 	}
-	ctx, stop := signalContext()
-	defer stop()
-	conn, err := o.connect(ctx)
-	if err != nil {
-		return o.fail(1, "%v", err)
-	}
-	defer conn.Close(context.Background())
+	defer done()
 
 	rows, err := listRows(ctx, conn, o.table, *status, *kind, *since, *limit)
 	if err != nil {

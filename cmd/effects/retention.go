@@ -1,22 +1,13 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"os"
-	"os/signal"
-	"syscall"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
-	"github.com/effects-run/effects/internal/envconfig"
 	"github.com/effects-run/effects/internal/retention"
-	"github.com/effects-run/effects/internal/schema"
 	"github.com/effects-run/effects/pkg/effects"
 )
 
@@ -39,61 +30,40 @@ func retentionCmd(args []string, stdout, stderr io.Writer) int {
 			"a removal pass would remove; --run removes it. Pending rows are never removed.\n\nflags:\n")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
-	}
-	fail := func(code int, format string, a ...any) int {
-		fmt.Fprintf(stderr, "effects retention: "+format+"\n", a...)
+	if code, ok := parseFlags(fs, args); !ok {
 		return code
 	}
+	const name = "effects retention"
 	switch {
 	case fs.NArg() > 0:
-		return fail(2, "unexpected argument %q", fs.Arg(0))
+		fmt.Fprintf(stderr, "%s: unexpected argument %q\n", name, fs.Arg(0))
+		return 2
 	case *dryRun && *runPass:
-		return fail(2, "--dry-run and --run exclude each other")
+		fmt.Fprintf(stderr, "%s: --dry-run and --run exclude each other\n", name)
+		return 2
 	}
-	env := envconfig.New()
-	dbURL := env.Secret("DATABASE_URL")
-	tableName := env.String("EFFECTS_TABLE", schema.DefaultTable)
-	cfg, err := retention.ConfigFromEnv(env, tableName)
-	if err != nil {
-		return fail(2, "%v", err)
+	o, ctx, conn, done, code := openOncall(name, stderr)
+	if code != 0 {
+		return code
 	}
-	if dbURL == "" {
-		return fail(2, "DATABASE_URL is not set")
-	}
-	table, err := schema.ParseTable(tableName)
-	if err != nil {
-		return fail(2, "EFFECTS_TABLE=%q: %v", tableName, err)
-	}
+	defer done()
+	table, policy := o.table, o.policy
 
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	conn, err := pgx.Connect(ctx, dbURL)
-	if err != nil {
-		// pgx's connect errors name host, user and database, never the password.
-		return fail(1, "connect to PostgreSQL (DATABASE_URL): %v", err)
-	}
-	defer conn.Close(context.Background())
-
-	out := retentionReport{Table: table.String(), Policy: cfg.Policy.String(),
-		RetainSucceeded: cfg.Policy.Succeeded.String(), RetainFailed: cfg.Policy.Failed.String()}
+	out := retentionReport{Table: table.String(), Policy: policy.String(),
+		RetainSucceeded: policy.Succeeded.String(), RetainFailed: policy.Failed.String()}
 	if *dryRun || *runPass {
-		if !cfg.Policy.Enabled() {
-			return fail(2, "no retention is set (EFFECTS_RETAIN_SUCCEEDED and EFFECTS_RETAIN_FAILED are empty or 0): nothing would be removed")
+		if !policy.Enabled() {
+			return o.fail(2, "no retention is set (EFFECTS_RETAIN_SUCCEEDED and EFFECTS_RETAIN_FAILED are empty or 0): nothing would be removed")
 		}
-		res, err := retention.Pass(ctx, conn, table, cfg.Policy, retention.PassOptions{DryRun: *dryRun})
+		res, err := retention.Pass(ctx, conn, table, policy, retention.PassOptions{DryRun: *dryRun})
 		if err != nil {
-			return fail(1, "removal pass: %v", err)
+			return o.fail(1, "removal pass: %v", err)
 		}
 		out.Pass = &passReport{DryRun: res.DryRun, Succeeded: res.Removed.Succeeded, Failed: res.Removed.Failed}
 	}
 	oldest, err := retention.OldestAge(ctx, conn, table)
 	if err != nil {
-		return fail(1, "%v", err)
+		return o.fail(1, "%v", err)
 	}
 	out.OldestSucceeded = ageString(oldest, effects.StatusSucceeded)
 	out.OldestFailed = ageString(oldest, effects.StatusFailed)
@@ -102,7 +72,7 @@ func retentionCmd(args []string, stdout, stderr io.Writer) int {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
 		if err := enc.Encode(out); err != nil {
-			return fail(1, "%v", err)
+			return o.fail(1, "%v", err)
 		}
 		return 0
 	}

@@ -90,20 +90,15 @@ func retryCmd(args []string, stdout, stderr io.Writer) int {
 			return bad("%q is not an effect id (a UUID)", id)
 		}
 	}
-	o, code := newOncall(name, stderr)
-	if o == nil {
+	o, ctx, conn, done, code := openOncall(name, stderr)
+	if code != 0 {
 		return code
 	}
-	ctx, stop := signalContext()
-	defer stop()
-	conn, err := o.connect(ctx)
-	if err != nil {
-		return o.fail(1, "%v", err)
-	}
-	defer conn.Close(context.Background())
+	defer done()
 
 	selected := *status != ""
 	if selected {
+		var err error
 		ids, err = failedIDs(ctx, conn, o, *kind, *since, *limit)
 		if err != nil {
 			return o.fail(1, "%v", explainQueryError(err))

@@ -85,17 +85,11 @@ func showCmd(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "%s: %q is not an effect id (a UUID)\n", name, id)
 		return 2
 	}
-	o, code := newOncall(name, stderr)
-	if o == nil {
+	o, ctx, conn, done, code := openOncall(name, stderr)
+	if code != 0 {
 		return code
 	}
-	ctx, stop := signalContext()
-	defer stop()
-	conn, err := o.connect(ctx)
-	if err != nil {
-		return o.fail(1, "%v", err)
-	}
-	defer conn.Close(context.Background())
+	defer done()
 
 	rep, err := showRow(ctx, conn, o, id)
 	if err != nil {

@@ -79,17 +79,11 @@ func statsCmd(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "%s: --since %s: want a positive duration such as 24h\n", name, *since)
 		return 2
 	}
-	o, code := newOncall(name, stderr)
-	if o == nil {
+	o, ctx, conn, done, code := openOncall(name, stderr)
+	if code != 0 {
 		return code
 	}
-	ctx, stop := signalContext()
-	defer stop()
-	conn, err := o.connect(ctx)
-	if err != nil {
-		return o.fail(1, "%v", err)
-	}
-	defer conn.Close(context.Background())
+	defer done()
 
 	rep, err := countStats(ctx, conn, o, *since)
 	if err != nil {
