@@ -315,14 +315,16 @@ func decodeEffect(data []byte, kind string) (effects.Effect, error) {
 			ID string `json:"id"`
 		}
 		_ = json.Unmarshal(data, &partial)
-		return effects.Effect{ID: partial.ID, Kind: kind}, err
+		// encoding/json's errors quote the value they refuse (a time, for
+		// one) whole; the row's error needs the gist.
+		return effects.Effect{ID: partial.ID, Kind: kind}, errors.New(cutText(err.Error(), maxDecodeErrorText))
 	}
 	if e.Kind == "" {
 		e.Kind = kind
 	}
 	switch {
 	case !effects.IsUUID(e.ID):
-		return e, fmt.Errorf("id %q is not a UUID", e.ID)
+		return e, fmt.Errorf("id %.80q is not a UUID", e.ID)
 	case e.Kind != kind:
 		// The failure goes out as the subject's kind: the body's kind is
 		// not a kind this consumer owns, and may not be a valid kind.
@@ -334,6 +336,22 @@ func decodeEffect(data []byte, kind string) (effects.Effect, error) {
 		e.Payload = json.RawMessage("{}")
 	}
 	return e, nil
+}
+
+// maxDecodeErrorText bounds the reason a malformed effect message is failed
+// with.
+const maxDecodeErrorText = 256
+
+// cutText cuts s to at most n bytes without splitting a character, marking
+// the cut.
+func cutText(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && s[n]&0xC0 == 0x80 {
+		n--
+	}
+	return s[:n] + "… (truncated)"
 }
 
 // keepAlive sends InProgress for a message every interval until stopped,
