@@ -363,7 +363,9 @@ func FuzzTableRow(f *testing.F) {
 		if !hasPayload || payload == "null" {
 			want = json.RawMessage("{}")
 		}
-		if eff.ID != id || !hasKind || eff.Kind != kind || !bytes.Equal(eff.Payload, want) ||
+		// A text payload column may hold white space around the JSON,
+		// which the message's decoder drops: equal as JSON, not as bytes.
+		if eff.ID != id || !hasKind || eff.Kind != kind || !jsonEqual(eff.Payload, want) ||
 			!eff.CreatedAt.Equal(r.createdAt) || len(eff.Payload) > fuzzPayloadLimit {
 			t.Fatalf("effect %+v for row %+v", eff, r)
 		}
