@@ -12,8 +12,6 @@ import (
 	"encoding/json"
 	"maps"
 	"net/http"
-	"os"
-	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -64,7 +62,6 @@ func FuzzDecodeEffect(f *testing.F) {
 	} {
 		f.Add([]byte(s.data), s.msgID, s.traceparent, s.tracestate)
 	}
-	addCorpusEffects(f)
 	f.Fuzz(func(t *testing.T, data []byte, msgID, traceparent, tracestate string) {
 		eff, err := decodeEffect(data, fuzzKind)
 		if eff.Kind != fuzzKind {
@@ -134,42 +131,6 @@ func FuzzDecodeEffect(f *testing.F) {
 			t.Fatalf("completion traceparent %q", tp)
 		}
 	})
-}
-
-// addCorpusEffects adds, as effect messages, the rows of e2e's Hasura
-// fixtures, the way the ingest would publish them.
-func addCorpusEffects(f *testing.F) {
-	f.Helper()
-	files, err := filepath.Glob(filepath.Join("..", "..", "..", "e2e", "testdata", "*.json"))
-	if err != nil || len(files) == 0 {
-		f.Fatalf("no e2e fixtures: %v", err)
-	}
-	for _, name := range files {
-		b, err := os.ReadFile(name)
-		if err != nil {
-			f.Fatal(err)
-		}
-		var ev struct {
-			ID    string `json:"id"`
-			Event struct {
-				TraceContext *struct {
-					TraceID string `json:"trace_id"`
-					SpanID  string `json:"span_id"`
-				} `json:"trace_context"`
-				Data struct {
-					New json.RawMessage `json:"new"`
-				} `json:"data"`
-			} `json:"event"`
-		}
-		if json.Unmarshal(b, &ev) != nil || len(ev.Event.Data.New) == 0 || string(ev.Event.Data.New) == "null" {
-			continue
-		}
-		tp := ""
-		if tc := ev.Event.TraceContext; tc != nil {
-			tp = "00-" + tc.TraceID + "-" + tc.SpanID + "-01"
-		}
-		f.Add([]byte(ev.Event.Data.New), ev.ID, tp, "")
-	}
 }
 
 // sameJSON reports whether a and b are the same JSON value (encoding/json
