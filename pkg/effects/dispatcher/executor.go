@@ -319,17 +319,14 @@ func decodeEffect(data []byte, kind string) (effects.Effect, error) {
 		// one) whole; the row's error needs the gist.
 		return effects.Effect{ID: partial.ID, Kind: kind}, errors.New(cutText(err.Error(), maxDecodeErrorText))
 	}
-	if e.Kind == "" {
-		e.Kind = kind
-	}
+	// A refused effect is failed as the subject's kind too: the body's kind
+	// is not a kind this consumer owns, and may not be a valid kind.
+	bodyKind := e.Kind
+	e.Kind = kind
 	switch {
 	case !effects.IsUUID(e.ID):
 		return e, fmt.Errorf("id %.80q is not a UUID", e.ID)
-	case e.Kind != kind:
-		// The failure goes out as the subject's kind: the body's kind is
-		// not a kind this consumer owns, and may not be a valid kind.
-		bodyKind := e.Kind
-		e.Kind = kind
+	case bodyKind != "" && bodyKind != kind:
 		return e, fmt.Errorf("kind %.80q does not match the subject's kind %q", bodyKind, kind)
 	}
 	if len(e.Payload) == 0 {
