@@ -92,6 +92,24 @@ bench: ## Run the end-to-end benchmarks (webhook and table source) once; flags t
 	@test -d e2e || { echo "make bench: ./e2e does not exist yet; the end-to-end benchmark goes there"; exit 1; }
 	$(GO) test -run '^$$' -bench . -benchtime=1x -timeout 30m -v $(BENCHFLAGS) ./e2e/...
 
+# Fuzzing: every `func Fuzz...` in a _test.go file, found by grep so that a
+# new target is fuzzed without being listed here. One target at a time, one
+# worker (FUZZPARALLEL), FUZZTIME each. The seed corpus of each (f.Add and
+# testdata/fuzz/<FuzzName>/) already runs in `make test`.
+FUZZTIME     ?= 30s
+FUZZPARALLEL ?= 1
+
+.PHONY: fuzz
+fuzz: ## Fuzz every decoder of outside input in turn, FUZZTIME each (default 30s); failing inputs land in testdata/fuzz
+	@set -e; \
+	for file in $$(grep -rl --include='*_test.go' '^func Fuzz' . | sort); do \
+		dir=./$$(dirname $${file#./}); \
+		for name in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' $$file); do \
+			echo "==> $$name in $$dir ($(FUZZTIME))"; \
+			$(GO) test -run '^$$' -fuzz "^$$name$$" -fuzztime $(FUZZTIME) -parallel $(FUZZPARALLEL) $$dir; \
+		done; \
+	done
+
 .PHONY: dev
 dev: ## Run the whole pipeline in one process: embedded NATS, a private PostgreSQL (or DATABASE_URL); Ctrl-C stops all
 	$(GO) run ./cmd/effects dev

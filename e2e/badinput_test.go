@@ -391,6 +391,7 @@ func TestBadInputAtVolume(t *testing.T) {
 
 	// The rows: valid ones succeeded, run once; the others failed, with the
 	// reason.
+	settling := time.Now()
 	p.waitFor(2*time.Minute, "every row to leave pending", func() bool {
 		var pending int
 		if err := p.pg.Pool.QueryRow(ctx, `SELECT count(*) FROM effects WHERE status = 'pending'`).Scan(&pending); err != nil {
@@ -398,6 +399,7 @@ func TestBadInputAtVolume(t *testing.T) {
 		}
 		return pending == 0
 	})
+	settled := time.Since(settling)
 	type tally struct{ succeeded, failed, runs, badReason int }
 	byKind := map[string]*tally{}
 	rows, err := p.pg.Pool.Query(ctx, `SELECT id::text, kind, status, coalesce(error, ''), length(payload::text) FROM effects`)
@@ -461,10 +463,10 @@ func TestBadInputAtVolume(t *testing.T) {
 	heapAfter, goroutinesAfter := settledHeap()
 	rssAfter := rssBytes()
 	mib := func(b uint64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
-	t.Logf("bad input at volume: %d requests in %s (%d valid effects, %d rows of an invalid kind, %d payloads over the limit); "+
+	t.Logf("bad input at volume: %d requests in %s, every row final %s after the last (%d valid effects, %d rows of an invalid kind, %d payloads over the limit); "+
 		"%d deliveries tried again (transport error or 503); "+
 		"heap in use before %s, peak %s, after %s; RSS before %s, peak %s, after %s; goroutines before %d, after %d",
-		total, took.Round(time.Millisecond), count["valid effect"], count["row of an invalid kind"], count[caseOversizedPayload], redelivered.Load(),
+		total, took.Round(time.Millisecond), settled.Round(time.Millisecond), count["valid effect"], count["row of an invalid kind"], count[caseOversizedPayload], redelivered.Load(),
 		mib(heapBefore), mib(heapPeak.Load()), mib(heapAfter), mib(rssBefore), mib(rssPeak.Load()), mib(rssAfter),
 		goroutinesBefore, goroutinesAfter)
 	for _, c := range append(badCases, badCase{name: caseChunkedOversized}, badCase{name: caseOversizedPayload}) {
