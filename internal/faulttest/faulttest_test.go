@@ -192,3 +192,24 @@ func TestResultAppendsMarkdownRows(t *testing.T) {
 		t.Fatalf("file:\n%s", got)
 	}
 }
+
+func TestMetricValue(t *testing.T) {
+	text := `# HELP effects_handled_total x
+effects_handled_total{kind="a",outcome="failed"} 2
+effects_handled_total{kind="b",outcome="failed"} 3
+effects_handled_total{kind="a",outcome="succeeded"} 40
+effects_handled_total_other 7
+effects_in_flight 1.5
+`
+	for series, want := range map[string]float64{
+		`effects_handled_total`:                            45,
+		`effects_handled_total{kind="a"`:                   42,
+		`effects_handled_total{kind="b",outcome="failed"}`: 3,
+		`effects_in_flight`:                                1.5,
+		`effects_handled_total{kind="c",outcome="failed"}`: 0,
+	} {
+		if got := MetricValue(text, series); got != want {
+			t.Errorf("%s: %v, want %v", series, got, want)
+		}
+	}
+}
