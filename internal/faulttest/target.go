@@ -66,11 +66,15 @@ func (tg *Target) serve(w http.ResponseWriter, r *http.Request) {
 	tg.calls.Add(1)
 	tg.inFlight.Add(1)
 	defer tg.inFlight.Add(-1)
+	// The whole body is read first: only then does the server watch the
+	// connection, so that a caller that goes away (a killed dispatcher)
+	// ends the request's context and the work is not done.
+	data, readErr := io.ReadAll(r.Body)
 	key := r.Header.Get(EffectIDHeader)
 	if tg.cfg.Key != "" {
 		key = ""
 		var body map[string]any
-		if data, err := io.ReadAll(r.Body); err == nil && json.Unmarshal(data, &body) == nil {
+		if readErr == nil && json.Unmarshal(data, &body) == nil {
 			switch v := body[tg.cfg.Key].(type) {
 			case string:
 				key = v
