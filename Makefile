@@ -11,6 +11,9 @@ TESTFLAGS ?=
 # Extra flags for `make bench`, e.g. BENCHFLAGS='-benchtime=3x', BENCHFLAGS='-effects 50000',
 # BENCHFLAGS='-bench EndToEndTable', BENCHFLAGS='-nats nats://host:4222 -nats-delete-streams'.
 BENCHFLAGS ?=
+# Flags for `make capacity`: how many effects per measurement and how many
+# alternated runs, e.g. CAPACITYFLAGS='-benchtime=5000x -count=1'.
+CAPACITYFLAGS ?= -benchtime=20000x -count=3
 # Flags for `make soak`, e.g. SOAKFLAGS='-soak.duration=3m -soak.rate=2000 -soak.plain'.
 SOAKFLAGS ?=
 
@@ -91,6 +94,11 @@ lint: fmt-check vet staticcheck script-check ## fmt-check, vet, staticcheck and 
 bench: ## Run the end-to-end benchmarks (webhook and table source) once; flags through BENCHFLAGS
 	@test -d e2e || { echo "make bench: ./e2e does not exist yet; the end-to-end benchmark goes there"; exit 1; }
 	$(GO) test -run '^$$' -bench . -benchtime=1x -timeout 30m -v $(BENCHFLAGS) ./e2e/...
+
+.PHONY: capacity
+capacity: ## Measure docs/capacity.md's figures: one dispatcher, one completer, the pipeline on single/cluster-R1/cluster-R3 NATS side by side; PostgreSQL's completion writes (CAPACITYFLAGS)
+	$(GO) test -run '^$$' -bench 'Capacity' -timeout 60m $(CAPACITYFLAGS) ./e2e/
+	$(GO) test -run '^$$' -bench 'CompleterWriteParallel' -benchtime=40x -count=3 -timeout 30m ./internal/completer/
 
 .PHONY: dev
 dev: ## Run the whole pipeline in one process: embedded NATS, a private PostgreSQL (or DATABASE_URL); Ctrl-C stops all

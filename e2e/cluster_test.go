@@ -38,6 +38,8 @@ type clusterOptions struct {
 	completerAckWait time.Duration
 	// webhook also starts that many replicas of the webhook ingest.
 	webhooks int
+	// noAudit leaves out the completion audit trigger (benchmarks).
+	noAudit bool
 }
 
 // replicaSet is several replicas of each service, each with its own NATS
@@ -77,8 +79,10 @@ func startReplicas(t testing.TB, natsURL string, o clusterOptions) *replicaSet {
 	}
 	conn.Close(ctx)
 	// Every completion write is recorded, to count rows written twice.
-	if err := faulttest.InstallAudit(ctx, rs.pg.Pool, "effects"); err != nil {
-		t.Fatal(err)
+	if !o.noAudit {
+		if err := faulttest.InstallAudit(ctx, rs.pg.Pool, "effects"); err != nil {
+			t.Fatal(err)
+		}
 	}
 
 	connect := func(name string) jetstream.JetStream {
