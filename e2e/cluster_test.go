@@ -541,6 +541,16 @@ func TestClusterStreamLeaderKilled(t *testing.T) {
 	}
 	// The services were never restarted: every replica is ready again.
 	rs.waitReady(30 * time.Second)
+	var slowest float64
+	if err := rs.pg.Pool.QueryRow(ctx, `SELECT extract(epoch FROM max(completed_at - created_at)) FROM effects`).Scan(&slowest); err != nil {
+		t.Fatal(err)
+	}
+	for i, d := range drivers {
+		st := d.Stats()
+		t.Logf("webhook replica %d: %d posts, %d answered 503 (%d waited Retry-After), %d connection errors",
+			i, st.Posts.Load(), st.Unavailable.Load(), st.RetryAfterHonoured.Load(), st.ConnErrors.Load())
+	}
+	t.Logf("slowest row: %.1fs from insert to final", slowest)
 	faulttest.Record(t, faulttest.Result{
 		Fault: "Cluster (3-node, R3): stream leader's node killed",
 		Injection: fmt.Sprintf("in-process 3-node cluster, R3 streams, 2 replicas of each service (webhook + table source, dispatcher, completer); "+
