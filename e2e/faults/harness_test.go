@@ -169,11 +169,21 @@ func (st *stack) payload() string {
 // Hasura puts them in an event).
 func (st *stack) insert(n int) ([]string, []json.RawMessage) {
 	st.t.Helper()
-	rows, err := st.db.Query(context.Background(), `
+	ids, raws, err := st.tryInsert(n)
+	if err != nil {
+		st.t.Fatal(err)
+	}
+	return ids, raws
+}
+
+func (st *stack) tryInsert(n int) ([]string, []json.RawMessage, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	rows, err := st.db.Query(ctx, `
 INSERT INTO effects (kind, payload) SELECT $1, $2::jsonb FROM generate_series(1, $3)
 RETURNING id::text, row_to_json(effects)::text`, kind, st.payload(), n)
 	if err != nil {
-		st.t.Fatal(err)
+		return nil, nil, err
 	}
 	defer rows.Close()
 	var ids []string
@@ -182,24 +192,32 @@ RETURNING id::text, row_to_json(effects)::text`, kind, st.payload(), n)
 		var id string
 		var raw json.RawMessage
 		if err := rows.Scan(&id, &raw); err != nil {
-			st.t.Fatal(err)
+			return nil, nil, err
 		}
 		ids, raws = append(ids, id), append(raws, raw)
 	}
 	if err := rows.Err(); err != nil {
-		st.t.Fatal(err)
+		return nil, nil, err
 	}
-	return ids, raws
+	return ids, raws, nil
 }
 
 // insertOverTime inserts total rows in batches of batch every gap, in the
-// background; the ids arrive on the channel once all are inserted.
+// background, as clients would: a batch that fails (the database is down)
+// is tried again. The ids arrive on the channel once all are inserted.
 func (st *stack) insertOverTime(total, batch int, gap time.Duration) <-chan []string {
 	out := make(chan []string, 1)
 	go func() {
 		var all []string
 		for len(all) < total {
-			ids, _ := st.insert(min(batch, total-len(all)))
+			ids, _, err := st.tryInsert(min(batch, total-len(all)))
+			if err != nil {
+				// Rolled back, or (a connection lost during the
+				// commit) committed unseen: such rows are not
+				// counted, and are handled like any other.
+				time.Sleep(100 * time.Millisecond)
+				continue
+			}
 			all = append(all, ids...)
 			time.Sleep(gap)
 		}
