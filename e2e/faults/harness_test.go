@@ -6,7 +6,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"maps"
 	"net"
 	"strings"
 	"testing"
@@ -340,14 +339,6 @@ func (st *stack) verify(r faulttest.Result, ids []string, reruns map[string]bool
 		st.t.Logf("report: %s", rep)
 	}
 	return rep
-}
-
-func mergeSets(ms ...map[string]bool) map[string]bool {
-	out := map[string]bool{}
-	for _, m := range ms {
-		maps.Copy(out, m)
-	}
-	return out
 }
 
 // finalInTable counts every final row of the table (of rows inserted so far).
