@@ -6,7 +6,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"maps"
 	"net"
 	"strings"
 	"testing"
@@ -57,6 +56,9 @@ type stack struct {
 	dbURL  string
 	target *faulttest.Target
 	driver *faulttest.Driver
+	// runs counts an effect's side effects for verify: target.Done unless
+	// a test calls more targets.
+	runs faulttest.Runs
 
 	ingest, dispatcher, completer *faulttest.Service
 }
@@ -88,6 +90,7 @@ func start(t *testing.T, s setup) *stack {
 		st.dbURL, st.db = pg.URL, pg.Pool
 	}
 	st.target = faulttest.StartTarget(t, s.target)
+	st.runs = st.target.Done
 
 	base := map[string]string{
 		"NATS_URL":                 st.nats.URL,
@@ -160,20 +163,52 @@ func tail(s string, n int) string {
 }
 
 // payload is an http_request effect calling the target.
-func (st *stack) payload() string {
-	b, _ := json.Marshal(map[string]any{"url": st.target.URL + "/work", "method": "POST", "body": map[string]any{"from": "faults"}})
+func (st *stack) payload() string { return payloadFor(st.target) }
+
+func payloadFor(tg *faulttest.Target) string {
+	b, _ := json.Marshal(map[string]any{"url": tg.URL + "/work", "method": "POST", "body": map[string]any{"from": "faults"}})
 	return string(b)
+}
+
+// rowJSON is the row as it is now, as Hasura puts it in an event.
+func (st *stack) rowJSON(id string) json.RawMessage {
+	st.t.Helper()
+	var raw json.RawMessage
+	if err := st.db.QueryRow(context.Background(), `SELECT row_to_json(e)::text FROM effects e WHERE id = $1`, id).Scan(&raw); err != nil {
+		st.t.Fatal(err)
+	}
+	return raw
 }
 
 // insert adds n rows in one statement and returns their ids and rows (as
 // Hasura puts them in an event).
 func (st *stack) insert(n int) ([]string, []json.RawMessage) {
 	st.t.Helper()
-	rows, err := st.db.Query(context.Background(), `
-INSERT INTO effects (kind, payload) SELECT $1, $2::jsonb FROM generate_series(1, $3)
-RETURNING id::text, row_to_json(effects)::text`, kind, st.payload(), n)
+	return st.insertPayload(n, st.payload())
+}
+
+// insertPayload is insert with a payload of the caller's.
+func (st *stack) insertPayload(n int, payload string) ([]string, []json.RawMessage) {
+	st.t.Helper()
+	ids, raws, err := st.tryInsertPayload(n, payload)
 	if err != nil {
 		st.t.Fatal(err)
+	}
+	return ids, raws
+}
+
+func (st *stack) tryInsert(n int) ([]string, []json.RawMessage, error) {
+	return st.tryInsertPayload(n, st.payload())
+}
+
+func (st *stack) tryInsertPayload(n int, payload string) ([]string, []json.RawMessage, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	rows, err := st.db.Query(ctx, `
+INSERT INTO effects (kind, payload) SELECT $1, $2::jsonb FROM generate_series(1, $3)
+RETURNING id::text, row_to_json(effects)::text`, kind, payload, n)
+	if err != nil {
+		return nil, nil, err
 	}
 	defer rows.Close()
 	var ids []string
@@ -182,24 +217,32 @@ RETURNING id::text, row_to_json(effects)::text`, kind, st.payload(), n)
 		var id string
 		var raw json.RawMessage
 		if err := rows.Scan(&id, &raw); err != nil {
-			st.t.Fatal(err)
+			return nil, nil, err
 		}
 		ids, raws = append(ids, id), append(raws, raw)
 	}
 	if err := rows.Err(); err != nil {
-		st.t.Fatal(err)
+		return nil, nil, err
 	}
-	return ids, raws
+	return ids, raws, nil
 }
 
 // insertOverTime inserts total rows in batches of batch every gap, in the
-// background; the ids arrive on the channel once all are inserted.
+// background, as clients would: a batch that fails (the database is down)
+// is tried again. The ids arrive on the channel once all are inserted.
 func (st *stack) insertOverTime(total, batch int, gap time.Duration) <-chan []string {
 	out := make(chan []string, 1)
 	go func() {
 		var all []string
 		for len(all) < total {
-			ids, _ := st.insert(min(batch, total-len(all)))
+			ids, _, err := st.tryInsert(min(batch, total-len(all)))
+			if err != nil {
+				// Rolled back, or (a connection lost during the
+				// commit) committed unseen: such rows are not
+				// counted, and are handled like any other.
+				time.Sleep(100 * time.Millisecond)
+				continue
+			}
 			all = append(all, ids...)
 			time.Sleep(gap)
 		}
@@ -266,12 +309,23 @@ func (st *stack) verify(r faulttest.Result, ids []string, reruns map[string]bool
 	// counting: a duplicate that comes after the count would pass unseen.
 	time.Sleep(completerAck + time.Second)
 	rep, err := faulttest.Verify(context.Background(), st.db, table, ids, faulttest.VerifyOptions{
-		Reruns: reruns, Runs: st.target.Done,
+		Reruns: reruns, Runs: st.runs,
 	})
 	if err != nil {
 		st.t.Fatal(err)
 	}
-	faulttest.Record(st.t, r.FromReport(rep))
+	r = r.FromReport(rep)
+	if len(reruns) > 0 {
+		// The report leaves out runs a re-run asked for; the result
+		// shows them.
+		r.RunTwice = 0
+		for _, id := range ids {
+			if st.runs(id) >= 2 {
+				r.RunTwice++
+			}
+		}
+	}
+	faulttest.Record(st.t, r)
 	if !rep.OK() {
 		st.t.Errorf("rows: %s", rep)
 	}
@@ -285,14 +339,6 @@ func (st *stack) verify(r faulttest.Result, ids []string, reruns map[string]bool
 		st.t.Logf("report: %s", rep)
 	}
 	return rep
-}
-
-func mergeSets(ms ...map[string]bool) map[string]bool {
-	out := map[string]bool{}
-	for _, m := range ms {
-		maps.Copy(out, m)
-	}
-	return out
 }
 
 // finalInTable counts every final row of the table (of rows inserted so far).

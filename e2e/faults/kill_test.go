@@ -88,3 +88,26 @@ func TestKillIngestDuringDeliveries(t *testing.T) {
 		Heal:      heal,
 	}, ids, nil, 0)
 }
+
+// An ingest reading the table killed while it claims and publishes: its
+// open claims roll back with its connection, and the restarted one (or any
+// other) publishes those rows again with the same message id (the row id),
+// which JetStream stores once within the duplicate window.
+func TestKillIngestTableSourceMidClaim(t *testing.T) {
+	st := start(t, setup{source: "table", ingestEnv: map[string]string{"EFFECTS_TABLE_BATCH_SIZE": "100"}})
+	const n = 3000
+	inserted := st.insertOverTime(n, 300, 50*time.Millisecond)
+	st.waitUntil(30*time.Second, "rows published", func() bool { return st.finalInTable() >= 300 })
+	st.ingest.Kill(t)
+	writtenAtKill := st.finalInTable()
+	time.Sleep(500 * time.Millisecond)
+	st.ingest.Start(t)
+	restarted := time.Now()
+	ids := <-inserted
+	heal := st.waitFinal(ids, restarted)
+	st.verify(faulttest.Result{
+		Fault:     "ingest (table source) kill -9 mid-claim",
+		Injection: fmt.Sprintf("SIGKILL after %d rows written, rows still being inserted (batches of 100, 2 workers), restarted 0.5s later", writtenAtKill),
+		Heal:      heal,
+	}, ids, nil, 0)
+}
