@@ -551,6 +551,24 @@ func TestClusterStreamLeaderKilled(t *testing.T) {
 			i, st.Posts.Load(), st.Unavailable.Load(), st.RetryAfterHonoured.Load(), st.ConnErrors.Load())
 	}
 	t.Logf("slowest row: %.1fs from insert to final", slowest)
+	if testing.Verbose() {
+		rows, err := rs.pg.Pool.Query(ctx, `SELECT (published_at = '-infinity')::text, attempts,
+			extract(epoch FROM created_at - $1::timestamptz), extract(epoch FROM completed_at - created_at), count(*)
+			FROM effects WHERE completed_at - created_at > interval '5s'
+			GROUP BY 1, 2, 3, 4 ORDER BY 3 LIMIT 40`, killedAt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for rows.Next() {
+			var webhook string
+			var attempts, n int
+			var created, latency float64
+			if err := rows.Scan(&webhook, &attempts, &created, &latency, &n); err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("slow: webhook %s attempts %d created %+.1fs from the kill, final after %.1fs (%d rows)", webhook, attempts, created, latency, n)
+		}
+	}
 	faulttest.Record(t, faulttest.Result{
 		Fault: "Cluster (3-node, R3): stream leader's node killed",
 		Injection: fmt.Sprintf("in-process 3-node cluster, R3 streams, 2 replicas of each service (webhook + table source, dispatcher, completer); "+
