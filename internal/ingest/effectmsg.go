@@ -3,6 +3,7 @@ package ingest
 import (
 	"time"
 
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -23,4 +24,29 @@ func EffectMsg(id, kind string, payload []byte, createdAt time.Time, msgID strin
 		Data:    data,
 		Header:  nats.Header{jetstream.MsgIDHeader: []string{msgID}},
 	}
+}
+
+// CarriedCreatedAt is the time an effect message carries for a row's
+// created_at, or, when it cannot carry it, the reason the row is failed
+// with: 'infinity', '-infinity', NULL and years outside 0 to 9999 have no
+// RFC 3339 form that consumers decode. Rows are scanned through
+// pgtype.Timestamptz so that one such row fails itself, not the query that
+// claimed it (a time.Time scan of 'infinity' errors for the whole batch).
+func CarriedCreatedAt(ts pgtype.Timestamptz) (time.Time, string) {
+	var what string
+	switch {
+	case ts.InfinityModifier == pgtype.Infinity:
+		what = "infinity"
+	case ts.InfinityModifier == pgtype.NegativeInfinity:
+		what = "-infinity"
+	case !ts.Valid:
+		what = "null"
+	default:
+		t := ts.Time.UTC()
+		if y := t.Year(); y >= 0 && y <= 9999 {
+			return t, ""
+		}
+		what = t.Format(time.RFC3339Nano)
+	}
+	return time.Time{}, "created_at " + what + " cannot be carried by an effect message (years 0 to 9999 only)"
 }

@@ -236,6 +236,13 @@ func (ev *hasuraEvent) checkRow(now func() time.Time) (*eventRow, time.Time, err
 	switch {
 	case row.CreatedAt != "":
 		t, ok := parseTimestamp(row.CreatedAt)
+		if !ok && unrepresentableTimestamp(row.CreatedAt) {
+			// PostgreSQL wrote this value (row_to_json), so the row exists
+			// and holds it: 'infinity', '-infinity', a year past 9999 or
+			// BC. A 400 would only make Hasura retry and give up, leaving
+			// the row pending; the caller fails the row instead.
+			return row, time.Time{}, &unusableCreatedAt{value: row.CreatedAt}
+		}
 		if !ok {
 			return nil, time.Time{}, badRequest(fmt.Sprintf("event.data.new.created_at %s is not a timestamp", quoteShort(row.CreatedAt)))
 		}
@@ -252,6 +259,30 @@ func (ev *hasuraEvent) checkRow(now func() time.Time) (*eventRow, time.Time, err
 		createdAt = now()
 	}
 	return row, createdAt.UTC(), nil
+}
+
+// unusableCreatedAt is checkRow's error for a row whose created_at is
+// not a time an effect message can carry. The row is well formed otherwise,
+// so it is failed with the reason rather than answered with a 400.
+type unusableCreatedAt struct{ value string }
+
+func (e *unusableCreatedAt) Error() string {
+	return "created_at " + quoteShort(e.value) + " cannot be carried by an effect message (years 0 to 9999 only)"
+}
+
+// unrepresentableTimestamp reports whether s is one of the forms in which
+// PostgreSQL writes a timestamp that RFC 3339 cannot hold: 'infinity',
+// '-infinity', a BC date ("0044-03-15T00:00:00+00:00 BC") or a year of
+// five or more digits ("10000-01-01T00:00:00+00:00").
+func unrepresentableTimestamp(s string) bool {
+	if s == "infinity" || s == "-infinity" || strings.HasSuffix(s, " BC") {
+		return true
+	}
+	digits := 0
+	for digits < len(s) && s[digits] >= '0' && s[digits] <= '9' {
+		digits++
+	}
+	return digits >= 5 && digits < len(s) && s[digits] == '-'
 }
 
 // ignoredKind is the kind label of an ignored UPDATE or DELETE.

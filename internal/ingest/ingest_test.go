@@ -12,6 +12,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -745,6 +746,28 @@ func TestRowsThatCanNeverSucceedAreFailed(t *testing.T) {
 			t.Errorf("%d completions stored, want 1", n)
 		}
 	})
+
+	// PostgreSQL's row_to_json writes timestamps RFC 3339 cannot hold; a
+	// 400 for them would leave the row pending once Hasura gives up.
+	for _, createdAt := range []string{"infinity", "-infinity", "10000-01-01T00:00:00+00:00", "0044-03-15T00:00:00+00:00 BC"} {
+		t.Run("created_at "+createdAt, func(t *testing.T) {
+			rowID, eventID := newUUID(t), newUUID(t)
+			e := newEvent(eventID, rowID, "send_email")
+			e.row()["created_at"] = createdAt
+			reason := "created_at " + strconv.Quote(createdAt) + " cannot be carried by an effect message (years 0 to 9999 only)"
+			got := reply(t, b.post(t, e.bytes()), http.StatusOK)
+			if got["rejected"] != reason {
+				t.Errorf("reply %v, want rejected %q", got, reason)
+			}
+			c, err := effects.ParseCompletion(b.lastMsg(t, effects.CompletedStream, "effects.completed.send_email").Data)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.EffectID != rowID || c.Status != effects.StatusFailed || c.Error == nil || *c.Error != reason {
+				t.Errorf("completion %+v", c)
+			}
+		})
+	}
 
 	t.Run("a payload at the limit is published", func(t *testing.T) {
 		payload := `{"blob":"` + strings.Repeat("x", payloadLimit-11) + `"}`

@@ -282,6 +282,10 @@ func (s *Server) handleEvent(w http.ResponseWriter, ev *hasuraEvent) {
 		return
 	}
 	row, createdAt, err := ev.checkRow(s.now)
+	var badTime *unusableCreatedAt
+	if errors.As(err, &badTime) {
+		err = nil // failed below, once the kind is known to be valid
+	}
 	if err != nil {
 		s.replyError(w, http.StatusBadRequest, err.Error())
 		return
@@ -301,6 +305,10 @@ func (s *Server) handleEvent(w http.ResponseWriter, ev *hasuraEvent) {
 				kind, s.allowedList))
 			return
 		}
+	}
+	if badTime != nil {
+		s.reject(w, ev.ID, row.ID, kind, kind, badTime.Error())
+		return
 	}
 	if y := createdAt.Year(); y < 0 || y > 9999 {
 		// JSON's times (RFC 3339) have four-digit years: a message with

@@ -267,8 +267,8 @@ type claimedRow struct {
 	kind      *string
 	payload   *string
 	createdAt time.Time
-	// badCreatedAt is set, instead of createdAt, for a created_at that is
-	// not a time ("infinity").
+	// badCreatedAt is the reason, set instead of createdAt, for a
+	// created_at an effect message cannot carry (CarriedCreatedAt).
 	badCreatedAt string
 }
 
@@ -308,18 +308,7 @@ func (s *TableSource) batch(ctx context.Context) (int, error) {
 			rows.Close()
 			return 0, fmt.Errorf("PostgreSQL: claim: %w", err)
 		}
-		// Scanned through pgtype so that one row's 'infinity' fails that
-		// row (check) instead of every claim of the batch for ever.
-		switch {
-		case createdAt.InfinityModifier == pgtype.Infinity:
-			r.badCreatedAt = "infinity"
-		case createdAt.InfinityModifier == pgtype.NegativeInfinity:
-			r.badCreatedAt = "-infinity"
-		case !createdAt.Valid:
-			r.badCreatedAt = "null"
-		default:
-			r.createdAt = createdAt.Time
-		}
+		r.createdAt, r.badCreatedAt = CarriedCreatedAt(createdAt)
 		claimed = append(claimed, r)
 	}
 	if err := rows.Err(); err != nil {
@@ -473,10 +462,7 @@ func (s *TableSource) check(r claimedRow) (label, reason string) {
 		return *r.kind, fmt.Sprintf("payload %s is not JSON", quoteShort(*r.payload))
 	}
 	if r.badCreatedAt != "" {
-		return *r.kind, "created_at " + r.badCreatedAt + " cannot be carried by an effect message (years 0 to 9999 only)"
-	}
-	if y := r.createdAt.UTC().Year(); y < 0 || y > 9999 {
-		return *r.kind, "created_at " + r.createdAt.UTC().Format(time.RFC3339Nano) + " cannot be carried by an effect message (years 0 to 9999 only)"
+		return *r.kind, r.badCreatedAt
 	}
 	return "", ""
 }

@@ -281,6 +281,38 @@ func TestRowThatCanNeverBeHandledIsFailed(t *testing.T) {
 	}
 }
 
+// TestRowWithAnUnusableCreatedAtIsFailed: rows whose created_at no effect
+// message can carry are failed with the reason, one by one; before, the
+// first '-infinity' (it sorts first) failed the claim of every pass.
+func TestRowWithAnUnusableCreatedAtIsFailed(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.startServices(t, nil, nil)
+	var bad []string
+	for _, at := range []string{"-infinity", "0044-03-15 BC"} {
+		var id string
+		if err := b.pool.QueryRow(testCtx(t), `INSERT INTO effects (kind, payload, created_at) VALUES ('lost', '{}', $1::timestamptz)
+			RETURNING id::text`, at).Scan(&id); err != nil {
+			t.Fatal(err)
+		}
+		bad = append(bad, id)
+	}
+	res, err := b.rc.RunPass(testCtx(t))
+	if err != nil || res.Rejected != 2 {
+		t.Fatalf("pass: %+v, %v; want both rows rejected", res, err)
+	}
+	b.waitStatus(t, "failed", bad...)
+	for _, id := range bad {
+		var msg string
+		if err := b.pool.QueryRow(testCtx(t), `SELECT error FROM effects WHERE id = $1`, id).Scan(&msg); err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(msg, "cannot be carried by an effect message") {
+			t.Errorf("error %q", msg)
+		}
+	}
+}
+
 // TestZeroTurnsItOff: EFFECTS_RECONCILE_AFTER=0 runs no pass: Run returns
 // at once, without waiting for its context.
 func TestZeroTurnsItOff(t *testing.T) {

@@ -250,7 +250,7 @@ type row struct {
 	id          string
 	kind        *string
 	payload     *string
-	createdAt   time.Time
+	createdAt   pgtype.Timestamptz
 	publishedAt pgtype.Timestamptz
 }
 
@@ -312,6 +312,15 @@ func (r *Reconciler) batch(ctx context.Context, conn *pgxpool.Conn, limit int, c
 			flights = append(flights, f)
 			continue
 		}
+		createdAt, bad := ingest.CarriedCreatedAt(x.createdAt)
+		if bad != "" {
+			f, err := r.reject(x, bad)
+			if err != nil {
+				return 0, err
+			}
+			flights = append(flights, f)
+			continue
+		}
 		kind := *x.kind
 		st, ok := kinds[kind]
 		if !ok {
@@ -334,7 +343,7 @@ func (r *Reconciler) batch(ctx context.Context, conn *pgxpool.Conn, limit int, c
 		if x.payload != nil {
 			payload = []byte(*x.payload)
 		}
-		msg := ingest.EffectMsg(x.id, kind, payload, x.createdAt, msgID(x))
+		msg := ingest.EffectMsg(x.id, kind, payload, createdAt, msgID(x))
 		if err := effects.CheckSize(msg, maxPayload); err != nil {
 			f, err := r.reject(x, fmt.Sprintf("the effect message is %d bytes, more than the NATS server accepts (max_payload %d)", len(msg.Data), maxPayload))
 			if err != nil {
@@ -388,7 +397,7 @@ func (r *Reconciler) batch(ctx context.Context, conn *pgxpool.Conn, limit int, c
 		res.Republished++
 		r.m.republished.WithLabelValues(f.label).Inc()
 		r.logger.Info("reconciler: published a pending row again", "effect_id", f.row.id, "kind", *f.row.kind,
-			"created_at", f.row.createdAt, "msg_id", msgID(f.row))
+			"created_at", f.row.createdAt.Time, "msg_id", msgID(f.row))
 	}
 	if publishErr != nil {
 		return 0, publishErr
