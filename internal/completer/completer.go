@@ -338,14 +338,18 @@ type worker struct {
 	byID    map[[16]byte]int
 	loserOf map[int]int
 	rows    []*item
+	// endToEnd caches effects_end_to_end_seconds' observer per kind, so a
+	// row written does not look up and hash its label.
+	endToEnd map[string]prometheus.Observer
 }
 
 func (c *Completer) newWorker() *worker {
 	return &worker{
-		c:       c,
-		w:       newBatchWriter(c.pool, c.table),
-		byID:    make(map[[16]byte]int, c.cfg.BatchSize),
-		loserOf: make(map[int]int),
+		c:        c,
+		w:        newBatchWriter(c.pool, c.table),
+		byID:     make(map[[16]byte]int, c.cfg.BatchSize),
+		loserOf:  make(map[int]int),
+		endToEnd: make(map[string]prometheus.Observer),
 	}
 }
 
@@ -501,7 +505,7 @@ func (wk *worker) process(ctx context.Context, msgs []jetstream.Msg) {
 		switch r := it.res; r.outcome {
 		case written:
 			c.m.written[it.comp.Status].Inc()
-			c.m.endToEnd.WithLabelValues(c.kinds.Label(r.kind)).Observe(r.age)
+			wk.observeEndToEnd(r.kind, r.age)
 			c.settle(it.msg.Ack())
 		case unchanged:
 			c.m.skipped[ReasonUnchanged].Inc()
@@ -529,6 +533,22 @@ func (wk *worker) process(ctx context.Context, msgs []jetstream.Msg) {
 	if handedBack > 0 {
 		c.logger.Warn("stopping: completions not written were handed back to JetStream", "count", handedBack)
 	}
+}
+
+// observeEndToEnd observes a written row's age under its kind's label.
+// Kinds labelled as themselves are cached (bounded by kindlabel); ~invalid
+// and ~other are looked up each time, so the cache stays bounded.
+func (wk *worker) observeEndToEnd(kind string, age float64) {
+	if o, ok := wk.endToEnd[kind]; ok {
+		o.Observe(age)
+		return
+	}
+	label := wk.c.kinds.Label(kind)
+	o := wk.c.m.endToEnd.WithLabelValues(label)
+	if label == kind {
+		wk.endToEnd[kind] = o
+	}
+	o.Observe(age)
 }
 
 // writeBatch writes rows, retrying while PostgreSQL fails and splitting the

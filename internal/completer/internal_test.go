@@ -10,8 +10,11 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/effects-run/effects/internal/envconfig"
+	"github.com/effects-run/effects/internal/kindlabel"
 	"github.com/effects-run/effects/pkg/effects"
 )
 
@@ -340,5 +343,39 @@ func TestCollectNoLinger(t *testing.T) {
 	}
 	if d := time.Since(start); d > 5*time.Second {
 		t.Fatalf("waited %s with NoLinger", d)
+	}
+}
+
+// TestEndToEndObservedThroughTheCache: ages go to the kind's histogram; a
+// kind past the label bound and an invalid kind to ~other and ~invalid, and
+// only kinds labelled as themselves are cached.
+func TestEndToEndObservedThroughTheCache(t *testing.T) {
+	t.Parallel()
+	m, err := newMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	wk := &worker{c: &Completer{m: m, kinds: kindlabel.New(1)}, endToEnd: map[string]prometheus.Observer{}}
+	for _, k := range []string{"echo", "echo", "mail", "mail", "bad kind!"} {
+		wk.observeEndToEnd(k, 1)
+	}
+	count := func(label string) uint64 {
+		var pb dto.Metric
+		if err := m.endToEnd.WithLabelValues(label).(prometheus.Metric).Write(&pb); err != nil {
+			t.Fatal(err)
+		}
+		return pb.GetHistogram().GetSampleCount()
+	}
+	if got := count("echo"); got != 2 {
+		t.Errorf("echo: %d", got)
+	}
+	if got := count(kindlabel.Other); got != 2 {
+		t.Errorf("~other: %d", got)
+	}
+	if got := count(kindlabel.Invalid); got != 1 {
+		t.Errorf("~invalid: %d", got)
+	}
+	if len(wk.endToEnd) != 1 {
+		t.Errorf("cached %d kinds, want echo only", len(wk.endToEnd))
 	}
 }
