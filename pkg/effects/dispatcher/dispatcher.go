@@ -311,14 +311,10 @@ const publishTimeout = 10 * time.Second
 // before it is given up.
 const interruptGrace = time.Second
 
-// publish stores a completion, waiting for JetStream's ack, trying again
-// briefly. It is bounded: at most publishTimeout in all, and one async
-// publish in flight at a time per completion.
-func (d *Dispatcher) publish(msg *nats.Msg) error {
-	return d.publishWithin(context.Background(), msg)
-}
-
-// publishWithin is publish, given up when parent ends.
+// publishWithin stores a completion, waiting for JetStream's ack, trying
+// again briefly. It is bounded: at most publishTimeout in all (less when
+// parent ends first), and one async publish in flight at a time per
+// completion.
 func (d *Dispatcher) publishWithin(parent context.Context, msg *nats.Msg) error {
 	ctx, cancel := context.WithTimeout(parent, publishTimeout)
 	defer cancel()
