@@ -43,7 +43,7 @@ type metrics struct {
 	// label is the kind itself (so at most the kind label's bound), by
 	// outcome: counting an event is one lock-free map lookup instead of a
 	// label check and a hash of both labels. Copied on write.
-	byKind   atomic.Pointer[map[string]*[len(outcomes)]prometheus.Counter]
+	byKind   atomic.Pointer[map[string]*kindCounters]
 	requests *prometheus.CounterVec
 	// byCode holds the request counters of the codes the ingest answers
 	// with, so that counting a reply does not format a label.
@@ -147,34 +147,45 @@ func outcomeIndex(outcome string) int {
 	return -1
 }
 
+// kindCounters are one kind's counters by outcome, each set when first
+// used (a series exists only for what happened, as without the cache).
+type kindCounters [len(outcomes)]atomic.Value // of prometheus.Counter
+
 // ingest counts an event of kind with its outcome, under a bounded label.
 func (m *metrics) ingest(kind, outcome string) {
 	i := outcomeIndex(outcome)
+	var kc *kindCounters
 	if by := m.byKind.Load(); by != nil && i >= 0 {
-		if cs := (*by)[kind]; cs != nil {
-			cs[i].Inc()
-			return
+		if kc = (*by)[kind]; kc != nil {
+			if c, ok := kc[i].Load().(prometheus.Counter); ok {
+				c.Inc()
+				return
+			}
 		}
 	}
 	label := m.kinds.Label(kind)
-	m.ingested.WithLabelValues(label, outcome).Inc()
+	c := m.ingested.WithLabelValues(label, outcome)
+	c.Inc()
 	if label != kind || i < 0 {
 		return // ~invalid or ~other: not cached, so the cache stays bounded
 	}
-	var cs [len(outcomes)]prometheus.Counter
-	for j, o := range outcomes {
-		cs[j] = m.ingested.WithLabelValues(kind, o)
+	if kc != nil {
+		kc[i].Store(c)
+		return
 	}
 	for {
 		old := m.byKind.Load()
-		next := make(map[string]*[len(outcomes)]prometheus.Counter, 1)
+		next := make(map[string]*kindCounters, 1)
 		if old != nil {
-			if _, ok := (*old)[kind]; ok {
+			if kc := (*old)[kind]; kc != nil {
+				kc[i].Store(c)
 				return
 			}
 			maps.Copy(next, *old)
 		}
-		next[kind] = &cs
+		kc := new(kindCounters)
+		kc[i].Store(c)
+		next[kind] = kc
 		if m.byKind.CompareAndSwap(old, &next) {
 			return
 		}

@@ -29,6 +29,10 @@ func TestIngestCountsThroughTheCache(t *testing.T) {
 		m.ingest(fmt.Sprintf("other%d", i), outcomePublished) // past the bound of 2
 		m.ingest(fmt.Sprintf("bad kind %d!", i), outcomeRejected)
 	}
+	// Only what happened has a series: 4 for echo and mail, ~other, ~invalid.
+	if n := testutil.CollectAndCount(m.ingested); n != 6 {
+		t.Errorf("%d series, want 6", n)
+	}
 	for _, tc := range []struct {
 		kind, outcome string
 		want          float64
