@@ -11,6 +11,16 @@ TESTFLAGS ?=
 # Extra flags for `make bench`, e.g. BENCHFLAGS='-benchtime=3x', BENCHFLAGS='-effects 50000',
 # BENCHFLAGS='-bench EndToEndTable', BENCHFLAGS='-nats nats://host:4222 -nats-delete-streams'.
 BENCHFLAGS ?=
+# Flags for `make capacity`'s benchmarks (effects per measurement), e.g.
+# CAPACITYFLAGS='-benchtime=5000x'; CAPACITY_ROUNDS rounds run one after the
+# other, each measuring every set-up once, so set-ups alternate.
+CAPACITYFLAGS ?= -benchtime=20000x
+CAPACITY_ROUNDS ?= 3
+# Extra flags for `make faults`, e.g. FAULTSFLAGS='-run TestKill'.
+FAULTSFLAGS ?=
+# A file `make faults` appends the fault tests' results to (a markdown table);
+# unset, they are only logged. `make reliability` sets it.
+FAULTS_RESULTS ?=
 # Flags for `make soak`, e.g. SOAKFLAGS='-soak.duration=3m -soak.rate=2000 -soak.plain'.
 SOAKFLAGS ?=
 
@@ -58,13 +68,15 @@ check-deployments: ## Check docker-compose, Kubernetes, Hasura, Prometheus, Graf
 	cd $(CHECK_DIR) && $(GO) test -count=1 -timeout 20m $(TESTFLAGS) ./...
 
 .PHONY: vet
-vet: ## go vet every package, the deployment checks' module included
+vet: ## go vet every package, the fault suite and the deployment checks' module included
 	$(GO) vet ./...
+	$(GO) vet -tags faults ./e2e/faults/...
 	cd $(CHECK_DIR) && $(GO) vet ./...
 
 .PHONY: staticcheck
 staticcheck: ## Run staticcheck (pinned in go.mod as a tool) on both modules
 	$(GO) tool staticcheck ./...
+	$(GO) tool staticcheck -tags faults ./e2e/faults/...
 	cd $(CHECK_DIR) && "$$($(GO) -C $(CURDIR) tool -n staticcheck)" ./...
 
 .PHONY: fmt-check
@@ -92,6 +104,23 @@ bench: ## Run the end-to-end benchmarks (webhook and table source) once; flags t
 	@test -d e2e || { echo "make bench: ./e2e does not exist yet; the end-to-end benchmark goes there"; exit 1; }
 	$(GO) test -run '^$$' -bench . -benchtime=1x -timeout 30m -v $(BENCHFLAGS) ./e2e/...
 
+.PHONY: capacity
+capacity: ## Measure docs/capacity.md's figures: one dispatcher, one completer, the pipeline on single/cluster-R1/cluster-R3 NATS side by side; PostgreSQL's completion writes (CAPACITYFLAGS)
+	@for round in $$(seq $(CAPACITY_ROUNDS)); do \
+		echo "== round $$round of $(CAPACITY_ROUNDS)"; \
+		$(GO) test -run '^$$' -bench 'Capacity' -timeout 60m $(CAPACITYFLAGS) ./e2e/ || exit 1; \
+		$(GO) test -run '^$$' -bench 'CompleterWriteParallel' -benchtime=40x -timeout 30m ./internal/completer/ || exit 1; \
+	done
+
+.PHONY: faults
+faults: ## Run the fault suite: the real binaries under kill -9, SIGTERM, NATS and PostgreSQL restarts, Hasura misbehaviour (build tag faults; ~5 min)
+	$(GO) vet -tags faults ./e2e/faults/...
+	EFFECTS_FAULTS_RESULTS=$(FAULTS_RESULTS) $(GO) test -tags faults -count=1 -timeout 15m -v $(FAULTSFLAGS) ./e2e/faults/...
+
+.PHONY: reliability
+reliability: ## Run the fault suite and write its results table into docs/reliability.md
+	./scripts/faults-report.sh
+
 .PHONY: dev
 dev: ## Run the whole pipeline in one process: embedded NATS, a private PostgreSQL (or DATABASE_URL); Ctrl-C stops all
 	$(GO) run ./cmd/effects dev
@@ -105,9 +134,10 @@ run: build nats-server ## Run a pinned nats-server, ingest, dispatcher and compl
 	BIN=$(BIN) NATS_SERVER=$(NATS_SERVER) ./scripts/run-local.sh
 
 .PHONY: ci
-ci: ## What .ci/run runs once services are up: lint, then test
+ci: ## What .ci/run runs once services are up: lint, test, then the fault suite
 	$(MAKE) lint
 	$(MAKE) test
+	$(MAKE) faults
 
 .PHONY: clean
 clean: ## Remove bin/ (binaries and local run logs)

@@ -89,13 +89,18 @@ func (x *executor) worker(ctx context.Context) {
 			x.gate.Lock() // released by handle once the attempt may start
 		}
 		jm, err := x.src.next(ctx)
-		if err == nil && ctx.Err() != nil {
+		if err == nil && ctx.Err() != nil && !x.drains() {
 			_ = jm.Nak() // fetched as fetching stopped: back at once
 			err = ctx.Err()
 		}
+		// A message fetched as fetching stopped is handled like the
+		// ones drain takes from the stopped iterator.
 		if err != nil {
 			if x.rate != nil {
 				x.gate.Unlock()
+			}
+			if !x.drain(ctx) {
+				return // overran: detached from the pool
 			}
 			x.workers.Done()
 			return
@@ -106,6 +111,39 @@ func (x *executor) worker(ctx context.Context) {
 			return
 		}
 	}
+}
+
+// drains reports whether the kind's workers handle, after fetching
+// stopped, the messages the stopped iterator still holds. Not for a
+// rate-limited kind (it fetches one message at a time, nothing is held)
+// nor an async one (its work would start during the shutdown, only to be
+// given back with its deadline).
+func (x *executor) drains() bool { return !x.src.one && !x.async }
+
+// drain handles, once fetching stopped, what the stopped iterator still
+// holds, until it is empty or the shutdown timeout ends the work. Those
+// messages were delivered to this process and JetStream counted the
+// delivery: given back, each would come back as its next attempt without
+// having run, so every deploy would use up an attempt of up to a pull
+// buffer of effects (and enough deploys would fail an effect that never
+// ran). Handled within the shutdown timeout they cost nothing; what is left
+// when it ends is given back by giveBack. It is false when the handler
+// overran and this worker was detached.
+func (x *executor) drain(ctx context.Context) bool {
+	if ctx.Err() == nil || !x.drains() {
+		return true
+	}
+	<-x.src.stopped
+	for x.d.workCtx.Err() == nil {
+		jm, err := x.src.held()
+		if err != nil {
+			return true
+		}
+		if !x.handle(ctx, jm) {
+			return false
+		}
+	}
+	return true
 }
 
 // handle runs one delivery from decode to ack. It is false when the
@@ -435,6 +473,8 @@ type liveSource struct {
 	x   *executor
 	cc  jetstream.ConsumerConfig
 	one bool
+	// stopped is closed once stop has drained (or stopped) the iterator.
+	stopped chan struct{}
 
 	mu   sync.Mutex
 	gen  int // bumped by every re-creation
@@ -585,6 +625,7 @@ func (s *liveSource) reopen(ctx context.Context, gen int) error {
 // redeliver only after the ack wait; drained, giveBack returns it at once.
 // While disconnected a drain cannot flush: then Stop.
 func (s *liveSource) stop() {
+	defer close(s.stopped)
 	_, _, it := s.current()
 	if it == nil {
 		return
@@ -594,6 +635,16 @@ func (s *liveSource) stop() {
 		return
 	}
 	it.Drain()
+}
+
+// held returns the next message the stopped iterator still holds;
+// jetstream.ErrMsgIteratorClosed once it holds none.
+func (s *liveSource) held() (jetstream.Msg, error) {
+	_, _, it := s.current()
+	if it == nil {
+		return nil, jetstream.ErrMsgIteratorClosed
+	}
+	return it.Next()
 }
 
 // giveBack naks, without delay, what the stopped iterator still holds, so
