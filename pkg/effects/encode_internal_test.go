@@ -29,7 +29,7 @@ func TestEncodeCompletionMatchesEncodeJSON(t *testing.T) {
 	zones := []*time.Location{time.UTC, time.FixedZone("x", 3600+1800), time.FixedZone("y", -7*3600), time.FixedZone("odd", 61)}
 	for i := 0; i < 20000; i++ {
 		c := Completion{EffectID: str(), Kind: str(), Status: Status(str()), Completion: raws[rng.IntN(len(raws))],
-			Attempts: rng.IntN(2000) - 1000,
+			Attempts:    rng.IntN(2000) - 1000,
 			CompletedAt: time.Unix(rng.Int64N(1<<34)-1<<33, rng.Int64N(1e9)).In(zones[rng.IntN(len(zones))])}
 		if rng.IntN(2) == 0 {
 			e := str()
