@@ -55,8 +55,11 @@ type Completer struct {
 	secrets []string
 
 	consuming atomic.Bool
-	startErr  atomic.Pointer[string] // why it is not consuming yet
-	writeErr  atomic.Pointer[string] // the last batch write's error, nil after a success
+	// lastBehind is when a writer last took a batch of at least LingerFrom
+	// completions (UnixNano), 0 when the last batch taken was smaller.
+	lastBehind atomic.Int64
+	startErr   atomic.Pointer[string] // why it is not consuming yet
+	writeErr   atomic.Pointer[string] // the last batch write's error, nil after a success
 
 	// Warnings about unknown ids, malformed messages and refused acks are
 	// sampled: a flood of them must not flood the logs.
@@ -345,14 +348,18 @@ type worker struct {
 	byID    map[[16]byte]int
 	loserOf map[int]int
 	rows    []*item
+	// endToEnd caches effects_end_to_end_seconds' observer per kind, so a
+	// row written does not look up and hash its label.
+	endToEnd map[string]prometheus.Observer
 }
 
 func (c *Completer) newWorker() *worker {
 	return &worker{
-		c:       c,
-		w:       newBatchWriter(c.pool, c.table),
-		byID:    make(map[[16]byte]int, c.cfg.BatchSize),
-		loserOf: make(map[int]int),
+		c:        c,
+		w:        newBatchWriter(c.pool, c.table),
+		byID:     make(map[[16]byte]int, c.cfg.BatchSize),
+		loserOf:  make(map[int]int),
+		endToEnd: make(map[string]prometheus.Observer),
 	}
 }
 
@@ -395,9 +402,12 @@ func (wk *worker) run(ctx, hard context.Context, inbox <-chan jetstream.Msg, dra
 
 // collect takes first and whatever else is already queued, up to BatchSize,
 // without waiting: under load completions queue up while a batch is written,
-// so batches grow with the load and an idle completer writes at once. With a
-// Linger it also waits up to that long for a fuller batch (not while
-// stopping).
+// so batches grow with the load and an idle completer writes at once. When
+// the completer is behind — what was queued, or the last batch any writer
+// took (within behindFor), holds at least LingerFrom completions — it also
+// waits up to Linger for a fuller batch (not while stopping): a completion at
+// low load is written at once, and under load batches fill, which costs
+// PostgreSQL less per row.
 func (wk *worker) collect(ctx context.Context, first jetstream.Msg, inbox <-chan jetstream.Msg) []jetstream.Msg {
 	c := wk.c
 	batch := append(wk.msgs[:0], first)
@@ -410,7 +420,7 @@ func (wk *worker) collect(ctx context.Context, first jetstream.Msg, inbox <-chan
 		}
 		break
 	}
-	if c.cfg.Linger > 0 && len(batch) < c.cfg.BatchSize && ctx.Err() == nil {
+	if c.cfg.Linger > 0 && len(batch) < c.cfg.BatchSize && ctx.Err() == nil && c.behind(len(batch)) {
 		timer := time.NewTimer(c.cfg.Linger)
 		defer timer.Stop()
 	linger:
@@ -425,8 +435,28 @@ func (wk *worker) collect(ctx context.Context, first jetstream.Msg, inbox <-chan
 			}
 		}
 	}
+	if len(batch) >= c.cfg.LingerFrom {
+		c.lastBehind.Store(time.Now().UnixNano())
+	} else {
+		c.lastBehind.Store(0)
+	}
 	wk.msgs = batch
 	return batch
+}
+
+// behindFor is how long a batch of at least LingerFrom completions keeps
+// the completer counted as behind: long enough to span the other writers'
+// batches, short enough that a completion arriving a second after a burst is
+// written at once.
+const behindFor = time.Second
+
+// behind reports whether a writer holding queued completions should linger.
+func (c *Completer) behind(queued int) bool {
+	if queued >= c.cfg.LingerFrom {
+		return true
+	}
+	last := c.lastBehind.Load()
+	return last != 0 && time.Since(time.Unix(0, last)) < behindFor
 }
 
 // process writes one batch of messages and settles every message: this is
@@ -485,7 +515,7 @@ func (wk *worker) process(ctx context.Context, msgs []jetstream.Msg) {
 		switch r := it.res; r.outcome {
 		case written:
 			c.m.written[it.comp.Status].Inc()
-			c.m.endToEnd.WithLabelValues(c.kinds.Label(r.kind)).Observe(r.age)
+			wk.observeEndToEnd(r.kind, r.age)
 			c.settle(it.msg.Ack())
 		case unchanged:
 			c.m.skipped[ReasonUnchanged].Inc()
@@ -513,6 +543,22 @@ func (wk *worker) process(ctx context.Context, msgs []jetstream.Msg) {
 	if handedBack > 0 {
 		c.logger.Warn("stopping: completions not written were handed back to JetStream", "count", handedBack)
 	}
+}
+
+// observeEndToEnd observes a written row's age under its kind's label.
+// Kinds labelled as themselves are cached (bounded by kindlabel); ~invalid
+// and ~other are looked up each time, so the cache stays bounded.
+func (wk *worker) observeEndToEnd(kind string, age float64) {
+	if o, ok := wk.endToEnd[kind]; ok {
+		o.Observe(age)
+		return
+	}
+	label := wk.c.kinds.Label(kind)
+	o := wk.c.m.endToEnd.WithLabelValues(label)
+	if label == kind {
+		wk.endToEnd[kind] = o
+	}
+	o.Observe(age)
 }
 
 // writeBatch writes rows, retrying while PostgreSQL fails and splitting the

@@ -157,7 +157,7 @@ func TestOlderFailedDoesNotReplaceNewerFailed(t *testing.T) {
 func TestSeveralCompletionsOfOneIDInOneBatch(t *testing.T) {
 	t.Parallel()
 	// Lingering makes the completions published before the start one batch.
-	b := setup(t, setupOpts{noStart: true, cfg: completer.Config{Linger: 500 * time.Millisecond, Writers: 1}})
+	b := setup(t, setupOpts{noStart: true, cfg: completer.Config{Linger: 500 * time.Millisecond, LingerFrom: 1, Writers: 1}})
 	a, c, d := b.insert(t, "echo"), b.insert(t, "echo"), b.insert(t, "echo")
 	t0 := time.Now().UTC().Truncate(time.Microsecond)
 	b.publish(t,
@@ -251,7 +251,7 @@ func TestMalformedIsTerminatedAndCounted(t *testing.T) {
 
 func TestValueRefusedByPostgresIsIsolated(t *testing.T) {
 	t.Parallel()
-	b := setup(t, setupOpts{noStart: true, cfg: completer.Config{Linger: 500 * time.Millisecond}})
+	b := setup(t, setupOpts{noStart: true, cfg: completer.Config{Linger: 500 * time.Millisecond, LingerFrom: 1}})
 	var ids []string
 	for i := 0; i < 5; i++ {
 		ids = append(ids, b.insert(t, "echo"))

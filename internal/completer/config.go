@@ -40,11 +40,19 @@ type Config struct {
 	// BatchSize is EFFECTS_COMPLETER_BATCH_SIZE, default 500: the most
 	// completions written by one statement.
 	BatchSize int
-	// Linger is EFFECTS_COMPLETER_LINGER, default 0: how long to wait for
-	// more completions once one has arrived, before writing a batch that is
-	// not full. 0 writes whatever has arrived at once: batches grow by
-	// themselves under load, since completions pile up while a write runs.
+	// Linger is EFFECTS_COMPLETER_LINGER, default 20ms: how long a writer
+	// that is behind waits for more completions before writing a batch that
+	// is not full. A writer is behind when the completions it took without
+	// waiting, or the last batch any writer took (in the last second), number
+	// at least LingerFrom; otherwise it writes what it has at once, so a
+	// completion at low load is never delayed. Under load batches grow, and
+	// a fuller batch costs PostgreSQL less per row. A negative value (the
+	// environment's 0) never lingers.
 	Linger time.Duration
+	// LingerFrom is the batch size from which a writer counts as behind
+	// and lingers; default 8 (at most BatchSize). It has no environment
+	// variable. 1 lingers after every first completion.
+	LingerFrom int
 	// Writers is EFFECTS_COMPLETER_WRITERS, default 2: how many batches are
 	// written at once. With one, the completer waits for every statement
 	// before it settles the batch and takes the next; with two, one batch is
@@ -78,6 +86,8 @@ type Config struct {
 // Defaults.
 const (
 	DefaultBatchSize       = 500
+	DefaultLinger          = 20 * time.Millisecond
+	DefaultLingerFrom      = 8
 	DefaultWriters         = 2
 	DefaultAckWait         = 30 * time.Second
 	DefaultRetryMax        = 10 * time.Second
@@ -92,7 +102,7 @@ func ConfigFromEnv(r *envconfig.Reader) (Config, error) {
 		DatabaseURL:     r.Secret("DATABASE_URL"),
 		Table:           r.String("EFFECTS_TABLE", schema.DefaultTable),
 		BatchSize:       r.Int("EFFECTS_COMPLETER_BATCH_SIZE", DefaultBatchSize),
-		Linger:          r.Duration("EFFECTS_COMPLETER_LINGER", 0),
+		Linger:          r.Duration("EFFECTS_COMPLETER_LINGER", DefaultLinger),
 		Writers:         r.Int("EFFECTS_COMPLETER_WRITERS", DefaultWriters),
 		AckWait:         r.Duration("EFFECTS_COMPLETER_ACK_WAIT", DefaultAckWait),
 		RetryMax:        r.Duration("EFFECTS_COMPLETER_RETRY_MAX", DefaultRetryMax),
@@ -106,6 +116,12 @@ func ConfigFromEnv(r *envconfig.Reader) (Config, error) {
 	if c.DatabaseURL == "" {
 		return Config{}, errors.New("DATABASE_URL is not set: want the URL of the PostgreSQL holding the effects table, e.g. postgres://user:password@host:5432/db")
 	}
+	switch {
+	case c.Linger < 0:
+		return Config{}, fmt.Errorf("EFFECTS_COMPLETER_LINGER=%s: must not be negative (0 never lingers)", c.Linger)
+	case c.Linger == 0:
+		c.Linger = NoLinger
+	}
 	// The reader already supplied the defaults of unset variables, so a zero
 	// left here was set explicitly and is checked as given, not defaulted.
 	c.Streams = c.Streams.WithDefaults()
@@ -114,6 +130,9 @@ func ConfigFromEnv(r *envconfig.Reader) (Config, error) {
 	}
 	return c, nil
 }
+
+// NoLinger as [Config.Linger] makes every writer write what it has at once.
+const NoLinger time.Duration = -1
 
 // WithDefaults returns a copy with zero fields set to their defaults.
 func (c Config) WithDefaults() Config {
@@ -125,6 +144,12 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.Writers == 0 {
 		c.Writers = DefaultWriters
+	}
+	if c.Linger == 0 {
+		c.Linger = DefaultLinger
+	}
+	if c.LingerFrom == 0 {
+		c.LingerFrom = min(DefaultLingerFrom, c.BatchSize)
 	}
 	if c.AckWait == 0 {
 		c.AckWait = DefaultAckWait
@@ -153,8 +178,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("EFFECTS_COMPLETER_BATCH_SIZE=%d: want 1 to %d", c.BatchSize, MaxBatchSize)
 	case c.Writers < 1 || c.Writers > MaxWriters:
 		return fmt.Errorf("EFFECTS_COMPLETER_WRITERS=%d: want 1 to %d", c.Writers, MaxWriters)
-	case c.Linger < 0:
-		return fmt.Errorf("EFFECTS_COMPLETER_LINGER=%s: must not be negative", c.Linger)
+	case c.LingerFrom < 0:
+		return fmt.Errorf("LingerFrom=%d: must not be negative", c.LingerFrom)
 	case c.AckWait < time.Second:
 		return fmt.Errorf("EFFECTS_COMPLETER_ACK_WAIT=%s: want at least 1s", c.AckWait)
 	case c.Linger >= c.AckWait/2:
@@ -176,7 +201,8 @@ func (c Config) LogValue() slog.Value {
 		slog.String("table", c.Table),
 		slog.Int("batch_size", c.BatchSize),
 		slog.Int("writers", c.Writers),
-		slog.Duration("linger", c.Linger),
+		slog.Duration("linger", max(0, c.Linger)),
+		slog.Int("linger_from", c.LingerFrom),
 		slog.Duration("ack_wait", c.AckWait),
 		slog.Duration("retry_max", c.RetryMax),
 		slog.Duration("write_timeout", c.WriteTimeout),

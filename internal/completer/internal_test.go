@@ -1,6 +1,7 @@
 package completer
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -8,7 +9,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
 	"github.com/effects-run/effects/internal/envconfig"
+	"github.com/effects-run/effects/internal/kindlabel"
 	"github.com/effects-run/effects/pkg/effects"
 )
 
@@ -157,7 +163,7 @@ func TestConfigFromEnv(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Config{DatabaseURL: url, Table: "effects", BatchSize: 500, Writers: 2, AckWait: 30 * time.Second,
+	want := Config{DatabaseURL: url, Table: "effects", BatchSize: 500, Writers: 2, Linger: DefaultLinger, AckWait: 30 * time.Second,
 		RetryMax: 10 * time.Second, WriteTimeout: 10 * time.Second, ShutdownTimeout: 30 * time.Second,
 		Streams: effects.StreamOptions{}.WithDefaults()}
 	if c != want {
@@ -175,6 +181,15 @@ func TestConfigFromEnv(t *testing.T) {
 	if c.Table != "ops.effects" || c.BatchSize != 1000 || c.Linger != 2*time.Millisecond || c.AckWait != time.Minute ||
 		c.RetryMax != 5*time.Second || c.Writers != 4 || c.WriteTimeout != 3*time.Second || c.ShutdownTimeout != 20*time.Second {
 		t.Fatalf("from env: %+v", c)
+	}
+
+	// 0 turns lingering off; the Go zero value is the default.
+	c, err = ConfigFromEnv(envconfig.FromMap(map[string]string{"DATABASE_URL": url, "EFFECTS_COMPLETER_LINGER": "0"}))
+	if err != nil || c.Linger != NoLinger || c.WithDefaults().Linger != NoLinger {
+		t.Fatalf("EFFECTS_COMPLETER_LINGER=0: %v %+v", err, c)
+	}
+	if d := (Config{}).WithDefaults(); d.Linger != DefaultLinger || d.LingerFrom != DefaultLingerFrom {
+		t.Fatalf("Go defaults: linger %s from %d", d.Linger, d.LingerFrom)
 	}
 
 	for _, tc := range []struct {
@@ -226,5 +241,141 @@ func TestSampler(t *testing.T) {
 	s.last = time.Now().Add(-sampleEvery)
 	if n, ok := s.allow(1); !ok || n != 3 {
 		t.Fatalf("after the interval: %d %v, want the 3 held back", n, ok)
+	}
+}
+
+// lingerWorker is a worker of a completer that only collects.
+func lingerWorker(cfg Config) *worker {
+	return &worker{c: &Completer{cfg: cfg.WithDefaults()}}
+}
+
+func fill(ch chan jetstream.Msg, n int) {
+	for range n {
+		ch <- nil
+	}
+}
+
+// TestCollectDoesNotLingerAtLowLoad: a completion that arrives alone, with
+// no batch taken lately, is written at once, however long the linger.
+func TestCollectDoesNotLingerAtLowLoad(t *testing.T) {
+	t.Parallel()
+	wk := lingerWorker(Config{BatchSize: 100, Linger: 10 * time.Second, AckWait: time.Minute})
+	inbox := make(chan jetstream.Msg, 100)
+	start := time.Now()
+	if got := len(wk.collect(t.Context(), nil, inbox)); got != 1 {
+		t.Fatalf("batch of %d", got)
+	}
+	// A few queued, under LingerFrom (8): still at once.
+	fill(inbox, 5)
+	if got := len(wk.collect(t.Context(), nil, inbox)); got != 6 {
+		t.Fatalf("batch of %d", got)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("waited %s for a batch at low load", d)
+	}
+}
+
+// TestCollectLingersWhenBehind: when at least LingerFrom completions were
+// queued, the writer waits for more, and stops waiting once the batch is
+// full; the next batch lingers too, even if it starts with one completion.
+func TestCollectLingersWhenBehind(t *testing.T) {
+	t.Parallel()
+	wk := lingerWorker(Config{BatchSize: 100, Linger: 10 * time.Second, AckWait: time.Minute})
+	inbox := make(chan jetstream.Msg, 100)
+	fill(inbox, 19) // 20 with the first: LingerFrom is 8
+	go func() {
+		time.Sleep(50 * time.Millisecond)
+		fill(inbox, 80)
+	}()
+	start := time.Now()
+	if got := len(wk.collect(t.Context(), nil, inbox)); got != 100 {
+		t.Fatalf("batch of %d, want it filled to 100 while lingering", got)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("a full batch waited %s: lingering should end once full", d)
+	}
+
+	// The last batch was large, so a writer that finds one completion
+	// lingers for the ones coming.
+	go func() {
+		time.Sleep(50 * time.Millisecond)
+		fill(inbox, 3)
+	}()
+	wk2 := &worker{c: wk.c}
+	ctx, cancel := context.WithTimeout(t.Context(), 500*time.Millisecond)
+	defer cancel()
+	if got := len(wk2.collect(ctx, nil, inbox)); got != 4 {
+		t.Fatalf("batch of %d after a full one, want 4: it did not linger", got)
+	}
+}
+
+// TestCollectStopsLingeringAfterTheLoad: a batch smaller than LingerFrom
+// ends the lingering, and so does a second without batches.
+func TestCollectStopsLingeringAfterTheLoad(t *testing.T) {
+	t.Parallel()
+	wk := lingerWorker(Config{BatchSize: 100, Linger: 10 * time.Second, AckWait: time.Minute})
+	inbox := make(chan jetstream.Msg, 100)
+
+	wk.c.lastBehind.Store(time.Now().UnixNano())
+	ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
+	defer cancel()
+	if got := len(wk.collect(ctx, nil, inbox)); got != 1 { // lingers until ctx ends: behind
+		t.Fatalf("batch of %d", got)
+	}
+	start := time.Now()
+	wk.collect(t.Context(), nil, inbox) // the last batch was small: at once
+	wk.c.lastBehind.Store(time.Now().Add(-2 * behindFor).UnixNano())
+	wk.collect(t.Context(), nil, inbox) // the last large batch is old: at once
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("waited %s after the load ended", d)
+	}
+}
+
+// TestCollectNoLinger: NoLinger never waits, even when behind.
+func TestCollectNoLinger(t *testing.T) {
+	t.Parallel()
+	wk := lingerWorker(Config{BatchSize: 100, Linger: NoLinger, AckWait: time.Minute})
+	inbox := make(chan jetstream.Msg, 100)
+	fill(inbox, 50)
+	start := time.Now()
+	if got := len(wk.collect(t.Context(), nil, inbox)); got != 51 {
+		t.Fatalf("batch of %d", got)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("waited %s with NoLinger", d)
+	}
+}
+
+// TestEndToEndObservedThroughTheCache: ages go to the kind's histogram; a
+// kind past the label bound and an invalid kind to ~other and ~invalid, and
+// only kinds labelled as themselves are cached.
+func TestEndToEndObservedThroughTheCache(t *testing.T) {
+	t.Parallel()
+	m, err := newMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	wk := &worker{c: &Completer{m: m, kinds: kindlabel.New(1)}, endToEnd: map[string]prometheus.Observer{}}
+	for _, k := range []string{"echo", "echo", "mail", "mail", "bad kind!"} {
+		wk.observeEndToEnd(k, 1)
+	}
+	count := func(label string) uint64 {
+		var pb dto.Metric
+		if err := m.endToEnd.WithLabelValues(label).(prometheus.Metric).Write(&pb); err != nil {
+			t.Fatal(err)
+		}
+		return pb.GetHistogram().GetSampleCount()
+	}
+	if got := count("echo"); got != 2 {
+		t.Errorf("echo: %d", got)
+	}
+	if got := count(kindlabel.Other); got != 2 {
+		t.Errorf("~other: %d", got)
+	}
+	if got := count(kindlabel.Invalid); got != 1 {
+		t.Errorf("~invalid: %d", got)
+	}
+	if len(wk.endToEnd) != 1 {
+		t.Errorf("cached %d kinds, want echo only", len(wk.endToEnd))
 	}
 }

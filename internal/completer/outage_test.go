@@ -41,8 +41,9 @@ func TestPostgresDownNothingAckedThenResumes(t *testing.T) {
 		WriteTimeout: 2 * time.Second,
 		// One batch: the messages waiting behind a batch are not kept
 		// alive, so this test keeps them all in the batch being retried.
-		Linger:  300 * time.Millisecond,
-		Writers: 1,
+		Linger:     300 * time.Millisecond,
+		LingerFrom: 1,
+		Writers:    1,
 	}})
 	waitFor(t, 30*time.Second, "consuming", func() bool { return b.c.CheckConsuming(ctx(t)) == nil })
 	const n = 20

@@ -3,8 +3,10 @@ package ingest
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -37,6 +39,11 @@ type metrics struct {
 	// kindlabel.DefaultMax others get their own, the rest count as ~other.
 	kinds    *kindlabel.Set
 	ingested *prometheus.CounterVec
+	// byKind holds effects_ingested_total's counters of each kind whose
+	// label is the kind itself (so at most the kind label's bound), by
+	// outcome: counting an event is one lock-free map lookup instead of a
+	// label check and a hash of both labels. Copied on write.
+	byKind   atomic.Pointer[map[string]*kindCounters]
 	requests *prometheus.CounterVec
 	// byCode holds the request counters of the codes the ingest answers
 	// with, so that counting a reply does not format a label.
@@ -128,9 +135,61 @@ func newMetrics(reg prometheus.Registerer, kinds *kindlabel.Set, webhook bool) (
 	return m, nil
 }
 
+// outcomes are the outcome label's values, in byKind's order.
+var outcomes = [...]string{outcomePublished, outcomeDuplicate, outcomeIgnored, outcomeRejected}
+
+func outcomeIndex(outcome string) int {
+	for i, o := range outcomes {
+		if o == outcome {
+			return i
+		}
+	}
+	return -1
+}
+
+// kindCounters are one kind's counters by outcome, each set when first
+// used (a series exists only for what happened, as without the cache).
+type kindCounters [len(outcomes)]atomic.Value // of prometheus.Counter
+
 // ingest counts an event of kind with its outcome, under a bounded label.
 func (m *metrics) ingest(kind, outcome string) {
-	m.ingested.WithLabelValues(m.kinds.Label(kind), outcome).Inc()
+	i := outcomeIndex(outcome)
+	var kc *kindCounters
+	if by := m.byKind.Load(); by != nil && i >= 0 {
+		if kc = (*by)[kind]; kc != nil {
+			if c, ok := kc[i].Load().(prometheus.Counter); ok {
+				c.Inc()
+				return
+			}
+		}
+	}
+	label := m.kinds.Label(kind)
+	c := m.ingested.WithLabelValues(label, outcome)
+	c.Inc()
+	if label != kind || i < 0 {
+		return // ~invalid or ~other: not cached, so the cache stays bounded
+	}
+	if kc != nil {
+		kc[i].Store(c)
+		return
+	}
+	for {
+		old := m.byKind.Load()
+		next := make(map[string]*kindCounters, 1)
+		if old != nil {
+			if kc := (*old)[kind]; kc != nil {
+				kc[i].Store(c)
+				return
+			}
+			maps.Copy(next, *old)
+		}
+		kc := new(kindCounters)
+		kc[i].Store(c)
+		next[kind] = kc
+		if m.byKind.CompareAndSwap(old, &next) {
+			return
+		}
+	}
 }
 
 // Reasons of effects_ingest_publish_errors_total.

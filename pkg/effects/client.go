@@ -89,7 +89,7 @@ func (c *Client) maxPayload() int64 {
 // CompletionMsg encodes comp as the NATS message that carries it, with its
 // Nats-Msg-Id derived from ref.
 func CompletionMsg(ref Ref, comp Completion) (*nats.Msg, error) {
-	data, err := EncodeJSON(comp)
+	data, err := encodeCompletion(comp)
 	if err != nil {
 		return nil, fmt.Errorf("effects: marshal completion: %w", err)
 	}

@@ -37,10 +37,13 @@ type Dispatcher struct {
 	js     jetstream.JetStream
 	client *effects.Client
 	pubJS  jetstream.JetStream // completions go out through this one
-	logger *slog.Logger
-	m      *metrics
-	execs  []*executor
-	opts   options
+	// settler acks effects once their completion's PubAck arrived; nil
+	// outside Run.
+	settler *settler
+	logger  *slog.Logger
+	m       *metrics
+	execs   []*executor
+	opts    options
 
 	// maxAge is the effects stream's MaxAge as the server has it.
 	maxAge time.Duration
@@ -216,6 +219,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		}
 		x.ready.Store(true)
 	}
+	d.settler = newSettler()
 	for _, x := range d.execs {
 		x.workers.Add(x.lim.concurrency)
 		for range x.lim.concurrency {
@@ -253,6 +257,12 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		case <-last.C:
 			d.logger.Warn("effects left unsettled; JetStream redelivers them after the ack wait")
 		}
+	}
+	// The workers are done; effects whose completion is on its way are
+	// acked once JetStream stored it, for at most the shutdown timeout
+	// (and never longer than a publish and its retry).
+	if !d.settler.stop(min(d.cfg.ShutdownTimeout, 2*publishTimeout)) {
+		d.logger.Warn("effects whose completion was not acknowledged are left unsettled; JetStream redelivers them after the ack wait")
 	}
 	for _, x := range d.execs {
 		x.src.giveBack()
@@ -301,11 +311,12 @@ const publishTimeout = 10 * time.Second
 // before it is given up.
 const interruptGrace = time.Second
 
-// publish stores a completion, waiting for JetStream's ack, trying again
-// briefly. It is bounded: at most publishTimeout in all, and one async
-// publish in flight at a time per completion.
-func (d *Dispatcher) publish(msg *nats.Msg) error {
-	ctx, cancel := context.WithTimeout(context.Background(), publishTimeout)
+// publishWithin stores a completion, waiting for JetStream's ack, trying
+// again briefly. It is bounded: at most publishTimeout in all (less when
+// parent ends first), and one async publish in flight at a time per
+// completion.
+func (d *Dispatcher) publishWithin(parent context.Context, msg *nats.Msg) error {
+	ctx, cancel := context.WithTimeout(parent, publishTimeout)
 	defer cancel()
 	var err error
 	for wait := 50 * time.Millisecond; ; wait *= 2 {

@@ -291,18 +291,54 @@ func retentionMargin(maxAge time.Duration) time.Duration {
 }
 
 // apply carries out an outcome: the completion first, then the ack, nak,
-// term or hold. It is the only place a delivery is settled.
+// term or hold. It is the only place a delivery is settled. A completion
+// that ends the delivery (ack or term) is published asynchronously and the
+// rest handed to the settler, which acks once JetStream acknowledged the
+// completion; the worker goes on meanwhile.
 func (x *executor) apply(dl *delivery, o outcome) {
 	if o.completion != nil && !x.d.opts.noCompletions {
 		injectTrace(dl, o.completion)
-		if err := x.d.publish(o.completion); err != nil {
-			x.km.publishErrors.Inc()
-			x.logger.Error("completion not published; the effect will be redelivered", "effect_id", dl.effect.ID, "kind", x.kind, "error", err)
-			dl.keep.stop()
-			x.report(dl, dl.msg.NakWithDelay(x.d.cfg.RetryBase))
-			return
+		if (o.action == ack || o.action == term) && x.d.settler != nil {
+			if fut, err := x.d.pubJS.PublishMsgAsync(o.completion); err == nil {
+				if x.d.settler.add(pendingSettle{x: x, dl: dl, o: o, fut: fut, since: time.Now()}) {
+					return
+				}
+				// Stopping: wait for this PubAck here.
+				select {
+				case <-fut.Ok():
+					x.settleAfterPublish(dl, o)
+					return
+				case <-fut.Err():
+				case <-time.After(publishTimeout):
+				}
+			}
+			// Refused at once (too large, the window full, not
+			// connected) or not acknowledged: the synchronous way.
 		}
+		x.publishAndSettle(context.Background(), dl, o)
+		return
 	}
+	x.settleAfterPublish(dl, o)
+}
+
+// publishAndSettle publishes the outcome's completion, waiting for its ack
+// and retrying briefly, then settles the delivery; a completion that could
+// not be stored gets the effect redelivered.
+// ctx ending stops the retries (and then the effect is redelivered).
+func (x *executor) publishAndSettle(ctx context.Context, dl *delivery, o outcome) {
+	if err := x.d.publishWithin(ctx, o.completion); err != nil {
+		x.km.publishErrors.Inc()
+		x.logger.Error("completion not published; the effect will be redelivered", "effect_id", dl.effect.ID, "kind", x.kind, "error", err)
+		dl.keep.stop()
+		x.report(dl, dl.msg.NakWithDelay(x.d.cfg.RetryBase))
+		return
+	}
+	x.settleAfterPublish(dl, o)
+}
+
+// settleAfterPublish acks, naks, terms or holds the delivery once its
+// completion (if any) is stored, and counts and logs the outcome.
+func (x *executor) settleAfterPublish(dl *delivery, o outcome) {
 	if o.action != hold {
 		dl.keep.stop()
 	}
