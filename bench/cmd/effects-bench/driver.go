@@ -1,0 +1,606 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Databases the benchmark creates on the PostgreSQL it is given, and drops
+// at the end.
+const (
+	effectsDB = "effects_bench"
+	riverDB   = "effects_bench_river"
+)
+
+const webhookSecret = "effects-bench-secret"
+
+// result is one contender's measurement.
+type result struct {
+	Name string
+	// Unit is "effects/s", or "POST/s" for the ingest alone.
+	Unit string
+	N    int
+	// Rate is N over first insert (or POST) to last completion written.
+	Rate float64
+	// P50, P95, P99: seconds from insert (or POST) to completion written
+	// (the ingest alone: a POST's round trip), at the maximum rate.
+	P50, P95, P99 float64
+	// Half* are the second phase, at half the maximum rate (zero if not run).
+	HalfN                     int
+	HalfRate                  float64
+	HalfP50, HalfP95, HalfP99 float64
+	// Procs are the processes, with CPU per effect at the maximum rate and
+	// peak RSS over the run.
+	Procs []procResult
+}
+
+type procResult struct {
+	Name string
+	// Load marks the load generator (Hasura's and the application's part),
+	// left out of the pipeline's total.
+	Load bool
+	// CPU is µs of CPU per effect; NaN-like -1 when unknown.
+	CPU float64
+	// PeakRSS in bytes (VmHWM); 0 when not measured (PostgreSQL).
+	PeakRSS int64
+}
+
+// PipelineCPU is the CPU per effect of every process but the load
+// generator.
+func (r result) PipelineCPU() float64 {
+	var sum float64
+	for _, p := range r.Procs {
+		if !p.Load && p.CPU > 0 {
+			sum += p.CPU
+		}
+	}
+	return sum
+}
+
+func runComparison(ctx context.Context, c config) (err error) {
+	env, err := newBenchEnv(ctx, c)
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, env.close(err == nil)) }()
+	m := env.machine
+	fmt.Printf("effects-bench: %s; %d CPUs (%s), load average %s\n", m.GoVersion, m.NumCPU, m.CPUModel, m.LoadStart)
+	fmt.Printf("effects-bench: PostgreSQL %s, nats-server %s; logs in %s\n", m.PGVersion, m.NATSVersion, env.logDir)
+
+	var results []result
+	start := time.Now()
+	for _, name := range c.contenders {
+		fmt.Printf("effects-bench: %s ...\n", name)
+		var r result
+		if name == "river" {
+			r, err = env.runRiverContender(ctx, nil)
+		} else {
+			r, err = env.runEffectsContender(ctx, name, nil)
+		}
+		if err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		fmt.Printf("effects-bench: %s: %.0f %s, p99 %s\n", name, r.Rate, r.Unit, ms(r.P99))
+		results = append(results, r)
+	}
+	m.LoadEnd = loadAverage()
+	m.Took = time.Since(start)
+	rep := report{Machine: m, Results: results, Config: c, When: time.Now().UTC()}
+	fmt.Println()
+	fmt.Print(rep.text())
+	if c.out != "" {
+		if err := os.MkdirAll(c.out, 0o755); err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(c.out, "latest.md"), []byte(rep.markdown()), 0o644); err != nil {
+			return err
+		}
+		if err := rep.chart(filepath.Join(c.out, "latest.png")); err != nil {
+			return err
+		}
+		fmt.Printf("\nwrote %s and %s\n", filepath.Join(c.out, "latest.md"), filepath.Join(c.out, "latest.png"))
+	}
+	return nil
+}
+
+// benchEnv is what every contender shares: the configuration, the
+// connection to PostgreSQL's maintenance database, and the log directory.
+type benchEnv struct {
+	c       config
+	admin   *pgx.Conn
+	logDir  string
+	machine machine
+}
+
+func newBenchEnv(ctx context.Context, c config) (*benchEnv, error) {
+	admin, err := pgx.Connect(ctx, c.dbURL)
+	if err != nil {
+		return nil, fmt.Errorf("PostgreSQL at EFFECTS_BENCH_DATABASE_URL (default %s): %w", defaultDatabaseURL, err)
+	}
+	logDir, err := os.MkdirTemp("", "effects-bench-")
+	if err != nil {
+		admin.Close(ctx)
+		return nil, err
+	}
+	e := &benchEnv{c: c, admin: admin, logDir: logDir}
+	e.machine = describeMachine(ctx, admin, c.natsServer)
+	for _, db := range []string{effectsDB, riverDB} {
+		if _, err := admin.Exec(ctx, "DROP DATABASE IF EXISTS "+db+" WITH (FORCE)"); err != nil {
+			_ = e.close(false)
+			return nil, err
+		}
+		if _, err := admin.Exec(ctx, "CREATE DATABASE "+db); err != nil {
+			_ = e.close(false)
+			return nil, err
+		}
+	}
+	return e, nil
+}
+
+// close drops the databases and, after a good run unless -keep-logs, the
+// logs.
+func (e *benchEnv) close(ok bool) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var errs []error
+	for _, db := range []string{effectsDB, riverDB} {
+		if _, err := e.admin.Exec(ctx, "DROP DATABASE IF EXISTS "+db+" WITH (FORCE)"); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	e.admin.Close(ctx)
+	if ok && !e.c.keepLogs {
+		errs = append(errs, os.RemoveAll(e.logDir))
+	} else {
+		fmt.Fprintf(os.Stderr, "effects-bench: the processes' logs are in %s\n", e.logDir)
+	}
+	return errors.Join(errs...)
+}
+
+// dbURL is the benchmark's URL with another database.
+func (e *benchEnv) dbURL(db string) string {
+	u, err := url.Parse(e.c.dbURL)
+	if err != nil {
+		return e.c.dbURL
+	}
+	u.Path = "/" + db
+	return u.String()
+}
+
+// sampler is called every few seconds during a soak with the processes of
+// the contender.
+type sampler func(procs []*proc)
+
+// runRiverContender runs River in its own process. With soak set, it runs
+// only the soak phase it describes.
+func (e *benchEnv) runRiverContender(ctx context.Context, soak *soakPlan) (result, error) {
+	r := result{Name: "River", Unit: "jobs/s"}
+	self, err := os.Executable()
+	if err != nil {
+		return r, err
+	}
+	p, err := startProc("river", e.logDir, self, []string{"river", "-db", e.dbURL(riverDB),
+		"-workers", strconv.Itoa(e.c.riverWork), "-batch", strconv.Itoa(e.c.batch)}, nil, true)
+	if err != nil {
+		return r, err
+	}
+	defer p.stop(15 * time.Second)
+	if _, err := p.expect("ready"); err != nil {
+		return r, err
+	}
+	conn, err := pgx.Connect(ctx, e.dbURL(riverDB))
+	if err != nil {
+		return r, err
+	}
+	defer conn.Close(context.Background())
+	procs := []*proc{p}
+	m := measured{env: e, db: riverDB, procs: procs, loader: p}
+	stats := func(ctx context.Context) (phaseStats, error) {
+		return queryStats(ctx, conn, `SELECT count(*), count(*) FILTER (WHERE state <> 'completed'),
+			coalesce(extract(epoch FROM max(finalized_at) - min(created_at)), 0),
+			coalesce(percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM finalized_at - created_at)), 0),
+			coalesce(percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM finalized_at - created_at)), 0),
+			coalesce(percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM finalized_at - created_at)), 0)
+			FROM river_job`)
+	}
+	truncate := func(ctx context.Context) error {
+		_, err := conn.Exec(ctx, `TRUNCATE river_job`)
+		return err
+	}
+	return m.run(ctx, r, soak, truncate, stats, nil)
+}
+
+// runEffectsContender runs the pipeline as in production: a nats-server,
+// ingest, dispatcher and completer, each its own process, and the load
+// generator in another.
+func (e *benchEnv) runEffectsContender(ctx context.Context, mode string, soak *soakPlan) (result, error) {
+	r := result{Name: map[string]string{"table": "table source", "webhook": "webhook", "ingest": "ingest alone"}[mode], Unit: "effects/s"}
+	if mode == "ingest" {
+		r.Unit = "POST/s"
+	}
+	dir := filepath.Join(e.logDir, mode)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return r, err
+	}
+	var ports [5]int
+	for i := range ports {
+		var err error
+		if ports[i], err = freePort(); err != nil {
+			return r, err
+		}
+	}
+	natsAddr := fmt.Sprintf("127.0.0.1:%d", ports[0])
+	natsURL := "nats://" + natsAddr
+	dbURL := e.dbURL(effectsDB)
+	var procs []*proc
+	defer func() {
+		// In pipeline order: what feeds first stops first.
+		for _, p := range procs {
+			if err := p.stop(15 * time.Second); err != nil && !strings.Contains(err.Error(), "signal: terminated") {
+				fmt.Fprintf(os.Stderr, "effects-bench: stopping %s: %v\n", p.name, err)
+			}
+		}
+	}()
+	nats, err := startProc("nats-server", dir, e.c.natsServer, []string{"-a", "127.0.0.1", "-p", strconv.Itoa(ports[0]), "-js", "-sd", filepath.Join(dir, "nats")}, nil, false)
+	if err != nil {
+		return r, err
+	}
+	if err := waitTCP(ctx, nats, natsAddr, 20*time.Second); err != nil {
+		_ = nats.stop(5 * time.Second)
+		return r, err
+	}
+	common := append([]string{"NATS_URL=" + natsURL, "EFFECTS_LOG_LEVEL=warn", "EFFECTS_SHUTDOWN_TIMEOUT=10s"}, e.c.serviceEnv...)
+	if mode != "ingest" {
+		cmd := exec.CommandContext(ctx, filepath.Join(e.c.bin, "completer"), "migrate")
+		cmd.Env = append(childEnv(), append(common, "DATABASE_URL="+dbURL)...)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			_ = nats.stop(5 * time.Second)
+			return r, fmt.Errorf("completer migrate: %w\n%s", err, out)
+		}
+	}
+	httpAddr := fmt.Sprintf("127.0.0.1:%d", ports[1])
+	admin := map[string]string{
+		"ingest":     fmt.Sprintf("127.0.0.1:%d", ports[2]),
+		"dispatcher": fmt.Sprintf("127.0.0.1:%d", ports[3]),
+		"completer":  fmt.Sprintf("127.0.0.1:%d", ports[4]),
+	}
+	source := "webhook"
+	if mode == "table" {
+		source = "table"
+	}
+	services := []struct {
+		name string
+		env  []string
+	}{
+		{"ingest", []string{"EFFECTS_SOURCE=" + source, "EFFECTS_HTTP_ADDR=" + httpAddr, "EFFECTS_WEBHOOK_SECRET=" + webhookSecret, "DATABASE_URL=" + dbURL}},
+		{"dispatcher", []string{"EFFECTS_CONCURRENCY=" + strconv.Itoa(e.c.concurrency)}},
+		{"completer", []string{"DATABASE_URL=" + dbURL}},
+	}
+	if mode == "ingest" {
+		services = services[:1]
+		services[0].env = services[0].env[:3]
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return r, err
+	}
+	loader, err := startProc("load", dir, self, []string{"load", "-mode", mode, "-db", dbURL,
+		"-url", "http://" + httpAddr + "/hasura/events", "-secret", webhookSecret,
+		"-batch", strconv.Itoa(e.c.batch), "-posters", strconv.Itoa(e.c.posters)}, nil, true)
+	if err != nil {
+		return r, err
+	}
+	procs = append(procs, loader)
+	var svcProcs []*proc
+	for _, s := range services {
+		env := append(append([]string{}, common...), "EFFECTS_ADMIN_ADDR="+admin[s.name])
+		p, err := startProc(s.name, dir, filepath.Join(e.c.bin, s.name), nil, append(env, s.env...), false)
+		if err != nil {
+			return r, err
+		}
+		procs = append(procs, p)
+		svcProcs = append(svcProcs, p)
+	}
+	procs = append(procs, nats)
+	for _, p := range svcProcs {
+		if err := waitReady(ctx, p, "http://"+admin[p.name]+"/readyz", 30*time.Second); err != nil {
+			return r, err
+		}
+	}
+	if _, err := loader.expect("ready"); err != nil {
+		return r, err
+	}
+	var conn *pgx.Conn
+	if mode != "ingest" {
+		if conn, err = pgx.Connect(ctx, dbURL); err != nil {
+			return r, err
+		}
+		defer conn.Close(context.Background())
+	}
+	// Processes in the order of the report: load, services, nats-server.
+	order := append([]*proc{loader}, svcProcs...)
+	order = append(order, nats)
+	m := measured{env: e, db: effectsDB, procs: order, loader: loader}
+	if mode == "ingest" {
+		m.db = ""
+		return m.run(ctx, r, soak, nil, nil, nil)
+	}
+	stats := func(ctx context.Context) (phaseStats, error) {
+		return queryStats(ctx, conn, `SELECT count(*), count(*) FILTER (WHERE status <> 'succeeded'),
+			coalesce(extract(epoch FROM max(completed_at) - min(created_at)), 0),
+			coalesce(percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM completed_at - created_at)), 0),
+			coalesce(percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM completed_at - created_at)), 0),
+			coalesce(percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM completed_at - created_at)), 0)
+			FROM effects`)
+	}
+	truncate := func(ctx context.Context) error {
+		_, err := conn.Exec(ctx, `TRUNCATE effects`)
+		return err
+	}
+	written := func(ctx context.Context) (float64, error) {
+		return scrapeCounter(ctx, "http://"+admin["completer"]+"/metrics", "effects_completions_written_total")
+	}
+	return m.run(ctx, r, soak, truncate, stats, written)
+}
+
+// phaseStats is what the database says about a phase.
+type phaseStats struct {
+	N, NotDone    int
+	Span          float64
+	P50, P95, P99 float64
+}
+
+func queryStats(ctx context.Context, conn *pgx.Conn, q string) (phaseStats, error) {
+	var s phaseStats
+	err := conn.QueryRow(ctx, q).Scan(&s.N, &s.NotDone, &s.Span, &s.P50, &s.P95, &s.P99)
+	return s, err
+}
+
+// measured runs the phases of one contender and measures them.
+type measured struct {
+	env *benchEnv
+	// db is the contender's database, whose PostgreSQL backends are
+	// measured; "" for none.
+	db     string
+	procs  []*proc
+	loader *proc
+}
+
+// run runs the maximum-rate phase and then the half-rate phase (or, with
+// soak, the soak alone). truncate empties the table before each phase;
+// stats reads the finished phase from it; written, when not nil, counts
+// the completions written so far (the completer's counter): the phase is
+// over when it has grown by the phase's effects. Without it the phase is
+// over when the loader says done (River counts its completed jobs itself;
+// the ingest alone has nothing to complete).
+func (m measured) run(ctx context.Context, r result, soak *soakPlan, truncate func(context.Context) error,
+	stats func(context.Context) (phaseStats, error), written func(context.Context) (float64, error)) (result, error) {
+	one := func(ph phase, sample sampler) (phaseStats, map[string]time.Duration, ingestResult, error) {
+		var ir ingestResult
+		if truncate != nil {
+			if err := truncate(ctx); err != nil {
+				return phaseStats{}, nil, ir, err
+			}
+		}
+		var base float64
+		if written != nil {
+			var err error
+			if base, err = written(ctx); err != nil {
+				return phaseStats{}, nil, ir, err
+			}
+		}
+		cpu0 := m.cpu(ctx)
+		b, _ := json.Marshal(ph)
+		if err := m.loader.send("phase " + string(b)); err != nil {
+			return phaseStats{}, nil, ir, err
+		}
+		loaderDone := make(chan error, 1)
+		go func() {
+			rest, err := m.loader.expect("done")
+			if err == nil && rest != "" {
+				err = json.Unmarshal([]byte(rest), &ir)
+			}
+			loaderDone <- err
+		}()
+		deadline := time.Now().Add(phaseTimeout(ph) + time.Minute)
+		lastProgress, lastCount := time.Now(), -1.0
+		nextSample := time.Now()
+		for done := false; !done; {
+			select {
+			case <-ctx.Done():
+				return phaseStats{}, nil, ir, ctx.Err()
+			case err := <-loaderDone:
+				if err != nil {
+					return phaseStats{}, nil, ir, err
+				}
+				loaderDone = nil
+			case <-time.After(200 * time.Millisecond):
+			}
+			for _, p := range m.procs {
+				if p.exited() {
+					return phaseStats{}, nil, ir, fmt.Errorf("%s exited during the phase (%v); its log:\n%s", p.name, p.exitErr(), tail(p.log, 30))
+				}
+			}
+			if sample != nil && time.Now().After(nextSample) {
+				sample(m.procs)
+				nextSample = nextSample.Add(soakSampleEvery)
+			}
+			complete := written == nil
+			if written != nil {
+				n, err := written(ctx)
+				if err != nil {
+					return phaseStats{}, nil, ir, err
+				}
+				complete = n-base >= float64(ph.N)
+				if n != lastCount {
+					lastCount, lastProgress = n, time.Now()
+				}
+			}
+			done = loaderDone == nil && complete
+			if !done && (time.Now().After(deadline) || time.Since(lastProgress) > 2*time.Minute) {
+				return phaseStats{}, nil, ir, fmt.Errorf("phase of %d effects at rate %.0f not finished: %.0f completions written; logs in %s", ph.N, ph.Rate, lastCount-base, m.env.logDir)
+			}
+		}
+		cpu1 := m.cpu(ctx)
+		// Per process; PostgreSQL's backends summed, those that started
+		// during the phase whole (those that ended during it are lost; the
+		// pools keep theirs).
+		delta := map[string]time.Duration{}
+		for k, v := range cpu1 {
+			d := v - cpu0[k]
+			if strings.HasPrefix(k, "pg") {
+				delta["postgres"] += d
+			} else {
+				delta[k] = d
+			}
+		}
+		var st phaseStats
+		if stats != nil {
+			var err error
+			if st, err = stats(ctx); err != nil {
+				return st, nil, ir, err
+			}
+			if st.N != ph.N || st.NotDone != 0 {
+				return st, nil, ir, fmt.Errorf("%d rows, %d of them not succeeded; want %d, all succeeded", st.N, st.NotDone, ph.N)
+			}
+		} else {
+			st = phaseStats{N: ir.N, Span: ir.Seconds, P50: ir.P50, P95: ir.P95, P99: ir.P99}
+		}
+		return st, delta, ir, nil
+	}
+
+	if soak != nil {
+		ph := phase{N: int(soak.rate * soak.length.Seconds()), Rate: soak.rate}
+		st, _, _, err := one(ph, soak.sample)
+		if err != nil {
+			return r, err
+		}
+		r.N, r.Rate, r.P50, r.P95, r.P99 = st.N, float64(st.N)/st.Span, st.P50, st.P95, st.P99
+		return r, nil
+	}
+
+	st, cpu, _, err := one(phase{N: m.env.c.effects}, nil)
+	if err != nil {
+		return r, err
+	}
+	r.N, r.P50, r.P95, r.P99 = st.N, st.P50, st.P95, st.P99
+	if st.Span > 0 {
+		r.Rate = float64(st.N) / st.Span
+	}
+	for _, p := range m.procs {
+		hwm, _, _ := memOf(p.pid())
+		pr := procResult{Name: p.name, Load: p.name == "load", CPU: -1, PeakRSS: hwm}
+		if d, ok := cpu[p.name]; ok {
+			pr.CPU = float64(d.Microseconds()) / float64(st.N)
+		}
+		r.Procs = append(r.Procs, pr)
+	}
+	if d, ok := cpu["postgres"]; ok {
+		r.Procs = append(r.Procs, procResult{Name: "postgres", CPU: float64(d.Microseconds()) / float64(st.N)})
+	}
+	if m.env.c.halfFor > 0 && r.Rate > 0 && stats != nil {
+		half := r.Rate / 2
+		hst, _, _, err := one(phase{N: max(1, int(half*m.env.c.halfFor.Seconds())), Rate: half}, nil)
+		if err != nil {
+			return r, fmt.Errorf("at half rate: %w", err)
+		}
+		r.HalfN, r.HalfP50, r.HalfP95, r.HalfP99 = hst.N, hst.P50, hst.P95, hst.P99
+		if hst.Span > 0 {
+			r.HalfRate = float64(hst.N) / hst.Span
+		}
+	}
+	return r, nil
+}
+
+// cpu reads the CPU used so far by each process and, summed, by the
+// PostgreSQL client backends connected to the contender's database (when
+// PostgreSQL runs on this machine: a backend is counted only if its pid
+// here is a postgres process).
+func (m measured) cpu(ctx context.Context) map[string]time.Duration {
+	out := map[string]time.Duration{}
+	for _, p := range m.procs {
+		if d, err := cpuOf(p.pid()); err == nil {
+			out[p.name] = d
+		}
+	}
+	if m.db == "" {
+		return out
+	}
+	rows, err := m.env.admin.Query(ctx, `SELECT pid FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'client backend'`, m.db)
+	if err != nil {
+		return out
+	}
+	pids, err := pgx.CollectRows(rows, pgx.RowTo[int32])
+	if err != nil {
+		return out
+	}
+	for _, pid := range pids {
+		comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+		if err != nil || strings.TrimSpace(string(comm)) != "postgres" {
+			continue
+		}
+		if d, err := cpuOf(int(pid)); err == nil {
+			out[fmt.Sprintf("pg%d", pid)] = d
+		}
+	}
+	return out
+}
+
+// scrapeCounter sums the samples of a Prometheus counter (every label set)
+// on a /metrics page.
+func scrapeCounter(ctx context.Context, url, name string) (float64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("%s: %s", url, resp.Status)
+	}
+	return sumCounter(resp.Body, name)
+}
+
+func sumCounter(r io.Reader, name string) (float64, error) {
+	var sum float64
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		rest, ok := strings.CutPrefix(line, name)
+		if !ok || (rest != "" && rest[0] != '{' && rest[0] != ' ') {
+			continue
+		}
+		f := strings.Fields(line)
+		v, err := strconv.ParseFloat(f[len(f)-1], 64)
+		if err != nil {
+			return 0, fmt.Errorf("%q: %w", line, err)
+		}
+		sum += v
+	}
+	return sum, sc.Err()
+}
+
+func ms(s float64) string {
+	if s >= 10 {
+		return fmt.Sprintf("%.1f s", s)
+	}
+	return fmt.Sprintf("%.0f ms", s*1000)
+}
