@@ -86,59 +86,7 @@ func runLoad(args []string) error {
 		})
 	case "webhook":
 		return serveChild("load", func(ctx context.Context, ph phase) (any, error) {
-			ctx, cancel := context.WithCancelCause(ctx)
-			defer cancel(nil)
-			rows := make(chan []byte, ph.N)
-			go func() {
-				defer close(rows)
-				err := produce(ctx, ph, *batch, func(ctx context.Context, from, k int) error {
-					ids, err := copyRows(ctx, pool, from, k)
-					if err != nil {
-						return err
-					}
-					// CopyFrom has returned: its transaction committed, so
-					// the rows are visible to the completer. Only now read
-					// them back and hand them to the posters.
-					r, err := pool.Query(ctx, `SELECT row_to_json(e)::text FROM effects e WHERE id = ANY($1)`, ids)
-					if err != nil {
-						return err
-					}
-					defer r.Close()
-					for r.Next() {
-						var row []byte
-						if err := r.Scan(&row); err != nil {
-							return err
-						}
-						rows <- row
-					}
-					return r.Err()
-				})
-				if err != nil {
-					cancel(fmt.Errorf("inserting: %w", err))
-				}
-			}()
-			var posted int
-			var mu sync.Mutex
-			err := postAll(ctx, *posters, func(ctx context.Context, body *bytes.Buffer) (bool, error) {
-				row, ok := <-rows
-				if !ok {
-					return false, nil
-				}
-				hasuraEvent(body, row)
-				if err := post(ctx, body.Bytes()); err != nil {
-					return false, err
-				}
-				mu.Lock()
-				posted++
-				mu.Unlock()
-				return true, nil
-			})
-			if cerr := context.Cause(ctx); err == nil && cerr != nil {
-				err = cerr
-			}
-			if err == nil && posted != ph.N {
-				err = fmt.Errorf("posted %d rows of %d", posted, ph.N)
-			}
+			posted, err := webhookPhase(ctx, pool, ph, *batch, *posters, post)
 			return map[string]int{"posted": posted}, err
 		})
 	case "ingest":
@@ -178,6 +126,72 @@ func runLoad(args []string) error {
 		})
 	}
 	return fmt.Errorf("load: -mode %q: want table, webhook or ingest", *mode)
+}
+
+// webhookPhase inserts ph.N rows with COPY and POSTs each in Hasura's
+// format, posters at a time, with post. A batch's rows are read back and
+// handed to the posters only once its COPY has committed: a row POSTed
+// before its INSERT commits may complete before it is visible, and the
+// completer then drops the completion as unknown and the run hangs.
+func webhookPhase(ctx context.Context, pool *pgxpool.Pool, ph phase, batch, posters int, post func(ctx context.Context, body []byte) error) (int, error) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	rows := make(chan []byte, ph.N)
+	go func() {
+		defer close(rows)
+		err := produce(ctx, ph, batch, func(ctx context.Context, from, k int) error {
+			ids, err := copyRows(ctx, pool, from, k)
+			if err != nil {
+				return err
+			}
+			// CopyFrom has returned: its transaction committed.
+			r, err := pool.Query(ctx, `SELECT row_to_json(e)::text FROM effects e WHERE id = ANY($1)`, ids)
+			if err != nil {
+				return err
+			}
+			defer r.Close()
+			for r.Next() {
+				var row []byte
+				if err := r.Scan(&row); err != nil {
+					return err
+				}
+				rows <- row
+			}
+			return r.Err()
+		})
+		if err != nil {
+			cancel(fmt.Errorf("inserting: %w", err))
+		}
+	}()
+	var posted int
+	var mu sync.Mutex
+	err := postAll(ctx, posters, func(ctx context.Context, body *bytes.Buffer) (bool, error) {
+		var row []byte
+		select {
+		case r, ok := <-rows:
+			if !ok {
+				return false, nil
+			}
+			row = r
+		case <-ctx.Done():
+			return false, nil
+		}
+		hasuraEvent(body, row)
+		if err := post(ctx, body.Bytes()); err != nil {
+			return false, err
+		}
+		mu.Lock()
+		posted++
+		mu.Unlock()
+		return true, nil
+	})
+	if cerr := context.Cause(ctx); err == nil && cerr != nil {
+		err = cerr
+	}
+	if err == nil && posted != ph.N {
+		err = fmt.Errorf("posted %d rows of %d", posted, ph.N)
+	}
+	return posted, err
 }
 
 // ingestResult is what the ingest-alone load generator reports: POSTs,

@@ -1,0 +1,224 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+func TestSumCounter(t *testing.T) {
+	page := `# HELP effects_completions_written_total Rows updated.
+# TYPE effects_completions_written_total counter
+effects_completions_written_total{status="failed"} 3
+effects_completions_written_total{status="succeeded"} 1.2e+06
+effects_completions_written_totals 99
+effects_completions_skipped_total{reason="unchanged"} 7
+`
+	got, err := sumCounter(strings.NewReader(page), "effects_completions_written_total")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != 1200003 {
+		t.Errorf("sum %v, want 1200003 (both label sets, no other metric)", got)
+	}
+}
+
+func TestCPUAndMemoryOfAProcess(t *testing.T) {
+	before, err := cpuOf(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Burn CPU until the counter moves (it counts in 10 ms ticks).
+	var after time.Duration
+	for x := 0; after <= before; x++ {
+		for i := 0; i < 1e6; i++ {
+			x ^= i
+		}
+		if after, err = cpuOf(os.Getpid()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	hwm, rss, err := memOf(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rss <= 0 || hwm < rss {
+		t.Errorf("VmHWM %d, VmRSS %d: want 0 < RSS <= HWM", hwm, rss)
+	}
+}
+
+// TestProduce: all N items, in order, in batches of at most batch; paced,
+// never ahead of the rate.
+func TestProduce(t *testing.T) {
+	for _, ph := range []phase{{N: 12345}, {N: 300, Rate: 1000}} {
+		var next, calls int
+		start := time.Now()
+		err := produce(context.Background(), ph, 5000, func(_ context.Context, from, k int) error {
+			if from != next || k < 1 || k > 5000 {
+				t.Fatalf("insert(%d, %d) after %d items", from, k, next)
+			}
+			if ph.Rate > 0 {
+				// Item from+k-1 is due at (from+k-1)/rate.
+				if due := time.Duration(float64(from+k-1) / ph.Rate * float64(time.Second)); time.Since(start) < due-25*time.Millisecond {
+					t.Errorf("items up to %d sent after %s, before they were due (%s)", from+k-1, time.Since(start), due)
+				}
+			}
+			next += k
+			calls++
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if next != ph.N {
+			t.Errorf("%+v: %d items inserted", ph, next)
+		}
+		if ph.Rate == 0 && calls != 3 {
+			t.Errorf("%d batches for 12345 items, want 3 of at most 5000", calls)
+		}
+	}
+}
+
+// TestWebhookPostsOnlyCommittedRows: every row the webhook load POSTs is
+// already visible to another connection (as it must be to the completer),
+// and every row is POSTed once, in Hasura's format.
+func TestWebhookPostsOnlyCommittedRows(t *testing.T) {
+	ctx := context.Background()
+	pool := testPool(t)
+	if _, err := pool.Exec(ctx, `CREATE TABLE effects (id uuid PRIMARY KEY, kind text NOT NULL, payload jsonb NOT NULL,
+		created_at timestamptz NOT NULL DEFAULT now(), status text NOT NULL DEFAULT 'pending')`); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	seen := map[string]bool{}
+	post := func(ctx context.Context, body []byte) error {
+		var ev struct {
+			ID    string `json:"id"`
+			Event struct {
+				Op   string `json:"op"`
+				Data struct {
+					New struct {
+						ID, Kind, Status string
+					} `json:"new"`
+				} `json:"data"`
+			} `json:"event"`
+		}
+		if err := json.Unmarshal(body, &ev); err != nil {
+			return fmt.Errorf("body not JSON: %w", err)
+		}
+		row := ev.Event.Data.New
+		if ev.ID == "" || ev.Event.Op != "INSERT" || row.Kind != "echo" || row.Status != "pending" {
+			return fmt.Errorf("not a Hasura INSERT event of an echo row: %s", body)
+		}
+		var visible bool
+		if err := pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM effects WHERE id = $1)`, row.ID).Scan(&visible); err != nil {
+			return err
+		}
+		if !visible {
+			return fmt.Errorf("row %s POSTed before its INSERT committed", row.ID)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if seen[row.ID] {
+			return fmt.Errorf("row %s POSTed twice", row.ID)
+		}
+		seen[row.ID] = true
+		return nil
+	}
+	for _, ph := range []phase{{N: 2500}, {N: 200, Rate: 2000}} {
+		posted, err := webhookPhase(ctx, pool, ph, 1000, 20, post)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if posted != ph.N {
+			t.Errorf("%+v: posted %d", ph, posted)
+		}
+	}
+	if len(seen) != 2700 {
+		t.Errorf("%d distinct rows POSTed, want 2700", len(seen))
+	}
+}
+
+// testPool connects to EFFECTS_TEST_DATABASE_URL (default the local test
+// database) with a private schema first in the search path, dropped at the
+// end.
+func testPool(t *testing.T) *pgxpool.Pool {
+	t.Helper()
+	ctx := context.Background()
+	base := os.Getenv("EFFECTS_TEST_DATABASE_URL")
+	if base == "" {
+		base = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
+	}
+	schema := fmt.Sprintf("bench_test_%d", time.Now().UnixNano())
+	admin, err := pxConnect(ctx, base)
+	if err != nil {
+		t.Fatalf("PostgreSQL (EFFECTS_TEST_DATABASE_URL): %v", err)
+	}
+	if _, err := admin.Exec(ctx, "CREATE SCHEMA "+schema); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := pgxpool.ParseConfig(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.ConnConfig.RuntimeParams["search_path"] = schema
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		pool.Close()
+		_, _ = admin.Exec(context.Background(), "DROP SCHEMA "+schema+" CASCADE")
+		admin.Close()
+	})
+	return pool
+}
+
+func pxConnect(ctx context.Context, url string) (*pgxpool.Pool, error) {
+	p, err := pgxpool.New(ctx, url)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.Ping(ctx); err != nil {
+		p.Close()
+		return nil, err
+	}
+	return p, nil
+}
+
+func TestReport(t *testing.T) {
+	rep := report{When: time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC), Config: config{effects: 1000, batch: 500, halfFor: time.Second, command: "effects-bench -effects 1000"},
+		Machine: machine{NumCPU: 2, CPUModel: "cpu", GoVersion: "go1.26", PGVersion: "15", NATSVersion: "2.15.3", LoadStart: "1 1 1", LoadEnd: "2 2 2"},
+		Results: []result{
+			{Name: "River", Unit: "jobs/s", N: 1000, Rate: 20000, P50: 0.1, P95: 0.2, P99: 0.3, HalfN: 1, HalfRate: 10000,
+				Procs: []procResult{{Name: "river", CPU: 30, PeakRSS: 50 << 20}, {Name: "postgres", CPU: 20}}},
+			{Name: "table source", Unit: "effects/s", N: 1000, Rate: 25000, P50: 0.1, P95: 0.2, P99: 0.3,
+				Procs: []procResult{{Name: "load", Load: true, CPU: 5, PeakRSS: 10 << 20}, {Name: "ingest", CPU: 10, PeakRSS: 30 << 20},
+					{Name: "nats-server", CPU: 15, PeakRSS: 30 << 20}, {Name: "postgres", CPU: 25}}},
+		}}
+	md := rep.markdown()
+	for _, want := range []string{
+		"| River | 20,000 jobs/s | 1.00× |",
+		"| table source | 25,000 effects/s | 1.25× | 100 ms | 200 ms | 300 ms | – | – | – | – | 50.0 | 60 MiB |",
+		"| table source | load (load generator) | 5.0 | 10 MiB |",
+		"load average (1, 5, 15 min) before: 1 1 1; after: 2 2 2",
+	} {
+		if !strings.Contains(strings.ToLower(md), strings.ToLower(want)) {
+			t.Errorf("markdown lacks %q:\n%s", want, md)
+		}
+	}
+	path := t.TempDir() + "/chart.png"
+	if err := rep.chart(path); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(path); err != nil || len(b) < 1000 || string(b[1:4]) != "PNG" {
+		t.Errorf("chart: %d bytes, %v; want a PNG", len(b), err)
+	}
+}
