@@ -11,24 +11,10 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	natsserver "github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
-
-func TestSumCounter(t *testing.T) {
-	page := `# HELP effects_completions_written_total Rows updated.
-# TYPE effects_completions_written_total counter
-effects_completions_written_total{status="failed"} 3
-effects_completions_written_total{status="succeeded"} 1.2e+06
-effects_completions_written_totals 99
-effects_completions_skipped_total{reason="unchanged"} 7
-`
-	got, err := sumCounter(strings.NewReader(page), "effects_completions_written_total")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got != 1200003 {
-		t.Errorf("sum %v, want 1200003 (both label sets, no other metric)", got)
-	}
-}
 
 func TestCPUAndMemoryOfAProcess(t *testing.T) {
 	before, err := cpuOf(os.Getpid())
@@ -221,4 +207,93 @@ func TestReport(t *testing.T) {
 	if b, err := os.ReadFile(path); err != nil || len(b) < 1000 || string(b[1:4]) != "PNG" {
 		t.Errorf("chart: %d bytes, %v; want a PNG", len(b), err)
 	}
+}
+
+// TestCompletionWatch: a phase is done only when the completer has
+// acknowledged a completion per effect and no row is pending any more.
+func TestCompletionWatch(t *testing.T) {
+	ctx := context.Background()
+	srv, err := natsserver.NewServer(&natsserver.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Start()
+	t.Cleanup(srv.Shutdown)
+	if !srv.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server not ready")
+	}
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: completedStream, Subjects: []string{"effects.completed.>"}}); err != nil {
+		t.Fatal(err)
+	}
+	cons, err := js.CreateConsumer(ctx, completedStream, jetstream.ConsumerConfig{Durable: completerConsumer, AckPolicy: jetstream.AckExplicitPolicy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := testPool(t)
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	if _, err := pool.Exec(ctx, `CREATE TABLE effects (id int PRIMARY KEY, status text NOT NULL DEFAULT 'pending');
+		INSERT INTO effects (id) SELECT generate_series(1, 3)`); err != nil {
+		t.Fatal(err)
+	}
+	w := &completionWatch{js: js, conn: conn.Conn()}
+	base, err := w.base(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := func(what string, done bool) {
+		t.Helper()
+		got, _, err := w.check(ctx, base, 3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != done {
+			t.Errorf("%s: done %t, want %t", what, got, done)
+		}
+	}
+	want("nothing completed", false)
+	for i := range 3 {
+		if _, err := js.Publish(ctx, "effects.completed.echo", []byte(fmt.Sprint(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want("completions published, none taken", false)
+	batch, err := cons.Fetch(3, jetstream.FetchMaxWait(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var msgs []jetstream.Msg
+	for m := range batch.Messages() {
+		msgs = append(msgs, m)
+	}
+	if len(msgs) != 3 {
+		t.Fatalf("fetched %d", len(msgs))
+	}
+	want("completions taken, not acknowledged", false)
+	for _, m := range msgs[:2] {
+		if err := m.DoubleAck(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want("two of three acknowledged", false)
+	if err := msgs[2].DoubleAck(ctx); err != nil {
+		t.Fatal(err)
+	}
+	want("all acknowledged, rows still pending", false)
+	if _, err := pool.Exec(ctx, `UPDATE effects SET status = 'succeeded'`); err != nil {
+		t.Fatal(err)
+	}
+	want("all acknowledged and written", true)
 }

@@ -1,13 +1,10 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
@@ -17,6 +14,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // Databases the benchmark creates on the PostgreSQL it is given, and drops
@@ -255,12 +254,12 @@ func (e *benchEnv) runEffectsContender(ctx context.Context, mode string, soak *s
 			}
 		}
 	}()
-	nats, err := startProc("nats-server", dir, e.c.natsServer, []string{"-a", "127.0.0.1", "-p", strconv.Itoa(ports[0]), "-js", "-sd", filepath.Join(dir, "nats")}, nil, false)
+	natsProc, err := startProc("nats-server", dir, e.c.natsServer, []string{"-a", "127.0.0.1", "-p", strconv.Itoa(ports[0]), "-js", "-sd", filepath.Join(dir, "nats")}, nil, false)
 	if err != nil {
 		return r, err
 	}
-	if err := waitTCP(ctx, nats, natsAddr, 20*time.Second); err != nil {
-		_ = nats.stop(5 * time.Second)
+	if err := waitTCP(ctx, natsProc, natsAddr, 20*time.Second); err != nil {
+		_ = natsProc.stop(5 * time.Second)
 		return r, err
 	}
 	common := append([]string{"NATS_URL=" + natsURL, "EFFECTS_LOG_LEVEL=warn", "EFFECTS_SHUTDOWN_TIMEOUT=10s"}, e.c.serviceEnv...)
@@ -268,7 +267,7 @@ func (e *benchEnv) runEffectsContender(ctx context.Context, mode string, soak *s
 		cmd := exec.CommandContext(ctx, filepath.Join(e.c.bin, "completer"), "migrate")
 		cmd.Env = append(childEnv(), append(common, "DATABASE_URL="+dbURL)...)
 		if out, err := cmd.CombinedOutput(); err != nil {
-			_ = nats.stop(5 * time.Second)
+			_ = natsProc.stop(5 * time.Second)
 			return r, fmt.Errorf("completer migrate: %w\n%s", err, out)
 		}
 	}
@@ -315,7 +314,7 @@ func (e *benchEnv) runEffectsContender(ctx context.Context, mode string, soak *s
 		procs = append(procs, p)
 		svcProcs = append(svcProcs, p)
 	}
-	procs = append(procs, nats)
+	procs = append(procs, natsProc)
 	for _, p := range svcProcs {
 		if err := waitReady(ctx, p, "http://"+admin[p.name]+"/readyz", 30*time.Second); err != nil {
 			return r, err
@@ -333,7 +332,7 @@ func (e *benchEnv) runEffectsContender(ctx context.Context, mode string, soak *s
 	}
 	// Processes in the order of the report: load, services, nats-server.
 	order := append([]*proc{loader}, svcProcs...)
-	order = append(order, nats)
+	order = append(order, natsProc)
 	m := measured{env: e, db: effectsDB, procs: order, loader: loader}
 	if mode == "ingest" {
 		m.db = ""
@@ -351,10 +350,16 @@ func (e *benchEnv) runEffectsContender(ctx context.Context, mode string, soak *s
 		_, err := conn.Exec(ctx, `TRUNCATE effects`)
 		return err
 	}
-	written := func(ctx context.Context) (float64, error) {
-		return scrapeCounter(ctx, "http://"+admin["completer"]+"/metrics", "effects_completions_written_total")
+	nc, err := nats.Connect(natsURL, nats.Name("effects-bench"))
+	if err != nil {
+		return r, err
 	}
-	return m.run(ctx, r, soak, truncate, stats, written)
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return r, err
+	}
+	return m.run(ctx, r, soak, truncate, stats, &completionWatch{js: js, conn: conn})
 }
 
 // phaseStats is what the database says about a phase.
@@ -388,7 +393,7 @@ type measured struct {
 // over when the loader says done (River counts its completed jobs itself;
 // the ingest alone has nothing to complete).
 func (m measured) run(ctx context.Context, r result, soak *soakPlan, truncate func(context.Context) error,
-	stats func(context.Context) (phaseStats, error), written func(context.Context) (float64, error)) (result, error) {
+	stats func(context.Context) (phaseStats, error), watch *completionWatch) (result, error) {
 	one := func(ph phase, sample sampler) (phaseStats, map[string]time.Duration, ingestResult, error) {
 		var ir ingestResult
 		if truncate != nil {
@@ -396,10 +401,10 @@ func (m measured) run(ctx context.Context, r result, soak *soakPlan, truncate fu
 				return phaseStats{}, nil, ir, err
 			}
 		}
-		var base float64
-		if written != nil {
+		var base uint64
+		if watch != nil {
 			var err error
-			if base, err = written(ctx); err != nil {
+			if base, err = watch.base(ctx); err != nil {
 				return phaseStats{}, nil, ir, err
 			}
 		}
@@ -417,7 +422,7 @@ func (m measured) run(ctx context.Context, r result, soak *soakPlan, truncate fu
 			loaderDone <- err
 		}()
 		deadline := time.Now().Add(phaseTimeout(ph) + time.Minute)
-		lastProgress, lastCount := time.Now(), -1.0
+		lastProgress, lastCount := time.Now(), uint64(0)
 		nextSample := time.Now()
 		for done := false; !done; {
 			select {
@@ -428,7 +433,7 @@ func (m measured) run(ctx context.Context, r result, soak *soakPlan, truncate fu
 					return phaseStats{}, nil, ir, err
 				}
 				loaderDone = nil
-			case <-time.After(200 * time.Millisecond):
+			case <-time.After(100 * time.Millisecond):
 			}
 			for _, p := range m.procs {
 				if p.exited() {
@@ -439,20 +444,21 @@ func (m measured) run(ctx context.Context, r result, soak *soakPlan, truncate fu
 				sample(m.procs)
 				nextSample = nextSample.Add(soakSampleEvery)
 			}
-			complete := written == nil
-			if written != nil {
-				n, err := written(ctx)
+			complete := watch == nil
+			if watch != nil && loaderDone == nil {
+				var n uint64
+				var err error
+				complete, n, err = watch.check(ctx, base, ph.N)
 				if err != nil {
 					return phaseStats{}, nil, ir, err
 				}
-				complete = n-base >= float64(ph.N)
 				if n != lastCount {
 					lastCount, lastProgress = n, time.Now()
 				}
 			}
 			done = loaderDone == nil && complete
 			if !done && (time.Now().After(deadline) || time.Since(lastProgress) > 2*time.Minute) {
-				return phaseStats{}, nil, ir, fmt.Errorf("phase of %d effects at rate %.0f not finished: %.0f completions written; logs in %s", ph.N, ph.Rate, lastCount-base, m.env.logDir)
+				return phaseStats{}, nil, ir, fmt.Errorf("phase of %d effects at rate %.0f not finished: %d completions taken by the completer; logs in %s", ph.N, ph.Rate, lastCount-base, m.env.logDir)
 			}
 		}
 		cpu1 := m.cpu(ctx)
@@ -560,43 +566,60 @@ func (m measured) cpu(ctx context.Context) map[string]time.Duration {
 	return out
 }
 
-// scrapeCounter sums the samples of a Prometheus counter (every label set)
-// on a /metrics page.
-func scrapeCounter(ctx context.Context, url, name string) (float64, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return 0, err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return 0, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return 0, fmt.Errorf("%s: %s", url, resp.Status)
-	}
-	return sumCounter(resp.Body, name)
+// completionWatch tells when a phase's effects are all completed without
+// scanning the table while it runs: it asks NATS for the completer's
+// durable consumer (one small request to the nats-server, about every
+// 100 ms), and only once that consumer has acknowledged every completion
+// since the phase began (the completer acknowledges after the row's write
+// committed) and at least one per effect does it confirm with one count of
+// the pending rows, which the pending partial index holds.
+type completionWatch struct {
+	js   jetstream.JetStream
+	conn *pgx.Conn
 }
 
-func sumCounter(r io.Reader, name string) (float64, error) {
-	var sum float64
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		rest, ok := strings.CutPrefix(line, name)
-		if !ok || (rest != "" && rest[0] != '{' && rest[0] != ' ') {
-			continue
-		}
-		f := strings.Fields(line)
-		v, err := strconv.ParseFloat(f[len(f)-1], 64)
-		if err != nil {
-			return 0, fmt.Errorf("%q: %w", line, err)
-		}
-		sum += v
+// consumerInfo is the completer's consumer on the completion stream.
+func (w *completionWatch) consumerInfo(ctx context.Context) (*jetstream.ConsumerInfo, error) {
+	c, err := w.js.Consumer(ctx, completedStream, completerConsumer)
+	if err != nil {
+		return nil, fmt.Errorf("the completer's consumer %s on %s: %w", completerConsumer, completedStream, err)
 	}
-	return sum, sc.Err()
+	return c.CachedInfo(), nil
 }
+
+// base is the stream sequence the completer has acknowledged up to, read
+// before a phase starts.
+func (w *completionWatch) base(ctx context.Context) (uint64, error) {
+	info, err := w.consumerInfo(ctx)
+	if err != nil {
+		return 0, err
+	}
+	return info.AckFloor.Stream, nil
+}
+
+// check reports whether all n effects of the phase are completed, and how
+// far the completer's acknowledgements have come (for the stall check).
+func (w *completionWatch) check(ctx context.Context, base uint64, n int) (bool, uint64, error) {
+	info, err := w.consumerInfo(ctx)
+	if err != nil {
+		return false, 0, err
+	}
+	floor := info.AckFloor.Stream
+	if info.NumPending > 0 || info.NumAckPending > 0 || floor < base+uint64(n) {
+		return false, floor, nil
+	}
+	var pending int
+	if err := w.conn.QueryRow(ctx, `SELECT count(*) FROM effects WHERE status = 'pending'`).Scan(&pending); err != nil {
+		return false, floor, err
+	}
+	return pending == 0, floor, nil
+}
+
+// The names the completer uses (internal/completer, pkg/effects).
+const (
+	completedStream   = "EFFECTS_COMPLETED"
+	completerConsumer = "effects-completer"
+)
 
 func ms(s float64) string {
 	if s >= 10 {
