@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
@@ -192,8 +194,15 @@ func (e *benchEnv) runRiverContender(ctx context.Context, soak *soakPlan) (resul
 	if err != nil {
 		return r, err
 	}
-	p, err := startProc("river", e.logDir, self, []string{"river", "-db", e.dbURL(riverDB),
-		"-workers", strconv.Itoa(e.c.riverWork), "-batch", strconv.Itoa(e.c.batch)}, nil, true)
+	args := []string{"river", "-db", e.dbURL(riverDB), "-workers", strconv.Itoa(e.c.riverWork), "-batch", strconv.Itoa(e.c.batch)}
+	if e.c.profileDir != "" && soak == nil {
+		path, err := filepath.Abs(filepath.Join(e.c.profileDir, "river.cpu.pprof"))
+		if err != nil {
+			return r, err
+		}
+		args = append(args, "-cpuprofile", path, "-profile-duration", e.c.profileFor.String())
+	}
+	p, err := startProc("river", e.logDir, self, args, nil, true)
 	if err != nil {
 		return r, err
 	}
@@ -235,7 +244,7 @@ func (e *benchEnv) runEffectsContender(ctx context.Context, mode string, soak *s
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return r, err
 	}
-	var ports [5]int
+	var ports [6]int
 	for i := range ports {
 		var err error
 		if ports[i], err = freePort(); err != nil {
@@ -254,7 +263,12 @@ func (e *benchEnv) runEffectsContender(ctx context.Context, mode string, soak *s
 			}
 		}
 	}()
-	natsProc, err := startProc("nats-server", dir, e.c.natsServer, []string{"-a", "127.0.0.1", "-p", strconv.Itoa(ports[0]), "-js", "-sd", filepath.Join(dir, "nats")}, nil, false)
+	natsArgs := []string{"-a", "127.0.0.1", "-p", strconv.Itoa(ports[0]), "-js", "-sd", filepath.Join(dir, "nats")}
+	profiling := e.c.profileDir != "" && soak == nil
+	if profiling {
+		natsArgs = append(natsArgs, "-profile", strconv.Itoa(ports[5]))
+	}
+	natsProc, err := startProc("nats-server", dir, e.c.natsServer, natsArgs, nil, false)
 	if err != nil {
 		return r, err
 	}
@@ -263,6 +277,9 @@ func (e *benchEnv) runEffectsContender(ctx context.Context, mode string, soak *s
 		return r, err
 	}
 	common := append([]string{"NATS_URL=" + natsURL, "EFFECTS_LOG_LEVEL=warn", "EFFECTS_SHUTDOWN_TIMEOUT=10s"}, e.c.serviceEnv...)
+	if profiling {
+		common = append(common, "EFFECTS_PPROF=1")
+	}
 	if mode != "ingest" {
 		cmd := exec.CommandContext(ctx, filepath.Join(e.c.bin, "completer"), "migrate")
 		cmd.Env = append(childEnv(), append(common, "DATABASE_URL="+dbURL)...)
@@ -334,6 +351,13 @@ func (e *benchEnv) runEffectsContender(ctx context.Context, mode string, soak *s
 	order := append([]*proc{loader}, svcProcs...)
 	order = append(order, natsProc)
 	m := measured{env: e, db: effectsDB, procs: order, loader: loader}
+	if profiling {
+		m.profiles = map[string]string{"nats-server": fmt.Sprintf("http://127.0.0.1:%d", ports[5])}
+		for _, p := range svcProcs {
+			m.profiles[p.name] = "http://" + admin[p.name]
+		}
+		m.profilePrefix = mode
+	}
 	if mode == "ingest" {
 		m.db = ""
 		return m.run(ctx, r, soak, nil, nil, nil)
@@ -383,6 +407,52 @@ type measured struct {
 	db     string
 	procs  []*proc
 	loader *proc
+	// profiles are the base URLs of the processes' /debug/pprof/, when
+	// -profile asks for CPU profiles of the maximum-rate phase; they are
+	// written to <-profile>/<profilePrefix>-<name>.cpu.pprof.
+	profiles      map[string]string
+	profilePrefix string
+	onStart       func()
+}
+
+// profile fetches a CPU profile of -profile-duration from each process
+// and writes it; the returned function waits for them all.
+func (m measured) profile(ctx context.Context) func() error {
+	if len(m.profiles) == 0 {
+		return func() error { return nil }
+	}
+	errc := make(chan error, len(m.profiles))
+	for name, base := range m.profiles {
+		go func() {
+			url := fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", base, max(1, int(m.env.c.profileFor.Seconds())))
+			req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+			if err != nil {
+				errc <- err
+				return
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				errc <- fmt.Errorf("profile of %s: %w", name, err)
+				return
+			}
+			defer resp.Body.Close()
+			b, err := io.ReadAll(resp.Body)
+			if err == nil && resp.StatusCode != http.StatusOK {
+				err = fmt.Errorf("%s: %s", url, resp.Status)
+			}
+			if err == nil {
+				err = os.WriteFile(filepath.Join(m.env.c.profileDir, m.profilePrefix+"-"+name+".cpu.pprof"), b, 0o644)
+			}
+			errc <- err
+		}()
+	}
+	return func() error {
+		var errs []error
+		for range m.profiles {
+			errs = append(errs, <-errc)
+		}
+		return errors.Join(errs...)
+	}
 }
 
 // run runs the maximum-rate phase and then the half-rate phase (or, with
@@ -412,6 +482,9 @@ func (m measured) run(ctx context.Context, r result, soak *soakPlan, truncate fu
 		b, _ := json.Marshal(ph)
 		if err := m.loader.send("phase " + string(b)); err != nil {
 			return phaseStats{}, nil, ir, err
+		}
+		if m.onStart != nil {
+			m.onStart()
 		}
 		loaderDone := make(chan error, 1)
 		go func() {
@@ -499,10 +572,16 @@ func (m measured) run(ctx context.Context, r result, soak *soakPlan, truncate fu
 		return r, nil
 	}
 
+	profiled := func() error { return nil }
+	m.onStart = func() { profiled = m.profile(ctx) }
 	st, cpu, _, err := one(phase{N: m.env.c.effects}, nil)
 	if err != nil {
 		return r, err
 	}
+	if err := profiled(); err != nil {
+		return r, err
+	}
+	m.onStart = nil
 	r.N, r.P50, r.P95, r.P99 = st.N, st.P50, st.P95, st.P99
 	if st.Span > 0 {
 		r.Rate = float64(st.N) / st.Span

@@ -62,6 +62,8 @@ type config struct {
 	soakRate    float64
 	soakWhat    string
 	command     string
+	profileDir  string
+	profileFor  time.Duration
 }
 
 // defaultDatabaseURL is where the benchmark finds PostgreSQL unless
@@ -87,6 +89,8 @@ func runDriver(args []string) error {
 	fs.IntVar(&c.riverWork, "river-workers", 2000, "River's MaxWorkers")
 	fs.StringVar(&serviceEnv, "service-env", "", "extra environment for ingest, dispatcher and completer, comma-separated K=V (e.g. GOGC=400,EFFECTS_COMPLETER_LINGER=30ms)")
 	fs.BoolVar(&c.keepLogs, "keep-logs", false, "keep the processes' logs (their directory is printed) instead of removing them after a good run")
+	fs.StringVar(&c.profileDir, "profile", "", "directory for CPU profiles of each process during the first -profile-seconds of the maximum-rate phase (the services run with EFFECTS_PPROF=1, nats-server with -profile); profiling costs CPU, so take the numbers of such a run with care")
+	fs.DurationVar(&c.profileFor, "profile-duration", 10*time.Second, "length of each CPU profile")
 	fs.BoolVar(&c.soak, "soak", false, "instead of the comparison: run one contender (-soak-contender) at half its maximum rate for -soak-duration, sampling each process's memory")
 	fs.DurationVar(&c.soakFor, "soak-duration", 10*time.Minute, "length of the soak")
 	fs.Float64Var(&c.soakRate, "soak-rate", 0, "effects/s of the soak (default: half the maximum measured first)")
@@ -131,6 +135,11 @@ func runDriver(args []string) error {
 	for _, b := range []string{filepath.Join(c.bin, "ingest"), filepath.Join(c.bin, "dispatcher"), filepath.Join(c.bin, "completer"), c.natsServer} {
 		if _, err := os.Stat(b); err != nil {
 			return fmt.Errorf("%s: %w (make build nats-server makes them)", b, err)
+		}
+	}
+	if c.profileDir != "" {
+		if err := os.MkdirAll(c.profileDir, 0o755); err != nil {
+			return err
 		}
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

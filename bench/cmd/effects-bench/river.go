@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime/pprof"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -41,6 +43,8 @@ func runRiver(args []string) error {
 	workers := fs.Int("workers", 2000, "MaxWorkers of the default queue")
 	cooldown := fs.Duration("fetch-cooldown", 2*time.Millisecond, "FetchCooldown")
 	batch := fs.Int("batch", 5000, "jobs per InsertManyFast (COPY) batch")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the start of the first phase to this file")
+	profileFor := fs.Duration("profile-duration", 10*time.Second, "length of that profile")
 	_ = fs.Parse(args)
 
 	ctx := context.Background()
@@ -88,6 +92,14 @@ func runRiver(args []string) error {
 		return err
 	}
 	return serveChild("river", func(ctx context.Context, ph phase) (any, error) {
+		if *cpuProfile != "" {
+			stop, err := startCPUProfile(*cpuProfile, *profileFor)
+			if err != nil {
+				return nil, err
+			}
+			defer stop()
+			*cpuProfile = ""
+		}
 		errc := make(chan error, 1)
 		go func() { errc <- produce(ctx, ph, *batch, insert) }()
 		var n int
@@ -106,6 +118,28 @@ func runRiver(args []string) error {
 		}
 		return map[string]int{"completed": n}, nil
 	})
+}
+
+// startCPUProfile profiles this process into path for d, or until stop is
+// called if that comes first.
+func startCPUProfile(path string, d time.Duration) (stop func(), err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			pprof.StopCPUProfile()
+			f.Close()
+		})
+	}
+	time.AfterFunc(d, stop)
+	return stop, nil
 }
 
 // phase is one measured run of a child: N effects (or jobs), inserted as
