@@ -297,3 +297,29 @@ func TestCompletionWatch(t *testing.T) {
 	}
 	want("all acknowledged and written", true)
 }
+
+func TestReplaceMarked(t *testing.T) {
+	path := t.TempDir() + "/README.md"
+	if ok, err := replaceMarked(path, "x"); ok || err != nil {
+		t.Errorf("missing file: %t, %v; want false, nil", ok, err)
+	}
+	page := "# Title\n\nBefore.\n\n<!-- bench:latest -->\nold table\nmore\n<!-- /bench:latest -->\n\nAfter.\n"
+	if err := os.WriteFile(path, []byte(page), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 { // twice: the markers stay for the next run
+		if ok, err := replaceMarked(path, "| new | table |\n"); !ok || err != nil {
+			t.Fatalf("%t, %v", ok, err)
+		}
+	}
+	b, _ := os.ReadFile(path)
+	if want := "# Title\n\nBefore.\n\n<!-- bench:latest -->\n| new | table |\n<!-- /bench:latest -->\n\nAfter.\n"; string(b) != want {
+		t.Errorf("got\n%s\nwant\n%s", b, want)
+	}
+	if err := os.WriteFile(path, []byte("no markers\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if ok, _ := replaceMarked(path, "x"); ok {
+		t.Error("a page without markers reported as updated")
+	}
+}

@@ -114,6 +114,17 @@ func runComparison(ctx context.Context, c config) (err error) {
 			return err
 		}
 		fmt.Printf("\nwrote %s and %s\n", filepath.Join(c.out, "latest.md"), filepath.Join(c.out, "latest.png"))
+		if c.updateDocs {
+			for path, link := range map[string]string{"README.md": "docs/bench/latest.md", filepath.Join("docs", "performance.md"): "bench/latest.md"} {
+				ok, err := replaceMarked(path, rep.summary(link))
+				if err != nil {
+					return err
+				}
+				if ok {
+					fmt.Printf("updated the table in %s\n", path)
+				}
+			}
+		}
 	}
 	return nil
 }
@@ -517,8 +528,8 @@ func (m measured) run(ctx context.Context, r result, soak *soakPlan, truncate fu
 				sample(m.procs)
 				nextSample = nextSample.Add(soakSampleEvery)
 			}
-			complete := watch == nil
-			if watch != nil && loaderDone == nil {
+			complete, stalled := watch == nil, false
+			if watch != nil {
 				var n uint64
 				var err error
 				complete, n, err = watch.check(ctx, base, ph.N)
@@ -528,9 +539,12 @@ func (m measured) run(ctx context.Context, r result, soak *soakPlan, truncate fu
 				if n != lastCount {
 					lastCount, lastProgress = n, time.Now()
 				}
+				// No completion acknowledged for 2 minutes while effects
+				// are outstanding: something is lost.
+				stalled = time.Since(lastProgress) > 2*time.Minute
 			}
 			done = loaderDone == nil && complete
-			if !done && (time.Now().After(deadline) || time.Since(lastProgress) > 2*time.Minute) {
+			if !done && (time.Now().After(deadline) || stalled) {
 				return phaseStats{}, nil, ir, fmt.Errorf("phase of %d effects at rate %.0f not finished: %d completions taken by the completer; logs in %s", ph.N, ph.Rate, lastCount-base, m.env.logDir)
 			}
 		}

@@ -62,6 +62,7 @@ type config struct {
 	soakRate    float64
 	soakWhat    string
 	command     string
+	updateDocs  bool
 	profileDir  string
 	profileFor  time.Duration
 }
@@ -89,6 +90,7 @@ func runDriver(args []string) error {
 	fs.IntVar(&c.riverWork, "river-workers", 2000, "River's MaxWorkers")
 	fs.StringVar(&serviceEnv, "service-env", "", "extra environment for ingest, dispatcher and completer, comma-separated K=V (e.g. GOGC=400,EFFECTS_COMPLETER_LINGER=30ms)")
 	fs.BoolVar(&c.keepLogs, "keep-logs", false, "keep the processes' logs (their directory is printed) instead of removing them after a good run")
+	fs.BoolVar(&c.updateDocs, "update-docs", true, "with -out docs/bench: also replace the table between the bench:latest markers of README.md and docs/performance.md (run from the repository's root)")
 	fs.StringVar(&c.profileDir, "profile", "", "directory for CPU profiles of each process during the first -profile-seconds of the maximum-rate phase (the services run with EFFECTS_PPROF=1, nats-server with -profile); profiling costs CPU, so take the numbers of such a run with care")
 	fs.DurationVar(&c.profileFor, "profile-duration", 10*time.Second, "length of each CPU profile")
 	fs.BoolVar(&c.soak, "soak", false, "instead of the comparison: run one contender (-soak-contender) at half its maximum rate for -soak-duration, sampling each process's memory")
@@ -128,7 +130,8 @@ func runDriver(args []string) error {
 	if c.natsServer == "" {
 		c.natsServer = filepath.Join(c.bin, "tools", "nats-server")
 	}
-	c.command = "effects-bench " + strings.Join(args, " ")
+	c.command = strings.TrimSpace("effects-bench " + strings.Join(args, " "))
+	c.updateDocs = c.updateDocs && filepath.Clean(c.out) == filepath.Join("docs", "bench")
 	if c.effects < 1 || c.batch < 1 || c.posters < 1 {
 		return errors.New("-effects, -batch and -posters must be positive")
 	}

@@ -121,13 +121,7 @@ func (rep report) markdown() string {
 	fmt.Fprintf(&b, "%d CPUs (%s), %s, PostgreSQL %s, nats-server %s. ", m.NumCPU, m.CPUModel, m.GoVersion, m.PGVersion, m.NATSVersion)
 	fmt.Fprintf(&b, "Load average (1, 5, 15 min) before: %s; after: %s.\n\n", m.LoadStart, m.LoadEnd)
 	fmt.Fprintf(&b, "![effects/s and CPU per effect](latest.png)\n\n")
-	b.WriteString("| contender | rate | × River | p50 | p95 | p99 | at half rate | p50 | p95 | p99 | CPU µs/effect | peak RSS |\n")
-	b.WriteString("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
-	for _, r := range rep.Results {
-		fmt.Fprintf(&b, "| %s | %s %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", r.Name, thousands(r.Rate), r.Unit, rep.ratio(r),
-			ms(r.P50), ms(r.P95), ms(r.P99), halfRate(r), half(r, r.HalfP50), half(r, r.HalfP95), half(r, r.HalfP99),
-			cpuText(r.PipelineCPU()), mib(peakRSS(r)))
-	}
+	b.WriteString(rep.table())
 	fmt.Fprintf(&b, "\n%d effects (River: jobs) per contender at the maximum rate, inserted in COPY batches of %d while being worked; "+
 		"rate = effects / (last completion written − first insert). Latency: insert (or, for the ingest alone, the POST) to completion written "+
 		"(`completed_at − created_at`; River: `finalized_at − created_at`), at the maximum rate and in a second phase of %s at half of it. "+
@@ -145,6 +139,52 @@ func (rep report) markdown() string {
 		}
 	}
 	return b.String()
+}
+
+// table is the summary table in markdown.
+func (rep report) table() string {
+	var b strings.Builder
+	b.WriteString("| contender | rate | × River | p50 | p95 | p99 | at half rate | p50 | p95 | p99 | CPU µs/effect | peak RSS |\n")
+	b.WriteString("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
+	for _, r := range rep.Results {
+		fmt.Fprintf(&b, "| %s | %s %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", r.Name, thousands(r.Rate), r.Unit, rep.ratio(r),
+			ms(r.P50), ms(r.P95), ms(r.P99), halfRate(r), half(r, r.HalfP50), half(r, r.HalfP95), half(r, r.HalfP99),
+			cpuText(r.PipelineCPU()), mib(peakRSS(r)))
+	}
+	return b.String()
+}
+
+// summary is what the README and docs/performance.md show between their
+// bench:latest markers: when and where, and the table. link is the path
+// of latest.md from the page.
+func (rep report) summary(link string) string {
+	m := rep.Machine
+	return fmt.Sprintf("Run %s (`%s`): %d CPUs (%s), %s, PostgreSQL %s, nats-server %s; load average before %s, after %s. "+
+		"Per process and the chart: [%s](%s).\n\n%s",
+		rep.When.Format("2006-01-02 15:04 UTC"), rep.Config.command, m.NumCPU, m.CPUModel, m.GoVersion, m.PGVersion, m.NATSVersion,
+		m.LoadStart, m.LoadEnd, link, link, rep.table())
+}
+
+// replaceMarked replaces what stands between the lines <!-- bench:latest -->
+// and <!-- /bench:latest --> in the file at path with text. It reports
+// whether the file has the markers; a file that does not exist has none.
+func replaceMarked(path, text string) (bool, error) {
+	b, err := os.ReadFile(path)
+	if os.IsNotExist(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	const open, closing = "<!-- bench:latest -->\n", "<!-- /bench:latest -->"
+	s := string(b)
+	i := strings.Index(s, open)
+	j := strings.Index(s, closing)
+	if i < 0 || j < i {
+		return false, nil
+	}
+	s = s[:i+len(open)] + strings.TrimSuffix(text, "\n") + "\n" + s[j:]
+	return true, os.WriteFile(path, []byte(s), 0o644)
 }
 
 // chartKinds are the processes stacked in the CPU chart, bottom up.

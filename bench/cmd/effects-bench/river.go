@@ -183,11 +183,12 @@ func serveChild(name string, run func(ctx context.Context, ph phase) (any, error
 // phaseTimeout bounds a phase: generous, so that a slow machine finishes,
 // yet a lost effect ends the run with an error instead of a hang.
 func phaseTimeout(ph phase) time.Duration {
-	d := 3 * time.Minute
+	d := 5 * time.Minute
 	if ph.Rate > 0 {
 		d += time.Duration(float64(ph.N)/ph.Rate*float64(time.Second)) * 2
 	}
-	return d + time.Duration(ph.N/100)*time.Millisecond*10
+	// At least 1,000 effects/s on the slowest machine.
+	return d + time.Duration(ph.N)*time.Millisecond
 }
 
 // produce inserts ph.N items by calling insert(ctx, from, k) with at most
