@@ -247,6 +247,7 @@ func (rep report) chart(path string) error {
 	}
 	right.NominalX(names...)
 	right.Y.Min = 0
+	right.Y.Max *= 1.3 // room for the legend
 
 	img := vgimg.New(12*vg.Inch, 4.5*vg.Inch)
 	dc := draw.New(img)

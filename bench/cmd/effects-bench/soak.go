@@ -180,5 +180,6 @@ func soakChart(plan *soakPlan, path string) error {
 		p.Legend.Add(name, l)
 	}
 	p.Legend.Top = true
+	p.Y.Max *= 1.25 // room for the legend
 	return p.Save(10*vg.Inch, 4*vg.Inch, path)
 }
