@@ -130,7 +130,7 @@ func runDriver(args []string) error {
 	if c.natsServer == "" {
 		c.natsServer = filepath.Join(c.bin, "tools", "nats-server")
 	}
-	c.command = strings.TrimSpace("effects-bench " + strings.Join(args, " "))
+	c.command = commandLine(fs)
 	c.updateDocs = c.updateDocs && filepath.Clean(c.out) == filepath.Join("docs", "bench")
 	if c.effects < 1 || c.batch < 1 || c.posters < 1 {
 		return errors.New("-effects, -batch and -posters must be positive")
@@ -169,4 +169,21 @@ func splitList(s string) []string {
 		}
 	}
 	return out
+}
+
+// commandLine is how the report names the run: `make bench` with the flags
+// given, less the paths the Makefile passes.
+func commandLine(fs *flag.FlagSet) string {
+	var flags []string
+	fs.Visit(func(f *flag.Flag) {
+		switch f.Name {
+		case "bin", "nats-server":
+			return
+		}
+		flags = append(flags, "-"+f.Name+"="+f.Value.String())
+	})
+	if len(flags) == 0 {
+		return "make bench"
+	}
+	return "make bench BENCHFLAGS='" + strings.Join(flags, " ") + "'"
 }

@@ -117,7 +117,7 @@ func (rep report) markdown() string {
 	var b strings.Builder
 	m := rep.Machine
 	fmt.Fprintf(&b, "# Benchmark: effects and River side by side\n\n")
-	fmt.Fprintf(&b, "Run %s by `make bench` (`%s`), %s in all. ", rep.When.Format("2006-01-02 15:04 UTC"), rep.Config.command, m.Took.Round(time.Second))
+	fmt.Fprintf(&b, "Run %s by `%s`, %s in all. ", rep.When.Format("2006-01-02 15:04 UTC"), rep.Config.command, m.Took.Round(time.Second))
 	fmt.Fprintf(&b, "%d CPUs (%s), %s, PostgreSQL %s, nats-server %s. ", m.NumCPU, m.CPUModel, m.GoVersion, m.PGVersion, m.NATSVersion)
 	fmt.Fprintf(&b, "Load average (1, 5, 15 min) before: %s; after: %s.\n\n", m.LoadStart, m.LoadEnd)
 	fmt.Fprintf(&b, "![effects/s and CPU per effect](latest.png)\n\n")
@@ -211,6 +211,22 @@ func (rep report) chart(path string) error {
 	left.Add(bars)
 	left.NominalX(names...)
 	left.Y.Min = 0
+	left.Y.Max *= 1.1
+	xys := make(plotter.XYs, len(rates))
+	texts := make([]string, len(rates))
+	for i, v := range rates {
+		xys[i] = plotter.XY{X: float64(i), Y: v}
+		texts[i] = thousands(v)
+	}
+	labels, err := plotter.NewLabels(plotter.XYLabels{XYs: xys, Labels: texts})
+	if err != nil {
+		return err
+	}
+	for i := range labels.TextStyle {
+		labels.TextStyle[i].XAlign = draw.XCenter
+		labels.TextStyle[i].YAlign = draw.YBottom
+	}
+	left.Add(labels)
 
 	right := plot.New()
 	right.Title.Text = "CPU per effect (load generator not counted)"

@@ -135,7 +135,7 @@ func meanRSS(plan *soakPlan, name string, from, to time.Duration) float64 {
 func soakMarkdown(c config, m machine, r result, plan *soakPlan) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# Soak: %s at %.0f effects/s for %s\n\n", r.Name, plan.rate, plan.length)
-	fmt.Fprintf(&b, "Run %s by `make bench BENCHFLAGS='-soak ...'` (`%s`). %d CPUs (%s), %s, PostgreSQL %s, nats-server %s. Load average before: %s; after: %s.\n\n",
+	fmt.Fprintf(&b, "Run %s by `%s`. %d CPUs (%s), %s, PostgreSQL %s, nats-server %s. Load average before: %s; after: %s.\n\n",
 		time.Now().UTC().Format("2006-01-02 15:04 UTC"), c.command, m.NumCPU, m.CPUModel, m.GoVersion, m.PGVersion, m.NATSVersion, m.LoadStart, m.LoadEnd)
 	fmt.Fprintf(&b, "%d effects, achieved %.0f/s; latency p50 %s, p95 %s, p99 %s.\n\n", r.N, r.Rate, ms(r.P50), ms(r.P95), ms(r.P99))
 	fmt.Fprintf(&b, "![RSS over time](soak.png)\n\n")
