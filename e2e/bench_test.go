@@ -30,7 +30,7 @@ var (
 func benchNATSURL(b *testing.B) string {
 	if *benchNATS != "" && !*benchNATSDelete {
 		b.Fatalf("-nats %s: the benchmark deletes the EFFECTS and EFFECTS_COMPLETED streams of that server; "+
-			"add -nats-delete-streams if that is what you want (make bench BENCHFLAGS='-nats <url> -nats-delete-streams')", *benchNATS)
+			"add -nats-delete-streams if that is what you want (make bench-e2e BENCHE2EFLAGS='-nats <url> -nats-delete-streams')", *benchNATS)
 	}
 	return *benchNATS
 }
