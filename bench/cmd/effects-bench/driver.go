@@ -610,6 +610,9 @@ func (m measured) run(ctx context.Context, r result, soak *soakPlan, truncate fu
 	}
 	if d, ok := cpu["postgres"]; ok {
 		r.Procs = append(r.Procs, procResult{Name: "postgres", CPU: float64(d.Microseconds()) / float64(st.N)})
+	} else if m.db != "" {
+		// PostgreSQL runs elsewhere: its CPU is not known ("–").
+		r.Procs = append(r.Procs, procResult{Name: "postgres", CPU: -1})
 	}
 	if m.env.c.halfFor > 0 && r.Rate > 0 && stats != nil {
 		half := r.Rate / 2

@@ -165,7 +165,12 @@ func (p *proc) exited() bool {
 // stop sends SIGTERM and waits up to grace for the exit, then kills.
 func (p *proc) stop(grace time.Duration) error {
 	if p.in != nil {
+		// A child that talks to the driver ends at the end of its input.
 		p.in.Close()
+		select {
+		case <-p.done:
+		case <-time.After(5 * time.Second):
+		}
 	}
 	if p.exited() {
 		return p.exitErr()
