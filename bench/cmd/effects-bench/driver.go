@@ -47,6 +47,34 @@ type result struct {
 	// Procs are the processes, with CPU per effect at the maximum rate and
 	// peak RSS over the run.
 	Procs []procResult
+	// Statements are PostgreSQL's most expensive statements of the
+	// maximum-rate phase, when pg_stat_statements is loaded.
+	Statements []statement
+}
+
+// statement is one row of pg_stat_statements.
+type statement struct {
+	Query   string
+	Calls   int64
+	TotalMS float64
+	Rows    int64
+}
+
+// topStatements are the statements of the connection's database that took
+// the most time since the last reset (the tool's own queries left out).
+func topStatements(ctx context.Context, conn *pgx.Conn) ([]statement, error) {
+	rows, err := conn.Query(ctx, `SELECT left(regexp_replace(s.query, '\s+', ' ', 'g'), 160), s.calls, s.total_exec_time, s.rows
+		FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid
+		WHERE d.datname = current_database() AND s.query NOT LIKE '%pg_stat_statements%'
+		ORDER BY s.total_exec_time DESC LIMIT 6`)
+	if err != nil {
+		return nil, fmt.Errorf("pg_stat_statements: %w", err)
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (statement, error) {
+		var st statement
+		err := r.Scan(&st.Query, &st.Calls, &st.TotalMS, &st.Rows)
+		return st, err
+	})
 }
 
 type procResult struct {
@@ -132,7 +160,10 @@ func runComparison(ctx context.Context, c config) (err error) {
 // benchEnv is what every contender shares: the configuration, the
 // connection to PostgreSQL's maintenance database, and the log directory.
 type benchEnv struct {
-	c       config
+	c config
+	// statements is set when PostgreSQL has pg_stat_statements loaded: the
+	// benchmark then reports the statements of each contender.
+	statements bool
 	admin   *pgx.Conn
 	logDir  string
 	machine machine
@@ -158,6 +189,21 @@ func newBenchEnv(ctx context.Context, c config) (*benchEnv, error) {
 		if _, err := admin.Exec(ctx, "CREATE DATABASE "+db); err != nil {
 			_ = e.close(false)
 			return nil, err
+		}
+	}
+	var preload string
+	if err := admin.QueryRow(ctx, `SELECT current_setting('shared_preload_libraries')`).Scan(&preload); err == nil && strings.Contains(preload, "pg_stat_statements") {
+		e.statements = true
+		for _, db := range []string{effectsDB, riverDB} {
+			conn, err := pgx.Connect(ctx, e.dbURL(db))
+			if err == nil {
+				_, err = conn.Exec(ctx, `CREATE EXTENSION IF NOT EXISTS pg_stat_statements`)
+				conn.Close(ctx)
+			}
+			if err != nil {
+				_ = e.close(false)
+				return nil, fmt.Errorf("pg_stat_statements in %s: %w", db, err)
+			}
 		}
 	}
 	return e, nil
@@ -227,7 +273,7 @@ func (e *benchEnv) runRiverContender(ctx context.Context, soak *soakPlan) (resul
 	}
 	defer conn.Close(context.Background())
 	procs := []*proc{p}
-	m := measured{env: e, db: riverDB, procs: procs, loader: p}
+	m := measured{env: e, db: riverDB, procs: procs, loader: p, conn: conn}
 	stats := func(ctx context.Context) (phaseStats, error) {
 		return queryStats(ctx, conn, `SELECT count(*), count(*) FILTER (WHERE state <> 'completed'),
 			coalesce(extract(epoch FROM max(finalized_at) - min(created_at)), 0),
@@ -361,7 +407,7 @@ func (e *benchEnv) runEffectsContender(ctx context.Context, mode string, soak *s
 	// Processes in the order of the report: load, services, nats-server.
 	order := append([]*proc{loader}, svcProcs...)
 	order = append(order, natsProc)
-	m := measured{env: e, db: effectsDB, procs: order, loader: loader}
+	m := measured{env: e, db: effectsDB, procs: order, loader: loader, conn: conn}
 	if profiling {
 		m.profiles = map[string]string{"nats-server": fmt.Sprintf("http://127.0.0.1:%d", ports[5])}
 		for _, p := range svcProcs {
@@ -418,12 +464,18 @@ type measured struct {
 	db     string
 	procs  []*proc
 	loader *proc
+	// conn is a connection to db, for pg_stat_statements.
+	conn *pgx.Conn
 	// profiles are the base URLs of the processes' /debug/pprof/, when
 	// -profile asks for CPU profiles of the maximum-rate phase; they are
 	// written to <-profile>/<profilePrefix>-<name>.cpu.pprof.
 	profiles      map[string]string
 	profilePrefix string
 	onStart       func()
+	// beforePhase and afterPhase, when set, run just before the phase's
+	// first and just after its last CPU reading.
+	beforePhase func() error
+	afterPhase  func() error
 }
 
 // profile fetches a CPU profile of -profile-duration from each process
@@ -489,6 +541,11 @@ func (m measured) run(ctx context.Context, r result, soak *soakPlan, truncate fu
 				return phaseStats{}, nil, ir, err
 			}
 		}
+		if m.beforePhase != nil {
+			if err := m.beforePhase(); err != nil {
+				return phaseStats{}, nil, ir, err
+			}
+		}
 		cpu0 := m.cpu(ctx)
 		b, _ := json.Marshal(ph)
 		if err := m.loader.send("phase " + string(b)); err != nil {
@@ -549,6 +606,11 @@ func (m measured) run(ctx context.Context, r result, soak *soakPlan, truncate fu
 			}
 		}
 		cpu1 := m.cpu(ctx)
+		if m.afterPhase != nil {
+			if err := m.afterPhase(); err != nil {
+				return phaseStats{}, nil, ir, err
+			}
+		}
 		// Per process; PostgreSQL's backends summed, those that started
 		// during the phase whole (those that ended during it are lost; the
 		// pools keep theirs).
@@ -586,6 +648,17 @@ func (m measured) run(ctx context.Context, r result, soak *soakPlan, truncate fu
 		return r, nil
 	}
 
+	statements := m.env.statements && m.conn != nil
+	if statements {
+		m.beforePhase = func() error {
+			_, err := m.conn.Exec(ctx, `SELECT pg_stat_statements_reset()`)
+			return err
+		}
+		m.afterPhase = func() (err error) {
+			r.Statements, err = topStatements(ctx, m.conn)
+			return err
+		}
+	}
 	profiled := func() error { return nil }
 	m.onStart = func() { profiled = m.profile(ctx) }
 	st, cpu, _, err := one(phase{N: m.env.c.effects}, nil)
@@ -595,7 +668,7 @@ func (m measured) run(ctx context.Context, r result, soak *soakPlan, truncate fu
 	if err := profiled(); err != nil {
 		return r, err
 	}
-	m.onStart = nil
+	m.onStart, m.beforePhase, m.afterPhase = nil, nil, nil
 	r.N, r.P50, r.P95, r.P99 = st.N, st.P50, st.P95, st.P99
 	if st.Span > 0 {
 		r.Rate = float64(st.N) / st.Span

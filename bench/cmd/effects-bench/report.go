@@ -138,6 +138,20 @@ func (rep report) markdown() string {
 			fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", r.Name, name, cpuText(p.CPU), mib(p.PeakRSS))
 		}
 	}
+	var any bool
+	for _, r := range rep.Results {
+		any = any || len(r.Statements) > 0
+	}
+	if any {
+		b.WriteString("\nPostgreSQL's statements at the maximum rate (`pg_stat_statements`, when the server preloads it): execution time, which includes waiting for locks and I/O, not CPU alone; per effect over the phase's effects:\n\n")
+		b.WriteString("| contender | statement | calls | ms | µs/effect | rows |\n|---|---|--:|--:|--:|--:|\n")
+		for _, r := range rep.Results {
+			for _, st := range r.Statements {
+				q := strings.ReplaceAll(st.Query, "|", "\\|")
+				fmt.Fprintf(&b, "| %s | `%s` | %d | %.0f | %.1f | %d |\n", r.Name, q, st.Calls, st.TotalMS, st.TotalMS*1000/float64(max(1, r.N)), st.Rows)
+			}
+		}
+	}
 	return b.String()
 }
 
