@@ -164,9 +164,9 @@ type benchEnv struct {
 	// statements is set when PostgreSQL has pg_stat_statements loaded: the
 	// benchmark then reports the statements of each contender.
 	statements bool
-	admin   *pgx.Conn
-	logDir  string
-	machine machine
+	admin      *pgx.Conn
+	logDir     string
+	machine    machine
 }
 
 func newBenchEnv(ctx context.Context, c config) (*benchEnv, error) {
