@@ -323,3 +323,28 @@ func TestReplaceMarked(t *testing.T) {
 		t.Error("a page without markers reported as updated")
 	}
 }
+
+// TestSoakVerdict: memory that levels off by the half-way mark is flat;
+// memory that keeps growing is not.
+func TestSoakVerdict(t *testing.T) {
+	plan := &soakPlan{rate: 100, length: 10 * time.Minute}
+	for s := time.Duration(0); s <= 10*time.Minute; s += soakSampleEvery {
+		mib := func(f float64) int64 { return int64(f * (1 << 20)) }
+		cache := mib(100)
+		if s < 4*time.Minute {
+			cache = mib(25 + 75*s.Minutes()/4)
+		}
+		leak := mib(30 + 30*s.Minutes()/10)
+		plan.samples = append(plan.samples, soakSample{At: s, RSS: map[string]int64{"cache": cache, "leak": leak}})
+	}
+	md := soakMarkdown(config{command: "make bench"}, machine{}, result{Name: "table source", N: 60000, Rate: 100}, plan)
+	for _, want := range []string{"| cache | 52 MiB | 100 MiB | 100 MiB | +0% | yes |", "| leak | 34 MiB | 43 MiB | 58 MiB | +35% | **no** |"} {
+		if !strings.Contains(md, want) {
+			t.Errorf("lacks %q:\n%s", want, md)
+		}
+	}
+	csv := soakCSV(plan)
+	if !strings.HasPrefix(csv, "seconds,process,rss_bytes\n0,cache,26214400\n0,leak,31457280\n") {
+		t.Errorf("csv starts:\n%.120s", csv)
+	}
+}
