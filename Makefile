@@ -15,6 +15,16 @@ BENCHFLAGS ?=
 # Extra flags for `make bench-e2e` (the e2e Go benchmarks), e.g. BENCHE2EFLAGS='-effects 50000',
 # BENCHE2EFLAGS='-bench EndToEndTable', BENCHE2EFLAGS='-nats nats://host:4222 -nats-delete-streams'.
 BENCHE2EFLAGS ?=
+# Flags for `make capacity`'s benchmarks (effects per measurement), e.g.
+# CAPACITYFLAGS='-benchtime=5000x'; CAPACITY_ROUNDS rounds run one after the
+# other, each measuring every set-up once, so set-ups alternate.
+CAPACITYFLAGS ?= -benchtime=20000x
+CAPACITY_ROUNDS ?= 3
+# Extra flags for `make faults`, e.g. FAULTSFLAGS='-run TestKill'.
+FAULTSFLAGS ?=
+# A file `make faults` appends the fault tests' results to (a markdown table);
+# unset, they are only logged. `make reliability` sets it.
+FAULTS_RESULTS ?=
 # Flags for `make soak`, e.g. SOAKFLAGS='-soak.duration=3m -soak.rate=2000 -soak.plain'.
 SOAKFLAGS ?=
 
@@ -70,14 +80,16 @@ test-bench: ## Test the benchmark's own code (the bench module; needs PostgreSQL
 	cd $(BENCH_DIR) && $(GO) test -count=1 -timeout 5m $(TESTFLAGS) ./...
 
 .PHONY: vet
-vet: ## go vet every package, the deployment checks' and the benchmark's modules included
+vet: ## go vet every package, the fault suite, the deployment checks' and the benchmark's modules included
 	$(GO) vet ./...
+	$(GO) vet -tags faults ./e2e/faults/...
 	cd $(CHECK_DIR) && $(GO) vet ./...
 	cd $(BENCH_DIR) && $(GO) vet ./...
 
 .PHONY: staticcheck
 staticcheck: ## Run staticcheck (pinned in go.mod as a tool) on the three modules
 	$(GO) tool staticcheck ./...
+	$(GO) tool staticcheck -tags faults ./e2e/faults/...
 	cd $(CHECK_DIR) && "$$($(GO) -C $(CURDIR) tool -n staticcheck)" ./...
 	cd $(BENCH_DIR) && "$$($(GO) -C $(CURDIR) tool -n staticcheck)" ./...
 
@@ -108,7 +120,42 @@ bench: build nats-server ## River and the pipeline side by side, each in its own
 
 .PHONY: bench-e2e
 bench-e2e: ## The e2e Go benchmarks: the whole pipeline in one process, for one CPU profile (flags: BENCHE2EFLAGS)
-	$(GO) test -run '^$$' -bench . -benchtime=1x -timeout 30m -v $(BENCHE2EFLAGS) ./e2e/...
+	$(GO) test -run '^$$' -bench 'EndToEnd' -benchtime=1x -timeout 30m -v $(BENCHE2EFLAGS) ./e2e/
+
+.PHONY: capacity
+capacity: ## Measure docs/capacity.md's figures: one dispatcher, one completer, the pipeline on single/cluster-R1/cluster-R3 NATS side by side; PostgreSQL's completion writes (CAPACITYFLAGS)
+	@for round in $$(seq $(CAPACITY_ROUNDS)); do \
+		echo "== round $$round of $(CAPACITY_ROUNDS)"; \
+		$(GO) test -run '^$$' -bench 'Capacity' -timeout 60m $(CAPACITYFLAGS) ./e2e/ || exit 1; \
+		$(GO) test -run '^$$' -bench 'CompleterWriteParallel' -benchtime=40x -timeout 30m ./internal/completer/ || exit 1; \
+	done
+
+.PHONY: faults
+faults: ## Run the fault suite: the real binaries under kill -9, SIGTERM, NATS and PostgreSQL restarts, Hasura misbehaviour (build tag faults; ~5 min)
+	$(GO) vet -tags faults ./e2e/faults/...
+	EFFECTS_FAULTS_RESULTS=$(FAULTS_RESULTS) $(GO) test -tags faults -count=1 -timeout 15m -v $(FAULTSFLAGS) ./e2e/faults/...
+
+.PHONY: reliability
+reliability: ## Run the fault suite and write its results table into docs/reliability.md
+	./scripts/faults-report.sh
+
+# Fuzzing: every `func Fuzz...` in a _test.go file, found by grep so that a
+# new target is fuzzed without being listed here. One target at a time, one
+# worker (FUZZPARALLEL), FUZZTIME each. The seed corpus of each (f.Add and
+# testdata/fuzz/<FuzzName>/) already runs in `make test`.
+FUZZTIME     ?= 30s
+FUZZPARALLEL ?= 1
+
+.PHONY: fuzz
+fuzz: ## Fuzz every decoder of outside input in turn, FUZZTIME each (default 30s); failing inputs land in testdata/fuzz
+	@set -e; \
+	for file in $$(grep -rl --include='*_test.go' '^func Fuzz' . | sort); do \
+		dir=./$$(dirname $${file#./}); \
+		for name in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' $$file); do \
+			echo "==> $$name in $$dir ($(FUZZTIME))"; \
+			$(GO) test -run '^$$' -fuzz "^$$name$$" -fuzztime $(FUZZTIME) -parallel $(FUZZPARALLEL) $$dir; \
+		done; \
+	done
 
 .PHONY: dev
 dev: ## Run the whole pipeline in one process: embedded NATS, a private PostgreSQL (or DATABASE_URL); Ctrl-C stops all
@@ -123,9 +170,10 @@ run: build nats-server ## Run a pinned nats-server, ingest, dispatcher and compl
 	BIN=$(BIN) NATS_SERVER=$(NATS_SERVER) ./scripts/run-local.sh
 
 .PHONY: ci
-ci: ## What .ci/run runs once services are up: lint, then test
+ci: ## What .ci/run runs once services are up: lint, test, then the fault suite
 	$(MAKE) lint
 	$(MAKE) test
+	$(MAKE) faults
 
 .PHONY: clean
 clean: ## Remove bin/ (binaries and local run logs)

@@ -58,6 +58,8 @@ type options struct {
 	// tableSources starts that many ingest table sources (replicas) beside
 	// the webhook, as EFFECTS_SOURCE=webhook,table does.
 	tableSources int
+	// ingest, when set, changes the webhook's configuration (its limits).
+	ingest func(*ingest.Config)
 }
 
 func logger() *slog.Logger {
@@ -117,7 +119,11 @@ func startPipeline(t testing.TB, o options) *pipeline {
 		admin.NC.Close()
 	}
 	in := connect("e2e-ingest")
-	icfg := ingest.Config{WebhookSecret: secret}.WithDefaults()
+	icfg := ingest.Config{WebhookSecret: secret}
+	if o.ingest != nil {
+		o.ingest(&icfg)
+	}
+	icfg = icfg.WithDefaults()
 	ing, err := ingest.New(icfg, in.JS, log.With("service", "ingest"), prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)

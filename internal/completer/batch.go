@@ -173,7 +173,8 @@ type result struct {
 // exists: EXISTS runs only for the rows not written, and sees the statement's
 // snapshot, in which the row exists whether or not it was updated) / unknown
 // (no such row). The age is measured with the database's clock, the clock
-// that set created_at.
+// that set created_at; a row created at 'infinity' has none (subtracting it
+// is an error, which would refuse the row's every completion).
 const writeSQL = `
 WITH input AS (
     SELECT *
@@ -195,7 +196,8 @@ WITH input AS (
            END
        AND (e.status, e.completion, e.error, e.attempts, e.completed_at)
            IS DISTINCT FROM (i.status, i.completion, i.error, i.attempts, i.completed_at)
-    RETURNING i.n, e.kind, extract(epoch FROM clock_timestamp() - e.created_at)::float8 AS age
+    RETURNING i.n, e.kind,
+              CASE WHEN isfinite(e.created_at) THEN extract(epoch FROM clock_timestamp() - e.created_at)::float8 END AS age
 )
 SELECT i.n,
        CASE WHEN u.n IS NOT NULL THEN 'w'

@@ -103,6 +103,9 @@ func New(cfg Config, pool *pgxpool.Pool, js jetstream.JetStream, logger *slog.Lo
 	return c, nil
 }
 
+// pullHeartbeat is the idle heartbeat of the completer's pull requests.
+const pullHeartbeat = time.Second
+
 // ConsumerConfig is the durable consumer the completer creates or updates.
 func (c *Completer) ConsumerConfig() jetstream.ConsumerConfig {
 	return jetstream.ConsumerConfig{
@@ -158,6 +161,13 @@ func (c *Completer) Run(ctx context.Context) error {
 		// The client buffers two batches, so that the next batch is there
 		// as soon as a writer is free.
 		jetstream.PullMaxMessages(2*c.cfg.BatchSize),
+		// A pull request the server never holds (sent while the
+		// consumer's leader is being elected, on a cluster: at start
+		// or when the leader's node goes) is noticed only by missing
+		// heartbeats, after which the client pulls again. The default
+		// heartbeat (half the 30s expiry) left a completer idle for 30s
+		// after a leader change; 1s bounds that to 2s.
+		jetstream.PullHeartbeat(pullHeartbeat),
 		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 			if errors.Is(err, jetstream.ErrConsumerDeleted) {
 				// Consuming has stopped for good: say so in readiness

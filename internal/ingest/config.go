@@ -24,6 +24,15 @@ const (
 	// DefaultConsumerCheckInterval is how often the ingest looks for kinds
 	// with effects that no consumer takes.
 	DefaultConsumerCheckInterval = time.Minute
+	// DefaultReadHeaderTimeout and DefaultReadTimeout bound a client that
+	// stalls: Hasura holds a delivery for timeout_sec (default 60s).
+	DefaultReadHeaderTimeout = 10 * time.Second
+	DefaultReadTimeout       = time.Minute
+	// MaxHeaderBytes bounds a request's headers: Hasura sends a handful
+	// (content type, user agent, the secret, trace headers), and a client
+	// sending more is answered 431 without the server holding a megabyte
+	// (net/http's default) for it.
+	MaxHeaderBytes = 64 << 10
 
 	// BodyOverhead is how much larger than EFFECTS_MAX_PAYLOAD_BYTES the
 	// request body limit must at least be: a Hasura body carries the row's
@@ -89,6 +98,16 @@ type Config struct {
 	// retention with nobody to handle it.
 	Kinds []string
 
+	// ReadHeaderTimeout and ReadTimeout bound how long a client may take
+	// to send a request's headers, and the whole request with its body:
+	// default 10s and 1m. A client slower than that (a stalled connection,
+	// a slowloris) is cut off rather than holding a connection for ever;
+	// one cut off in its body is answered 408. They are not read from the
+	// environment: Hasura sends a body in one go, and these only bound
+	// clients that stall.
+	ReadHeaderTimeout time.Duration
+	ReadTimeout       time.Duration
+
 	// Streams are the settings of a stream the ingest creates because it
 	// does not exist yet (an existing stream is never changed):
 	// EFFECTS_STREAM_MAX_AGE (default 168h), EFFECTS_DUPLICATE_WINDOW
@@ -146,6 +165,12 @@ func (c Config) WithDefaults() Config {
 	if c.ConsumerCheckInterval == 0 {
 		c.ConsumerCheckInterval = DefaultConsumerCheckInterval
 	}
+	if c.ReadHeaderTimeout == 0 {
+		c.ReadHeaderTimeout = DefaultReadHeaderTimeout
+	}
+	if c.ReadTimeout == 0 {
+		c.ReadTimeout = DefaultReadTimeout
+	}
 	c.Streams = c.Streams.WithDefaults()
 	return c
 }
@@ -173,6 +198,9 @@ func (c Config) Validate() error {
 		return fmt.Errorf("EFFECTS_SHUTDOWN_TIMEOUT=%s: want a positive duration", c.ShutdownTimeout)
 	case c.ConsumerCheckInterval <= 0:
 		return fmt.Errorf("EFFECTS_CONSUMER_CHECK_INTERVAL=%s: want a positive duration", c.ConsumerCheckInterval)
+	case c.ReadHeaderTimeout <= 0 || c.ReadTimeout < c.ReadHeaderTimeout:
+		return fmt.Errorf("ingest: read header timeout %s, read timeout %s: want 0 < header timeout <= read timeout",
+			c.ReadHeaderTimeout, c.ReadTimeout)
 	}
 	for _, k := range c.Kinds {
 		if err := effects.ValidateKind(k); err != nil {

@@ -31,6 +31,8 @@ func TestConfigFromEnvDefaults(t *testing.T) {
 		RetryAfter:            5 * time.Second,
 		ShutdownTimeout:       30 * time.Second,
 		ConsumerCheckInterval: time.Minute,
+		ReadHeaderTimeout:     10 * time.Second,
+		ReadTimeout:           time.Minute,
 		Streams:               effects.StreamOptions{MaxAge: 168 * time.Hour, Duplicates: 2 * time.Minute, Replicas: 1},
 	}
 	if !reflect.DeepEqual(cfg, want) {
@@ -69,6 +71,8 @@ func TestConfigFromEnvReadsEveryVariable(t *testing.T) {
 		RetryAfter:            30 * time.Second,
 		ShutdownTimeout:       time.Minute,
 		ConsumerCheckInterval: 10 * time.Second,
+		ReadHeaderTimeout:     10 * time.Second,
+		ReadTimeout:           time.Minute,
 		Streams:               effects.StreamOptions{MaxAge: 24 * time.Hour, Duplicates: 10 * time.Minute, Replicas: 3},
 		Kinds:                 []string{"send_email", "http_request"},
 	}

@@ -14,13 +14,10 @@ import (
 	"github.com/effects-run/effects/pkg/effects"
 )
 
-// HTTP server limits. Hasura holds a delivery for timeout_sec (default 60s)
-// and reuses connections, so these only cut off clients that stall.
-const (
-	readHeaderTimeout = 10 * time.Second
-	readTimeout       = time.Minute
-	idleTimeout       = 2 * time.Minute
-)
+// idleTimeout closes a kept-alive connection nobody uses. Hasura reuses
+// connections, so it only cuts off clients that went away; the read limits
+// are Config.ReadHeaderTimeout, Config.ReadTimeout and MaxHeaderBytes.
+const idleTimeout = 2 * time.Minute
 
 // Stream setup retries: quick at first, for a NATS starting alongside, then
 // every few seconds, with jitter so that replicas do not retry in step.
@@ -51,9 +48,10 @@ func (s *Server) Run(ctx context.Context) error {
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	srv := &http.Server{
 		Handler:           s.Handler(),
-		ReadHeaderTimeout: readHeaderTimeout,
-		ReadTimeout:       readTimeout,
+		ReadHeaderTimeout: s.cfg.ReadHeaderTimeout,
+		ReadTimeout:       s.cfg.ReadTimeout,
 		IdleTimeout:       idleTimeout,
+		MaxHeaderBytes:    MaxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(s.logger.Handler(), slog.LevelWarn),
 		// No WriteTimeout: a request's time is bounded by
 		// EFFECTS_PUBLISH_TIMEOUT, and a write deadline would cut off a

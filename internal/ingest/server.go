@@ -6,7 +6,8 @@
 // are chosen with care: 200 for an event published, a duplicate, an UPDATE or
 // DELETE (ignored), or a row that can never succeed (its failed completion is
 // published instead, so that the row shows why and Hasura does not retry
-// it); 400, 401, 404, 405 and 413 for requests that are not a usable event; 503
+// it); 400, 401, 404, 405, 408, 413, 415 and 431 for requests that are not a
+// usable event; 503
 // with Retry-After while JetStream does not store, so Hasura retries later
 // even after its own retries are spent.
 //
@@ -23,7 +24,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"mime"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -193,6 +196,10 @@ func (s *Server) serve(w, raw http.ResponseWriter, r *http.Request) {
 	case !s.authorized(r):
 		s.replyError(w, http.StatusUnauthorized, "the "+SecretHeader+" header is missing or wrong")
 		return
+	case !jsonContent(r.Header["Content-Type"]):
+		s.replyError(w, http.StatusUnsupportedMediaType, fmt.Sprintf(
+			"Content-Type %s is not JSON: POST Hasura events as application/json", quoteShort(r.Header.Get("Content-Type"))))
+		return
 	case r.ContentLength > int64(s.cfg.MaxBodyBytes):
 		s.replyTooLarge(w)
 		return
@@ -204,6 +211,13 @@ func (s *Server) serve(w, raw http.ResponseWriter, r *http.Request) {
 		putBody(bufp, body)
 		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
 			s.replyTooLarge(w)
+			return
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			// The server's read deadline (ReadTimeout): a client that
+			// stalls in its body.
+			s.replyError(w, http.StatusRequestTimeout, fmt.Sprintf(
+				"the body did not arrive within %s of the request's start", s.cfg.ReadTimeout))
 			return
 		}
 		s.replyError(w, http.StatusBadRequest, "reading the body: "+err.Error())
@@ -224,6 +238,21 @@ func (s *Server) serve(w, raw http.ResponseWriter, r *http.Request) {
 		ev.Event.TraceContext.parent = headerParent(r.Header)
 	}
 	s.handleEvent(w, &ev)
+}
+
+// jsonContent reports whether a request's Content-Type is JSON: Hasura
+// always sends application/json. No Content-Type at all is taken for JSON
+// too (a hand-made request); anything else (a form, text) is refused with
+// 415 rather than decoded.
+func jsonContent(values []string) bool {
+	if len(values) == 0 {
+		return true
+	}
+	mt, _, err := mime.ParseMediaType(values[0])
+	if err != nil {
+		return false
+	}
+	return mt == "application/json" || strings.HasPrefix(mt, "application/") && strings.HasSuffix(mt, "+json")
 }
 
 func (s *Server) authorized(r *http.Request) bool {
@@ -272,6 +301,13 @@ func (s *Server) handleEvent(w http.ResponseWriter, ev *hasuraEvent) {
 				kind, s.allowedList))
 			return
 		}
+	}
+	if y := createdAt.Year(); y < 0 || y > 9999 {
+		// JSON's times (RFC 3339) have four-digit years: a message with
+		// this one could not be decoded by any consumer.
+		s.reject(w, ev.ID, row.ID, kind, kind, "created_at "+createdAt.Format(time.RFC3339Nano)+
+			" cannot be carried by an effect message (years 0 to 9999 only)")
+		return
 	}
 	payload := []byte(row.Payload)
 	if len(payload) == 0 || string(payload) == "null" {

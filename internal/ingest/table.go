@@ -34,6 +34,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -266,6 +267,9 @@ type claimedRow struct {
 	kind      *string
 	payload   *string
 	createdAt time.Time
+	// badCreatedAt is set, instead of createdAt, for a created_at that is
+	// not a time ("infinity").
+	badCreatedAt string
 }
 
 // pending is a row whose publish is in flight.
@@ -299,13 +303,22 @@ func (s *TableSource) batch(ctx context.Context) (int, error) {
 	claimed := make([]claimedRow, 0, 64)
 	for rows.Next() {
 		var r claimedRow
-		if err := rows.Scan(&r.id, &r.kind, &r.payload, &r.createdAt); err != nil {
+		var createdAt pgtype.Timestamptz
+		if err := rows.Scan(&r.id, &r.kind, &r.payload, &createdAt); err != nil {
 			rows.Close()
 			return 0, fmt.Errorf("PostgreSQL: claim: %w", err)
 		}
-		if r.payload == nil || *r.payload == "null" {
-			empty := string(emptyObject) // a handler always gets JSON
-			r.payload = &empty
+		// Scanned through pgtype so that one row's 'infinity' fails that
+		// row (check) instead of every claim of the batch for ever.
+		switch {
+		case createdAt.InfinityModifier == pgtype.Infinity:
+			r.badCreatedAt = "infinity"
+		case createdAt.InfinityModifier == pgtype.NegativeInfinity:
+			r.badCreatedAt = "-infinity"
+		case !createdAt.Valid:
+			r.badCreatedAt = "null"
+		default:
+			r.createdAt = createdAt.Time
 		}
 		claimed = append(claimed, r)
 	}
@@ -387,35 +400,59 @@ func (s *TableSource) batch(ctx context.Context) (int, error) {
 // publishRow publishes the effect of r, or, for a row that can never
 // succeed, its failed completion.
 func (s *TableSource) publishRow(r claimedRow) (pending, error) {
-	if label, reason := s.check(r); reason != "" {
-		return s.publishRejection(r, label, reason)
+	msg, label, rejected, err := s.rowMsg(r)
+	if err != nil {
+		return pending{}, err
 	}
-	payload := []byte(*r.payload)
-	kind := *r.kind
-	data := appendEffect(make([]byte, 0, effectSize(r.id, kind, payload, nil)), r.id, kind, payload, r.createdAt, nil)
-	msg := &nats.Msg{
-		Subject: effects.Subject(kind),
-		Data:    data,
-		// The row id: a batch published again after a crash is stored once.
-		Header: nats.Header{jetstream.MsgIDHeader: []string{r.id}},
+	if rejected {
+		return s.publishRejection(r.id, label, msg)
 	}
 	// A row has no trace to continue: each starts its own.
-	span := startPublish("", msg, r.id, kind)
+	span := startPublish("", msg, r.id, label)
 	fut, err := s.js.PublishMsgAsync(msg)
 	span.End()
 	if errors.Is(err, nats.ErrMaxPayload) {
-		return s.publishRejection(r, kind, fmt.Sprintf(
+		rej, err := rejectionMsg(r, fmt.Sprintf(
 			"the effect message is %d bytes, more than the NATS server accepts (max_payload %d)",
-			len(data), s.js.Conn().MaxPayload()))
+			len(msg.Data), s.js.Conn().MaxPayload()))
+		if err != nil {
+			return pending{}, err
+		}
+		return s.publishRejection(r.id, label, rej)
 	}
 	if err != nil {
 		return pending{}, fmt.Errorf("NATS: publish: %w", err)
 	}
-	return pending{id: r.id, label: kind, fut: fut}, nil
+	return pending{id: r.id, label: label, fut: fut}, nil
+}
+
+// rowMsg is the message a claimed row becomes: its effect on
+// effects.<kind>, or, when the row can never succeed (rejected), its failed
+// completion. label is the row's kind label for the metrics.
+func (s *TableSource) rowMsg(r claimedRow) (msg *nats.Msg, label string, rejected bool, err error) {
+	if r.payload == nil || *r.payload == "null" {
+		empty := string(emptyObject) // a handler always gets JSON
+		r.payload = &empty
+	}
+	if label, reason := s.check(r); reason != "" {
+		msg, err := rejectionMsg(r, reason)
+		return msg, label, true, err
+	}
+	payload := []byte(*r.payload)
+	kind := *r.kind
+	data := appendEffect(make([]byte, 0, effectSize(r.id, kind, payload, nil)), r.id, kind, payload, r.createdAt, nil)
+	return &nats.Msg{
+		Subject: effects.Subject(kind),
+		Data:    data,
+		// The row id: a batch published again after a crash is stored once.
+		Header: nats.Header{jetstream.MsgIDHeader: []string{r.id}},
+	}, kind, false, nil
 }
 
 // check returns the reason a row can never succeed (and its metric label),
-// or "" — the webhook's rules.
+// or "" — the webhook's rules, and what only a table can hold: a created_at
+// an effect message cannot carry, a payload column that is not JSON (a
+// table made by hand with payload text).
 func (s *TableSource) check(r claimedRow) (label, reason string) {
 	if r.kind == nil {
 		return invalidKindLabel, "kind is null"
@@ -432,12 +469,21 @@ func (s *TableSource) check(r claimedRow) (label, reason string) {
 	if n := len(*r.payload); n > s.cfg.MaxPayloadBytes {
 		return *r.kind, fmt.Sprintf("payload is %d bytes, the limit is %d (EFFECTS_MAX_PAYLOAD_BYTES)", n, s.cfg.MaxPayloadBytes)
 	}
+	if !json.Valid([]byte(*r.payload)) {
+		return *r.kind, fmt.Sprintf("payload %s is not JSON", quoteShort(*r.payload))
+	}
+	if r.badCreatedAt != "" {
+		return *r.kind, "created_at " + r.badCreatedAt + " cannot be carried by an effect message (years 0 to 9999 only)"
+	}
+	if y := r.createdAt.UTC().Year(); y < 0 || y > 9999 {
+		return *r.kind, "created_at " + r.createdAt.UTC().Format(time.RFC3339Nano) + " cannot be carried by an effect message (years 0 to 9999 only)"
+	}
 	return "", ""
 }
 
-// publishRejection publishes the failed completion of r. Its message id is
+// rejectionMsg is the failed completion of r with reason. Its message id is
 // that of a completion of the delivery whose event id is the row id.
-func (s *TableSource) publishRejection(r claimedRow, label, reason string) (pending, error) {
+func rejectionMsg(r claimedRow, reason string) (*nats.Msg, error) {
 	kind := ""
 	if r.kind != nil {
 		kind = *r.kind
@@ -454,15 +500,20 @@ func (s *TableSource) publishRejection(r claimedRow, label, reason string) (pend
 	}
 	data, err := json.Marshal(comp)
 	if err != nil {
-		return pending{}, fmt.Errorf("marshal a failed completion: %w", err)
+		return nil, fmt.Errorf("marshal a failed completion: %w", err)
 	}
 	msg := nats.NewMsg(effects.CompletedSubject(kind))
 	msg.Data = data
 	msg.Header.Set(jetstream.MsgIDHeader, effects.CompletionMsgID(effects.Ref{ID: r.id, Kind: kind, EventID: r.id}, effects.StatusFailed))
+	return msg, nil
+}
+
+// publishRejection publishes msg, the failed completion of row id.
+func (s *TableSource) publishRejection(id, label string, msg *nats.Msg) (pending, error) {
 	fut, err := s.js.PublishMsgAsync(msg)
 	if err != nil {
 		return pending{}, fmt.Errorf("NATS: publish: %w", err)
 	}
-	s.logger.Debug("rejected an effect", "effect_id", r.id, "reason", reason)
-	return pending{id: r.id, label: label, fut: fut, rejected: true}, nil
+	s.logger.Debug("rejected an effect", "effect_id", id, "subject", msg.Subject)
+	return pending{id: id, label: label, fut: fut, rejected: true}, nil
 }

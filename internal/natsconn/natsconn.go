@@ -177,13 +177,24 @@ func Connect(rawURL, name string, logger *slog.Logger, maxPending int) (*nats.Co
 func Redact(raw string) string {
 	parts := strings.Split(raw, ",")
 	for i, p := range parts {
-		u, err := url.Parse(strings.TrimSpace(p))
+		p = strings.TrimSpace(p)
+		// nats.go reads a server without a scheme as nats://<server>, so
+		// "user:password@host" has credentials too (url.Parse alone would
+		// take "user" for a scheme and show the password).
+		implicit := !strings.Contains(p, "://")
+		if implicit {
+			p = "nats://" + p
+		}
+		u, err := url.Parse(p)
 		switch {
 		case err != nil:
 			parts[i] = "(unparsable url)"
 		case u.User != nil:
 			u.User = url.User("redacted")
 			parts[i] = u.String()
+			if implicit {
+				parts[i] = strings.TrimPrefix(parts[i], "nats://")
+			}
 		}
 	}
 	return strings.Join(parts, ",")

@@ -74,6 +74,13 @@ func (n *NATS) Shutdown() {
 	}
 }
 
+// Start starts the server again after Shutdown, on the same port with the
+// same store.
+func (n *NATS) Start(t testing.TB) {
+	t.Helper()
+	n.start(t)
+}
+
 // Restart starts the server again on the same port with the same store.
 func (n *NATS) Restart(t testing.TB) {
 	t.Helper()

@@ -41,12 +41,19 @@ func CompletionsRetry(base, max time.Duration) CompletionsOption {
 	return func(o *completionsOptions) { o.retryBase, o.retryMax = base, max }
 }
 
+// completionsHeartbeat is the pull requests' idle heartbeat: how soon a
+// consumer deleted while no request was waiting (its stream deleted) is
+// noticed.
+const completionsHeartbeat = 5 * time.Second
+
 // completionsAckWait is how long a completion's handler may run before
 // JetStream gives the completion to another of the consumer's processes.
 const completionsAckWait = time.Minute
 
 // ConsumeCompletions reads completions on a durable pull consumer of its
-// own, named durable, on the EFFECTS_COMPLETED stream, until ctx ends; then
+// own, named durable, on the EFFECTS_COMPLETED stream, until ctx ends (a
+// consumer deleted meanwhile is created again, from the start of retention
+// or, with CompletionsFromNow, from then); then
 // it stops fetching, lets the handler calls in progress return, and returns
 // nil. Every completion is given to handle one at a time; nil acks it, an
 // error naks it with an exponential delay (it comes back, as often as it
@@ -94,25 +101,65 @@ func ConsumeCompletions(ctx context.Context, js jetstream.JetStream, durable str
 	if len(cc.FilterSubjects) == 1 {
 		cc.FilterSubject, cc.FilterSubjects = cc.FilterSubjects[0], nil
 	}
-	cons, err := js.CreateOrUpdateConsumer(ctx, CompletedStream, cc)
-	if err != nil {
-		return fmt.Errorf("consume completions: consumer %s: %w", durable, err)
+	// The consumer is created, and created again whenever it is found gone
+	// (deleted by an operator, or with its stream), as the dispatcher does
+	// with its own: a reader that stopped for good would go unnoticed.
+	var (
+		cons jetstream.Consumer
+		it   jetstream.MessagesContext
+	)
+	open := func(first bool) error {
+		for wait := 50 * time.Millisecond; ; wait = min(2*wait, 2*time.Second) {
+			var err error
+			cons, err = js.CreateOrUpdateConsumer(ctx, CompletedStream, cc)
+			if err == nil {
+				it, err = cons.Messages(jetstream.PullMaxMessages(1), jetstream.PullHeartbeat(completionsHeartbeat))
+			}
+			switch {
+			case err == nil:
+				return nil
+			case first:
+				// No stream, a wrong configuration: say so at once.
+				return fmt.Errorf("consume completions: consumer %s: %w", durable, err)
+			case ctx.Err() != nil:
+				return ctx.Err()
+			}
+			// Re-created just after a delete, nats-server 2.15 can refuse
+			// with err_code 10012 while it still removes the old files;
+			// a stream deleted with it may come back. Try again.
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(wait):
+			}
+		}
 	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(1))
-	if err != nil {
-		return fmt.Errorf("consume completions: %w", err)
+	if err := open(true); err != nil {
+		return err
 	}
 	stop := context.AfterFunc(ctx, it.Stop)
-	defer stop()
-	defer it.Stop()
+	defer func() { stop(); it.Stop() }()
+	gone := func() bool {
+		ictx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		_, err := cons.Info(ictx)
+		return errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrStreamNotFound)
+	}
 	for {
 		m, err := it.Next()
 		switch {
 		case err == nil:
 		case ctx.Err() != nil:
 			return nil
-		case errors.Is(err, jetstream.ErrMsgIteratorClosed), errors.Is(err, jetstream.ErrConsumerDeleted):
-			return fmt.Errorf("consume completions: consumer %s: %w", durable, err)
+		case errors.Is(err, jetstream.ErrConsumerDeleted), errors.Is(err, jetstream.ErrMsgIteratorClosed),
+			errors.Is(err, jetstream.ErrNoHeartbeat) && gone():
+			it.Stop()
+			if err := open(false); err != nil {
+				return nil // only ctx ends open(false)
+			}
+			stop()
+			stop = context.AfterFunc(ctx, it.Stop)
+			continue
 		default:
 			continue // a missed heartbeat and the like: the iterator goes on
 		}

@@ -173,3 +173,80 @@ func TestConsumeCompletionsFromNow(t *testing.T) {
 		t.Fatal("no completion in 15s")
 	}
 }
+
+// A reader's consumer deleted under it (by an operator, say) is created
+// again, as the dispatcher's are: the reader goes on with what is published
+// after, instead of returning.
+func TestConsumeCompletionsRecreatesADeletedConsumer(t *testing.T) {
+	t.Parallel()
+	srv := testenv.StartNATS(t)
+	_, js := srv.Connect(t)
+	ctx := context.Background()
+	if err := effects.EnsureStreams(ctx, js, effects.StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	client := effects.NewClient(js)
+	complete := func(id string) {
+		t.Helper()
+		if err := client.Complete(ctx, effects.Ref{ID: id, Kind: "k", EventID: "ev-" + id, Attempt: 1}, "done"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := make(chan string, 20)
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- effects.ConsumeCompletions(runCtx, js, "audit-recreated", func(_ context.Context, c effects.Completion) error {
+			got <- c.EffectID
+			return nil
+		}, effects.CompletionsFromNow())
+	}()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("ConsumeCompletions: %v", err)
+		}
+	}()
+	waitFor := func(id string) {
+		t.Helper()
+		timeout := time.After(30 * time.Second)
+		for {
+			select {
+			case g := <-got:
+				if g == id {
+					return
+				}
+			case err := <-done:
+				t.Fatalf("ConsumeCompletions returned %v while waiting for %s", err, id)
+			case <-timeout:
+				t.Fatalf("%s not given to the handler in 30s", id)
+			}
+		}
+	}
+	// The consumer exists once ConsumeCompletions runs.
+	for {
+		if _, err := js.Consumer(ctx, effects.CompletedStream, "audit-recreated"); err == nil {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	complete("00000000-0000-4000-8000-000000000001")
+	waitFor("00000000-0000-4000-8000-000000000001")
+
+	if err := js.DeleteConsumer(ctx, effects.CompletedStream, "audit-recreated"); err != nil {
+		t.Fatal(err)
+	}
+	// Published once the consumer is back (DeliverNew starts then).
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, err := js.Consumer(ctx, effects.CompletedStream, "audit-recreated"); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the consumer was not created again within 30s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	complete("00000000-0000-4000-8000-000000000002")
+	waitFor("00000000-0000-4000-8000-000000000002")
+}

@@ -89,7 +89,9 @@ var ErrMalformedCompletion = errors.New("malformed completion")
 func ParseCompletion(data []byte) (Completion, error) {
 	var c Completion
 	if err := json.Unmarshal(data, &c); err != nil {
-		return Completion{}, fmt.Errorf("%w: %v", ErrMalformedCompletion, err)
+		// encoding/json's errors quote the value they refuse (a time, for
+		// one) whole; the reason needs the gist.
+		return Completion{}, fmt.Errorf("%w: %s", ErrMalformedCompletion, cutText(err.Error(), 256))
 	}
 	if err := c.Validate(); err != nil {
 		return Completion{}, err
@@ -101,9 +103,9 @@ func ParseCompletion(data []byte) (Completion, error) {
 func (c Completion) Validate() error {
 	switch {
 	case !IsUUID(c.EffectID):
-		return fmt.Errorf("%w: effect_id %q is not a UUID", ErrMalformedCompletion, c.EffectID)
+		return fmt.Errorf("%w: effect_id %.80q is not a UUID", ErrMalformedCompletion, c.EffectID)
 	case c.Status != StatusSucceeded && c.Status != StatusFailed:
-		return fmt.Errorf("%w: status %q is neither %q nor %q", ErrMalformedCompletion, c.Status, StatusSucceeded, StatusFailed)
+		return fmt.Errorf("%w: status %.80q is neither %q nor %q", ErrMalformedCompletion, c.Status, StatusSucceeded, StatusFailed)
 	case c.Attempts < 0:
 		return fmt.Errorf("%w: attempts %d is negative", ErrMalformedCompletion, c.Attempts)
 	case c.CompletedAt.IsZero():
@@ -112,6 +114,18 @@ func (c Completion) Validate() error {
 		return fmt.Errorf("%w: completion is not JSON", ErrMalformedCompletion)
 	}
 	return nil
+}
+
+// cutText cuts s to at most n bytes without splitting a character, marking
+// the cut.
+func cutText(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && s[n]&0xC0 == 0x80 {
+		n--
+	}
+	return s[:n] + "… (truncated)"
 }
 
 // IsUUID reports whether s is a UUID in its textual form

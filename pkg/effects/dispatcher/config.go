@@ -211,7 +211,13 @@ func ParseRate(v string) (effects.Rate, error) {
 	if per == 0 {
 		return effects.Rate{}, fmt.Errorf("unit %q: want s, m or h", unit)
 	}
-	return effects.Rate{N: n, Per: per}, nil
+	r := effects.Rate{N: n, Per: per}
+	if r.Interval() <= 0 {
+		// The limiter spaces attempts by the interval; none would be no
+		// limit at all.
+		return effects.Rate{}, fmt.Errorf("%d/%s is too fast: at most one attempt per nanosecond", n, unit)
+	}
+	return r, nil
 }
 
 func parseKindList(s string, each func(kind, v string) error) error {

@@ -209,7 +209,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 			}
 			subs = append(subs, s)
 		}
-		x.src = &liveSource{x: x, cc: x.consumerConfig(), one: x.rate != nil}
+		x.src = &liveSource{x: x, cc: x.consumerConfig(), one: x.rate != nil, stopped: make(chan struct{})}
 		if err := x.src.open(ctx); err != nil {
 			d.stopSources() // stopped while NATS was unreachable
 			return nil

@@ -534,6 +534,66 @@ func TestShutdownReturnsUnfinishedWorkUncounted(t *testing.T) {
 	}
 }
 
+// A stop while messages are pulled ahead (held by the iterator, waiting for
+// a worker) handles them within the shutdown timeout. Given back, each
+// would come back as its second attempt without having run once, so every
+// deploy would use up attempts (the fault suite's SIGTERM test found rows
+// that ran once showing attempts 2).
+func TestShutdownHandlesPulledAheadMessagesAsFirstAttempts(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	var blocked atomic.Int32
+	reg := effects.NewRegistry()
+	reg.Handle("queued", func(ctx context.Context, e effects.Effect) (any, error) {
+		if string(e.Payload) != `{}` {
+			blocked.Add(1)
+			<-release
+		}
+		return "done", nil
+	})
+	cfg := testConfig()
+	cfg.Concurrency = 4
+	b := setup(t, cfg, reg)
+	// The first effects return at once, so the workers come back to the
+	// iterator and it pulls ahead; the rest hold every worker.
+	var ids []string
+	for i := range 24 {
+		payload := `{}`
+		if i >= 8 {
+			payload = `{"block": true}`
+		}
+		id, _ := b.publish("queued", payload)
+		ids = append(ids, id)
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	for blocked.Load() < 4 || b.consumerInfo("queued").NumAckPending <= 4 {
+		if time.Now().After(deadline) {
+			t.Fatalf("no message pulled ahead: %d handlers blocked, %+v", blocked.Load(), b.consumerInfo("queued"))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Logf("at the stop: %d handlers running, %d messages out", blocked.Load(), b.consumerInfo("queued").NumAckPending)
+	b.stop()
+	close(release)
+	<-b.stopped
+	if n := b.handled("queued", "interrupted"); n != 0 {
+		t.Fatalf("interrupted %v", n)
+	}
+	b.start(cfg, reg)
+	got := map[string]bool{}
+	for len(got) < len(ids) {
+		select {
+		case c := <-b.comps:
+			if c.Status != effects.StatusSucceeded || c.Attempts != 1 {
+				t.Errorf("completion %+v: every effect ran once, at its first attempt", c)
+			}
+			got[c.EffectID] = true
+		case <-time.After(15 * time.Second):
+			t.Fatalf("%d of %d effects completed", len(got), len(ids))
+		}
+	}
+}
+
 func TestShutdownLetsRunningHandlersFinish(t *testing.T) {
 	t.Parallel()
 	started := make(chan struct{}, 1)

@@ -89,13 +89,18 @@ func (x *executor) worker(ctx context.Context) {
 			x.gate.Lock() // released by handle once the attempt may start
 		}
 		jm, err := x.src.next(ctx)
-		if err == nil && ctx.Err() != nil {
+		if err == nil && ctx.Err() != nil && !x.drains() {
 			_ = jm.Nak() // fetched as fetching stopped: back at once
 			err = ctx.Err()
 		}
+		// A message fetched as fetching stopped is handled like the
+		// ones drain takes from the stopped iterator.
 		if err != nil {
 			if x.rate != nil {
 				x.gate.Unlock()
+			}
+			if !x.drain(ctx) {
+				return // overran: detached from the pool
 			}
 			x.workers.Done()
 			return
@@ -106,6 +111,39 @@ func (x *executor) worker(ctx context.Context) {
 			return
 		}
 	}
+}
+
+// drains reports whether the kind's workers handle, after fetching
+// stopped, the messages the stopped iterator still holds. Not for a
+// rate-limited kind (it fetches one message at a time, nothing is held)
+// nor an async one (its work would start during the shutdown, only to be
+// given back with its deadline).
+func (x *executor) drains() bool { return !x.src.one && !x.async }
+
+// drain handles, once fetching stopped, what the stopped iterator still
+// holds, until it is empty or the shutdown timeout ends the work. Those
+// messages were delivered to this process and JetStream counted the
+// delivery: given back, each would come back as its next attempt without
+// having run, so every deploy would use up an attempt of up to a pull
+// buffer of effects (and enough deploys would fail an effect that never
+// ran). Handled within the shutdown timeout they cost nothing; what is left
+// when it ends is given back by giveBack. It is false when the handler
+// overran and this worker was detached.
+func (x *executor) drain(ctx context.Context) bool {
+	if ctx.Err() == nil || !x.drains() {
+		return true
+	}
+	<-x.src.stopped
+	for x.d.workCtx.Err() == nil {
+		jm, err := x.src.held()
+		if err != nil {
+			return true
+		}
+		if !x.handle(ctx, jm) {
+			return false
+		}
+	}
+	return true
 }
 
 // handle runs one delivery from decode to ack. It is false when the
@@ -315,25 +353,40 @@ func decodeEffect(data []byte, kind string) (effects.Effect, error) {
 			ID string `json:"id"`
 		}
 		_ = json.Unmarshal(data, &partial)
-		return effects.Effect{ID: partial.ID, Kind: kind}, err
+		// encoding/json's errors quote the value they refuse (a time, for
+		// one) whole; the row's error needs the gist.
+		return effects.Effect{ID: partial.ID, Kind: kind}, errors.New(cutText(err.Error(), maxDecodeErrorText))
 	}
-	if e.Kind == "" {
-		e.Kind = kind
-	}
+	// A refused effect is failed as the subject's kind too: the body's kind
+	// is not a kind this consumer owns, and may not be a valid kind.
+	bodyKind := e.Kind
+	e.Kind = kind
 	switch {
 	case !effects.IsUUID(e.ID):
-		return e, fmt.Errorf("id %q is not a UUID", e.ID)
-	case e.Kind != kind:
-		// The failure goes out as the subject's kind: the body's kind is
-		// not a kind this consumer owns, and may not be a valid kind.
-		bodyKind := e.Kind
-		e.Kind = kind
+		return e, fmt.Errorf("id %.80q is not a UUID", e.ID)
+	case bodyKind != "" && bodyKind != kind:
 		return e, fmt.Errorf("kind %.80q does not match the subject's kind %q", bodyKind, kind)
 	}
 	if len(e.Payload) == 0 {
 		e.Payload = json.RawMessage("{}")
 	}
 	return e, nil
+}
+
+// maxDecodeErrorText bounds the reason a malformed effect message is failed
+// with.
+const maxDecodeErrorText = 256
+
+// cutText cuts s to at most n bytes without splitting a character, marking
+// the cut.
+func cutText(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && s[n]&0xC0 == 0x80 {
+		n--
+	}
+	return s[:n] + "… (truncated)"
 }
 
 // keepAlive sends InProgress for a message every interval until stopped,
@@ -399,6 +452,8 @@ type liveSource struct {
 	x   *executor
 	cc  jetstream.ConsumerConfig
 	one bool
+	// stopped is closed once stop has drained (or stopped) the iterator.
+	stopped chan struct{}
 
 	mu   sync.Mutex
 	gen  int // bumped by every re-creation
@@ -549,6 +604,7 @@ func (s *liveSource) reopen(ctx context.Context, gen int) error {
 // redeliver only after the ack wait; drained, giveBack returns it at once.
 // While disconnected a drain cannot flush: then Stop.
 func (s *liveSource) stop() {
+	defer close(s.stopped)
 	_, _, it := s.current()
 	if it == nil {
 		return
@@ -558,6 +614,16 @@ func (s *liveSource) stop() {
 		return
 	}
 	it.Drain()
+}
+
+// held returns the next message the stopped iterator still holds;
+// jetstream.ErrMsgIteratorClosed once it holds none.
+func (s *liveSource) held() (jetstream.Msg, error) {
+	_, _, it := s.current()
+	if it == nil {
+		return nil, jetstream.ErrMsgIteratorClosed
+	}
+	return it.Next()
 }
 
 // giveBack naks, without delay, what the stopped iterator still holds, so
