@@ -8,9 +8,13 @@ GO        ?= go
 BIN       ?= bin
 # Extra flags for `go test` in `make test`, e.g. TESTFLAGS=-v or TESTFLAGS='-run TestIngest'.
 TESTFLAGS ?=
-# Extra flags for `make bench`, e.g. BENCHFLAGS='-benchtime=3x', BENCHFLAGS='-effects 50000',
-# BENCHFLAGS='-bench EndToEndTable', BENCHFLAGS='-nats nats://host:4222 -nats-delete-streams'.
+# Flags for `make bench` (effects-bench -help lists them), e.g. BENCHFLAGS='-effects 100000',
+# BENCHFLAGS='-long', BENCHFLAGS='-contenders river,table', BENCHFLAGS='-soak',
+# BENCHFLAGS='-service-env GOGC=400'. PostgreSQL: EFFECTS_BENCH_DATABASE_URL.
 BENCHFLAGS ?=
+# Extra flags for `make bench-e2e` (the e2e Go benchmarks), e.g. BENCHE2EFLAGS='-effects 50000',
+# BENCHE2EFLAGS='-bench EndToEndTable', BENCHE2EFLAGS='-nats nats://host:4222 -nats-delete-streams'.
+BENCHE2EFLAGS ?=
 # Flags for `make capacity`'s benchmarks (effects per measurement), e.g.
 # CAPACITYFLAGS='-benchtime=5000x'; CAPACITY_ROUNDS rounds run one after the
 # other, each measuring every set-up once, so set-ups alternate.
@@ -27,6 +31,9 @@ SOAKFLAGS ?=
 # The checks of the deployment files: a Go module of their own, so that the
 # main module does not depend on Kubernetes, kustomize and compose-go.
 CHECK_DIR := deployments/check
+# The side-by-side benchmark (`make bench`): a Go module of its own, so that
+# the main module does not depend on River and the chart library.
+BENCH_DIR := bench
 
 .DEFAULT_GOAL := help
 MAKEFLAGS += --no-print-directory
@@ -54,6 +61,7 @@ nats-server: ## Build the pinned nats-server (go.mod's version, as in the tests)
 test: ## Run every test with the race detector, then the deployment checks (needs PostgreSQL on 127.0.0.1:5432, database test, and promtool)
 	$(GO) test -race -count=1 -timeout 20m $(TESTFLAGS) ./...
 	$(MAKE) check-deployments
+	$(MAKE) test-bench
 
 # The nats CLI the test of other teams' consumers runs (e2e/natscli_test.go),
 # pinned in one place for the Makefile and the test.
@@ -67,17 +75,23 @@ natscli: ## Build the pinned nats CLI into bin/tools/nats (the consumer test use
 check-deployments: ## Check docker-compose, Kubernetes, Hasura, Prometheus, Grafana and the Dockerfile (deployments/check)
 	cd $(CHECK_DIR) && $(GO) test -count=1 -timeout 20m $(TESTFLAGS) ./...
 
+.PHONY: test-bench
+test-bench: ## Test the benchmark's own code (the bench module; needs PostgreSQL like test)
+	cd $(BENCH_DIR) && $(GO) test -count=1 -timeout 5m $(TESTFLAGS) ./...
+
 .PHONY: vet
-vet: ## go vet every package, the fault suite and the deployment checks' module included
+vet: ## go vet every package, the fault suite, the deployment checks' and the benchmark's modules included
 	$(GO) vet ./...
 	$(GO) vet -tags faults ./e2e/faults/...
 	cd $(CHECK_DIR) && $(GO) vet ./...
+	cd $(BENCH_DIR) && $(GO) vet ./...
 
 .PHONY: staticcheck
-staticcheck: ## Run staticcheck (pinned in go.mod as a tool) on both modules
+staticcheck: ## Run staticcheck (pinned in go.mod as a tool) on the three modules
 	$(GO) tool staticcheck ./...
 	$(GO) tool staticcheck -tags faults ./e2e/faults/...
 	cd $(CHECK_DIR) && "$$($(GO) -C $(CURDIR) tool -n staticcheck)" ./...
+	cd $(BENCH_DIR) && "$$($(GO) -C $(CURDIR) tool -n staticcheck)" ./...
 
 .PHONY: fmt-check
 fmt-check: ## Fail if any Go file is not gofmt-formatted
@@ -100,9 +114,13 @@ script-check: ## Syntax-check the shell scripts; refuse pipes into head (under p
 lint: fmt-check vet staticcheck script-check ## fmt-check, vet, staticcheck and script-check
 
 .PHONY: bench
-bench: ## Run the end-to-end benchmarks (webhook and table source) once; flags through BENCHFLAGS
-	@test -d e2e || { echo "make bench: ./e2e does not exist yet; the end-to-end benchmark goes there"; exit 1; }
-	$(GO) test -run '^$$' -bench . -benchtime=1x -timeout 30m -v $(BENCHFLAGS) ./e2e/...
+bench: build nats-server ## River and the pipeline side by side, each in its own processes; writes docs/bench/latest.{md,png} (flags: BENCHFLAGS)
+	cd $(BENCH_DIR) && $(GO) build -o $(CURDIR)/$(BIN)/effects-bench ./cmd/effects-bench
+	$(BIN)/effects-bench -bin $(BIN) -nats-server $(NATS_SERVER) $(BENCHFLAGS)
+
+.PHONY: bench-e2e
+bench-e2e: ## The e2e Go benchmarks: the whole pipeline in one process, for one CPU profile (flags: BENCHE2EFLAGS)
+	$(GO) test -run '^$$' -bench 'EndToEnd' -benchtime=1x -timeout 30m -v $(BENCHE2EFLAGS) ./e2e/
 
 .PHONY: capacity
 capacity: ## Measure docs/capacity.md's figures: one dispatcher, one completer, the pipeline on single/cluster-R1/cluster-R3 NATS side by side; PostgreSQL's completion writes (CAPACITYFLAGS)

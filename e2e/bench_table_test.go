@@ -36,16 +36,7 @@ func BenchmarkEndToEndTable(b *testing.B) {
 			}
 		}
 		inserted := time.Since(start)
-		var done int
-		for done < n {
-			time.Sleep(20 * time.Millisecond)
-			if err := p.pg.Pool.QueryRow(ctx, `SELECT count(*) FROM effects WHERE status <> 'pending'`).Scan(&done); err != nil {
-				b.Fatal(err)
-			}
-			if time.Since(start) > 5*time.Minute {
-				b.Fatalf("only %d of %d effects done after 5 minutes", done, n)
-			}
-		}
+		waitAllDone(b, p, start, n)
 		elapsed := time.Since(start)
 		b.Logf("rows inserted after %s", inserted.Round(time.Millisecond))
 

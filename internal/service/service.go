@@ -109,7 +109,11 @@ func run1(name, defaultAdminAddr string, run func(ctx context.Context, d Deps) e
 		logger.Error("admin listener", "addr", adminAddr, "error", err)
 		return 1
 	}
-	srv := &http.Server{Handler: admin.Handler(deps.Registry, deps.Checks), ReadHeaderTimeout: 5 * time.Second}
+	handler := admin.Handler(deps.Registry, deps.Checks)
+	if shared.Pprof {
+		handler = admin.WithPprof(handler)
+	}
+	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			logger.Error("admin server", "error", err)

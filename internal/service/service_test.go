@@ -340,6 +340,10 @@ func TestAdminEndpoints(t *testing.T) {
 		}
 	}
 
+	if code, _ := testenv.HTTPGet(t, base+"/debug/pprof/cmdline"); code != http.StatusNotFound {
+		t.Errorf("/debug/pprof/cmdline without EFFECTS_PPROF: %d, want 404 (profiles are opt-in)", code)
+	}
+
 	p.send(t, "ok")
 	if code, body := testenv.HTTPGet(t, base+"/readyz"); code != http.StatusOK || !strings.Contains(body, `"ready"`) {
 		t.Errorf("/readyz with a passing check: %d %s, want 200", code, body)
@@ -352,6 +356,29 @@ func TestAdminEndpoints(t *testing.T) {
 		t.Errorf("/healthz with a failing check: %d, want 200 (alive)", code)
 	}
 
+	p.Signal(t, syscall.SIGTERM)
+	if code := p.Wait(t); code != 0 {
+		t.Fatalf("exit %d\n%s", code, p)
+	}
+}
+
+// TestPprofOptIn: EFFECTS_PPROF=1 adds Go's profiles to the admin address,
+// next to the endpoints it always serves.
+func TestPprofOptIn(t *testing.T) {
+	t.Parallel()
+	p := start(t, "admin", map[string]string{"EFFECTS_ADMIN_ADDR": "127.0.0.1:0", "EFFECTS_PPROF": "1"})
+	base := "http://" + p.LogAttr(t, "starting", "admin_addr")
+	p.waitStdout(t, "running\n")
+
+	if code, body := testenv.HTTPGet(t, base+"/debug/pprof/"); code != http.StatusOK || !strings.Contains(body, "goroutine") {
+		t.Errorf("/debug/pprof/: %d, want 200 listing the profiles:\n%s", code, body)
+	}
+	if code, body := testenv.HTTPGet(t, base+"/debug/pprof/heap?debug=1"); code != http.StatusOK || !strings.Contains(body, "heap profile") {
+		t.Errorf("/debug/pprof/heap: %d, want 200 with a heap profile:\n%.200s", code, body)
+	}
+	if code, body := testenv.HTTPGet(t, base+"/metrics"); code != http.StatusOK || !strings.Contains(body, "svctest_runs_total 1") {
+		t.Errorf("/metrics with EFFECTS_PPROF=1: %d, want the metrics still served", code)
+	}
 	p.Signal(t, syscall.SIGTERM)
 	if code := p.Wait(t); code != 0 {
 		t.Fatalf("exit %d\n%s", code, p)

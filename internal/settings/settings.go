@@ -48,6 +48,11 @@ type Shared struct {
 	// (default 1). A service uses them only to create a stream that does
 	// not exist; `completer migrate` applies them to existing streams.
 	Streams effects.StreamOptions
+	// Pprof is EFFECTS_PPROF, default off: when on, the admin address also
+	// serves Go's profiles under /debug/pprof/ (CPU, heap, allocations,
+	// goroutines, mutex and block). Off by default because a profile
+	// shows internals and a CPU profile costs CPU while it runs.
+	Pprof bool
 }
 
 // Read reads every shared setting; r collects the first error.
@@ -59,6 +64,7 @@ func Read(r *envconfig.Reader, defaultAdminAddr string) Shared {
 		LogLevel:        r.String("EFFECTS_LOG_LEVEL", DefaultLogLevel),
 		ShutdownTimeout: ShutdownTimeout(r),
 		Streams:         Streams(r),
+		Pprof:           r.Bool("EFFECTS_PPROF", false),
 	}
 }
 
