@@ -141,8 +141,14 @@ type badRequest string
 
 func (e badRequest) Error() string { return string(e) }
 
-// decodeEvent decodes body once into the fields the ingest reads.
+// decodeEvent decodes body once into the fields the ingest reads: by
+// decodeEventFast when it can, by encoding/json otherwise (and for the
+// error's words).
 func decodeEvent(body []byte, ev *hasuraEvent) error {
+	if validJSON(body) && decodeEventFast(body, ev) {
+		return nil
+	}
+	*ev = hasuraEvent{}
 	err := json.Unmarshal(body, ev)
 	if err == nil {
 		return nil
