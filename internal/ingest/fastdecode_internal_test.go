@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"encoding/json"
+	"net/http"
 	"reflect"
 	"testing"
 )
@@ -146,4 +147,27 @@ func FuzzValidJSON(f *testing.F) {
 			t.Fatalf("validJSON refuses %q, which json.Valid accepts", body)
 		}
 	})
+}
+
+// TestHeaderParentEachPropagator checks that headerParent's shortcut (no
+// trace header, no propagators) still hands each header the propagators
+// read to them, whatever case the client wrote it in.
+func TestHeaderParentEachPropagator(t *testing.T) {
+	const want = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+	for name, h := range map[string]map[string]string{
+		"traceparent": {"traceparent": want},
+		"B3 multiple": {"x-b3-traceid": "4bf92f3577b34da6a3ce929d0e0e4736", "X-B3-SpanId": "00f067aa0ba902b7", "X-B3-Sampled": "1"},
+		"B3 single":   {"b3": "4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1"},
+	} {
+		hdr := http.Header{}
+		for k, v := range h {
+			hdr.Set(k, v)
+		}
+		if got := headerParent(hdr); got != want {
+			t.Errorf("%s: headerParent = %q, want %q", name, got, want)
+		}
+	}
+	if got := headerParent(http.Header{"Content-Type": {"application/json"}}); got != "" {
+		t.Errorf("no trace headers: headerParent = %q", got)
+	}
 }

@@ -25,6 +25,12 @@ var requestPropagator = propagation.NewCompositeTextMapPropagator(
 // headerParent returns the request headers' trace as a traceparent value,
 // "" when they carry none.
 func headerParent(h http.Header) string {
+	// Every propagator needs its trace id header; without any, the
+	// propagators' work (a context, carriers, parsing) is for nothing, and
+	// this runs on every request whose body has no trace_context.
+	if len(h["Traceparent"]) == 0 && len(h["X-B3-Traceid"]) == 0 && len(h["B3"]) == 0 {
+		return ""
+	}
 	ctx := requestPropagator.Extract(context.Background(), propagation.HeaderCarrier(h))
 	if !trace.SpanContextFromContext(ctx).IsValid() {
 		return ""

@@ -68,12 +68,15 @@ func runLoad(args []string) error {
 		if err != nil {
 			return err
 		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
+		defer resp.Body.Close()
 		if resp.StatusCode != http.StatusOK {
+			b, _ := io.ReadAll(resp.Body)
 			return fmt.Errorf("ingest answered %d: %s", resp.StatusCode, b)
 		}
-		return nil
+		// Read to the end, so that the connection is reused, without a
+		// buffer per reply (io.Discard reads through a pooled one).
+		_, err = io.Copy(io.Discard, resp.Body)
+		return err
 	}
 
 	switch *mode {
