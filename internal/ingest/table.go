@@ -104,9 +104,22 @@ func NewTableSource(cfg TableConfig, pool *pgxpool.Pool, js jetstream.JetStream,
 		cfg: cfg, table: t, pool: pool, js: js, logger: logger, metrics: m, tm: tm,
 		// The WHERE clause is the partial index's, so the claim reads only
 		// the backlog; oldest first.
-		claimSQL: `SELECT id::text, kind, payload::text, created_at FROM ` + q +
+		claimSQL: `SELECT id::text, kind, payload::text, created_at, ctid FROM ` + q +
 			` WHERE published_at IS NULL AND status = 'pending' ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED`,
-		markSQL: `UPDATE ` + q + ` SET published_at = now() WHERE id = ANY($1::uuid[])`,
+		// The claimed rows are found again by ctid (a TID scan), not by
+		// id: the claim's row locks, held by this transaction, keep every
+		// claimed row version where it is until the commit. The id test
+		// (a hashed filter on the rows the TID scan returns) makes the
+		// pair exact even where a ctid is not unique (a partitioned
+		// table). The ctid array is behind a scalar subquery on purpose:
+		// given the batch's 500 values as a constant (the first five runs
+		// of a prepared statement are planned with its values), the
+		// planner prices 500 TID fetches or primary-key probes above a
+		// sequential scan of a table of 50,000 rows, and scanned the whole
+		// table per batch; a subquery's array has no known length, and
+		// the plan is the TID scan whatever the table's size
+		// (docs/performance.md, "Plans that scanned the table").
+		markSQL: `UPDATE ` + q + ` SET published_at = now() WHERE ctid = ANY(ARRAY(SELECT unnest($1::tid[]))) AND id = ANY($2::uuid[])`,
 		backlogSQL: `SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 FROM ` + q +
 			` WHERE published_at IS NULL AND status = 'pending'`,
 	}
@@ -267,6 +280,7 @@ type claimedRow struct {
 	kind      *string
 	payload   *string
 	createdAt time.Time
+	ctid      pgtype.TID // where the claimed version is, for the mark
 	// badCreatedAt is the reason, set instead of createdAt, for a
 	// created_at an effect message cannot carry (CarriedCreatedAt).
 	badCreatedAt string
@@ -275,6 +289,7 @@ type claimedRow struct {
 // pending is a row whose publish is in flight.
 type pending struct {
 	id, label string
+	ctid      pgtype.TID
 	fut       jetstream.PubAckFuture
 	rejected  bool   // the message is the row's failed completion
 	outcome   string // once acked
@@ -304,7 +319,7 @@ func (s *TableSource) batch(ctx context.Context) (int, error) {
 	for rows.Next() {
 		var r claimedRow
 		var createdAt pgtype.Timestamptz
-		if err := rows.Scan(&r.id, &r.kind, &r.payload, &createdAt); err != nil {
+		if err := rows.Scan(&r.id, &r.kind, &r.payload, &createdAt, &r.ctid); err != nil {
 			rows.Close()
 			return 0, fmt.Errorf("PostgreSQL: claim: %w", err)
 		}
@@ -332,17 +347,20 @@ func (s *TableSource) batch(ctx context.Context) (int, error) {
 			publishErr = err
 			break // the rest stay unpublished; tried again after a backoff
 		}
+		p.ctid = r.ctid
 		inFlight = append(inFlight, p)
 	}
 
 	timer := time.NewTimer(s.cfg.PublishTimeout)
 	defer timer.Stop()
 	acked := make([]string, 0, len(inFlight))
+	ackedAt := make([]pgtype.TID, 0, len(inFlight))
 	outcomes := make([]pending, 0, len(inFlight))
 	for _, p := range inFlight {
 		select {
 		case ack := <-p.fut.Ok():
 			acked = append(acked, p.id)
+			ackedAt = append(ackedAt, p.ctid)
 			switch {
 			case p.rejected:
 				p.outcome = outcomeRejected
@@ -368,8 +386,14 @@ func (s *TableSource) batch(ctx context.Context) (int, error) {
 	}
 	if len(acked) > 0 {
 		s.metrics.publishSeconds.Observe(time.Since(start).Seconds())
-		if _, err := tx.Exec(bctx, s.markSQL, acked); err != nil {
+		tag, err := tx.Exec(bctx, s.markSQL, ackedAt, acked)
+		if err != nil {
 			return 0, fmt.Errorf("PostgreSQL: mark published: %w", err)
+		}
+		if n := tag.RowsAffected(); n != int64(len(acked)) {
+			// Cannot happen while the claim's locks hold; should it, the
+			// batch is rolled back and published again (stored once).
+			return 0, fmt.Errorf("PostgreSQL: mark published: %d of %d rows found", n, len(acked))
 		}
 		if err := tx.Commit(bctx); err != nil {
 			return 0, fmt.Errorf("PostgreSQL: commit: %w", err)
