@@ -123,7 +123,7 @@ type row struct {
 	Error            *string         `json:"error"`
 	Payload          json.RawMessage `json:"payload,omitempty"`
 	Completion       json.RawMessage `json:"completion"`
-	CreatedAt        time.Time       `json:"created_at"`
+	CreatedAt        pgTime          `json:"created_at"`
 	CompletedAt      *time.Time      `json:"completed_at"`
 	RerunRequestedAt *time.Time      `json:"rerun_requested_at"`
 	RerunRequestedBy *string         `json:"rerun_requested_by"`
@@ -205,7 +205,7 @@ func listCmd(args []string, stdout, stderr io.Writer) int {
 	fmt.Fprintln(tw, "ID\tKIND\tSTATUS\tATTEMPTS\tCREATED\tCOMPLETED\tERROR")
 	for _, r := range rows {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", r.ID, r.Kind, r.Status, r.Attempts,
-			r.CreatedAt.UTC().Format(time.RFC3339), timeOrDash(r.CompletedAt), oneLine(r.Error, 60))
+			r.CreatedAt.Format(time.RFC3339), timeOrDash(r.CompletedAt), oneLine(r.Error, 60))
 	}
 	if err := tw.Flush(); err != nil {
 		return o.fail(1, "%v", err)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/effects-run/effects/internal/ingest"
@@ -203,7 +204,7 @@ func rerun(ctx context.Context, conn *pgx.Conn, o *oncall, js jetstream.JetStrea
 	defer func() { _ = tx.Rollback(context.Background()) }()
 	var kind, dedupe string
 	var payload []byte
-	var createdAt time.Time
+	var createdAt pgtype.Timestamptz // 'infinity' would fail a time.Time scan
 	err = tx.QueryRow(ctx, `SELECT kind, status, payload::text, created_at, gen_random_uuid()::text FROM `+o.table.Quoted()+
 		` WHERE id = $1 FOR UPDATE`, id).Scan(&kind, &res.Status, &payload, &createdAt, &dedupe)
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -224,8 +225,12 @@ func rerun(ctx context.Context, conn *pgx.Conn, o *oncall, js jetstream.JetStrea
 	if err := effects.ValidateKind(kind); err != nil {
 		return fail(fmt.Errorf("it cannot run: %w", err))
 	}
+	created, reason := ingest.CarriedCreatedAt(createdAt)
+	if reason != "" {
+		return fail(fmt.Errorf("it cannot run: %s", reason))
+	}
 	res.MsgID = "retry:" + id + ":" + dedupe
-	msg := ingest.EffectMsg(id, kind, payload, createdAt, res.MsgID)
+	msg := ingest.EffectMsg(id, kind, payload, created, res.MsgID)
 	if err := effects.CheckSize(msg, maxPayload); err != nil {
 		res.MsgID = ""
 		return fail(err)

@@ -44,7 +44,8 @@ type jetStreamReport struct {
 	// any re-runs), oldest first.
 	Messages []streamMsg `json:"messages"`
 	// Scanned is how many messages of the subject were read, from a minute
-	// before the row was created; Truncated says the scan stopped at its
+	// before the row was created (from the start for a created_at of
+	// infinity or -infinity); Truncated says the scan stopped at its
 	// bound before the end of the stream.
 	Scanned   int  `json:"scanned"`
 	Truncated bool `json:"truncated"`
@@ -190,12 +191,12 @@ func locate(ctx context.Context, natsURL string, r row) (*jetStreamReport, error
 		ackFloor, delivered = info.AckFloor.Stream, info.Delivered.Stream
 	}
 
-	start := r.CreatedAt.Add(-time.Minute)
-	oc, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{rep.Subject},
-		DeliverPolicy:  jetstream.DeliverByStartTimePolicy,
-		OptStartTime:   &start,
-	})
+	occ := jetstream.OrderedConsumerConfig{FilterSubjects: []string{rep.Subject}}
+	if created, ok := r.CreatedAt.Finite(); ok {
+		start := created.Add(-time.Minute)
+		occ.DeliverPolicy, occ.OptStartTime = jetstream.DeliverByStartTimePolicy, &start
+	} // else no time to start from: the subject from its start
+	oc, err := stream.OrderedConsumer(ctx, occ)
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", rep.Subject, err)
 	}
@@ -261,7 +262,7 @@ func printShow(w io.Writer, rep *showReport, natsSet bool) {
 	fmt.Fprintf(tw, "error:\t%s\n", oneLine(rep.Error, 200))
 	fmt.Fprintf(tw, "completion:\t%s\n", completion)
 	fmt.Fprintf(tw, "payload:\t%s\n", rep.Payload)
-	fmt.Fprintf(tw, "created:\t%s\n", rep.CreatedAt.UTC().Format(time.RFC3339Nano))
+	fmt.Fprintf(tw, "created:\t%s\n", rep.CreatedAt.Format(time.RFC3339Nano))
 	fmt.Fprintf(tw, "completed:\t%s\n", timeOrDash(rep.CompletedAt))
 	if rep.RerunRequestedAt != nil {
 		fmt.Fprintf(tw, "re-run asked:\t%s by %s\n", timeOrDash(rep.RerunRequestedAt), by)

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"sort"
 	"text/tabwriter"
 	"time"
@@ -133,7 +134,7 @@ func countStats(ctx context.Context, conn *pgx.Conn, o *oncall, since time.Durat
 		sinceArg = &since
 		rep.Since = since.String()
 	}
-	rows, err := conn.Query(ctx, `SELECT kind, status, count(*), now() - min(created_at) FILTER (WHERE status = 'pending')
+	rows, err := conn.Query(ctx, `SELECT kind, status, count(*), extract(epoch FROM now() - min(created_at) FILTER (WHERE status = 'pending' AND isfinite(created_at)))::float8
 	      FROM `+o.table.Quoted()+`
 	     WHERE ($1::interval IS NULL OR created_at >= now() - $1::interval)
 	     GROUP BY kind, status`, sinceArg)
@@ -141,10 +142,13 @@ func countStats(ctx context.Context, conn *pgx.Conn, o *oncall, since time.Durat
 		return nil, err
 	}
 	byKind := map[string]*kindStats{}
-	var oldest time.Duration
+	oldest := -1.0
 	var kind, status string
 	var n int64
-	var age *time.Duration
+	// The age in seconds: a row created centuries ago has an age past
+	// time.Duration's 292 years. 'infinity' and '-infinity' have none (and
+	// now() minus '-infinity' is "interval out of range").
+	var age *float64
 	_, err = pgx.ForEachRow(rows, []any{&kind, &status, &n, &age}, func() error {
 		k := byKind[kind]
 		if k == nil {
@@ -163,7 +167,7 @@ func countStats(ctx context.Context, conn *pgx.Conn, o *oncall, since time.Durat
 			rep.Total.Failed += n
 		}
 		if age != nil {
-			k.OldestPendingAge = age.Round(time.Second).String()
+			k.OldestPendingAge = ageText(*age)
 			if *age > oldest {
 				oldest = *age
 				rep.OldestPendingAge = k.OldestPendingAge
@@ -217,4 +221,13 @@ func consumerFigures(ctx context.Context, natsURL string, rep *statsReport) erro
 		c.NumPending, c.AckPending, c.Redelivered = info.NumPending, info.NumAckPending, info.NumRedelivered
 	}
 	return nil
+}
+
+// ageText writes an age of sec seconds as a rounded time.Duration does, in
+// hours past what a Duration holds.
+func ageText(sec float64) string {
+	if sec < float64(math.MaxInt64/int64(time.Second)) {
+		return time.Duration(math.Round(sec) * float64(time.Second)).String()
+	}
+	return fmt.Sprintf("%.0fh", math.Floor(sec/3600))
 }

@@ -131,8 +131,10 @@ func checkComposeProject(t *testing.T, p *types.Project, pending map[string]stri
 		if !published {
 			t.Errorf("%s: the admin port %d is not published (/metrics, /healthz for people)", where, admin)
 		}
-		if s.StopGracePeriod == nil || time.Duration(*s.StopGracePeriod) <= shutdownTimeout(t, where, e) {
-			t.Errorf("%s: stop_grace_period must be above EFFECTS_SHUTDOWN_TIMEOUT (%s)", where, shutdownTimeout(t, where, e))
+		// The whole stop fits in EFFECTS_SHUTDOWN_TIMEOUT (one deadline);
+		// compose kills the service stop_grace_period after SIGTERM.
+		if need := shutdownTimeout(t, where, e) + exitMargin; s.StopGracePeriod == nil || time.Duration(*s.StopGracePeriod) < need {
+			t.Errorf("%s: stop_grace_period must be at least %s (EFFECTS_SHUTDOWN_TIMEOUT and %s to exit)", where, need, exitMargin)
 		}
 		for dep, d := range s.DependsOn {
 			if dep == "nats" && d.Condition != types.ServiceConditionHealthy {

@@ -45,6 +45,12 @@ func portOf(t *testing.T, where, addr string) int {
 	return n
 }
 
+// exitMargin is the room an orchestrator's grace period must leave after
+// EFFECTS_SHUTDOWN_TIMEOUT: the dispatcher's whole stop shares that one
+// deadline, and then every service closes its admin server (up to 2s) and
+// flushes its last spans (up to 5s, with tracing on) before it exits.
+const exitMargin = 10 * time.Second
+
 // shutdownTimeout is EFFECTS_SHUTDOWN_TIMEOUT in env, or the services'
 // default.
 func shutdownTimeout(t *testing.T, where string, env map[string]string) time.Duration {

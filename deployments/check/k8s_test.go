@@ -424,12 +424,12 @@ func checkPods(t *testing.T, m manifests) {
 			}
 			// Graceful termination: the grace period covers the preStop
 			// pause and the services' shutdown timeout, with room to exit.
-			need := shutdownTimeout(t, where, env) + 5*time.Second
+			need := shutdownTimeout(t, where, env) + exitMargin
 			if c.Lifecycle != nil && c.Lifecycle.PreStop != nil && c.Lifecycle.PreStop.Sleep != nil {
 				need += time.Duration(c.Lifecycle.PreStop.Sleep.Seconds) * time.Second
 			}
 			if g := w.pod.TerminationGracePeriodSeconds; g == nil || time.Duration(*g)*time.Second < need {
-				t.Errorf("%s: terminationGracePeriodSeconds must be at least %s (EFFECTS_SHUTDOWN_TIMEOUT, preStop and 5s to exit)", where, need)
+				t.Errorf("%s: terminationGracePeriodSeconds must be at least %s (EFFECTS_SHUTDOWN_TIMEOUT, preStop and %s to exit)", where, need, exitMargin)
 			}
 		}
 	}

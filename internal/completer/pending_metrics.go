@@ -26,7 +26,10 @@ var (
 
 // oldestPendingCollector asks PostgreSQL for the oldest pending row at each
 // scrape: min(created_at) over the pending partial index, one index probe,
-// so it costs the same however many rows are pending.
+// so it costs the same however many rows are pending. Rows created at
+// 'infinity' or '-infinity' have no age and are left out: subtracting one
+// fails the query ("cannot subtract infinite timestamps"), so a single such
+// row turned every scrape into effects_oldest_pending_up 0.
 type oldestPendingCollector struct {
 	pool *pgxpool.Pool
 	sql  string
@@ -34,7 +37,7 @@ type oldestPendingCollector struct {
 
 func newOldestPendingCollector(pool *pgxpool.Pool, table schema.Table) *oldestPendingCollector {
 	return &oldestPendingCollector{pool: pool, sql: fmt.Sprintf(
-		`SELECT coalesce(extract(epoch FROM clock_timestamp() - min(created_at)), 0)::float8 FROM %s WHERE status = 'pending'`,
+		`SELECT coalesce(extract(epoch FROM clock_timestamp() - min(created_at)), 0)::float8 FROM %s WHERE status = 'pending' AND isfinite(created_at)`,
 		table.Quoted())}
 }
 

@@ -67,3 +67,29 @@ func TestOldestPendingSeconds(t *testing.T) {
 		}
 	}
 }
+
+// TestOldestPendingSecondsWithInfiniteCreatedAt: pending rows created at
+// 'infinity' or '-infinity' have no age and are left out. Subtracting one
+// failed the query ("cannot subtract infinite timestamps"), so a single
+// such row made every scrape effects_oldest_pending_up 0 and hid the
+// backlog's age.
+func TestOldestPendingSecondsWithInfiniteCreatedAt(t *testing.T) {
+	t.Parallel()
+	b := setup(t, setupOpts{})
+	hour, negInf, posInf := b.insert(t, "send_email"), b.insert(t, "send_email"), b.insert(t, "send_email")
+	for id, sql := range map[string]string{
+		hour:   `UPDATE %s SET created_at = now() - interval '1 hour' WHERE id = $1`,
+		negInf: `UPDATE %s SET created_at = '-infinity' WHERE id = $1`,
+		posInf: `UPDATE %s SET created_at = 'infinity' WHERE id = $1`,
+	} {
+		if _, err := b.pool.Exec(ctx(t), fmt.Sprintf(sql, quote(b.table)), id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := b.metric(t, "effects_oldest_pending_up"); got != 1 {
+		t.Errorf("effects_oldest_pending_up = %v, want 1", got)
+	}
+	if got := b.metric(t, "effects_oldest_pending_seconds"); got < 3600 || got > 3600+600 {
+		t.Errorf("effects_oldest_pending_seconds = %v, want about 3600 (the finite row's age)", got)
+	}
+}

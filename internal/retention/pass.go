@@ -19,6 +19,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -203,8 +204,12 @@ WITH removed AS (
 )
 SELECT count(*), max(created_at) FROM removed`
 
-// oldestSQL is the age of the oldest row of a status, in microseconds.
-const oldestSQL = `SELECT (extract(epoch FROM now() - min(created_at)) * 1e6)::int8 FROM %[1]s WHERE status = '%[2]s'`
+// oldestSQL is the age of the oldest row of a status, in seconds. A row
+// created at 'infinity' or '-infinity' has no age (subtracting it fails the
+// query: "cannot subtract infinite timestamps"); one created in a BC year
+// has one longer than an int8 of microseconds or a time.Duration holds,
+// capped by OldestAge.
+const oldestSQL = `SELECT extract(epoch FROM now() - min(created_at))::float8 FROM %[1]s WHERE status = '%[2]s' AND isfinite(created_at)`
 
 const countSQL = `SELECT count(*) FROM %[1]s WHERE ` + predicate
 
@@ -239,19 +244,29 @@ func removeBatch(ctx context.Context, db Conn, table schema.Table, del string, c
 	return n, newest, nil
 }
 
+// secondsToDuration is sec seconds to the microsecond, capped at the
+// longest time.Duration (292 years) rather than wrapped around.
+func secondsToDuration(sec float64) time.Duration {
+	if sec >= float64(math.MaxInt64/int64(time.Second)) {
+		return math.MaxInt64
+	}
+	return time.Duration(math.Round(sec*1e6)) * time.Microsecond
+}
+
 // OldestAge is, per final status, the age (by the database's clock) of the
 // oldest row of that status in the table, by created_at; a status with no
-// rows is absent. Each is one probe of the status's partial index.
+// rows is absent, and rows created at 'infinity' or '-infinity' are left
+// out. Each is one probe of the status's partial index.
 func OldestAge(ctx context.Context, db Conn, table schema.Table) (map[effects.Status]time.Duration, error) {
 	out := map[effects.Status]time.Duration{}
 	for _, status := range Statuses {
-		var us *int64
-		err := db.QueryRow(ctx, fmt.Sprintf(oldestSQL, table.Quoted(), status)).Scan(&us)
+		var sec *float64
+		err := db.QueryRow(ctx, fmt.Sprintf(oldestSQL, table.Quoted(), status)).Scan(&sec)
 		if err != nil {
 			return nil, fmt.Errorf("oldest %s row: %w", status, err)
 		}
-		if us != nil {
-			out[status] = time.Duration(*us) * time.Microsecond
+		if sec != nil {
+			out[status] = secondsToDuration(*sec)
 		}
 	}
 	return out, nil

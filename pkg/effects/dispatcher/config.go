@@ -48,9 +48,11 @@ type Config struct {
 	// across all dispatcher processes, including those waiting out a retry
 	// delay. EFFECTS_MAX_ACK_PENDING, default 10000.
 	MaxAckPending int
-	// ShutdownTimeout is how long running handlers may finish after
-	// SIGTERM before they are interrupted and their effects go back to the
-	// stream. EFFECTS_SHUTDOWN_TIMEOUT, default 30s.
+	// ShutdownTimeout bounds the whole stop after SIGTERM: running handlers
+	// may finish until a fifth of it (at most 3s) before its end, then are
+	// interrupted and their effects go back to the stream; completions
+	// still waiting for their PubAck at its end are left to redelivery.
+	// EFFECTS_SHUTDOWN_TIMEOUT, default 30s.
 	ShutdownTimeout time.Duration
 	// CompletionDeadline is how long an async handler's work may take to
 	// publish the completion before the effect gets a new attempt.

@@ -51,8 +51,15 @@ type Dispatcher struct {
 	// attempt) only when a shutdown's grace period ran out.
 	fetchCtx context.Context
 	workCtx  context.Context
-	running  atomic.Bool
-	runOnce  sync.Once
+	// giveUpCtx ends at the shutdown's deadline: whatever still waits then
+	// (a PubAck, a publish's retries) stops waiting and leaves its effect
+	// to JetStream's redelivery.
+	giveUpCtx context.Context
+	// stopDeadline is when the shutdown must be over (zero until a stop
+	// began); Main gives the connection's drain what is left of it.
+	stopDeadline time.Time
+	running      atomic.Bool
+	runOnce      sync.Once
 }
 
 // New returns a dispatcher for the handlers in reg. reg must not change
@@ -91,7 +98,7 @@ func New(cfg Config, reg *effects.Registry, js jetstream.JetStream, logger *slog
 		return nil, fmt.Errorf("dispatcher: metrics: %w", err)
 	}
 	d := &Dispatcher{cfg: cfg, reg: reg, js: js, pubJS: js, opts: o, client: effects.NewClient(js), logger: logger, m: m,
-		fetchCtx: context.Background(), workCtx: context.Background()}
+		fetchCtx: context.Background(), workCtx: context.Background(), giveUpCtx: context.Background()}
 	for _, k := range kinds {
 		h, _ := reg.Lookup(k)
 		if o.noCompletions && h.IsAsync() {
@@ -158,10 +165,12 @@ func (x *executor) consumerConfig() jetstream.ConsumerConfig {
 	}
 }
 
-// Run consumes until ctx is cancelled, then shuts down gracefully: it stops
-// pulling, lets running handlers finish for up to ShutdownTimeout, then
-// interrupts the rest (their effects go back to the stream, not counted as
-// failures) and returns nil. A Dispatcher runs once.
+// Run consumes until ctx is cancelled, then shuts down gracefully within
+// ShutdownTimeout in all: it stops pulling, lets running handlers (and the
+// messages already pulled ahead) finish, interrupts what still runs shortly
+// before the deadline (those effects go back to the stream, not counted as
+// failures), waits for the completions on their way to be acknowledged, and
+// returns nil by the deadline. A Dispatcher runs once.
 func (d *Dispatcher) Run(ctx context.Context) error {
 	first := false
 	d.runOnce.Do(func() { first = true })
@@ -180,7 +189,9 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	defer stopFetch()
 	workCtx, stopWork := context.WithCancelCause(context.WithoutCancel(ctx))
 	defer stopWork(errShutdown)
-	d.fetchCtx, d.workCtx = fetchCtx, workCtx
+	giveUpCtx, giveUp := context.WithCancel(context.Background())
+	defer giveUp()
+	d.fetchCtx, d.workCtx, d.giveUpCtx = fetchCtx, workCtx, giveUpCtx
 
 	var kv jetstream.KeyValue
 	var subs []*nats.Subscription
@@ -232,6 +243,14 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 
 	<-ctx.Done()
 
+	// One deadline for the whole stop: the handlers running and the
+	// messages pulled ahead, then the completions waiting for their PubAck.
+	// An orchestrator kills the process a fixed time after SIGTERM; each
+	// phase waiting a timeout of its own would add up past it.
+	deadline := time.Now().Add(d.cfg.ShutdownTimeout)
+	d.stopDeadline = deadline
+	giveUpTimer := time.AfterFunc(d.cfg.ShutdownTimeout, giveUp)
+	defer giveUpTimer.Stop()
 	stopFetch()
 	for _, x := range d.execs {
 		x.src.stop()
@@ -243,26 +262,29 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		}
 		close(allStopped)
 	}()
-	grace := time.NewTimer(d.cfg.ShutdownTimeout)
+	// Handlers still running are interrupted a little before the deadline,
+	// so that they have the rest to return and their effects to be given
+	// back.
+	grace := time.NewTimer(time.Until(deadline.Add(-stopReserve(d.cfg.ShutdownTimeout))))
 	defer grace.Stop()
 	select {
 	case <-allStopped:
 	case <-grace.C:
-		d.logger.Warn("interrupting handlers still running after the shutdown timeout", "timeout", d.cfg.ShutdownTimeout)
+		d.logger.Warn("interrupting handlers still running near the end of the shutdown timeout", "timeout", d.cfg.ShutdownTimeout)
 		stopWork(errShutdown)
-		last := time.NewTimer(interruptGrace + 5*time.Second)
-		defer last.Stop()
 		select {
 		case <-allStopped:
-		case <-last.C:
-			d.logger.Warn("effects left unsettled; JetStream redelivers them after the ack wait")
+		case <-giveUpCtx.Done():
+			d.logger.Warn("handlers still running at the shutdown deadline; their effects are left unsettled and JetStream redelivers them after the ack wait")
 		}
 	}
-	// The workers are done; effects whose completion is on its way are
-	// acked once JetStream stored it, for at most the shutdown timeout
-	// (and never longer than a publish and its retry).
-	if !d.settler.stop(min(d.cfg.ShutdownTimeout, 2*publishTimeout)) {
-		d.logger.Warn("effects whose completion was not acknowledged are left unsettled; JetStream redelivers them after the ack wait")
+	// Effects whose completion is on its way are acked once JetStream
+	// stored it, until the deadline. What is left then is neither acked nor
+	// nak'ed: JetStream redelivers it after the ack wait, and a completion
+	// that was stored meanwhile is deduplicated (its Nats-Msg-Id) and
+	// written once by the completer.
+	if !d.settler.stop(giveUpCtx) {
+		d.logger.Warn("effects whose completion was not acknowledged by the shutdown deadline are left unsettled; JetStream redelivers them after the ack wait")
 	}
 	for _, x := range d.execs {
 		x.src.giveBack()
@@ -306,6 +328,17 @@ func (d *Dispatcher) stream(ctx context.Context) (*jetstream.StreamInfo, error) 
 
 // publishTimeout bounds the publishing of one completion, retries included.
 const publishTimeout = 10 * time.Second
+
+// stopReserve is the part of the shutdown timeout kept, at its end, for
+// handlers interrupted by the stop to return and for their effects and
+// completions to be settled: a fifth of it, at most 3s.
+func stopReserve(timeout time.Duration) time.Duration {
+	return min(timeout/5, 3*time.Second)
+}
+
+// StopDeadline is when the last Run's shutdown must be over: zero until its
+// context ended. [Main] gives the NATS connection's drain what is left.
+func (d *Dispatcher) StopDeadline() time.Time { return d.stopDeadline }
 
 // interruptGrace is how long an attempt whose context ended has to return
 // before it is given up.

@@ -303,19 +303,24 @@ func (x *executor) apply(dl *delivery, o outcome) {
 				if x.d.settler.add(pendingSettle{x: x, dl: dl, o: o, fut: fut, since: time.Now()}) {
 					return
 				}
-				// Stopping: wait for this PubAck here.
+				// Stopping: wait for this PubAck here, until the
+				// shutdown's deadline at the latest.
+				t := time.NewTimer(publishTimeout)
 				select {
 				case <-fut.Ok():
+					t.Stop()
 					x.settleAfterPublish(dl, o)
 					return
 				case <-fut.Err():
-				case <-time.After(publishTimeout):
+				case <-t.C:
+				case <-x.d.giveUpCtx.Done():
 				}
+				t.Stop()
 			}
 			// Refused at once (too large, the window full, not
 			// connected) or not acknowledged: the synchronous way.
 		}
-		x.publishAndSettle(context.Background(), dl, o)
+		x.publishAndSettle(x.d.giveUpCtx, dl, o)
 		return
 	}
 	x.settleAfterPublish(dl, o)

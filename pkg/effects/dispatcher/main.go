@@ -54,13 +54,25 @@ func Main(reg *effects.Registry, opts ...Option) {
 		if err != nil {
 			return err
 		}
-		defer natsconn.Close(nc, 5*time.Second)
 		d, err := New(cfg, reg, js, deps.Logger, deps.Registry)
 		if err != nil {
+			natsconn.Close(nc, 5*time.Second)
 			return &service.ConfigError{Err: err}
 		}
+		// The drain (it flushes the last acks and naks) gets what is left
+		// of the shutdown's one deadline, not a timeout of its own.
+		defer func() { natsconn.Close(nc, closeWithin(d.StopDeadline(), time.Now())) }()
 		deps.Checks.Add("nats", natsconn.Ready(nc))
 		deps.Checks.Add("dispatcher", d.Ready)
 		return d.Run(ctx)
 	})
+}
+
+// closeWithin is how long the connection's drain may take at the end of a
+// stop whose deadline is deadline (zero: Run ended before a stop began).
+func closeWithin(deadline, now time.Time) time.Duration {
+	if deadline.IsZero() {
+		return 5 * time.Second
+	}
+	return max(deadline.Sub(now), 0)
 }

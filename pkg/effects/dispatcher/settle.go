@@ -116,10 +116,10 @@ func (s *settler) retry(p pendingSettle, err error) {
 	}()
 }
 
-// stop waits up to wait for the deliveries handed over to be settled, then
-// stops the settler. Later hand-overs are refused. It reports whether all
-// were settled.
-func (s *settler) stop(wait time.Duration) bool {
+// stop waits until ctx ends for the deliveries handed over to be settled,
+// then stops the settler. Later hand-overs are refused. It reports whether
+// all were settled.
+func (s *settler) stop(ctx context.Context) bool {
 	s.mu.Lock()
 	if !s.closed {
 		s.closed = true
@@ -129,12 +129,10 @@ func (s *settler) stop(wait time.Duration) bool {
 	defer func() { <-s.done; s.cancel() }()
 	settled := make(chan struct{})
 	go func() { s.pending.Wait(); close(settled) }()
-	t := time.NewTimer(wait)
-	defer t.Stop()
 	select {
 	case <-settled:
 		return true
-	case <-t.C:
+	case <-ctx.Done():
 		s.cancel()
 		<-settled // the waits and retries end with ctx
 		return false
