@@ -5,7 +5,8 @@ import (
 	"encoding/json"
 	"strconv"
 	"time"
-	"unicode/utf8"
+
+	"github.com/effects-run/effects/internal/jsonenc"
 )
 
 // encodeCompletion writes c exactly as EncodeJSON(c) does (a test checks
@@ -25,11 +26,11 @@ func encodeCompletion(c Completion) ([]byte, error) {
 	}
 	b := make([]byte, 0, n)
 	b = append(b, `{"effect_id":`...)
-	b = appendJSONString(b, c.EffectID)
+	b = jsonenc.AppendString(b, c.EffectID)
 	b = append(b, `,"kind":`...)
-	b = appendJSONString(b, c.Kind)
+	b = jsonenc.AppendString(b, c.Kind)
 	b = append(b, `,"status":`...)
-	b = appendJSONString(b, string(c.Status))
+	b = jsonenc.AppendString(b, string(c.Status))
 	b = append(b, `,"completion":`...)
 	if c.Completion == nil {
 		b = append(b, "null"...)
@@ -46,69 +47,11 @@ func encodeCompletion(c Completion) ([]byte, error) {
 	if c.Error == nil {
 		b = append(b, "null"...)
 	} else {
-		b = appendJSONString(b, *c.Error)
+		b = jsonenc.AppendString(b, *c.Error)
 	}
 	b = append(b, `,"attempts":`...)
 	b = strconv.AppendInt(b, int64(c.Attempts), 10)
 	b = append(b, `,"completed_at":"`...)
 	b = c.CompletedAt.AppendFormat(b, time.RFC3339Nano)
 	return append(b, `"}`...), nil
-}
-
-const hexDigits = "0123456789abcdef"
-
-// appendJSONString appends s as a JSON string, escaped the way encoding/json
-// escapes it with HTML escaping off: quote, backslash and control characters
-// escaped, invalid UTF-8 replaced by U+FFFD, U+2028 and U+2029 escaped.
-// (The ingest has the same function for the effect message.)
-func appendJSONString(b []byte, s string) []byte {
-	b = append(b, '"')
-	start := 0
-	for i := 0; i < len(s); {
-		c := s[i]
-		if c < utf8.RuneSelf {
-			if c >= 0x20 && c != '"' && c != '\\' {
-				i++
-				continue
-			}
-			b = append(b, s[start:i]...)
-			switch c {
-			case '"', '\\':
-				b = append(b, '\\', c)
-			case '\b':
-				b = append(b, '\\', 'b')
-			case '\f':
-				b = append(b, '\\', 'f')
-			case '\n':
-				b = append(b, '\\', 'n')
-			case '\r':
-				b = append(b, '\\', 'r')
-			case '\t':
-				b = append(b, '\\', 't')
-			default:
-				b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xF])
-			}
-			i++
-			start = i
-			continue
-		}
-		r, size := utf8.DecodeRuneInString(s[i:])
-		if r == utf8.RuneError && size == 1 {
-			b = append(b, s[start:i]...)
-			b = append(b, `\ufffd`...)
-			i += size
-			start = i
-			continue
-		}
-		if r == '\u2028' || r == '\u2029' {
-			b = append(b, s[start:i]...)
-			b = append(b, '\\', 'u', '2', '0', '2', hexDigits[r&0xF])
-			i += size
-			start = i
-			continue
-		}
-		i += size
-	}
-	b = append(b, s[start:]...)
-	return append(b, '"')
 }
