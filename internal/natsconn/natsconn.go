@@ -160,6 +160,13 @@ func Connect(rawURL, name string, logger *slog.Logger, maxPending int) (*nats.Co
 			return nil, nil, err
 		}
 	}
+	// The connect handler runs the same check asynchronously for a
+	// connection made at once; when it wins, nc is closed before the check
+	// above sees it connected. Its verdict is in refused (stored before the
+	// close), so Connect refuses the server either way.
+	if err, ok := refused.Load(nc); ok {
+		return nil, nil, err.(error)
+	}
 	// Without an async-publish timeout, an ack that never comes (a server
 	// that lost the message without a disconnect) would hold its pending
 	// slot forever; once maxPending are held, every publish stalls.
