@@ -59,7 +59,7 @@ func newerThan29(v string) bool {
 // returns its URL once it accepts connections.
 func StartNATSBinary(t testing.TB, path string) string {
 	t.Helper()
-	port := freePort(t)
+	port := FixedPort(t)
 	cmd := exec.Command(path, "-a", "127.0.0.1", "-p", fmt.Sprint(port))
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", path, err)

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"os/user"
@@ -76,7 +75,7 @@ func StartPGCluster(t testing.TB) *PGCluster {
 		"-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions"); err != nil {
 		t.Fatalf("private PostgreSQL cluster: initdb: %v\n%s", err, out)
 	}
-	c.Port = freePort(t)
+	c.Port = FixedPort(t)
 	c.URL = fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", c.Port)
 	t.Cleanup(func() {
 		if out, err := c.run(time.Minute, "pg_ctl", "-D", c.data, "-m", "immediate", "-w", "stop"); err != nil &&
@@ -140,13 +139,3 @@ func (c *PGCluster) run(timeout time.Duration, prog string, args ...string) ([]b
 // findPGBindir finds the PostgreSQL server binaries the way `effects dev`
 // does.
 func findPGBindir() (string, error) { return pgcluster.FindBindir() }
-
-func freePort(t testing.TB) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("free port: %v", err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}

@@ -38,7 +38,7 @@ func StartNATS(t testing.TB) *NATS {
 	t.Helper()
 	opts := &server.Options{
 		Host:      "127.0.0.1",
-		Port:      -1,
+		Port:      FixedPort(t), // it may be restarted on it (Start)
 		JetStream: true,
 		StoreDir:  t.TempDir(),
 		NoLog:     true,
