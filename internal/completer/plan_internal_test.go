@@ -6,8 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/effects-run/effects/internal/schema"
 	"github.com/effects-run/effects/internal/testenv"
 )
@@ -20,21 +18,7 @@ import (
 func TestWritePlanProbesThePrimaryKey(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	pg := testenv.StartPostgres(t)
-	conn, err := pgx.Connect(ctx, pg.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	if err := schema.Migrate(ctx, conn, "effects"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := conn.Exec(ctx, `INSERT INTO effects (kind) SELECT 'echo' FROM generate_series(1, 20000)`); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := conn.Exec(ctx, `ANALYZE effects`); err != nil {
-		t.Fatal(err)
-	}
+	pg := testenv.StartEffectsTable(t, 20000)
 	table, err := schema.ParseTable("effects")
 	if err != nil {
 		t.Fatal(err)
@@ -43,7 +27,7 @@ func TestWritePlanProbesThePrimaryKey(t *testing.T) {
 
 	const n = 400
 	var ids [][16]byte
-	rows, err := conn.Query(ctx, `SELECT id FROM effects ORDER BY id LIMIT $1`, n)
+	rows, err := pg.Pool.Query(ctx, `SELECT id FROM effects ORDER BY id LIMIT $1`, n)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,28 +48,8 @@ func TestWritePlanProbesThePrimaryKey(t *testing.T) {
 	}
 
 	// EXPLAIN without ANALYZE: planned with these values, nothing written.
-	plan := explain(ctx, t, conn, w.sql, ids, statuses, completions, errs, attempts, completedAt)
+	plan := testenv.Explain(ctx, t, pg.Pool, w.sql, ids, statuses, completions, errs, attempts, completedAt)
 	if strings.Contains(plan, "Seq Scan on effects e") || !strings.Contains(plan, "Index Scan using effects_pkey on effects e") {
 		t.Fatalf("the batch statement does not probe the primary key per completion:\n%s", plan)
 	}
-}
-
-func explain(ctx context.Context, t *testing.T, conn *pgx.Conn, sql string, args ...any) string {
-	t.Helper()
-	rows, err := conn.Query(ctx, "EXPLAIN (COSTS OFF) "+sql, args...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var plan strings.Builder
-	for rows.Next() {
-		var line string
-		if err := rows.Scan(&line); err != nil {
-			t.Fatal(err)
-		}
-		plan.WriteString(line + "\n")
-	}
-	if err := rows.Err(); err != nil {
-		t.Fatal(err)
-	}
-	return plan.String()
 }

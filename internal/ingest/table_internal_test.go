@@ -6,10 +6,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgtype"
 
-	"github.com/effects-run/effects/internal/schema"
 	"github.com/effects-run/effects/internal/testenv"
 )
 
@@ -20,28 +18,14 @@ import (
 func TestTableSourceMarksByCTID(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	pg := testenv.StartPostgres(t)
-	conn, err := pgx.Connect(ctx, pg.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	if err := schema.Migrate(ctx, conn, "effects"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := conn.Exec(ctx, `INSERT INTO effects (kind) SELECT 'echo' FROM generate_series(1, 20000)`); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := conn.Exec(ctx, `ANALYZE effects`); err != nil {
-		t.Fatal(err)
-	}
+	pg := testenv.StartEffectsTable(t, 20000)
 	_, js := testenv.StartNATS(t).Connect(t)
 	s, err := NewTableSource(TableConfig{DatabaseURL: pg.URL}, pg.Pool, js, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 
-	tx, err := conn.Begin(ctx)
+	tx, err := pg.Pool.Begin(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,23 +51,9 @@ func TestTableSourceMarksByCTID(t *testing.T) {
 		t.Fatalf("claimed %d rows, want 500", len(ids))
 	}
 
-	var plan strings.Builder
-	prows, err := tx.Query(ctx, "EXPLAIN (COSTS OFF) "+s.markSQL, ctids, ids)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for prows.Next() {
-		var line string
-		if err := prows.Scan(&line); err != nil {
-			t.Fatal(err)
-		}
-		plan.WriteString(line + "\n")
-	}
-	if err := prows.Err(); err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(plan.String(), "Tid Scan") || strings.Contains(plan.String(), "Seq Scan on effects") {
-		t.Fatalf("the mark does not find its rows by ctid:\n%s", plan.String())
+	plan := testenv.Explain(ctx, t, tx, s.markSQL, ctids, ids)
+	if !strings.Contains(plan, "Tid Scan") || strings.Contains(plan, "Seq Scan on effects") {
+		t.Fatalf("the mark does not find its rows by ctid:\n%s", plan)
 	}
 
 	tag, err := tx.Exec(ctx, s.markSQL, ctids, ids)
