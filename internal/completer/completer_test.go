@@ -24,7 +24,7 @@ func TestWritesCompletionAndMeasuresEndToEnd(t *testing.T) {
 	at := time.Now().UTC().Truncate(time.Microsecond)
 	b.publish(t, succeeded(id, at, `{"ok": true}`))
 
-	waitFor(t, 30*time.Second, "row succeeded", func() bool { return b.row(t, id).Status == "succeeded" })
+	testenv.WaitFor(t, 30*time.Second, "row succeeded", func() bool { return b.row(t, id).Status == "succeeded" })
 	r := b.row(t, id)
 	if r.Completion != `{"ok": true}` || r.Error != "<null>" || r.Attempts != 1 || !r.CompletedAt.Equal(at) {
 		t.Fatalf("row: %+v", r)
@@ -68,7 +68,7 @@ func TestSucceededNeverChanges(t *testing.T) {
 	id := b.insert(t, "echo")
 	t0 := time.Now().UTC()
 	b.publish(t, succeeded(id, t0, `"first"`))
-	waitFor(t, 30*time.Second, "row succeeded", func() bool { return b.row(t, id).Status == "succeeded" })
+	testenv.WaitFor(t, 30*time.Second, "row succeeded", func() bool { return b.row(t, id).Status == "succeeded" })
 	before := b.row(t, id)
 
 	b.publish(t,
@@ -93,7 +93,7 @@ func TestDuplicateChangesNothing(t *testing.T) {
 	id := b.insert(t, "echo")
 	dup := failed(id, time.Now().UTC(), "boom", 5)
 	b.publish(t, dup)
-	waitFor(t, 30*time.Second, "row failed", func() bool { return b.row(t, id).Status == "failed" })
+	testenv.WaitFor(t, 30*time.Second, "row failed", func() bool { return b.row(t, id).Status == "failed" })
 	b.waitSettled(t)
 	before := b.row(t, id)
 
@@ -115,12 +115,12 @@ func TestSucceededReplacesFailed(t *testing.T) {
 	id := b.insert(t, "echo")
 	t0 := time.Now().UTC().Truncate(time.Microsecond)
 	b.publish(t, failed(id, t0, "gave up", 5))
-	waitFor(t, 30*time.Second, "row failed", func() bool { return b.row(t, id).Status == "failed" })
+	testenv.WaitFor(t, 30*time.Second, "row failed", func() bool { return b.row(t, id).Status == "failed" })
 
 	// A re-run's success replaces the failure, even with an earlier
 	// completed_at (the effect did happen).
 	b.publish(t, succeeded(id, t0.Add(-time.Minute), `{"rerun": 1}`))
-	waitFor(t, 30*time.Second, "row succeeded", func() bool { return b.row(t, id).Status == "succeeded" })
+	testenv.WaitFor(t, 30*time.Second, "row succeeded", func() bool { return b.row(t, id).Status == "succeeded" })
 	r := b.row(t, id)
 	if r.Error != "<null>" || r.Attempts != 1 || r.Completion != `{"rerun": 1}` || !r.CompletedAt.Equal(t0.Add(-time.Minute)) {
 		t.Fatalf("row after re-run: %+v", r)
@@ -139,7 +139,7 @@ func TestOlderFailedDoesNotReplaceNewerFailed(t *testing.T) {
 	id := b.insert(t, "echo")
 	t0 := time.Now().UTC().Truncate(time.Microsecond)
 	b.publish(t, failed(id, t0, "newer", 3))
-	waitFor(t, 30*time.Second, "row failed", func() bool { return b.row(t, id).Status == "failed" })
+	testenv.WaitFor(t, 30*time.Second, "row failed", func() bool { return b.row(t, id).Status == "failed" })
 
 	b.publish(t, failed(id, t0.Add(-time.Second), "older", 2))
 	b.waitSettled(t)
@@ -148,7 +148,7 @@ func TestOlderFailedDoesNotReplaceNewerFailed(t *testing.T) {
 	}
 
 	b.publish(t, failed(id, t0.Add(time.Second), "newest", 4))
-	waitFor(t, 30*time.Second, "newest failure written", func() bool { return b.row(t, id).Error == "newest" })
+	testenv.WaitFor(t, 30*time.Second, "newest failure written", func() bool { return b.row(t, id).Error == "newest" })
 	if r := b.row(t, id); r.Attempts != 4 || !r.CompletedAt.Equal(t0.Add(time.Second)) {
 		t.Fatalf("row: %+v", r)
 	}
@@ -325,7 +325,7 @@ func TestSchemaQualifiedTable(t *testing.T) {
 	b := setup(t, setupOpts{pool: pg.Pool, cfg: completer.Config{Table: pg.Schema + ".Outbox"}})
 	id := b.insert(t, "echo")
 	b.publish(t, succeeded(id, time.Now(), `true`))
-	waitFor(t, 30*time.Second, "row succeeded", func() bool { return b.row(t, id).Status == "succeeded" })
+	testenv.WaitFor(t, 30*time.Second, "row succeeded", func() bool { return b.row(t, id).Status == "succeeded" })
 }
 
 func TestMissingTableRefusesToStart(t *testing.T) {
@@ -346,7 +346,7 @@ func TestMissingTableRefusesToStart(t *testing.T) {
 func TestStopKeepsDurableConsumer(t *testing.T) {
 	t.Parallel()
 	b := setup(t, setupOpts{})
-	waitFor(t, 30*time.Second, "consuming", func() bool { return b.c.CheckConsuming(ctx(t)) == nil })
+	testenv.WaitFor(t, 30*time.Second, "consuming", func() bool { return b.c.CheckConsuming(ctx(t)) == nil })
 	if err := b.stopAndWait(t, 30*time.Second); err != nil {
 		t.Fatalf("Run after stop: %v", err)
 	}
@@ -359,24 +359,24 @@ func TestStopKeepsDurableConsumer(t *testing.T) {
 		t.Fatalf("consumer after stop: durable %q, pending %d", info.Config.Durable, info.NumPending)
 	}
 	b.start(t)
-	waitFor(t, 30*time.Second, "row succeeded", func() bool { return b.row(t, id).Status == "succeeded" })
+	testenv.WaitFor(t, 30*time.Second, "row succeeded", func() bool { return b.row(t, id).Status == "succeeded" })
 }
 
 func TestWaitsForNATSAtStart(t *testing.T) {
 	t.Parallel()
 	b := setup(t, setupOpts{noStart: true, cfg: completer.Config{RetryMax: 200 * time.Millisecond}})
 	b.nats.Shutdown()
-	waitFor(t, 10*time.Second, "client disconnected", func() bool { return b.nc.Status() != nats.CONNECTED })
+	testenv.WaitFor(t, 10*time.Second, "client disconnected", func() bool { return b.nc.Status() != nats.CONNECTED })
 	b.start(t)
 	time.Sleep(500 * time.Millisecond) // a few failed attempts
 	if err := b.c.CheckConsuming(ctx(t)); err == nil {
 		t.Fatal("consuming while NATS is down")
 	}
 	b.nats.Restart(t)
-	waitFor(t, 30*time.Second, "consuming", func() bool { return b.c.CheckConsuming(ctx(t)) == nil })
+	testenv.WaitFor(t, 30*time.Second, "consuming", func() bool { return b.c.CheckConsuming(ctx(t)) == nil })
 	id := b.insert(t, "echo")
 	b.publish(t, succeeded(id, time.Now(), `1`))
-	waitFor(t, 30*time.Second, "row succeeded", func() bool { return b.row(t, id).Status == "succeeded" })
+	testenv.WaitFor(t, 30*time.Second, "row succeeded", func() bool { return b.row(t, id).Status == "succeeded" })
 }
 
 func TestStopBeforeStartReturnsNil(t *testing.T) {
@@ -449,9 +449,9 @@ func TestRunsWithOthers(t *testing.T) {
 func TestStopWhileNATSDownIsPrompt(t *testing.T) {
 	t.Parallel()
 	b := setup(t, setupOpts{})
-	waitFor(t, 30*time.Second, "consuming", func() bool { return b.c.CheckConsuming(ctx(t)) == nil })
+	testenv.WaitFor(t, 30*time.Second, "consuming", func() bool { return b.c.CheckConsuming(ctx(t)) == nil })
 	b.nats.Shutdown()
-	waitFor(t, 10*time.Second, "client disconnected", func() bool { return b.nc.Status() != nats.CONNECTED })
+	testenv.WaitFor(t, 10*time.Second, "client disconnected", func() bool { return b.nc.Status() != nats.CONNECTED })
 	start := time.Now()
 	if err := b.stopAndWait(t, 20*time.Second); err != nil {
 		t.Fatalf("Run: %v", err)
@@ -489,7 +489,7 @@ func TestTableProblemKeepsCompletions(t *testing.T) {
 		t.Fatal(err)
 	}
 	b.publish(t, succeeded(id, time.Now(), `1`))
-	waitFor(t, 30*time.Second, "failed writes", func() bool { return b.metric(t, "effects_completer_write_errors_total") >= 2 })
+	testenv.WaitFor(t, 30*time.Second, "failed writes", func() bool { return b.metric(t, "effects_completer_write_errors_total") >= 2 })
 	if err := b.c.CheckPostgres(ctx(t)); err == nil || !strings.Contains(err.Error(), "no_success") {
 		t.Errorf("CheckPostgres while writes fail: %v", err)
 	}
@@ -499,6 +499,6 @@ func TestTableProblemKeepsCompletions(t *testing.T) {
 	if _, err := b.pool.Exec(ctx(t), `ALTER TABLE effects DROP CONSTRAINT no_success`); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 30*time.Second, "row succeeded", func() bool { return b.row(t, id).Status == "succeeded" })
-	waitFor(t, 10*time.Second, "ready", func() bool { return b.c.CheckPostgres(ctx(t)) == nil })
+	testenv.WaitFor(t, 30*time.Second, "row succeeded", func() bool { return b.row(t, id).Status == "succeeded" })
+	testenv.WaitFor(t, 10*time.Second, "ready", func() bool { return b.c.CheckPostgres(ctx(t)) == nil })
 }

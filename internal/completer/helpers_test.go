@@ -16,7 +16,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 
 	"github.com/effects-run/effects/internal/completer"
 	"github.com/effects-run/effects/internal/schema"
@@ -221,18 +220,6 @@ func (b *bundle) row(t testing.TB, id string) row {
 	return r
 }
 
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t testing.TB, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", within, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 func (b *bundle) consumerInfo(t testing.TB) *jetstream.ConsumerInfo {
 	t.Helper()
 	cons, err := b.js.Consumer(ctx(t), effects.CompletedStream, completer.ConsumerName)
@@ -251,7 +238,7 @@ func (b *bundle) consumerInfo(t testing.TB) *jetstream.ConsumerInfo {
 func (b *bundle) waitSettled(t testing.TB) *jetstream.ConsumerInfo {
 	t.Helper()
 	var info *jetstream.ConsumerInfo
-	waitFor(t, 30*time.Second, "every completion acked", func() bool {
+	testenv.WaitFor(t, 30*time.Second, "every completion acked", func() bool {
 		cons, err := b.js.Consumer(ctx(t), effects.CompletedStream, completer.ConsumerName)
 		if errors.Is(err, jetstream.ErrConsumerNotFound) {
 			return false // the completer has not started yet
@@ -276,52 +263,7 @@ func (b *bundle) waitSettled(t testing.TB) *jetstream.ConsumerInfo {
 // with the given labels.
 func (b *bundle) metric(t testing.TB, name string, labels ...string) float64 {
 	t.Helper()
-	return metricValue(t, b.reg, name, labels...)
-}
-
-func metricValue(t testing.TB, g prometheus.Gatherer, name string, labels ...string) float64 {
-	t.Helper()
-	mfs, err := g.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := map[string]string{}
-	for i := 0; i+1 < len(labels); i += 2 {
-		want[labels[i]] = labels[i+1]
-	}
-	var sum float64
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			if !matches(m, want) {
-				continue
-			}
-			switch {
-			case m.Counter != nil:
-				sum += m.Counter.GetValue()
-			case m.Histogram != nil:
-				sum += float64(m.Histogram.GetSampleCount())
-			case m.Gauge != nil:
-				sum += m.Gauge.GetValue()
-			}
-		}
-	}
-	return sum
-}
-
-func matches(m *dto.Metric, want map[string]string) bool {
-	n := 0
-	for _, lp := range m.GetLabel() {
-		if v, ok := want[lp.GetName()]; ok {
-			if v != lp.GetValue() {
-				return false
-			}
-			n++
-		}
-	}
-	return n == len(want)
+	return testenv.MetricValue(t, b.reg, name, labels...)
 }
 
 func isNotMigrated(err error) bool { return errors.Is(err, schema.ErrNotMigrated) }

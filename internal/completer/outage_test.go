@@ -45,7 +45,7 @@ func TestPostgresDownNothingAckedThenResumes(t *testing.T) {
 		LingerFrom: 1,
 		Writers:    1,
 	}})
-	waitFor(t, 30*time.Second, "consuming", func() bool { return b.c.CheckConsuming(ctx(t)) == nil })
+	testenv.WaitFor(t, 30*time.Second, "consuming", func() bool { return b.c.CheckConsuming(ctx(t)) == nil })
 	const n = 20
 	ids := make([]string, n)
 	for i := range ids {
@@ -57,7 +57,7 @@ func TestPostgresDownNothingAckedThenResumes(t *testing.T) {
 	for _, id := range ids {
 		b.publish(t, succeeded(id, now, `"done"`))
 	}
-	waitFor(t, 30*time.Second, "failed writes", func() bool { return b.metric(t, "effects_completer_write_errors_total") >= 3 })
+	testenv.WaitFor(t, 30*time.Second, "failed writes", func() bool { return b.metric(t, "effects_completer_write_errors_total") >= 3 })
 	if err := b.c.CheckPostgres(ctx(t)); err == nil {
 		t.Error("CheckPostgres passes while PostgreSQL is down")
 	}
@@ -72,12 +72,12 @@ func TestPostgresDownNothingAckedThenResumes(t *testing.T) {
 	}
 
 	cluster.Start(t)
-	waitFor(t, 30*time.Second, "rows written after PostgreSQL came back", func() bool {
+	testenv.WaitFor(t, 30*time.Second, "rows written after PostgreSQL came back", func() bool {
 		got, err := b.countStatus(t, "succeeded")
 		return err == nil && got == n
 	})
 	b.waitSettled(t)
-	waitFor(t, 10*time.Second, "ready", func() bool { return b.c.CheckPostgres(ctx(t)) == nil })
+	testenv.WaitFor(t, 10*time.Second, "ready", func() bool { return b.c.CheckPostgres(ctx(t)) == nil })
 	if got := b.metric(t, "effects_completions_written_total"); got != n {
 		t.Errorf("written = %v, want %d", got, n)
 	}
@@ -92,7 +92,7 @@ func TestStopWhilePostgresDownHandsBack(t *testing.T) {
 		WriteTimeout:    time.Second,
 		ShutdownTimeout: time.Second,
 	}})
-	waitFor(t, 30*time.Second, "consuming", func() bool { return b.c.CheckConsuming(ctx(t)) == nil })
+	testenv.WaitFor(t, 30*time.Second, "consuming", func() bool { return b.c.CheckConsuming(ctx(t)) == nil })
 	const n = 10
 	ids := make([]string, n)
 	for i := range ids {
@@ -103,7 +103,7 @@ func TestStopWhilePostgresDownHandsBack(t *testing.T) {
 	for _, id := range ids {
 		b.publish(t, failed(id, now, "x", 2))
 	}
-	waitFor(t, 30*time.Second, "a failed write", func() bool { return b.metric(t, "effects_completer_write_errors_total") >= 1 })
+	testenv.WaitFor(t, 30*time.Second, "a failed write", func() bool { return b.metric(t, "effects_completer_write_errors_total") >= 1 })
 
 	start := time.Now()
 	if err := b.stopAndWait(t, 10*time.Second); err != nil {
@@ -120,7 +120,7 @@ func TestStopWhilePostgresDownHandsBack(t *testing.T) {
 	// them at once rather than after AckWait (30s).
 	cluster.Start(t)
 	b.start(t)
-	waitFor(t, 15*time.Second, "rows written by the next completer", func() bool {
+	testenv.WaitFor(t, 15*time.Second, "rows written by the next completer", func() bool {
 		got, err := b.countStatus(t, "failed")
 		return err == nil && got == n
 	})
@@ -139,10 +139,10 @@ func TestStopWithNATSDownNeverBlocksTheConsumeCallback(t *testing.T) {
 	b.js = spy
 	b.start(t)
 	handler := <-spy.handler
-	waitFor(t, 30*time.Second, "consuming", func() bool { return b.c.CheckConsuming(ctx(t)) == nil })
+	testenv.WaitFor(t, 30*time.Second, "consuming", func() bool { return b.c.CheckConsuming(ctx(t)) == nil })
 
 	b.nats.Shutdown()
-	waitFor(t, 30*time.Second, "disconnected", func() bool { return !b.nc.IsConnected() })
+	testenv.WaitFor(t, 30*time.Second, "disconnected", func() bool { return !b.nc.IsConnected() })
 	if err := b.stopAndWait(t, 30*time.Second); err != nil {
 		t.Fatalf("Run: %v", err)
 	}

@@ -7,6 +7,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/effects-run/effects/internal/completer"
+	"github.com/effects-run/effects/internal/testenv"
 )
 
 // TestOldestPendingSeconds: each scrape reads the age of the oldest pending
@@ -54,7 +55,7 @@ func TestOldestPendingSeconds(t *testing.T) {
 	if _, err := completer.New(b.cfg, pool, b.js, testLogger(t), reg); err != nil {
 		t.Fatal(err)
 	}
-	if got := metricValue(t, reg, "effects_oldest_pending_up"); got != 0 {
+	if got := testenv.MetricValue(t, reg, "effects_oldest_pending_up"); got != 0 {
 		t.Errorf("PostgreSQL down: effects_oldest_pending_up = %v, want 0", got)
 	}
 	mfs, err := reg.Gather()

@@ -13,7 +13,6 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 
 	"github.com/effects-run/effects/internal/completer"
 	"github.com/effects-run/effects/internal/ingest"
@@ -142,7 +141,7 @@ func (b *bundle) startServices(t *testing.T, slow <-chan struct{}, started chan<
 		kinds = append(kinds, "slow")
 	}
 	for _, k := range kinds {
-		waitFor(t, time.Minute, "consumer "+dispatcher.ConsumerName(k), func() bool {
+		testenv.WaitFor(t, time.Minute, "consumer "+dispatcher.ConsumerName(k), func() bool {
 			_, err := b.js.Consumer(testCtx(t), effects.EffectsStream, dispatcher.ConsumerName(k))
 			return err == nil
 		})
@@ -195,7 +194,7 @@ func (b *bundle) status(t *testing.T, id string) string {
 func (b *bundle) waitStatus(t *testing.T, want string, ids ...string) {
 	t.Helper()
 	for _, id := range ids {
-		waitFor(t, time.Minute, id+" "+want, func() bool { return b.status(t, id) == want })
+		testenv.WaitFor(t, time.Minute, id+" "+want, func() bool { return b.status(t, id) == want })
 	}
 }
 
@@ -228,51 +227,4 @@ type testWriter struct{ t testing.TB }
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimSpace(string(p)))
 	return len(p), nil
-}
-
-// metricValue sums the counters of name whose labels include the given
-// name/value pairs.
-func metricValue(t testing.TB, g prometheus.Gatherer, name string, labels ...string) float64 {
-	t.Helper()
-	mfs, err := g.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sum float64
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	metrics:
-		for _, m := range mf.GetMetric() {
-			for i := 0; i+1 < len(labels); i += 2 {
-				if labelOf(m, labels[i]) != labels[i+1] {
-					continue metrics
-				}
-			}
-			sum += m.GetCounter().GetValue()
-		}
-	}
-	return sum
-}
-
-func labelOf(m *dto.Metric, name string) string {
-	for _, lp := range m.GetLabel() {
-		if lp.GetName() == name {
-			return lp.GetValue()
-		}
-	}
-	return ""
-}
-
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t testing.TB, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", within, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/effects-run/effects/internal/envconfig"
 	"github.com/effects-run/effects/internal/reconcile"
+	"github.com/effects-run/effects/internal/testenv"
 	"github.com/effects-run/effects/pkg/effects"
 	"github.com/effects-run/effects/pkg/effects/dispatcher"
 )
@@ -70,7 +71,7 @@ func TestRecoversRowsNobodyDelivered(t *testing.T) {
 	if got := b.status(t, young[0]); got != "pending" || b.callsOf(young[0]) != 0 {
 		t.Errorf("the young row is %s, handled %d times: want pending, untouched", got, b.callsOf(young[0]))
 	}
-	if got := metricValue(t, b.reg, "effects_reconciler_republished_total", "kind", "echo"); got != float64(len(all)) {
+	if got := testenv.MetricValue(t, b.reg, "effects_reconciler_republished_total", "kind", "echo"); got != float64(len(all)) {
 		t.Errorf("effects_reconciler_republished_total{kind=echo} = %v, want %d", got, len(all))
 	}
 	// Done: the next pass finds nothing.
@@ -102,10 +103,10 @@ func TestBacklogIsNotRepublished(t *testing.T) {
 	if res.Republished != 1 || res.Skipped[reconcile.SkipBacklog] == 0 {
 		t.Fatalf("pass: %+v, want the echo row republished and the slow rows skipped for their backlog", res)
 	}
-	if got := metricValue(t, b.reg, "effects_reconciler_skipped_total", "kind", "slow", "reason", reconcile.SkipBacklog); got == 0 {
+	if got := testenv.MetricValue(t, b.reg, "effects_reconciler_skipped_total", "kind", "slow", "reason", reconcile.SkipBacklog); got == 0 {
 		t.Error("effects_reconciler_skipped_total{kind=slow,reason=backlog} is 0")
 	}
-	if got := metricValue(t, b.reg, "effects_reconciler_republished_total", "kind", "slow"); got != 0 {
+	if got := testenv.MetricValue(t, b.reg, "effects_reconciler_republished_total", "kind", "slow"); got != 0 {
 		t.Errorf("effects_reconciler_republished_total{kind=slow} = %v, want 0", got)
 	}
 	b.waitStatus(t, "succeeded", lost...)
@@ -131,8 +132,8 @@ func TestRetryWaitingIsNotRepublished(t *testing.T) {
 	b.startServices(t, nil, nil)
 	id := b.insert(t, "flaky", 1, 3*h)[0]
 	b.publish(t, "flaky", id)
-	waitFor(t, time.Minute, "the first attempt retried", func() bool {
-		return metricValue(t, b.dreg, "effects_handled_total", "kind", "flaky", "outcome", "retried") == 1
+	testenv.WaitFor(t, time.Minute, "the first attempt retried", func() bool {
+		return testenv.MetricValue(t, b.dreg, "effects_handled_total", "kind", "flaky", "outcome", "retried") == 1
 	})
 	res, err := b.rc.RunPass(testCtx(t))
 	if err != nil || res.Republished != 0 || res.Skipped[reconcile.SkipBacklog] != 1 {

@@ -72,7 +72,7 @@ func (p *pipeline) publish(t testing.TB, comps ...effects.Completion) {
 // settled waits until the completer has acked every completion published.
 func (p *pipeline) settled(t testing.TB) {
 	t.Helper()
-	waitFor(t, 60*time.Second, "every completion settled", func() bool {
+	testenv.WaitFor(t, 60*time.Second, "every completion settled", func() bool {
 		cons, err := p.js.Consumer(testCtx(t), effects.CompletedStream, completer.ConsumerName)
 		if errors.Is(err, jetstream.ErrConsumerNotFound) {
 			return false
@@ -121,13 +121,13 @@ func TestLateCompletionForRemovedRowIsDropped(t *testing.T) {
 	// counted as unknown and acked, and no row comes back.
 	p.publish(t, succeededAt(ids[0], old), succeededAt(ids[1], time.Now()))
 	p.settled(t)
-	if got := metricValue(t, p.reg, "effects_completions_skipped_total", "reason", completer.ReasonUnknownEffect); got != 2 {
+	if got := testenv.MetricValue(t, p.reg, "effects_completions_skipped_total", "reason", completer.ReasonUnknownEffect); got != 2 {
 		t.Errorf("skipped{unknown_effect} = %v, want 2", got)
 	}
-	if got := metricValue(t, p.reg, "effects_completions_skipped_total", "reason", completer.ReasonMalformed); got != 0 {
+	if got := testenv.MetricValue(t, p.reg, "effects_completions_skipped_total", "reason", completer.ReasonMalformed); got != 0 {
 		t.Errorf("skipped{malformed} = %v, want 0", got)
 	}
-	if got := metricValue(t, p.reg, "effects_completer_write_errors_total"); got != 0 {
+	if got := testenv.MetricValue(t, p.reg, "effects_completer_write_errors_total"); got != 0 {
 		t.Errorf("write errors = %v", got)
 	}
 	if n := countRows(t, p.pool, "true"); n != 0 {
@@ -198,10 +198,10 @@ func TestRemovalConcurrentWithCompletionsUnderLoad(t *testing.T) {
 	for _, err := range passErrs {
 		t.Errorf("pass: %v", err)
 	}
-	if got := metricValue(t, p.reg, "effects_completer_write_errors_total"); got != 0 {
+	if got := testenv.MetricValue(t, p.reg, "effects_completer_write_errors_total"); got != 0 {
 		t.Errorf("completer write errors = %v (a deadlock or lock timeout would show here)", got)
 	}
-	if got := metricValue(t, p.reg, "effects_completions_skipped_total", "reason", completer.ReasonMalformed); got != 0 {
+	if got := testenv.MetricValue(t, p.reg, "effects_completions_skipped_total", "reason", completer.ReasonMalformed); got != 0 {
 		t.Errorf("skipped{malformed} = %v", got)
 	}
 
@@ -221,12 +221,12 @@ func TestRemovalConcurrentWithCompletionsUnderLoad(t *testing.T) {
 	if n := countRows(t, p.pool, "true"); n != len(fresh) {
 		t.Errorf("%d rows left, want the %d fresh ones", n, len(fresh))
 	}
-	written := metricValue(t, p.reg, "effects_completions_written_total")
-	skipped := metricValue(t, p.reg, "effects_completions_skipped_total")
+	written := testenv.MetricValue(t, p.reg, "effects_completions_written_total")
+	skipped := testenv.MetricValue(t, p.reg, "effects_completions_skipped_total")
 	if total := written + skipped; total != float64(len(comps)) {
 		t.Errorf("written %v + skipped %v = %v, want every one of %d completions accounted for", written, skipped, total, len(comps))
 	}
 	t.Logf("completions: %d, written %v, unknown %v, unchanged %v", len(comps), written,
-		metricValue(t, p.reg, "effects_completions_skipped_total", "reason", completer.ReasonUnknownEffect),
-		metricValue(t, p.reg, "effects_completions_skipped_total", "reason", completer.ReasonUnchanged))
+		testenv.MetricValue(t, p.reg, "effects_completions_skipped_total", "reason", completer.ReasonUnknownEffect),
+		testenv.MetricValue(t, p.reg, "effects_completions_skipped_total", "reason", completer.ReasonUnchanged))
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/effects-run/effects/internal/envconfig"
 	"github.com/effects-run/effects/internal/retention"
+	"github.com/effects-run/effects/internal/testenv"
 	"github.com/effects-run/effects/pkg/effects"
 )
 
@@ -230,35 +231,35 @@ func TestRemoverRunsAtStartAndEveryInterval(t *testing.T) {
 		}
 	}()
 
-	waitFor(t, 30*time.Second, "the first pass", func() bool {
-		return metricValue(t, reg, "effects_retention_passes_total", "result", "done") >= 1
+	testenv.WaitFor(t, 30*time.Second, "the first pass", func() bool {
+		return testenv.MetricValue(t, reg, "effects_retention_passes_total", "result", "done") >= 1
 	})
-	if got := metricValue(t, reg, "effects_retention_removed_total", "status", "succeeded"); got != 25 {
+	if got := testenv.MetricValue(t, reg, "effects_retention_removed_total", "status", "succeeded"); got != 25 {
 		t.Errorf("removed{succeeded} = %v, want 25", got)
 	}
-	if got := metricValue(t, reg, "effects_retention_removed_total", "status", "failed"); got != 5 {
+	if got := testenv.MetricValue(t, reg, "effects_retention_removed_total", "status", "failed"); got != 5 {
 		t.Errorf("removed{failed} = %v, want 5", got)
 	}
 	// The oldest failed row kept is 30 minutes old; no succeeded row is left.
-	waitFor(t, 30*time.Second, "the oldest-kept gauge", func() bool {
-		return metricValue(t, reg, "effects_retention_oldest_kept_seconds", "status", "failed") >= 1800
+	testenv.WaitFor(t, 30*time.Second, "the oldest-kept gauge", func() bool {
+		return testenv.MetricValue(t, reg, "effects_retention_oldest_kept_seconds", "status", "failed") >= 1800
 	})
-	if got := metricValue(t, reg, "effects_retention_oldest_kept_seconds", "status", "failed"); got > 1800+60 {
+	if got := testenv.MetricValue(t, reg, "effects_retention_oldest_kept_seconds", "status", "failed"); got > 1800+60 {
 		t.Errorf("oldest_kept{failed} = %vs, want about 1800", got)
 	}
-	if got := metricValue(t, reg, "effects_retention_oldest_kept_seconds", "status", "succeeded"); got != 0 {
+	if got := testenv.MetricValue(t, reg, "effects_retention_oldest_kept_seconds", "status", "succeeded"); got != 0 {
 		t.Errorf("oldest_kept{succeeded} = %vs, want 0 (none left)", got)
 	}
 
 	// Rows that age past the retention later are removed by a later pass.
 	insertMany(t, pool, 3, rowSpec{"succeeded", 4 * h, 4 * h})
-	waitFor(t, 30*time.Second, "a later pass", func() bool {
-		return metricValue(t, reg, "effects_retention_removed_total", "status", "succeeded") == 28
+	testenv.WaitFor(t, 30*time.Second, "a later pass", func() bool {
+		return testenv.MetricValue(t, reg, "effects_retention_removed_total", "status", "succeeded") == 28
 	})
 	if n := countRows(t, pool, "true"); n != 3 {
 		t.Errorf("%d rows left, want the 2 recent failed and the pending one", n)
 	}
-	if got := metricValue(t, reg, "effects_retention_passes_total", "result", "error"); got != 0 {
+	if got := testenv.MetricValue(t, reg, "effects_retention_passes_total", "result", "error"); got != 0 {
 		t.Errorf("passes{error} = %v", got)
 	}
 }
@@ -274,7 +275,7 @@ func TestRemoverCountsFailedPass(t *testing.T) {
 	if _, err := rm.RunPass(testCtx(t)); err == nil || !strings.Contains(err.Error(), "missing") {
 		t.Fatalf("pass on a missing table: %v", err)
 	}
-	if got := metricValue(t, reg, "effects_retention_passes_total", "result", "error"); got != 1 {
+	if got := testenv.MetricValue(t, reg, "effects_retention_passes_total", "result", "error"); got != 1 {
 		t.Errorf("passes{error} = %v, want 1", got)
 	}
 }
