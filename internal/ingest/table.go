@@ -56,6 +56,7 @@ type TableSource struct {
 	logger  *slog.Logger
 	metrics *metrics
 	tm      *tableMetrics
+	fast    *fastPath // publishes a batch as one JetStream fast batch
 
 	claimSQL, markSQL, backlogSQL string
 
@@ -129,6 +130,7 @@ func NewTableSource(cfg TableConfig, pool *pgxpool.Pool, js jetstream.JetStream,
 			s.allowed[k] = struct{}{}
 		}
 	}
+	s.fast = newFastPath(js, logger, !cfg.NoFastBatch)
 	s.wake = make([]chan struct{}, cfg.Workers)
 	for i := range s.wake {
 		s.wake[i] = make(chan struct{}, 1)
@@ -171,6 +173,7 @@ func (s *TableSource) Run(ctx context.Context) error {
 		workers.Go(func() { s.work(ctx, s.wake[i]) })
 	}
 	workers.Wait()
+	s.fast.close()
 	stopBg()
 	wg.Wait()
 	return nil
@@ -338,9 +341,12 @@ func (s *TableSource) batch(ctx context.Context) (int, error) {
 	s.tm.batchSize.Observe(float64(len(claimed)))
 
 	start := time.Now()
-	inFlight := make([]pending, 0, len(claimed))
+	// The effects go as one fast batch where that may be; rest are the
+	// rows it did not confirm and the rejected ones.
+	fastDone, rest := s.publishFast(ctx, claimed, start.Add(s.cfg.PublishTimeout))
+	inFlight := make([]pending, 0, len(rest))
 	var publishErr error
-	for _, r := range claimed {
+	for _, r := range rest {
 		p, err := s.publishRow(r)
 		if err != nil {
 			s.metrics.publishError(publishErrorError)
@@ -351,11 +357,16 @@ func (s *TableSource) batch(ctx context.Context) (int, error) {
 		inFlight = append(inFlight, p)
 	}
 
-	timer := time.NewTimer(s.cfg.PublishTimeout)
+	// After a fast batch that timed out, the rows published again still
+	// get half the timeout.
+	timer := time.NewTimer(max(s.cfg.PublishTimeout-time.Since(start), s.cfg.PublishTimeout/2))
 	defer timer.Stop()
-	acked := make([]string, 0, len(inFlight))
-	ackedAt := make([]pgtype.TID, 0, len(inFlight))
-	outcomes := make([]pending, 0, len(inFlight))
+	acked := make([]string, 0, len(claimed))
+	ackedAt := make([]pgtype.TID, 0, len(claimed))
+	outcomes := make([]pending, 0, len(claimed))
+	for _, p := range fastDone {
+		acked, ackedAt, outcomes = append(acked, p.id), append(ackedAt, p.ctid), append(outcomes, p)
+	}
 	for _, p := range inFlight {
 		select {
 		case ack := <-p.fut.Ok():

@@ -100,6 +100,11 @@ type TableConfig struct {
 
 	// Streams are the stream settings applied at start (see [Config]).
 	Streams effects.StreamOptions
+
+	// NoFastBatch is EFFECTS_TABLE_FAST_BATCH=false (default true: fast
+	// batches are used where the server and the effects stream allow
+	// them): publish every batch message by message.
+	NoFastBatch bool
 }
 
 // TableConfigFromEnv reads the table source's configuration from r, fills in
@@ -117,6 +122,7 @@ func TableConfigFromEnv(r *envconfig.Reader) (TableConfig, error) {
 		ShutdownTimeout: settings.ShutdownTimeout(r),
 		Kinds:           r.List("EFFECTS_KINDS"),
 		Streams:         settings.Streams(r),
+		NoFastBatch:     !r.Bool("EFFECTS_TABLE_FAST_BATCH", true),
 	}
 	if err := r.Err(); err != nil {
 		return TableConfig{}, err
@@ -215,6 +221,7 @@ func (c TableConfig) LogValue() slog.Value {
 		slog.Int("max_payload_bytes", c.MaxPayloadBytes),
 		slog.String("publish_timeout", c.PublishTimeout.String()),
 		slog.String("shutdown_timeout", c.ShutdownTimeout.String()),
+		slog.Bool("fast_batch", !c.NoFastBatch),
 	)
 }
 

@@ -16,6 +16,7 @@ type tableMetrics struct {
 	backlogAge prometheus.Gauge
 	batchSize  prometheus.Histogram
 	errors     prometheus.Counter
+	fastRows   *prometheus.CounterVec
 }
 
 func newTableMetrics(reg prometheus.Registerer) (*tableMetrics, error) {
@@ -37,9 +38,16 @@ func newTableMetrics(reg prometheus.Registerer) (*tableMetrics, error) {
 			Name: "effects_table_batch_errors_total",
 			Help: "Table source batches that failed (PostgreSQL or NATS unavailable); their rows stay unpublished and are tried again.",
 		}),
+		fastRows: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "effects_table_fast_batch_rows_total",
+			Help: "Effects the table source sent in JetStream fast batches, by result: stored (the batch's acks confirmed it), fallback (not confirmed: the batch ended short, was refused or timed out; published again message by message, stored once by its message id).",
+		}, []string{"result"}),
+	}
+	for _, r := range []string{"stored", "fallback"} {
+		m.fastRows.WithLabelValues(r) // exported at 0 from the start
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.backlog, m.backlogAge, m.batchSize, m.errors} {
+		for _, c := range []prometheus.Collector{m.backlog, m.backlogAge, m.batchSize, m.errors, m.fastRows} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("ingest: register table source metrics: %w", err)
 			}

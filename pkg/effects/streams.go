@@ -5,10 +5,46 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/mod/semver"
 )
+
+// BatchPublishServerVersion is the first nats-server version with fast batch
+// publishing (the stream setting AllowBatchPublish, "allow_batched").
+const BatchPublishServerVersion = "2.14.0"
+
+// ServerHasBatchPublish reports whether a nats-server of version (as it
+// reports it in INFO, e.g. "2.14.0" or "2.14.0-RC.1") has fast batch
+// publishing. A version that cannot be read has not.
+func ServerHasBatchPublish(version string) bool {
+	v := "v" + strings.TrimPrefix(strings.TrimSpace(version), "v")
+	return semver.IsValid(v) && semver.Compare(semver.Canonical(v), "v"+BatchPublishServerVersion) >= 0
+}
+
+// batchPublish says whether the server js is connected to has fast batch
+// publishing: the streams get AllowBatchPublish only then, since an older
+// server does not know the setting.
+func batchPublish(js jetstream.JetStream) bool {
+	nc := js.Conn()
+	return nc != nil && ServerHasBatchPublish(nc.ConnectedServerVersion())
+}
+
+// withBatchPublish returns the stream configurations for the server js is
+// connected to: the effects stream allows fast batches (the table source
+// publishes its batches so) where the server has them.
+func withBatchPublish(js jetstream.JetStream, cfgs []jetstream.StreamConfig) []jetstream.StreamConfig {
+	if batchPublish(js) {
+		for i := range cfgs {
+			if cfgs[i].Name == EffectsStream {
+				cfgs[i].AllowBatchPublish = true
+			}
+		}
+	}
+	return cfgs
+}
 
 // StreamOptions are the settings of the two streams that services may change.
 type StreamOptions struct {
@@ -84,7 +120,7 @@ func StreamConfigs(o StreamOptions) []jetstream.StreamConfig {
 // stream's configuration, so a service started with a stray setting cannot
 // change retention for everyone. [ApplyStreams] is the one step that does.
 func EnsureStreams(ctx context.Context, js jetstream.JetStream, o StreamOptions) error {
-	for _, want := range StreamConfigs(o) {
+	for _, want := range withBatchPublish(js, StreamConfigs(o)) {
 		if err := ensureStream(ctx, js, want, false); err != nil {
 			return err
 		}
@@ -93,12 +129,13 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, o StreamOptions)
 }
 
 // ApplyStreams creates the two streams, or brings the settings this project
-// owns (subjects, max age, duplicate window, replicas) to o on streams that
+// owns (subjects, max age, duplicate window, replicas; on nats-server 2.14+
+// fast batch publishing allowed on the effects stream) to o on streams that
 // exist, keeping any other setting an operator made. It is the explicit
 // step that changes the streams (`completer migrate` runs it); services only
 // call [EnsureStreams].
 func ApplyStreams(ctx context.Context, js jetstream.JetStream, o StreamOptions) error {
-	for _, want := range StreamConfigs(o) {
+	for _, want := range withBatchPublish(js, StreamConfigs(o)) {
 		if err := ensureStream(ctx, js, want, true); err != nil {
 			return err
 		}
@@ -138,7 +175,8 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.St
 		return nil
 	}
 	if slices.Equal(have.Subjects, want.Subjects) && have.Retention == want.Retention &&
-		have.MaxAge == want.MaxAge && have.Duplicates == want.Duplicates && have.Replicas == want.Replicas {
+		have.MaxAge == want.MaxAge && have.Duplicates == want.Duplicates && have.Replicas == want.Replicas &&
+		(have.AllowBatchPublish || !want.AllowBatchPublish) {
 		return nil
 	}
 	updated := have
@@ -146,6 +184,9 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.St
 	updated.MaxAge = want.MaxAge
 	updated.Duplicates = want.Duplicates
 	updated.Replicas = want.Replicas
+	// Allowed, never disallowed: an operator may have allowed it on a
+	// stream this project does not publish batches to.
+	updated.AllowBatchPublish = have.AllowBatchPublish || want.AllowBatchPublish
 	if have.Retention != want.Retention {
 		return fmt.Errorf("stream %s has %s retention, want %s: JetStream cannot change it; delete or rename the stream",
 			want.Name, have.Retention, want.Retention)
@@ -162,7 +203,7 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.St
 // A stream that does not exist is not listed.
 func StreamDrift(ctx context.Context, js jetstream.JetStream, o StreamOptions) ([]string, error) {
 	var drift []string
-	for _, want := range StreamConfigs(o) {
+	for _, want := range withBatchPublish(js, StreamConfigs(o)) {
 		s, err := js.Stream(ctx, want.Name)
 		if errors.Is(err, jetstream.ErrStreamNotFound) {
 			continue
@@ -179,6 +220,9 @@ func StreamDrift(ctx context.Context, js jetstream.JetStream, o StreamOptions) (
 		}
 		if have.Replicas != want.Replicas {
 			drift = append(drift, fmt.Sprintf("%s replicas %d, here %d", want.Name, have.Replicas, want.Replicas))
+		}
+		if want.AllowBatchPublish && !have.AllowBatchPublish {
+			drift = append(drift, fmt.Sprintf("%s fast batch publishing (allow_batched) off, here on", want.Name))
 		}
 	}
 	return drift, nil

@@ -2,6 +2,7 @@ package effects_test
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -69,5 +70,64 @@ func TestEnsureStreams(t *testing.T) {
 	// A completion that is not valid is refused before it is published.
 	if err := c.Complete(ctx, effects.Ref{ID: "not-a-uuid", Kind: "echo"}, "ok"); err == nil {
 		t.Fatal("invalid completion published")
+	}
+}
+
+// On nats-server 2.14+ a new effects stream allows fast batches (the table
+// source publishes its batches so); an existing one is left as it is by the
+// services, reported as drift, and allowed by ApplyStreams.
+func TestStreamsAllowBatchPublish(t *testing.T) {
+	t.Parallel()
+	for v, want := range map[string]bool{"2.10.22": false, "2.13.9": false, "2.14.0-RC.1": false, "2.14.0": true, "v2.15.3": true, "": false, "junk": false} {
+		if got := effects.ServerHasBatchPublish(v); got != want {
+			t.Errorf("ServerHasBatchPublish(%q) = %v, want %v", v, got, want)
+		}
+	}
+	srv := testenv.StartNATS(t)
+	_, js := srv.Connect(t)
+	ctx := context.Background()
+	if err := effects.EnsureStreams(ctx, js, effects.StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	allowed := func(name string) bool {
+		t.Helper()
+		s, err := js.Stream(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s.CachedInfo().Config.AllowBatchPublish
+	}
+	if !allowed(effects.EffectsStream) || allowed(effects.CompletedStream) {
+		t.Fatalf("new streams: effects allow batches %v, completed %v; want true, false", allowed(effects.EffectsStream), allowed(effects.CompletedStream))
+	}
+
+	// A stream made before (or by hand) without it.
+	if err := js.DeleteStream(ctx, effects.EffectsStream); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.CreateStream(ctx, effects.StreamConfigs(effects.StreamOptions{})[0]); err != nil {
+		t.Fatal(err)
+	}
+	if err := effects.EnsureStreams(ctx, js, effects.StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if allowed(effects.EffectsStream) {
+		t.Fatal("EnsureStreams changed an existing stream")
+	}
+	drift, err := effects.StreamDrift(ctx, js, effects.StreamOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(drift) != 1 || !strings.Contains(drift[0], "allow_batched") {
+		t.Errorf("drift %q, want the effects stream's fast batch publishing", drift)
+	}
+	if err := effects.ApplyStreams(ctx, js, effects.StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if !allowed(effects.EffectsStream) {
+		t.Fatal("ApplyStreams did not allow fast batches")
+	}
+	if drift, _ := effects.StreamDrift(ctx, js, effects.StreamOptions{}); len(drift) != 0 {
+		t.Errorf("drift after ApplyStreams: %q", drift)
 	}
 }

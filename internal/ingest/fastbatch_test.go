@@ -1,0 +1,285 @@
+package ingest_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/effects-run/effects/internal/envconfig"
+	"github.com/effects-run/effects/internal/ingest"
+	"github.com/effects-run/effects/pkg/effects"
+)
+
+// insertN inserts n rows of kind echo with payload.
+func (b *tableBundle) insertN(n int, payload string) []string {
+	b.t.Helper()
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = b.insert("echo", payload)
+	}
+	return ids
+}
+
+// checkStoredOnce fails unless every id is in the EFFECTS stream exactly
+// once, and the stream holds nothing else.
+func (b *tableBundle) checkStoredOnce(ids []string) {
+	b.t.Helper()
+	got := b.streamIDs()
+	for _, id := range ids {
+		if got[id] != 1 {
+			b.t.Errorf("row %s stored %d times, want once", id, got[id])
+		}
+	}
+	if len(got) != len(ids) {
+		b.t.Errorf("the stream holds %d ids, want %d", len(got), len(ids))
+	}
+}
+
+// checkMarkedStored fails if a row is marked published but not in the
+// EFFECTS stream.
+func (b *tableBundle) checkMarkedStored() {
+	b.t.Helper()
+	stored := b.streamIDs()
+	rows, err := b.pool.Query(context.Background(), `SELECT id::text FROM effects WHERE published_at IS NOT NULL`)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			b.t.Fatal(err)
+		}
+		if stored[id] != 1 {
+			b.t.Errorf("row %s is marked published, stored %d times", id, stored[id])
+		}
+	}
+	if err := rows.Err(); err != nil {
+		b.t.Fatal(err)
+	}
+}
+
+func (b *tableBundle) updateEffectsStream(f func(*jetstream.StreamConfig)) {
+	b.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s, err := b.js.Stream(ctx, effects.EffectsStream)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	cfg := s.CachedInfo().Config
+	f(&cfg)
+	if _, err := b.js.UpdateStream(ctx, cfg); err != nil {
+		b.t.Fatal(err)
+	}
+}
+
+func fastRows(t *testing.T, src *source, result string) float64 {
+	t.Helper()
+	return counter(t, src.reg, "effects_table_fast_batch_rows_total", map[string]string{"result": result})
+}
+
+// The batches go as fast batches: every row stored once, marked, and the
+// acks of the fast batches confirmed them all.
+func TestTableSourceFastBatch(t *testing.T) {
+	b := setupTable(t)
+	ids := b.insertN(120, `{"n": 1}`)
+	src := b.startSource() // batches of 50
+	b.waitPublished(ids)
+	b.checkStoredOnce(ids)
+	if got := fastRows(t, src, "stored"); got != 120 {
+		t.Errorf("rows stored by fast batches: %v, want 120", got)
+	}
+	if got := fastRows(t, src, "fallback"); got != 0 {
+		t.Errorf("rows fallen back: %v, want 0", got)
+	}
+	if got := counter(t, src.reg, "effects_ingested_total", map[string]string{"outcome": "published"}); got != 120 {
+		t.Errorf("published %v, want 120", got)
+	}
+}
+
+// EFFECTS_TABLE_FAST_BATCH=false publishes message by message.
+func TestTableSourceFastBatchOff(t *testing.T) {
+	b := setupTable(t)
+	ids := b.insertN(60, `{}`)
+	src := b.startSource(func(c *ingest.TableConfig) { c.NoFastBatch = true })
+	b.waitPublished(ids)
+	b.checkStoredOnce(ids)
+	if got := fastRows(t, src, "stored") + fastRows(t, src, "fallback"); got != 0 {
+		t.Errorf("rows sent in fast batches: %v, want 0", got)
+	}
+}
+
+// An effects stream made without allow_batched (before nats-server 2.14, or
+// by hand) is published to message by message, all of it.
+func TestTableSourceFastBatchNotAllowed(t *testing.T) {
+	b := setupTable(t)
+	ctx := context.Background()
+	if _, err := b.js.CreateStream(ctx, effects.StreamConfigs(effects.StreamOptions{})[0]); err != nil {
+		t.Fatal(err)
+	}
+	ids := b.insertN(80, `{}`)
+	src := b.startSource()
+	b.waitPublished(ids)
+	b.checkStoredOnce(ids)
+	if got := fastRows(t, src, "stored") + fastRows(t, src, "fallback"); got != 0 {
+		t.Errorf("rows sent in fast batches: %v, want 0", got)
+	}
+}
+
+// A stream that stops allowing fast batches while the source runs: the
+// refused batch is published message by message, nothing lost.
+func TestTableSourceFastBatchRefused(t *testing.T) {
+	b := setupTable(t)
+	first := b.insertN(10, `{}`)
+	src := b.startSource()
+	b.waitPublished(first)
+	if fastRows(t, src, "stored") != 10 {
+		t.Fatalf("fast batch not used: %v rows", fastRows(t, src, "stored"))
+	}
+	b.updateEffectsStream(func(c *jetstream.StreamConfig) { c.AllowBatchPublish = false })
+	second := b.insertN(30, `{}`)
+	b.waitPublished(second)
+	b.checkStoredOnce(append(first, second...))
+	if got := fastRows(t, src, "fallback"); got == 0 {
+		t.Error("no row fell back")
+	}
+}
+
+// Rows published again (a crash before the mark) are stored once: the
+// server skips a duplicate inside a fast batch (first, middle or last) and
+// counts it as stored, so the batch confirms it and it is marked.
+func TestTableSourceFastBatchDuplicates(t *testing.T) {
+	b := setupTable(t)
+	ids := b.insertN(40, `{}`)
+	src := b.startSource()
+	b.waitPublished(ids)
+	src.stop()
+	ctx := context.Background()
+
+	// As if the batch had not been marked: all published again, with a
+	// new row before them, one among them and one after them.
+	var early string
+	if err := b.pool.QueryRow(ctx, `INSERT INTO effects (kind, payload, created_at) VALUES ('echo', '{}', now() - interval '1 hour') RETURNING id::text`).Scan(&early); err != nil {
+		t.Fatal(err)
+	}
+	var middle string
+	if err := b.pool.QueryRow(ctx, `INSERT INTO effects (kind, payload, created_at) SELECT 'echo', '{}', created_at FROM effects WHERE id = $1 RETURNING id::text`, ids[20]).Scan(&middle); err != nil {
+		t.Fatal(err)
+	}
+	last := b.insert("echo", `{}`)
+	if _, err := b.pool.Exec(ctx, `UPDATE effects SET published_at = NULL`); err != nil {
+		t.Fatal(err)
+	}
+	src = b.startSource()
+	all := append([]string{early, middle, last}, ids...)
+	b.waitPublished(all)
+	b.checkStoredOnce(all)
+	if got := fastRows(t, src, "stored"); got != 43 {
+		t.Errorf("rows confirmed by fast batches: %v, want 43", got)
+	}
+	if got := fastRows(t, src, "fallback"); got != 0 {
+		t.Errorf("rows fallen back: %v, want 0", got)
+	}
+
+	// Only duplicates, the first of them on its own.
+	src.stop()
+	if _, err := b.pool.Exec(ctx, `UPDATE effects SET published_at = NULL`); err != nil {
+		t.Fatal(err)
+	}
+	src = b.startSource()
+	b.waitPublished(all)
+	b.checkStoredOnce(all)
+	if got := fastRows(t, src, "stored"); got != 43 {
+		t.Errorf("duplicates confirmed by fast batches: %v, want 43", got)
+	}
+}
+
+// A message the stream refuses in the middle of a fast batch (over its max
+// message size): the rows before it are stored and marked, the rows after
+// it fall back and are stored, it stays unpublished (as it does when
+// published on its own) until the stream takes it; no row is marked that is
+// not stored.
+func TestTableSourceFastBatchErrorMidBatch(t *testing.T) {
+	b := setupTable(t)
+	ctx := context.Background()
+	if err := effects.EnsureStreams(ctx, b.js, effects.StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	b.updateEffectsStream(func(c *jetstream.StreamConfig) { c.MaxMsgSize = 1024 })
+	before := b.insertN(10, `{}`)
+	big := b.insert("echo", `{"x": "`+strings.Repeat("y", 2000)+`"}`)
+	after := b.insertN(10, `{}`)
+	src := b.startSource(func(c *ingest.TableConfig) { c.RetryMax = 50 * time.Millisecond })
+	b.waitPublished(append(before, after...))
+	waitFor(t, "a batch error", func() bool { return counter(t, src.reg, "effects_table_batch_errors_total", nil) > 0 })
+	b.checkMarkedStored()
+	if got := fastRows(t, src, "stored"); got < 10 {
+		t.Errorf("rows confirmed by fast batches: %v, want the 10 before the big one at least", got)
+	}
+	if got := fastRows(t, src, "fallback"); got < 11 {
+		t.Errorf("rows fallen back: %v, want the big one and the 10 after it", got)
+	}
+	var published bool
+	if err := b.pool.QueryRow(ctx, `SELECT published_at IS NOT NULL FROM effects WHERE id = $1`, big).Scan(&published); err != nil {
+		t.Fatal(err)
+	}
+	if published {
+		t.Fatal("the refused row is marked published")
+	}
+	b.updateEffectsStream(func(c *jetstream.StreamConfig) { c.MaxMsgSize = -1 })
+	all := append(append(before, big), after...)
+	b.waitPublished(all)
+	b.checkStoredOnce(all)
+}
+
+// The effects stream deleted under the source: nothing is marked that was
+// not stored; once the stream is back, every row is published.
+func TestTableSourceFastBatchStreamDeleted(t *testing.T) {
+	b := setupTable(t)
+	ctx := context.Background()
+	src := b.startSource(func(c *ingest.TableConfig) { c.RetryMax = 50 * time.Millisecond; c.PublishTimeout = time.Second })
+	first := b.insertN(10, `{}`)
+	b.waitPublished(first)
+	if err := b.js.DeleteStream(ctx, effects.EffectsStream); err != nil {
+		t.Fatal(err)
+	}
+	second := b.insertN(20, `{}`)
+	waitFor(t, "a batch error", func() bool { return counter(t, src.reg, "effects_table_batch_errors_total", nil) > 0 })
+	var marked int
+	if err := b.pool.QueryRow(ctx, `SELECT count(*) FROM effects WHERE id = ANY($1::uuid[]) AND published_at IS NOT NULL`, second).Scan(&marked); err != nil {
+		t.Fatal(err)
+	}
+	if marked != 0 {
+		t.Fatalf("%d rows marked published with no stream", marked)
+	}
+	if err := effects.EnsureStreams(ctx, b.js, effects.StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	b.waitPublished(second)
+	b.checkStoredOnce(second)
+}
+
+// EFFECTS_TABLE_FAST_BATCH: on unless set false; a wrong value is named.
+func TestTableConfigFastBatchSetting(t *testing.T) {
+	for v, off := range map[string]bool{"": false, "true": false, "1": false, "false": true, "0": true} {
+		env := map[string]string{"DATABASE_URL": "postgres://h/db"}
+		if v != "" {
+			env["EFFECTS_TABLE_FAST_BATCH"] = v
+		}
+		c, err := ingest.TableConfigFromEnv(envconfig.FromMap(env))
+		if err != nil {
+			t.Fatalf("%q: %v", v, err)
+		}
+		if c.NoFastBatch != off {
+			t.Errorf("EFFECTS_TABLE_FAST_BATCH=%q: NoFastBatch %v, want %v", v, c.NoFastBatch, off)
+		}
+	}
+	_, err := ingest.TableConfigFromEnv(envconfig.FromMap(map[string]string{"DATABASE_URL": "postgres://h/db", "EFFECTS_TABLE_FAST_BATCH": "maybe"}))
+	if err == nil || !strings.Contains(err.Error(), "EFFECTS_TABLE_FAST_BATCH") {
+		t.Errorf("error %v, want one naming EFFECTS_TABLE_FAST_BATCH", err)
+	}
+}
