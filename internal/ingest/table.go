@@ -192,6 +192,7 @@ func (s *TableSource) waitReady(ctx context.Context) error {
 		if err := effects.EnsureStreams(actx, s.js, s.cfg.Streams); err != nil {
 			return fmt.Errorf("NATS: ensure streams: %w", err)
 		}
+		s.fast.usable(actx) // reads whether the stream allows fast batches
 		err := schema.Check(actx, s.pool, s.cfg.Table)
 		if errors.Is(err, schema.ErrNotMigrated) {
 			fatal = err
