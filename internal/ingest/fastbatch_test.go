@@ -283,3 +283,35 @@ func TestTableConfigFastBatchSetting(t *testing.T) {
 		t.Errorf("error %v, want one naming EFFECTS_TABLE_FAST_BATCH", err)
 	}
 }
+
+// A row whose message is over NATS's max_payload (1 MiB) in the middle of a
+// batch: the client refuses it before sending, the batch goes on without
+// it, and the row is failed with the reason as before; the others are
+// stored once.
+func TestTableSourceFastBatchOverMaxPayload(t *testing.T) {
+	b := setupTable(t)
+	before := b.insertN(5, `{}`)
+	big := b.insert("echo", `{"x": "`+strings.Repeat("y", 1100<<10)+`"}`)
+	after := b.insertN(5, `{}`)
+	src := b.startSource(func(c *ingest.TableConfig) { c.MaxPayloadBytes = 2 << 20 })
+	b.waitPublished(append(append(before, big), after...))
+	b.checkStoredOnce(append(before, after...))
+	ctx := context.Background()
+	cs, err := b.js.Stream(ctx, effects.CompletedStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := cs.GetLastMsgForSubject(ctx, effects.CompletedSubject("echo"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(m.Data), big) || !strings.Contains(string(m.Data), "more than the NATS server accepts") {
+		t.Errorf("completion %s: want %s failed for its size", m.Data, big)
+	}
+	if got := fastRows(t, src, "stored"); got != 10 {
+		t.Errorf("rows confirmed by the fast batch: %v, want 10", got)
+	}
+	if got := fastRows(t, src, "fallback"); got != 1 {
+		t.Errorf("rows fallen back: %v, want 1", got)
+	}
+}
