@@ -395,12 +395,13 @@ func (f *fastBatcher) publish(msgs []*nats.Msg, deadline time.Time) (stored []bo
 	if !ended && !st.isDone() {
 		// Commit what the server has: the batch stopped short, or its
 		// last message was left out.
-		if err := end(); err != nil && sendErr == nil {
-			sendErr = err
+		if err := end(); err != nil {
+			st.mu.Lock()
+			st.finish(fmt.Errorf("ending the batch: %w", err))
+			st.mu.Unlock()
 		}
 	}
-	for wait(func() bool { return false }) {
-	}
+	wait(func() bool { return false }) // ends the batch if the server needs it
 	// The batch's end (or the deadline).
 	for !st.isDone() {
 		select {
