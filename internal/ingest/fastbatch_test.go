@@ -6,10 +6,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/effects-run/effects/internal/envconfig"
 	"github.com/effects-run/effects/internal/ingest"
+	"github.com/effects-run/effects/internal/testenv"
 	"github.com/effects-run/effects/pkg/effects"
 )
 
@@ -313,5 +316,49 @@ func TestTableSourceFastBatchOverMaxPayload(t *testing.T) {
 	}
 	if got := fastRows(t, src, "fallback"); got != 1 {
 		t.Errorf("rows fallen back: %v, want 1", got)
+	}
+}
+
+// `batch publish too many inflight` (the server's limit of fast batches in
+// flight per stream, which many replicas could reach): the refused batch
+// is published message by message, all of it.
+func TestTableSourceFastBatchTooManyInflight(t *testing.T) {
+	pg := testenv.StartPostgres(t)
+	b := &tableBundle{t: t, pg: pg, url: pg.URL, pool: pg.Pool}
+	b.migrate()
+	b.nats = testenv.StartNATSWith(t, func(o *server.Options) { o.JetStreamLimits.MaxBatchInflightPerStream = 1 })
+	nc, js := b.nats.Connect(t)
+	b.js = js
+	ctx := context.Background()
+	if err := effects.EnsureStreams(ctx, js, effects.StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// Another publisher's batch, started and left open, holds the one slot
+	// (for the server's 10s batch timeout).
+	const holder = "00000000-0000-4000-8000-000000000001"
+	acks, err := nc.SubscribeSync("_INBOX.holder.>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := nats.NewMsg(effects.Subject("echo"))
+	m.Reply = "_INBOX.holder.b1.500.fail.1.0.$FI"
+	m.Header.Set(jetstream.MsgIDHeader, holder)
+	m.Data = []byte(`{}`)
+	if err := nc.PublishMsg(m); err != nil {
+		t.Fatal(err)
+	}
+	if a, err := acks.NextMsg(5 * time.Second); err != nil || !strings.Contains(string(a.Data), `"type":"ack"`) {
+		t.Fatalf("the holder's batch did not start: %v %v", a, err)
+	}
+
+	ids := b.insertN(30, `{}`)
+	src := b.startSource()
+	b.waitPublished(ids)
+	b.checkStoredOnce(append(ids, holder))
+	if got := fastRows(t, src, "stored"); got != 0 {
+		t.Errorf("rows confirmed by fast batches: %v, want 0 (the slot is taken)", got)
+	}
+	if got := fastRows(t, src, "fallback"); got != 30 {
+		t.Errorf("rows fallen back: %v, want 30", got)
 	}
 }

@@ -36,6 +36,13 @@ type NATS struct {
 // directory of the test's; it is shut down when the test ends.
 func StartNATS(t testing.TB) *NATS {
 	t.Helper()
+	return StartNATSWith(t, nil)
+}
+
+// StartNATSWith is [StartNATS] with configure (if not nil) applied to the
+// server's options first (e.g. JetStream limits).
+func StartNATSWith(t testing.TB, configure func(*server.Options)) *NATS {
+	t.Helper()
 	opts := &server.Options{
 		Host:      "127.0.0.1",
 		Port:      FixedPort(t), // it may be restarted on it (Start)
@@ -43,6 +50,9 @@ func StartNATS(t testing.TB) *NATS {
 		StoreDir:  t.TempDir(),
 		NoLog:     true,
 		NoSigs:    true,
+	}
+	if configure != nil {
+		configure(opts)
 	}
 	n := &NATS{opts: opts}
 	n.start(t)
