@@ -242,4 +242,3 @@ func (d *fastDecoder) op(i int, dst *string) (int, bool) {
 	}
 	return end, true
 }
-

@@ -166,6 +166,74 @@ func (d *Decoder) String(i int) (string, int, bool) {
 	return "", 0, false
 }
 
+// Fields tracks which of up to 64 fields a decoder has met. A second
+// occurrence of a field is encoding/json's to resolve (the last wins, into
+// what the first left): a decoder hands the input over.
+type Fields uint64
+
+// First reports whether field n is met for the first time, and marks it.
+func (f *Fields) First(n int) bool {
+	if *f&(1<<n) != 0 {
+		return false
+	}
+	*f |= 1 << n
+	return true
+}
+
+// StringTo decodes the string at b[i] into dst, as [Decoder.String] does:
+// null leaves dst as is, as encoding/json does; anything else fails.
+func (d *Decoder) StringTo(i int, dst *string) (int, bool) {
+	s, end, ok := d.String(i)
+	if !ok {
+		if d.b[i] == 'n' {
+			return i + len("null"), true
+		}
+		return 0, false
+	}
+	*dst = s
+	return end, true
+}
+
+// StringMap decodes the object of strings at b[i] into a new map, as
+// encoding/json decodes a map[string]string into a nil one: null leaves it
+// nil, a null value is "", a later key replaces an earlier one. Keys and
+// values decode as [Decoder.String] does; anything else fails.
+func (d *Decoder) StringMap(i int, dst *map[string]string) (int, bool) {
+	b := d.b
+	switch b[i] {
+	case 'n':
+		return i + len("null"), true
+	case '{':
+	default:
+		return 0, false
+	}
+	m := make(map[string]string)
+	*dst = m
+	i = SkipSpace(b, i+1)
+	if b[i] == '}' {
+		return i + 1, true
+	}
+	for {
+		key, end, ok := d.String(i)
+		if !ok {
+			return 0, false
+		}
+		i = SkipSpace(b, SkipSpace(b, end)+1) // past ':'
+		var val string
+		if i, ok = d.StringTo(i, &val); !ok {
+			return 0, false
+		}
+		m[key] = val
+		if i = SkipSpace(b, i); i >= len(b) {
+			return 0, false
+		}
+		if b[i] == '}' {
+			return i + 1, true
+		}
+		i = SkipSpace(b, i+1) // past ','
+	}
+}
+
 // hex4 reads the four hex digits at b[i:].
 func hex4(b []byte, i int) (rune, bool) {
 	if len(b)-i < 4 {
