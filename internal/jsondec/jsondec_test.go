@@ -1,6 +1,7 @@
 package jsondec
 
 import (
+	"bytes"
 	"encoding/json"
 	"testing"
 )
@@ -86,4 +87,27 @@ func TestStringTakesEncoderOutput(t *testing.T) {
 			t.Errorf("String took %s, which encoding/json decodes its own way", s)
 		}
 	}
+}
+
+// FuzzAppendCompact holds AppendCompact to json.Compact for every text
+// Valid accepts.
+func FuzzAppendCompact(f *testing.F) {
+	for _, s := range validSeeds {
+		f.Add([]byte(s))
+	}
+	f.Add([]byte("[\"\u2028 <&> \xff\", 1 ]"))
+	f.Add([]byte(" {\"a\" : [ 1 , \"x \\\" y\" ,\t{ } ] ,\n\"b\":\"\\\\\"}\r\n"))
+	f.Fuzz(func(t *testing.T, src []byte) {
+		if !Valid(src) {
+			return
+		}
+		var want bytes.Buffer
+		want.WriteString("prefix")
+		if err := json.Compact(&want, src); err != nil {
+			t.Fatalf("json.Compact refuses %q, which Valid accepts: %v", src, err)
+		}
+		if got := AppendCompact([]byte("prefix"), src); !bytes.Equal(got, want.Bytes()) {
+			t.Fatalf("AppendCompact(%q) = %q, json.Compact writes %q", src, got, want.Bytes())
+		}
+	})
 }
