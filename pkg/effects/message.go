@@ -91,8 +91,8 @@ var ErrMalformedCompletion = errors.New("malformed completion")
 func ParseCompletion(data []byte) (Completion, error) {
 	var c Completion
 	if !jsondec.Valid(data) || !parseCompletionFast(data, &c) {
-		c = Completion{}
-		if err := json.Unmarshal(data, &c); err != nil {
+		var err error
+		if c, err = unmarshalCompletion(data); err != nil {
 			// encoding/json's errors quote the value they refuse (a time,
 			// for one) whole; the reason needs the gist.
 			return Completion{}, fmt.Errorf("%w: %s", ErrMalformedCompletion, cutText(err.Error(), 256))
@@ -102,6 +102,15 @@ func ParseCompletion(data []byte) (Completion, error) {
 		return Completion{}, err
 	}
 	return c, nil
+}
+
+// unmarshalCompletion decodes data with encoding/json, into a Completion of
+// its own: one whose address reaches json.Unmarshal is on the heap, and
+// ParseCompletion's is not.
+func unmarshalCompletion(data []byte) (Completion, error) {
+	var c Completion
+	err := json.Unmarshal(data, &c)
+	return c, err
 }
 
 // Validate checks the fields a completion must have.

@@ -391,12 +391,21 @@ func (x *executor) report(dl *delivery, err error) {
 func decodeEffect(data []byte, kind string) (effects.Effect, error) {
 	var e effects.Effect
 	if !jsondec.Valid(data) || !decodeEffectFast(data, kind, &e) {
-		e = effects.Effect{}
-		if err := json.Unmarshal(data, &e); err != nil {
+		var err error
+		if e, err = unmarshalEffect(data); err != nil {
 			return decodeError(data, kind, err)
 		}
 	}
 	return checkEffect(e, kind)
+}
+
+// unmarshalEffect decodes data with encoding/json, into an Effect of its
+// own: one whose address reaches json.Unmarshal is on the heap, and
+// decodeEffect's is not.
+func unmarshalEffect(data []byte) (effects.Effect, error) {
+	var e effects.Effect
+	err := json.Unmarshal(data, &e)
+	return e, err
 }
 
 // checkEffect is decodeEffect's verdict on a decoded body.
