@@ -6,7 +6,7 @@ import (
 	"github.com/effects-run/effects/internal/jsondec"
 )
 
-// decodeEventFast decodes body, which must be valid JSON (validJSON), into
+// decodeEventFast decodes body, which must be valid JSON (jsondec.Valid), into
 // ev the way json.Unmarshal would, walking the bytes once and keeping only
 // the fields the ingest reads. It reports false, leaving ev in any state,
 // as soon as it meets anything it does not decode exactly as encoding/json
