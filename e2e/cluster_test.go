@@ -302,6 +302,16 @@ func perReplica(t testing.TB, regs []*prometheus.Registry, name string) []float6
 	return out
 }
 
+// allNonZero says whether every value is above zero.
+func allNonZero(vs []float64) bool {
+	for _, v := range vs {
+		if v <= 0 {
+			return false
+		}
+	}
+	return true
+}
+
 // runCounter counts the runs of a handler per effect: the side effect.
 type runCounter struct {
 	mu   sync.Mutex
@@ -392,9 +402,18 @@ func TestClusterReplicasShareWork(t *testing.T) {
 		dispatcher: dispatcher.Config{Concurrency: 16}})
 	_, js := c.Connect(t)
 
-	const n = 2000
-	for i := 0; i < n; i += 100 {
-		rs.insertRows("work", i, 100)
+	// At least 2,000 rows, 100 every 20 ms, and on until both replicas of
+	// each service have taken part (a replica that starts pulling late on
+	// a loaded machine would otherwise find the work already taken), at
+	// most 20,000.
+	n := 0
+	for n < 2000 || !allNonZero(perReplica(t, rs.dispatcherRegs, "effects_handled_total")) ||
+		!allNonZero(perReplica(t, rs.completerRegs, "effects_completions_written_total")) {
+		if n >= 20000 {
+			break // the assertions below say which replica sat idle
+		}
+		rs.insertRows("work", n, 100)
+		n += 100
 		time.Sleep(20 * time.Millisecond)
 	}
 	rs.waitFinal(2 * time.Minute)

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/effects-run/effects/internal/jsondec"
 	"github.com/effects-run/effects/pkg/effects"
 )
 
@@ -145,7 +146,7 @@ func (e badRequest) Error() string { return string(e) }
 // decodeEventFast when it can, by encoding/json otherwise (and for the
 // error's words).
 func decodeEvent(body []byte, ev *hasuraEvent) error {
-	if validJSON(body) && decodeEventFast(body, ev) {
+	if jsondec.Valid(body) && decodeEventFast(body, ev) {
 		return nil
 	}
 	*ev = hasuraEvent{}
@@ -344,27 +345,27 @@ func isStringObjectOrNull(raw []byte) bool {
 	if len(raw) == 0 || string(raw) == "null" {
 		return true
 	}
-	i := skipSpace(raw, 0)
+	i := jsondec.SkipSpace(raw, 0)
 	if i >= len(raw) || raw[i] != '{' {
 		return false
 	}
-	i = skipSpace(raw, i+1)
+	i = jsondec.SkipSpace(raw, i+1)
 	if i < len(raw) && raw[i] == '}' {
 		return true
 	}
 	for {
 		// A key, then ':'.
-		if i = skipString(raw, i); i < 0 {
+		if i = jsondec.SkipString(raw, i); i < 0 {
 			return false
 		}
-		if i = skipSpace(raw, i); i >= len(raw) || raw[i] != ':' {
+		if i = jsondec.SkipSpace(raw, i); i >= len(raw) || raw[i] != ':' {
 			return false
 		}
 		// A value, which must be a string.
-		if i = skipString(raw, skipSpace(raw, i+1)); i < 0 {
+		if i = jsondec.SkipString(raw, jsondec.SkipSpace(raw, i+1)); i < 0 {
 			return false
 		}
-		i = skipSpace(raw, i)
+		i = jsondec.SkipSpace(raw, i)
 		switch {
 		case i >= len(raw):
 			return false
@@ -373,32 +374,8 @@ func isStringObjectOrNull(raw []byte) bool {
 		case raw[i] != ',':
 			return false
 		}
-		i = skipSpace(raw, i+1)
+		i = jsondec.SkipSpace(raw, i+1)
 	}
-}
-
-func skipSpace(b []byte, i int) int {
-	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
-		i++
-	}
-	return i
-}
-
-// skipString returns the index after the JSON string starting at i, or -1 if
-// there is none. The input is valid JSON, so only escapes need care.
-func skipString(b []byte, i int) int {
-	if i >= len(b) || b[i] != '"' {
-		return -1
-	}
-	for i++; i < len(b); i++ {
-		switch b[i] {
-		case '\\':
-			i++
-		case '"':
-			return i + 1
-		}
-	}
-	return -1
 }
 
 func visibleASCII(s string) bool {

@@ -125,30 +125,6 @@ func BenchmarkDecodeEvent(b *testing.B) {
 	})
 }
 
-// FuzzValidJSON holds validJSON to json.Valid: it may refuse a valid body
-// (then encoding/json decodes it), never accept an invalid one.
-func FuzzValidJSON(f *testing.F) {
-	addFuzzFixtures(f, "testdata")
-	for _, s := range fastDecodeSeeds {
-		f.Add([]byte(s))
-	}
-	for _, s := range []string{
-		``, ` `, `0`, `-0`, `01`, `-`, `1.`, `1.5e`, `1e+5`, `1E-05`, `.5`, `+1`, `tru`, `true `, `nul`, `nulll`,
-		`"\u12"`, `"\u12g4"`, `"\x"`, "\"\x01\"", "\"\xff\"", `"\/"`, `[1,]`, `[,1]`, `{"a"}`, `{"a":}`, `{"a":1,}`,
-		`{1:2}`, `[1 2]`, `{"a":1 "b":2}`, `[[[]]]`, `{} {}`, "\t[\r\n]\n",
-	} {
-		f.Add([]byte(s))
-	}
-	f.Fuzz(func(t *testing.T, body []byte) {
-		if validJSON(body) && !json.Valid(body) {
-			t.Fatalf("validJSON accepts %q, which json.Valid refuses", body)
-		}
-		if !validJSON(body) && json.Valid(body) && len(body) < maxFastDepth {
-			t.Fatalf("validJSON refuses %q, which json.Valid accepts", body)
-		}
-	})
-}
-
 // TestHeaderParentEachPropagator checks that headerParent's shortcut (no
 // trace header, no propagators) still hands each header the propagators
 // read to them, whatever case the client wrote it in.

@@ -12,6 +12,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/propagation"
+
+	"github.com/effects-run/effects/internal/jsondec"
 )
 
 // DefaultPublishTimeout bounds a completion publish when the caller's context
@@ -185,7 +187,7 @@ func MarshalResult(result any) (json.RawMessage, error) {
 		if r == nil {
 			return json.RawMessage("null"), nil
 		}
-		if !json.Valid(r) {
+		if !jsondec.Valid(r) && !json.Valid(r) { // jsondec first: faster, and never accepts what json.Valid refuses
 			return nil, errors.New("effects: handler result is a json.RawMessage that is not valid JSON")
 		}
 		return r, nil

@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/effects-run/effects/internal/jsondec"
 	"github.com/effects-run/effects/internal/jsonenc"
 )
 
@@ -32,9 +33,12 @@ func encodeCompletion(c Completion) ([]byte, error) {
 	b = append(b, `,"status":`...)
 	b = jsonenc.AppendString(b, string(c.Status))
 	b = append(b, `,"completion":`...)
-	if c.Completion == nil {
+	switch {
+	case c.Completion == nil:
 		b = append(b, "null"...)
-	} else {
+	case jsondec.Valid(c.Completion):
+		b = jsondec.AppendCompact(b, c.Completion)
+	default:
 		// As encoding/json writes a json.RawMessage with HTML escaping
 		// off: compacted, refused when not valid JSON.
 		buf := bytes.NewBuffer(b)

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/effects-run/effects/internal/jsondec"
 )
 
 // Status is the state of an effect row.
@@ -88,15 +90,27 @@ var ErrMalformedCompletion = errors.New("malformed completion")
 // ParseCompletion decodes and checks a completion message.
 func ParseCompletion(data []byte) (Completion, error) {
 	var c Completion
-	if err := json.Unmarshal(data, &c); err != nil {
-		// encoding/json's errors quote the value they refuse (a time, for
-		// one) whole; the reason needs the gist.
-		return Completion{}, fmt.Errorf("%w: %s", ErrMalformedCompletion, cutText(err.Error(), 256))
+	if !jsondec.Valid(data) || !parseCompletionFast(data, &c) {
+		var err error
+		if c, err = unmarshalCompletion(data); err != nil {
+			// encoding/json's errors quote the value they refuse (a time,
+			// for one) whole; the reason needs the gist.
+			return Completion{}, fmt.Errorf("%w: %s", ErrMalformedCompletion, cutText(err.Error(), 256))
+		}
 	}
 	if err := c.Validate(); err != nil {
 		return Completion{}, err
 	}
 	return c, nil
+}
+
+// unmarshalCompletion decodes data with encoding/json, into a Completion of
+// its own: one whose address reaches json.Unmarshal is on the heap, and
+// ParseCompletion's is not.
+func unmarshalCompletion(data []byte) (Completion, error) {
+	var c Completion
+	err := json.Unmarshal(data, &c)
+	return c, err
 }
 
 // Validate checks the fields a completion must have.
@@ -110,7 +124,7 @@ func (c Completion) Validate() error {
 		return fmt.Errorf("%w: attempts %d is negative", ErrMalformedCompletion, c.Attempts)
 	case c.CompletedAt.IsZero():
 		return fmt.Errorf("%w: completed_at is missing", ErrMalformedCompletion)
-	case len(c.Completion) > 0 && !json.Valid(c.Completion):
+	case len(c.Completion) > 0 && !jsondec.Valid(c.Completion) && !json.Valid(c.Completion):
 		return fmt.Errorf("%w: completion is not JSON", ErrMalformedCompletion)
 	}
 	return nil

@@ -16,6 +16,7 @@ import (
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/effects-run/effects/internal/jsondec"
 	"github.com/effects-run/effects/internal/retry"
 	"github.com/effects-run/effects/pkg/effects"
 )
@@ -389,15 +390,26 @@ func (x *executor) report(dl *delivery, err error) {
 // read, so that the row can still be failed.
 func decodeEffect(data []byte, kind string) (effects.Effect, error) {
 	var e effects.Effect
-	if err := json.Unmarshal(data, &e); err != nil {
-		var partial struct {
-			ID string `json:"id"`
+	if !jsondec.Valid(data) || !decodeEffectFast(data, kind, &e) {
+		var err error
+		if e, err = unmarshalEffect(data); err != nil {
+			return decodeError(data, kind, err)
 		}
-		_ = json.Unmarshal(data, &partial)
-		// encoding/json's errors quote the value they refuse (a time, for
-		// one) whole; the row's error needs the gist.
-		return effects.Effect{ID: partial.ID, Kind: kind}, errors.New(cutText(err.Error(), maxDecodeErrorText))
 	}
+	return checkEffect(e, kind)
+}
+
+// unmarshalEffect decodes data with encoding/json, into an Effect of its
+// own: one whose address reaches json.Unmarshal is on the heap, and
+// decodeEffect's is not.
+func unmarshalEffect(data []byte) (effects.Effect, error) {
+	var e effects.Effect
+	err := json.Unmarshal(data, &e)
+	return e, err
+}
+
+// checkEffect is decodeEffect's verdict on a decoded body.
+func checkEffect(e effects.Effect, kind string) (effects.Effect, error) {
 	// A refused effect is failed as the subject's kind too: the body's kind
 	// is not a kind this consumer owns, and may not be a valid kind.
 	bodyKind := e.Kind
@@ -412,6 +424,18 @@ func decodeEffect(data []byte, kind string) (effects.Effect, error) {
 		e.Payload = json.RawMessage("{}")
 	}
 	return e, nil
+}
+
+// decodeError is decodeEffect's result for a body encoding/json refuses:
+// the id, if it can be read, and the gist of the error.
+func decodeError(data []byte, kind string, err error) (effects.Effect, error) {
+	var partial struct {
+		ID string `json:"id"`
+	}
+	_ = json.Unmarshal(data, &partial)
+	// encoding/json's errors quote the value they refuse (a time, for
+	// one) whole; the row's error needs the gist.
+	return effects.Effect{ID: partial.ID, Kind: kind}, errors.New(cutText(err.Error(), maxDecodeErrorText))
 }
 
 // maxDecodeErrorText bounds the reason a malformed effect message is failed
