@@ -128,9 +128,11 @@ func TestSucceededReplacesFailed(t *testing.T) {
 	if got := b.metric(t, "effects_completions_written_total", "status", "failed"); got != 1 {
 		t.Errorf("written{failed} = %v", got)
 	}
-	if got := b.metric(t, "effects_completions_written_total", "status", "succeeded"); got != 1 {
-		t.Errorf("written{succeeded} = %v", got)
-	}
+	// The row is visible once the write commits; the metric counts it
+	// just after.
+	testenv.WaitFor(t, 10*time.Second, "written{succeeded} = 1", func() bool {
+		return b.metric(t, "effects_completions_written_total", "status", "succeeded") == 1
+	})
 }
 
 func TestOlderFailedDoesNotReplaceNewerFailed(t *testing.T) {
