@@ -348,3 +348,12 @@ func TestSoakVerdict(t *testing.T) {
 		t.Errorf("csv starts:\n%.120s", csv)
 	}
 }
+
+func TestSecondPhaseRate(t *testing.T) {
+	if got := (&config{}).secondPhaseRate(9000); got != 4500 {
+		t.Errorf("without -half-rate: %v, want half the maximum, 4500", got)
+	}
+	if got := (&config{halfRate: 3000}).secondPhaseRate(9000); got != 3000 {
+		t.Errorf("-half-rate 3000: %v, want 3000", got)
+	}
+}

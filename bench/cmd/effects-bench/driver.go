@@ -688,7 +688,7 @@ func (m measured) run(ctx context.Context, r result, soak *soakPlan, truncate fu
 		r.Procs = append(r.Procs, procResult{Name: "postgres", CPU: -1})
 	}
 	if m.env.c.halfFor > 0 && r.Rate > 0 && stats != nil {
-		half := r.Rate / 2
+		half := m.env.c.secondPhaseRate(r.Rate)
 		hst, _, _, err := one(phase{N: max(1, int(half*m.env.c.halfFor.Seconds())), Rate: half}, nil)
 		if err != nil {
 			return r, fmt.Errorf("at half rate: %w", err)
@@ -795,4 +795,13 @@ func ms(s float64) string {
 		return fmt.Sprintf("%.1f s", s)
 	}
 	return fmt.Sprintf("%.0f ms", s*1000)
+}
+
+// secondPhaseRate is the rate of the latency phase after a maximum of max:
+// -half-rate when given, half the maximum otherwise.
+func (c *config) secondPhaseRate(max float64) float64 {
+	if c.halfRate > 0 {
+		return c.halfRate
+	}
+	return max / 2
 }

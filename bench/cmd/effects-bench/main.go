@@ -50,6 +50,7 @@ type config struct {
 	out         string
 	effects     int
 	halfFor     time.Duration
+	halfRate    float64 // fixed rate of the second phase; 0: half the maximum
 	contenders  []string
 	batch       int
 	posters     int
@@ -82,6 +83,7 @@ func runDriver(args []string) error {
 	fs.StringVar(&c.out, "out", "docs/bench", `directory for latest.md and latest.png (soak.md and soak.png with -soak); "" writes none`)
 	fs.IntVar(&c.effects, "effects", 50000, "effects (River: jobs) per contender at the maximum rate")
 	fs.DurationVar(&c.halfFor, "half", 10*time.Second, "length of the second phase, at half each contender's maximum rate (latency); 0 skips it")
+	fs.Float64Var(&c.halfRate, "half-rate", 0, "effects/s of the second phase instead of half each contender's maximum: the latency of two builds (-bin) at the same rate")
 	fs.BoolVar(&long, "long", false, "a longer run: -effects 300000 -half 60s (unless given)")
 	fs.StringVar(&contenders, "contenders", "river,table,webhook,ingest", "which contenders to run, in order: river, table, webhook, ingest")
 	fs.IntVar(&c.batch, "batch", 5000, "rows (River: jobs) per COPY batch at the maximum rate")
