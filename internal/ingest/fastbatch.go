@@ -335,9 +335,7 @@ func (f *fastBatcher) publish(msgs []*nats.Msg, deadline time.Time) (stored []bo
 			select {
 			case <-st.signal:
 			case <-timer.C:
-				st.mu.Lock()
-				st.finish(errors.New("no ack by the deadline (EFFECTS_PUBLISH_TIMEOUT)"))
-				st.mu.Unlock()
+				st.expire()
 				return false
 			}
 		}
@@ -407,9 +405,7 @@ func (f *fastBatcher) publish(msgs []*nats.Msg, deadline time.Time) (stored []bo
 		select {
 		case <-st.signal:
 		case <-timer.C:
-			st.mu.Lock()
-			st.finish(errors.New("no ack by the deadline (EFFECTS_PUBLISH_TIMEOUT)"))
-			st.mu.Unlock()
+			st.expire()
 		}
 	}
 	st.mu.Lock()
@@ -419,6 +415,16 @@ func (f *fastBatcher) publish(msgs []*nats.Msg, deadline time.Time) (stored []bo
 		err = sendErr
 	}
 	return stored, err
+}
+
+// errFastBatchDeadline: the batch was not confirmed by its deadline.
+var errFastBatchDeadline = errors.New("no ack by the deadline (EFFECTS_PUBLISH_TIMEOUT)")
+
+// expire ends the batch at its deadline.
+func (st *fastBatchState) expire() {
+	st.mu.Lock()
+	st.finish(errFastBatchDeadline)
+	st.mu.Unlock()
 }
 
 func (st *fastBatchState) isDone() bool {
