@@ -203,9 +203,9 @@ func BenchmarkCapacityCompleter(b *testing.B) {
 			cpu0, start := cpuTime(), time.Now()
 			go func() { done <- c.Run(runCtx) }()
 			deadline := time.Now().Add(10 * time.Minute)
-			for metricSum(b, reg, "effects_completions_written_total") < float64(b.N) {
+			for testenv.MetricValue(b, reg, "effects_completions_written_total") < float64(b.N) {
 				if time.Now().After(deadline) {
-					b.Fatalf("%v of %d written after 10 minutes", metricSum(b, reg, "effects_completions_written_total"), b.N)
+					b.Fatalf("%v of %d written after 10 minutes", testenv.MetricValue(b, reg, "effects_completions_written_total"), b.N)
 				}
 				time.Sleep(5 * time.Millisecond)
 			}

@@ -268,36 +268,11 @@ func (rs *replicaSet) waitFinal(within time.Duration) {
 	}
 }
 
-// metricSum adds up every series of a counter (or the counts of a
-// histogram) in reg.
-func metricSum(t testing.TB, reg prometheus.Gatherer, name string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sum float64
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			switch {
-			case m.GetCounter() != nil:
-				sum += m.GetCounter().GetValue()
-			case m.GetHistogram() != nil:
-				sum += float64(m.GetHistogram().GetSampleCount())
-			}
-		}
-	}
-	return sum
-}
-
-// perReplica is metricSum for each registry.
+// perReplica is testenv.MetricValue for each registry.
 func perReplica(t testing.TB, regs []*prometheus.Registry, name string) []float64 {
 	out := make([]float64, len(regs))
 	for i, reg := range regs {
-		out[i] = metricSum(t, reg, name)
+		out[i] = testenv.MetricValue(t, reg, name)
 	}
 	return out
 }

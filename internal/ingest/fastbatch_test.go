@@ -82,7 +82,7 @@ func (b *tableBundle) updateEffectsStream(f func(*jetstream.StreamConfig)) {
 
 func fastRows(t *testing.T, src *source, result string) float64 {
 	t.Helper()
-	return counter(t, src.reg, "effects_table_fast_batch_rows_total", map[string]string{"result": result})
+	return testenv.MetricValue(t, src.reg, "effects_table_fast_batch_rows_total", "result", result)
 }
 
 // The batches go as fast batches: every row stored once, marked, and the
@@ -99,7 +99,7 @@ func TestTableSourceFastBatch(t *testing.T) {
 	if got := fastRows(t, src, "fallback"); got != 0 {
 		t.Errorf("rows fallen back: %v, want 0", got)
 	}
-	if got := counter(t, src.reg, "effects_ingested_total", map[string]string{"outcome": "published"}); got != 120 {
+	if got := testenv.MetricValue(t, src.reg, "effects_ingested_total", "outcome", "published"); got != 120 {
 		t.Errorf("published %v, want 120", got)
 	}
 }
@@ -218,7 +218,7 @@ func TestTableSourceFastBatchErrorMidBatch(t *testing.T) {
 	after := b.insertN(10, `{}`)
 	src := b.startSource(func(c *ingest.TableConfig) { c.RetryMax = 50 * time.Millisecond })
 	b.waitPublished(append(before, after...))
-	waitFor(t, "a batch error", func() bool { return counter(t, src.reg, "effects_table_batch_errors_total", nil) > 0 })
+	testenv.WaitFor(t, 30*time.Second, "a batch error", func() bool { return testenv.MetricValue(t, src.reg, "effects_table_batch_errors_total") > 0 })
 	b.checkMarkedStored()
 	if got := fastRows(t, src, "stored"); got < 10 {
 		t.Errorf("rows confirmed by fast batches: %v, want the 10 before the big one at least", got)
@@ -251,7 +251,7 @@ func TestTableSourceFastBatchStreamDeleted(t *testing.T) {
 		t.Fatal(err)
 	}
 	second := b.insertN(20, `{}`)
-	waitFor(t, "a batch error", func() bool { return counter(t, src.reg, "effects_table_batch_errors_total", nil) > 0 })
+	testenv.WaitFor(t, 30*time.Second, "a batch error", func() bool { return testenv.MetricValue(t, src.reg, "effects_table_batch_errors_total") > 0 })
 	var marked int
 	if err := b.pool.QueryRow(ctx, `SELECT count(*) FROM effects WHERE id = ANY($1::uuid[]) AND published_at IS NOT NULL`, second).Scan(&marked); err != nil {
 		t.Fatal(err)

@@ -13,7 +13,6 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 
 	"github.com/effects-run/effects/internal/ingest"
 	"github.com/effects-run/effects/internal/schema"
@@ -156,46 +155,6 @@ func streamMsgIDs(t testing.TB, js jetstream.JetStream) map[string]int {
 	return ids
 }
 
-func counter(t testing.TB, reg *prometheus.Registry, name string, labels map[string]string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sum float64
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	next:
-		for _, m := range mf.GetMetric() {
-			for k, v := range labels {
-				if !hasLabel(m, k, v) {
-					continue next
-				}
-			}
-			switch {
-			case m.Counter != nil:
-				sum += m.Counter.GetValue()
-			case m.Gauge != nil:
-				sum += m.Gauge.GetValue()
-			case m.Histogram != nil:
-				sum += float64(m.Histogram.GetSampleCount())
-			}
-		}
-	}
-	return sum
-}
-
-func hasLabel(m *dto.Metric, k, v string) bool {
-	for _, l := range m.GetLabel() {
-		if l.GetName() == k && l.GetValue() == v {
-			return true
-		}
-	}
-	return false
-}
-
 func TestTableSourceWireFormat(t *testing.T) {
 	b := setupTable(t)
 	b.startSource()
@@ -286,7 +245,7 @@ func TestTableSourceWakesOnNotify(t *testing.T) {
 	src := b.startSource(func(c *ingest.TableConfig) { c.PollInterval = time.Hour })
 	first := b.insert("echo", `{}`) // found by the first poll at start
 	b.waitPublished([]string{first})
-	waitFor(t, "the source to be ready", func() bool { return src.src.Ready(context.Background()) == nil })
+	testenv.WaitFor(t, 30*time.Second, "the source to be ready", func() bool { return src.src.Ready(context.Background()) == nil })
 	b.waitPublished([]string{b.insert("echo", `{"n": 2}`)})
 }
 
@@ -364,14 +323,14 @@ func TestTableSourceConcurrentInsertsTwoReplicas(t *testing.T) {
 	// The replicas split the work without publishing a row twice.
 	var published, duplicates float64
 	for _, r := range []*source{r1, r2} {
-		published += counter(t, r.reg, "effects_ingested_total", map[string]string{"outcome": "published"})
-		duplicates += counter(t, r.reg, "effects_ingested_total", map[string]string{"outcome": "duplicate"})
+		published += testenv.MetricValue(t, r.reg, "effects_ingested_total", "outcome", "published")
+		duplicates += testenv.MetricValue(t, r.reg, "effects_ingested_total", "outcome", "duplicate")
 	}
 	if int(published) != len(committed) || duplicates != 0 {
 		t.Errorf("published %v, duplicates %v; want %d and 0", published, duplicates, len(committed))
 	}
 	t.Logf("%d rows committed, %d rolled back; replica 1 published %v, replica 2 %v", len(committed), len(rolledBack),
-		counter(t, r1.reg, "effects_ingested_total", nil), counter(t, r2.reg, "effects_ingested_total", nil))
+		testenv.MetricValue(t, r1.reg, "effects_ingested_total"), testenv.MetricValue(t, r2.reg, "effects_ingested_total"))
 }
 
 // A row that can never succeed is failed with the reason, like the webhook
@@ -411,7 +370,7 @@ func TestTableSourceRejects(t *testing.T) {
 	if ids[bad]+ids[big]+ids[other] != 0 || ids[good] != 1 {
 		t.Errorf("stream ids %v: want only %s", ids, good)
 	}
-	if got := counter(t, src.reg, "effects_ingested_total", map[string]string{"outcome": "rejected"}); got != 3 {
+	if got := testenv.MetricValue(t, src.reg, "effects_ingested_total", "outcome", "rejected"); got != 3 {
 		t.Errorf("rejected %v, want 3", got)
 	}
 }
@@ -427,15 +386,15 @@ func TestTableSourceNATSOutage(t *testing.T) {
 	for range 10 {
 		during = append(during, b.insert("echo", `{}`))
 	}
-	waitFor(t, "not ready while NATS is down", func() bool { return src.src.Ready(context.Background()) != nil })
+	testenv.WaitFor(t, 30*time.Second, "not ready while NATS is down", func() bool { return src.src.Ready(context.Background()) != nil })
 	// The hazard is visible: the backlog and its age.
-	waitFor(t, "a backlog of 10", func() bool {
-		return counter(t, src.reg, "effects_table_backlog", nil) == 10 && counter(t, src.reg, "effects_table_backlog_age_seconds", nil) > 0
+	testenv.WaitFor(t, 30*time.Second, "a backlog of 10", func() bool {
+		return testenv.MetricValue(t, src.reg, "effects_table_backlog") == 10 && testenv.MetricValue(t, src.reg, "effects_table_backlog_age_seconds") > 0
 	})
 	b.nats.Restart(t)
 	b.waitPublished(during)
-	waitFor(t, "ready again", func() bool { return src.src.Ready(context.Background()) == nil })
-	waitFor(t, "no backlog", func() bool { return counter(t, src.reg, "effects_table_backlog", nil) == 0 })
+	testenv.WaitFor(t, 30*time.Second, "ready again", func() bool { return src.src.Ready(context.Background()) == nil })
+	testenv.WaitFor(t, 30*time.Second, "no backlog", func() bool { return testenv.MetricValue(t, src.reg, "effects_table_backlog") == 0 })
 	if got := len(b.streamIDs()); got != 11 {
 		t.Errorf("stream holds %d effects, want 11", got)
 	}
@@ -457,10 +416,10 @@ func TestTableSourcePostgresRestart(t *testing.T) {
 	_, b.js = b.nats.Connect(t)
 	src := b.startSource(func(c *ingest.TableConfig) { c.PollInterval = time.Hour }) // only notifications and retries
 	b.waitPublished([]string{b.insert("echo", `{}`)})
-	waitFor(t, "ready", func() bool { return src.src.Ready(context.Background()) == nil })
+	testenv.WaitFor(t, 30*time.Second, "ready", func() bool { return src.src.Ready(context.Background()) == nil })
 
 	cluster.Stop(t)
-	waitFor(t, "not ready while PostgreSQL is down", func() bool { return src.src.Ready(context.Background()) != nil })
+	testenv.WaitFor(t, 30*time.Second, "not ready while PostgreSQL is down", func() bool { return src.src.Ready(context.Background()) != nil })
 	cluster.Start(t)
 	b.pool.Reset()
 	var after []string
@@ -468,18 +427,7 @@ func TestTableSourcePostgresRestart(t *testing.T) {
 		after = append(after, b.insert("echo", `{}`))
 	}
 	b.waitPublished(after)
-	waitFor(t, "ready again", func() bool { return src.src.Ready(context.Background()) == nil })
-}
-
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testenv.WaitFor(t, 30*time.Second, "ready again", func() bool { return src.src.Ready(context.Background()) == nil })
 }
 
 // A webhook and a table source in one process share one registry (as with
@@ -534,14 +482,14 @@ func TestTableSourceCountsPublishErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	id := b.insert("echo", `{}`)
-	waitFor(t, "a publish error counted", func() bool {
-		return counter(t, src.reg, "effects_ingest_publish_errors_total", map[string]string{"reason": "error"}) > 0
+	testenv.WaitFor(t, 30*time.Second, "a publish error counted", func() bool {
+		return testenv.MetricValue(t, src.reg, "effects_ingest_publish_errors_total", "reason", "error") > 0
 	})
 	if _, err := b.js.UpdateStream(ctx, orig); err != nil {
 		t.Fatal(err)
 	}
 	b.waitPublished([]string{id})
-	if got := counter(t, src.reg, "effects_ingest_publish_errors_total", map[string]string{"reason": "timeout"}); got != 0 {
+	if got := testenv.MetricValue(t, src.reg, "effects_ingest_publish_errors_total", "reason", "timeout"); got != 0 {
 		t.Errorf("publish_errors{reason=timeout} = %v, want 0", got)
 	}
 }
