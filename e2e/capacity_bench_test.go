@@ -14,7 +14,6 @@ import (
 
 	"github.com/effects-run/effects/internal/completer"
 	"github.com/effects-run/effects/internal/natsconn"
-	"github.com/effects-run/effects/internal/schema"
 	"github.com/effects-run/effects/internal/testenv"
 	"github.com/effects-run/effects/pkg/effects"
 	"github.com/effects-run/effects/pkg/effects/dispatcher"
@@ -159,16 +158,8 @@ func BenchmarkCapacityCompleter(b *testing.B) {
 	for _, s := range natsSetups {
 		b.Run(s.name, func(b *testing.B) {
 			url, js := startNATSSetup(b, s)
-			pg := testenv.StartPostgres(b)
+			pg := testenv.StartMigrated(b)
 			ctx := context.Background()
-			conn, err := pgx.Connect(ctx, pg.URL)
-			if err != nil {
-				b.Fatal(err)
-			}
-			if err := schema.Migrate(ctx, conn, "effects"); err != nil {
-				b.Fatal(err)
-			}
-			conn.Close(ctx)
 			rows, err := pg.Pool.Query(ctx,
 				`INSERT INTO effects (kind, payload) SELECT 'echo', '{"n":1}' FROM generate_series(1, $1) RETURNING id::text`, b.N)
 			if err != nil {

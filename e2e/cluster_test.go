@@ -19,7 +19,6 @@ import (
 	"github.com/effects-run/effects/internal/faulttest"
 	"github.com/effects-run/effects/internal/ingest"
 	"github.com/effects-run/effects/internal/natsconn"
-	"github.com/effects-run/effects/internal/schema"
 	"github.com/effects-run/effects/internal/testenv"
 	"github.com/effects-run/effects/pkg/effects"
 	"github.com/effects-run/effects/pkg/effects/dispatcher"
@@ -66,18 +65,10 @@ func startReplicas(t testing.TB, natsURL string, o clusterOptions) *replicaSet {
 	}
 	streams := effects.StreamOptions{Replicas: o.streamReplicas}.WithDefaults()
 	o.dispatcher.Streams = streams
-	rs := &replicaSet{t: t, pg: testenv.StartPostgres(t)}
+	rs := &replicaSet{t: t, pg: testenv.StartMigrated(t)}
 	ctx, cancel := context.WithCancel(context.Background())
 	log := logger()
 
-	conn, err := pgx.Connect(ctx, rs.pg.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := schema.Migrate(ctx, conn, "effects"); err != nil {
-		t.Fatal(err)
-	}
-	conn.Close(ctx)
 	// Every completion write is recorded, to count rows written twice.
 	if !o.noAudit {
 		if err := faulttest.InstallAudit(ctx, rs.pg.Pool, "effects"); err != nil {

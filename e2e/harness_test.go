@@ -15,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -23,7 +22,6 @@ import (
 	"github.com/effects-run/effects/internal/completer"
 	"github.com/effects-run/effects/internal/ingest"
 	"github.com/effects-run/effects/internal/natsconn"
-	"github.com/effects-run/effects/internal/schema"
 	"github.com/effects-run/effects/internal/testenv"
 	"github.com/effects-run/effects/pkg/effects"
 	"github.com/effects-run/effects/pkg/effects/dispatcher"
@@ -71,7 +69,7 @@ func logger() *slog.Logger {
 
 func startPipeline(t testing.TB, o options) *pipeline {
 	t.Helper()
-	p := &pipeline{t: t, pg: testenv.StartPostgres(t)}
+	p := &pipeline{t: t, pg: testenv.StartMigrated(t)}
 	if o.natsURL != "" {
 		p.natsURL = o.natsURL
 	} else {
@@ -80,15 +78,6 @@ func startPipeline(t testing.TB, o options) *pipeline {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	log := logger()
-
-	conn, err := pgx.Connect(ctx, p.pg.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := schema.Migrate(ctx, conn, "effects"); err != nil {
-		t.Fatal(err)
-	}
-	conn.Close(ctx)
 
 	connect := func(name string) *natsPair {
 		nc, js, err := natsconn.Connect(p.natsURL, name, log, 0)

@@ -12,10 +12,9 @@ import (
 	"github.com/effects-run/effects/internal/schema"
 )
 
-// StartEffectsTable is [StartPostgres] with the effects table migrated in the
-// test's schema, holding rows pending 'echo' rows, analysed: what a test of
-// a statement's plan on a table of some size needs.
-func StartEffectsTable(t testing.TB, rows int) *Postgres {
+// StartMigrated is [StartPostgres] with the effects table migrated in the
+// test's schema.
+func StartMigrated(t testing.TB) *Postgres {
 	t.Helper()
 	pg := StartPostgres(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -28,10 +27,21 @@ func StartEffectsTable(t testing.TB, rows int) *Postgres {
 	if err := schema.Migrate(ctx, conn.Conn(), "effects"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := conn.Exec(ctx, `INSERT INTO effects (kind) SELECT 'echo' FROM generate_series(1, $1::int)`, rows); err != nil {
+	return pg
+}
+
+// StartEffectsTable is [StartMigrated] with the table holding rows pending
+// 'echo' rows, analysed: what a test of a statement's plan on a table of
+// some size needs.
+func StartEffectsTable(t testing.TB, rows int) *Postgres {
+	t.Helper()
+	pg := StartMigrated(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if _, err := pg.Pool.Exec(ctx, `INSERT INTO effects (kind) SELECT 'echo' FROM generate_series(1, $1::int)`, rows); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := conn.Exec(ctx, `ANALYZE effects`); err != nil {
+	if _, err := pg.Pool.Exec(ctx, `ANALYZE effects`); err != nil {
 		t.Fatal(err)
 	}
 	return pg
