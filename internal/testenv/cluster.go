@@ -246,16 +246,7 @@ func (c *NATSCluster) StreamLeader(t testing.TB, js jetstream.JetStream, stream 
 // JetStream context, closed when the test ends.
 func (c *NATSCluster) Connect(t testing.TB) (*nats.Conn, jetstream.JetStream) {
 	t.Helper()
-	nc, err := nats.Connect(c.URLs(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
-	if err != nil {
-		t.Fatalf("connect nats: %v", err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatalf("jetstream: %v", err)
-	}
-	return nc, js
+	return connect(t, c.URLs())
 }
 
 // LocalMessages returns how many messages the node's own replica of the

@@ -102,7 +102,14 @@ func (n *NATS) Restart(t testing.TB) {
 // test ends.
 func (n *NATS) Connect(t testing.TB) (*nats.Conn, jetstream.JetStream) {
 	t.Helper()
-	nc, err := nats.Connect(n.URL, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	return connect(t, n.URL)
+}
+
+// connect connects to url (one server or a comma-separated list), retrying
+// without end, and closes the connection when the test ends.
+func connect(t testing.TB, url string) (*nats.Conn, jetstream.JetStream) {
+	t.Helper()
+	nc, err := nats.Connect(url, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
 	if err != nil {
 		t.Fatalf("connect nats: %v", err)
 	}
