@@ -104,9 +104,10 @@ func NewTableSource(cfg TableConfig, pool *pgxpool.Pool, js jetstream.JetStream,
 	s := &TableSource{
 		cfg: cfg, table: t, pool: pool, js: js, logger: logger, metrics: m, tm: tm,
 		// The WHERE clause is the partial index's, so the claim reads only
-		// the backlog; oldest first.
+		// the backlog; oldest first. Scheduled rows (run_at after
+		// created_at) are the completer's scheduler's to publish.
 		claimSQL: `SELECT id::text, kind, payload::text, created_at, ctid FROM ` + q +
-			` WHERE published_at IS NULL AND status = 'pending' ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED`,
+			` WHERE ` + unpublishedRows + ` ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED`,
 		// The claimed rows are found again by ctid (a TID scan), not by
 		// id: the claim's row locks, held by this transaction, keep every
 		// claimed row version where it is until the commit. The id test
@@ -122,7 +123,7 @@ func NewTableSource(cfg TableConfig, pool *pgxpool.Pool, js jetstream.JetStream,
 		// (docs/performance.md, "Plans that scanned the table").
 		markSQL: `UPDATE ` + q + ` SET published_at = now() WHERE ctid = ANY(ARRAY(SELECT unnest($1::tid[]))) AND id = ANY($2::uuid[])`,
 		backlogSQL: `SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 FROM ` + q +
-			` WHERE published_at IS NULL AND status = 'pending'`,
+			` WHERE ` + unpublishedRows,
 	}
 	if len(cfg.Kinds) > 0 {
 		s.allowed = make(map[string]struct{}, len(cfg.Kinds))
@@ -465,7 +466,7 @@ func (s *TableSource) rowMsg(r claimedRow) (msg *nats.Msg, label string, rejecte
 	}
 	payload := []byte(*r.payload)
 	kind := *r.kind
-	data := appendEffect(make([]byte, 0, effectSize(r.id, kind, payload, nil)), r.id, kind, payload, r.createdAt, nil)
+	data := appendEffect(make([]byte, 0, effectSize(r.id, kind, payload, nil)), r.id, kind, payload, r.createdAt, nil, time.Time{})
 	return &nats.Msg{
 		Subject: effects.Subject(kind),
 		Data:    data,

@@ -135,6 +135,10 @@ func (t Table) templateData() map[string]any {
 		"NotifyTrigger":    t.sibling("_notify"),
 		"NotifyFunction":   t.qualified("_notify"),
 		"NotifyChannel":    t.NotifyChannel(),
+		// Scheduled effects (005).
+		"WaitingIndex":              t.sibling("_waiting_idx"),
+		"DueIndex":                  t.sibling("_due_idx"),
+		"UnpublishedIndexQualified": t.qualified("_unpub_idx"),
 	}
 }
 
