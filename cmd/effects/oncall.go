@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/effects-run/effects/internal/envconfig"
 	"github.com/effects-run/effects/internal/retention"
@@ -127,15 +128,43 @@ type row struct {
 	CompletedAt      *time.Time      `json:"completed_at"`
 	RerunRequestedAt *time.Time      `json:"rerun_requested_at"`
 	RerunRequestedBy *string         `json:"rerun_requested_by"`
+	// RunAt is the row's run_at: a scheduled effect (run_at after
+	// created_at) does not run before it.
+	RunAt pgTime `json:"run_at"`
+}
+
+// scheduled reports whether the row is a scheduled effect: its run_at is
+// after its created_at.
+func (r row) scheduled() bool {
+	run, ok1 := r.RunAt.Finite()
+	created, ok2 := r.CreatedAt.Finite()
+	switch {
+	case r.RunAt.InfinityModifier == pgtype.Infinity:
+		return r.CreatedAt.InfinityModifier != pgtype.Infinity
+	case !ok1:
+		return false
+	case !ok2:
+		return r.CreatedAt.InfinityModifier == pgtype.NegativeInfinity
+	}
+	return run.After(created)
+}
+
+// due is when the row runs (or ran), as the list shows it: its run_at for
+// a scheduled effect, "-" for any other.
+func (r row) due() string {
+	if !r.scheduled() {
+		return "-"
+	}
+	return r.RunAt.Format(time.RFC3339)
 }
 
 // rowColumns are the columns scanned by scanRow, payload excluded.
-const rowColumns = `id::text, kind, status, attempts, error, completion, created_at, completed_at, rerun_requested_at, rerun_requested_by`
+const rowColumns = `id::text, kind, status, attempts, error, completion, created_at, completed_at, rerun_requested_at, rerun_requested_by, run_at`
 
 func scanRow(rows pgx.CollectableRow) (row, error) {
 	var r row
 	var completion []byte
-	err := rows.Scan(&r.ID, &r.Kind, &r.Status, &r.Attempts, &r.Error, &completion, &r.CreatedAt, &r.CompletedAt, &r.RerunRequestedAt, &r.RerunRequestedBy)
+	err := rows.Scan(&r.ID, &r.Kind, &r.Status, &r.Attempts, &r.Error, &completion, &r.CreatedAt, &r.CompletedAt, &r.RerunRequestedAt, &r.RerunRequestedBy, &r.RunAt)
 	if completion != nil {
 		r.Completion = completion
 	}
@@ -202,10 +231,10 @@ func listCmd(args []string, stdout, stderr io.Writer) int {
 		return writeJSON(o, stdout, rows)
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tKIND\tSTATUS\tATTEMPTS\tCREATED\tCOMPLETED\tERROR")
+	fmt.Fprintln(tw, "ID\tKIND\tSTATUS\tATTEMPTS\tCREATED\tRUN AT\tCOMPLETED\tERROR")
 	for _, r := range rows {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", r.ID, r.Kind, r.Status, r.Attempts,
-			r.CreatedAt.Format(time.RFC3339), timeOrDash(r.CompletedAt), oneLine(r.Error, 60))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", r.ID, r.Kind, r.Status, r.Attempts,
+			r.CreatedAt.Format(time.RFC3339), r.due(), timeOrDash(r.CompletedAt), oneLine(r.Error, 60))
 	}
 	if err := tw.Flush(); err != nil {
 		return o.fail(1, "%v", err)

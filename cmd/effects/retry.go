@@ -25,7 +25,9 @@ type retryResult struct {
 	Kind   string `json:"kind,omitempty"`
 	Status string `json:"status,omitempty"` // the row's status when asked
 	// Outcome is "retried", "would retry" (--dry-run), "skipped" (a row
-	// that succeeded since it was selected) or "error".
+	// that succeeded since it was selected), "waiting" (a scheduled effect
+	// whose run_at is still ahead: the scheduler publishes it then) or
+	// "error".
 	Outcome  string `json:"outcome"`
 	MsgID    string `json:"msg_id,omitempty"`
 	Sequence uint64 `json:"sequence,omitempty"`
@@ -161,6 +163,32 @@ func retryCmd(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
+// rerunLater re-runs a scheduled effect whose run_at is still ahead: it is
+// not published now, which would run it early. A pending row that was not
+// published yet is waiting already and is left as it is; any other (a
+// failed row, a pending one published before its time was moved) is made to
+// wait again: pending, not published, so the scheduler publishes it at its
+// run_at. The re-run is recorded on the row as for any re-run.
+func (o *oncall) rerunLater(ctx context.Context, tx pgx.Tx, res retryResult, id, by string, unpublished, dryRun bool) retryResult {
+	res.Outcome = "waiting"
+	if dryRun || res.Status == string(effects.StatusPending) && unpublished {
+		return res
+	}
+	var byArg *string
+	if by != "" {
+		byArg = &by
+	}
+	if _, err := tx.Exec(ctx, `UPDATE `+o.table.Quoted()+` SET status = 'pending', published_at = NULL,
+	       rerun_requested_at = now(), rerun_requested_by = $2 WHERE id = $1`, id, byArg); err != nil {
+		res.Outcome, res.Error = "error", explainQueryError(err).Error()
+		return res
+	}
+	if err := tx.Commit(ctx); err != nil {
+		res.Outcome, res.Error = "error", err.Error()
+	}
+	return res
+}
+
 func orDash(s string) string {
 	if s == "" {
 		return "-"
@@ -204,9 +232,11 @@ func rerun(ctx context.Context, conn *pgx.Conn, o *oncall, js jetstream.JetStrea
 	defer func() { _ = tx.Rollback(context.Background()) }()
 	var kind, dedupe string
 	var payload []byte
-	var createdAt pgtype.Timestamptz // 'infinity' would fail a time.Time scan
-	err = tx.QueryRow(ctx, `SELECT kind, status, payload::text, created_at, gen_random_uuid()::text FROM `+o.table.Quoted()+
-		` WHERE id = $1 FOR UPDATE`, id).Scan(&kind, &res.Status, &payload, &createdAt, &dedupe)
+	var createdAt, runAt pgtype.Timestamptz // 'infinity' would fail a time.Time scan
+	var waiting, unpublished bool
+	err = tx.QueryRow(ctx, `SELECT kind, status, payload::text, created_at, gen_random_uuid()::text, run_at,
+	       coalesce(run_at > created_at AND run_at > now(), false), published_at IS NULL FROM `+o.table.Quoted()+
+		` WHERE id = $1 FOR UPDATE`, id).Scan(&kind, &res.Status, &payload, &createdAt, &dedupe, &runAt, &waiting, &unpublished)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return fail(retention.Gone(o.table.String(), id, o.policy))
 	}
@@ -229,8 +259,17 @@ func rerun(ctx context.Context, conn *pgx.Conn, o *oncall, js jetstream.JetStrea
 	if reason != "" {
 		return fail(fmt.Errorf("it cannot run: %s", reason))
 	}
+	if waiting {
+		// A re-run keeps the effect's time: one still ahead is left to the
+		// scheduler instead of being published now.
+		return o.rerunLater(ctx, tx, res, id, by, unpublished, dryRun)
+	}
 	res.MsgID = "retry:" + id + ":" + dedupe
-	msg := ingest.EffectMsg(id, kind, payload, created, res.MsgID)
+	carried := ingest.CarriedRunAt(runAt)
+	if !ingest.Scheduled(created, carried) {
+		carried = time.Time{}
+	}
+	msg := ingest.EffectMsgAt(id, kind, payload, created, carried, res.MsgID)
 	if err := effects.CheckSize(msg, maxPayload); err != nil {
 		res.MsgID = ""
 		return fail(err)

@@ -26,6 +26,9 @@ const maxScan = 10000
 // showReport is what `effects show` prints.
 type showReport struct {
 	row
+	// Waiting is true for a scheduled effect still waiting in the table
+	// for its run_at (pending, not yet published by the scheduler).
+	Waiting bool `json:"waiting"`
 	// JetStream is where a pending effect is in JetStream; nil when the row
 	// is final or NATS_URL is not set.
 	JetStream *jetStreamReport `json:"jetstream,omitempty"`
@@ -113,15 +116,17 @@ func showCmd(args []string, stdout, stderr io.Writer) int {
 }
 
 func showRow(ctx context.Context, conn *pgx.Conn, o *oncall, id string) (*showReport, error) {
-	rows, err := conn.Query(ctx, `SELECT `+rowColumns+`, payload FROM `+o.table.Quoted()+` WHERE id = $1`, id)
+	rows, err := conn.Query(ctx, `SELECT `+rowColumns+`, payload,
+	       coalesce(status = 'pending' AND published_at IS NULL AND run_at > created_at, false) FROM `+o.table.Quoted()+` WHERE id = $1`, id)
 	if err != nil {
 		return nil, err
 	}
+	var waiting bool
 	r, err := pgx.CollectOneRow(rows, func(rs pgx.CollectableRow) (row, error) {
 		var r row
 		var completion, payload []byte
 		err := rs.Scan(&r.ID, &r.Kind, &r.Status, &r.Attempts, &r.Error, &completion, &r.CreatedAt, &r.CompletedAt,
-			&r.RerunRequestedAt, &r.RerunRequestedBy, &payload)
+			&r.RerunRequestedAt, &r.RerunRequestedBy, &r.RunAt, &payload, &waiting)
 		if completion != nil {
 			r.Completion = completion
 		}
@@ -134,7 +139,7 @@ func showRow(ctx context.Context, conn *pgx.Conn, o *oncall, id string) (*showRe
 	if err != nil {
 		return nil, err
 	}
-	return &showReport{row: r}, nil
+	return &showReport{row: r, Waiting: waiting}, nil
 }
 
 // connectNATS connects once, without the services' endless reconnects: a
@@ -263,6 +268,13 @@ func printShow(w io.Writer, rep *showReport, natsSet bool) {
 	fmt.Fprintf(tw, "completion:\t%s\n", completion)
 	fmt.Fprintf(tw, "payload:\t%s\n", rep.Payload)
 	fmt.Fprintf(tw, "created:\t%s\n", rep.CreatedAt.Format(time.RFC3339Nano))
+	if rep.scheduled() {
+		state := ""
+		if rep.Waiting {
+			state = " (waiting in the table)"
+		}
+		fmt.Fprintf(tw, "run at:\t%s%s\n", rep.RunAt.Format(time.RFC3339Nano), state)
+	}
 	fmt.Fprintf(tw, "completed:\t%s\n", timeOrDash(rep.CompletedAt))
 	if rep.RerunRequestedAt != nil {
 		fmt.Fprintf(tw, "re-run asked:\t%s by %s\n", timeOrDash(rep.RerunRequestedAt), by)
@@ -286,6 +298,10 @@ func printShow(w io.Writer, rep *showReport, natsSet bool) {
 		bound := ""
 		if js.Truncated {
 			bound = ", stopped at the bound"
+		}
+		if rep.Waiting {
+			fmt.Fprintf(w, "no message of this effect in the stream: it is scheduled and waits in the table; the completer's scheduler publishes it at its run at\n")
+			return
 		}
 		fmt.Fprintf(w, "no message of this effect in the stream (scanned %d from a minute before it was created%s): the ingest has not published it\n",
 			js.Scanned, bound)

@@ -24,7 +24,8 @@ type statsReport struct {
 	// Since is the --since window ("" for the whole table).
 	Since string      `json:"since,omitempty"`
 	Total statusCount `json:"total"`
-	// OldestPendingAge is the age of the oldest pending row ("" if none).
+	// OldestPendingAge is the age of the oldest pending row ("" if none),
+	// from when it was due (its run_at for a scheduled effect).
 	OldestPendingAge string      `json:"oldest_pending_age,omitempty"`
 	Kinds            []kindStats `json:"kinds"`
 	// NATS is false when NATS_URL is not set (no consumer figures).
@@ -134,7 +135,7 @@ func countStats(ctx context.Context, conn *pgx.Conn, o *oncall, since time.Durat
 		sinceArg = &since
 		rep.Since = since.String()
 	}
-	rows, err := conn.Query(ctx, `SELECT kind, status, count(*), extract(epoch FROM now() - min(created_at) FILTER (WHERE status = 'pending' AND isfinite(created_at)))::float8
+	rows, err := conn.Query(ctx, `SELECT kind, status, count(*), extract(epoch FROM now() - min(GREATEST(created_at, run_at)) FILTER (WHERE status = 'pending' AND isfinite(GREATEST(created_at, run_at))))::float8
 	      FROM `+o.table.Quoted()+`
 	     WHERE ($1::interval IS NULL OR created_at >= now() - $1::interval)
 	     GROUP BY kind, status`, sinceArg)
@@ -167,6 +168,9 @@ func countStats(ctx context.Context, conn *pgx.Conn, o *oncall, since time.Durat
 			rep.Total.Failed += n
 		}
 		if age != nil {
+			// Counted from when the row was due: a scheduled effect still
+			// waiting for its run_at has no age yet.
+			*age = max(*age, 0)
 			k.OldestPendingAge = ageText(*age)
 			if *age > oldest {
 				oldest = *age
