@@ -348,8 +348,10 @@ func measurePostgres(ctx context.Context, url string, n int) error {
 			created_at timestamptz NOT NULL DEFAULT now(), status text NOT NULL DEFAULT 'pending', attempts int NOT NULL DEFAULT 0,
 			completed_at timestamptz, completion jsonb, error text, published_at timestamptz, run_at timestamptz)`,
 		`CREATE INDEX effects_pending_idx ON ` + schema + `.effects (created_at) WHERE status = 'pending'`,
-		// Migration 005's index: rows waiting for their time, due first.
+		// Migration 005's indexes: rows waiting for their time, due first;
+		// pending rows by when they are due.
 		`CREATE INDEX effects_waiting_idx ON ` + schema + `.effects (run_at) WHERE status = 'pending' AND published_at IS NULL AND run_at > created_at`,
+		`CREATE INDEX effects_due_idx ON ` + schema + `.effects ((GREATEST(created_at, run_at))) WHERE status = 'pending'`,
 	}
 	for _, s := range stmts {
 		if _, err := conn.Exec(ctx, s); err != nil {
@@ -369,18 +371,29 @@ func measurePostgres(ctx context.Context, url string, n int) error {
 		return err
 	}
 	fill := time.Since(start)
-	var idx, pending, heap int64
-	if err := conn.QueryRow(ctx, `SELECT pg_relation_size('`+schema+`.effects_waiting_idx'), pg_relation_size('`+schema+`.effects_pending_idx'), pg_relation_size('`+schema+`.effects')`).Scan(&idx, &pending, &heap); err != nil {
+	var idx, due, pending, heap int64
+	if err := conn.QueryRow(ctx, `SELECT pg_relation_size('`+schema+`.effects_waiting_idx'), pg_relation_size('`+schema+`.effects_due_idx'),
+		pg_relation_size('`+schema+`.effects_pending_idx'), pg_relation_size('`+schema+`.effects')`).Scan(&idx, &due, &pending, &heap); err != nil {
 		return err
 	}
-	fmt.Printf("postgres: n=%d fill %.1fs; waiting index %.1f MB (%.0f B per row), pending index %.1f MB, heap %.0f MB\n",
-		n, fill.Seconds(), float64(idx)/(1<<20), float64(idx)/float64(n), float64(pending)/(1<<20), float64(heap)/(1<<20))
+	fmt.Printf("postgres: n=%d fill %.1fs; waiting index %.1f MB (%.0f B per row), due index %.1f MB, pending index %.1f MB, heap %.0f MB\n",
+		n, fill.Seconds(), float64(idx)/(1<<20), float64(idx)/float64(n), float64(due)/(1<<20), float64(pending)/(1<<20), float64(heap)/(1<<20))
 	poll := `SELECT id, kind, payload::text, created_at, run_at FROM ` + schema + `.effects
 		WHERE status = 'pending' AND published_at IS NULL AND run_at > created_at AND run_at <= now()
 		ORDER BY run_at LIMIT 500 FOR UPDATE SKIP LOCKED`
 	next := `SELECT min(run_at) FROM ` + schema + `.effects WHERE status = 'pending' AND published_at IS NULL AND run_at > created_at`
 	count := `SELECT count(*) FROM ` + schema + `.effects WHERE status = 'pending' AND published_at IS NULL AND run_at > created_at AND run_at > now()`
-	for _, q := range []struct{ name, sql string }{{"poll (nothing due)", poll}, {"next due", next}, {"waiting count", count}} {
+	t := schema + `.effects`
+	oldestDue := `SELECT min(GREATEST(created_at, run_at)) FROM ` + t + ` WHERE status = 'pending' AND isfinite(GREATEST(created_at, run_at))`
+	oldestCreated := `SELECT min(created_at) FROM ` + t + ` WHERE status = 'pending' AND isfinite(created_at) AND NOT coalesce(run_at > now(), false)`
+	overdue := `SELECT min(run_at) FROM ` + t + ` WHERE status = 'pending' AND published_at IS NULL AND run_at > created_at AND run_at <= now()`
+	reconcile := `SELECT id FROM ` + t + ` WHERE status = 'pending' AND GREATEST(created_at, run_at) < now() - interval '15 minutes'
+		AND (published_at IS NULL OR published_at < now() - interval '15 minutes') ORDER BY GREATEST(created_at, run_at) LIMIT 100 FOR UPDATE SKIP LOCKED`
+	for _, q := range []struct{ name, sql string }{
+		{"poll (nothing due)", poll}, {"next due", next}, {"overdue gauge", overdue}, {"waiting count", count},
+		{"oldest pending on the due index", oldestDue}, {"oldest pending on created_at, waiting rows filtered", oldestCreated},
+		{"reconciler claim", reconcile},
+	} {
 		rows, err := conn.Query(ctx, `EXPLAIN (ANALYZE, BUFFERS, TIMING OFF) `+q.sql)
 		if err != nil {
 			return err
