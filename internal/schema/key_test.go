@@ -253,3 +253,53 @@ func TestKeyConcurrentInserts(t *testing.T) {
 		t.Errorf("rows with the key: %d, %v; want 1", n, err)
 	}
 }
+
+// The README's recipe for Hasura, whose on_conflict cannot name a partial
+// index: a SQL function, tracked as a mutation, that inserts unless the key
+// is held. It returns the new row, or no row.
+func TestKeyInsertOnceFunction(t *testing.T) {
+	t.Parallel()
+	pg := testenv.StartPostgres(t)
+	conn := connect(t, pg.URL)
+	ctx := testCtx(t)
+	migrate(t, conn, "effects")
+	// As in the README ("One pending effect per key").
+	if _, err := conn.Exec(ctx, `
+CREATE FUNCTION effects_insert_once(kind text, key text, payload jsonb DEFAULT '{}')
+RETURNS SETOF effects LANGUAGE sql VOLATILE AS $$
+    INSERT INTO effects (kind, key, payload)
+    VALUES (effects_insert_once.kind, effects_insert_once.key, effects_insert_once.payload)
+    ON CONFLICT (kind, key) WHERE status = 'pending' DO NOTHING
+    RETURNING *
+$$;`); err != nil {
+		t.Fatal(err)
+	}
+	call := func(key string) int {
+		t.Helper()
+		rows, err := conn.Query(ctx, `SELECT id FROM effects_insert_once('sync_customer', $1, '{"id": 42}')`, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids, err := pgx.CollectRows(rows, pgx.RowTo[[16]byte])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(ids)
+	}
+	if n := call("42"); n != 1 {
+		t.Fatalf("first call returned %d rows, want the new one", n)
+	}
+	if n := call("42"); n != 0 {
+		t.Errorf("second call returned %d rows, want none (the key is held)", n)
+	}
+	if _, err := conn.Exec(ctx, `UPDATE effects SET status = 'succeeded'`); err != nil {
+		t.Fatal(err)
+	}
+	if n := call("42"); n != 1 {
+		t.Errorf("after the holder succeeded: %d rows, want 1", n)
+	}
+	var payload string
+	if err := conn.QueryRow(ctx, `SELECT payload::text FROM effects WHERE status = 'pending'`).Scan(&payload); err != nil || payload != `{"id": 42}` {
+		t.Errorf("payload %q, %v", payload, err)
+	}
+}
