@@ -125,7 +125,7 @@ func showRow(ctx context.Context, conn *pgx.Conn, o *oncall, id string) (*showRe
 	r, err := pgx.CollectOneRow(rows, func(rs pgx.CollectableRow) (row, error) {
 		var r row
 		var completion, payload []byte
-		err := rs.Scan(&r.ID, &r.Kind, &r.Status, &r.Attempts, &r.Error, &completion, &r.CreatedAt, &r.CompletedAt,
+		err := rs.Scan(&r.ID, &r.Kind, &r.Key, &r.Status, &r.Attempts, &r.Error, &completion, &r.CreatedAt, &r.CompletedAt,
 			&r.RerunRequestedAt, &r.RerunRequestedBy, &r.RunAt, &payload, &waiting)
 		if completion != nil {
 			r.Completion = completion
@@ -262,6 +262,9 @@ func printShow(w io.Writer, rep *showReport, natsSet bool) {
 	}
 	fmt.Fprintf(tw, "id:\t%s\n", rep.ID)
 	fmt.Fprintf(tw, "kind:\t%s\n", rep.Kind)
+	if rep.Key != nil {
+		fmt.Fprintf(tw, "key:\t%s\n", oneLine(rep.Key, 600))
+	}
 	fmt.Fprintf(tw, "status:\t%s\n", rep.Status)
 	fmt.Fprintf(tw, "attempts:\t%d\n", rep.Attempts)
 	fmt.Fprintf(tw, "error:\t%s\n", oneLine(rep.Error, 200))

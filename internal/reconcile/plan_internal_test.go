@@ -14,7 +14,7 @@ import (
 )
 
 // The scheduler's poll and overdue gauge read the waiting index, and the
-// reconciler's claim the due index (migration 005), on a table where most
+// reconciler's claim the due index (migration 006), on a table where most
 // pending rows wait for next week and were inserted before the others: on
 // the created_at index each would read past every waiting row.
 func TestPlansReadTheScheduleIndexes(t *testing.T) {
@@ -40,7 +40,7 @@ func TestPlansReadTheScheduleIndexes(t *testing.T) {
 	}
 	for _, c := range []struct {
 		name, sql, index string
-		args          []any
+		args             []any
 	}{
 		{"scheduler claim", s.claimSQL, "effects_waiting_idx", []any{500}},
 		{"waiting count", s.countSQL, "effects_waiting_idx", nil},

@@ -135,7 +135,11 @@ func (t Table) templateData() map[string]any {
 		"NotifyTrigger":    t.sibling("_notify"),
 		"NotifyFunction":   t.qualified("_notify"),
 		"NotifyChannel":    t.NotifyChannel(),
-		// Scheduled effects (005).
+		// One pending effect per key (005).
+		"KeyIndex":           t.sibling("_key_idx"),
+		"KeyLengthCheck":     t.sibling("_key_length"),
+		"KeyLengthCheckName": t.Name + "_key_length",
+		// Scheduled effects (006).
 		"WaitingIndex":              t.sibling("_waiting_idx"),
 		"DueIndex":                  t.sibling("_due_idx"),
 		"UnpublishedIndexQualified": t.qualified("_unpub_idx"),
@@ -181,6 +185,12 @@ func LatestVersion() int32 {
 // upgraded in place: missing columns, the status check and the indexes are
 // added; existing columns and rows are kept. A missing schema is created.
 func Migrate(ctx context.Context, conn *pgx.Conn, table string) error {
+	return migrateTo(ctx, conn, table, -1)
+}
+
+// migrateTo is [Migrate] up to version target, or to the latest when target
+// is negative (the tests upgrade a table from an older version).
+func migrateTo(ctx context.Context, conn *pgx.Conn, table string, target int32) error {
 	t, err := ParseTable(table)
 	if err != nil {
 		return err
@@ -199,7 +209,12 @@ func Migrate(ctx context.Context, conn *pgx.Conn, table string) error {
 	if err := m.LoadMigrations(migrationsFS()); err != nil {
 		return fmt.Errorf("migrate %s: load migrations: %w", t, err)
 	}
-	if err := m.Migrate(ctx); err != nil {
+	if target < 0 {
+		err = m.Migrate(ctx)
+	} else {
+		err = m.MigrateTo(ctx, target)
+	}
+	if err != nil {
 		return fmt.Errorf("migrate %s: %w", t, err)
 	}
 	return nil
