@@ -622,7 +622,7 @@ func (s *liveSource) next(ctx context.Context) (jetstream.Msg, error) {
 		}
 		s.x.logger.Log(ctx, level, "jetstream fetch", "kind", s.x.kind, "error", err)
 		if it == nil {
-			if err := sleep(ctx, 100*time.Millisecond); err != nil { // no hot loop while NATS is away
+			if err := retry.Sleep(ctx, 100*time.Millisecond); err != nil { // no hot loop while NATS is away
 				return nil, err
 			}
 		}
