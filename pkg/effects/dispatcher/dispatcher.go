@@ -5,7 +5,8 @@
 //
 // A delivery's outcome — completion published, ack, nak with a delay, term,
 // or held until an async completion — is decided by one function, decide,
-// from the handler's result, and carried out in one place, executor.apply.
+// from the handler's result, and JetStream is told it in one place,
+// executor.settle (settle.go), whichever path ends the delivery.
 // The handler pipeline's cross-cutting concerns are [Middleware]: plain
 // func(Handler) Handler.
 package dispatcher
