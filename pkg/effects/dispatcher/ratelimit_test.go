@@ -1,12 +1,10 @@
 package dispatcher
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -27,32 +25,14 @@ type rateRig struct {
 	js   jetstream.JetStream
 	d    *Dispatcher
 	reg  *prometheus.Registry
-	log  *syncLog
+	log  *testenv.SyncBuffer
 	runs atomic.Int64
 	seq  atomic.Int64
 }
 
-// syncLog is a log destination safe for concurrent writes.
-type syncLog struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *syncLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *syncLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
 func startRateRig(t *testing.T) *rateRig {
 	t.Helper()
-	r := &rateRig{t: t, srv: testenv.StartNATS(t), reg: prometheus.NewRegistry(), log: &syncLog{}}
+	r := &rateRig{t: t, srv: testenv.StartNATS(t), reg: prometheus.NewRegistry(), log: &testenv.SyncBuffer{}}
 	_, r.js = r.srv.Connect(t)
 	if err := effects.EnsureStreams(context.Background(), r.js, effects.StreamOptions{}); err != nil {
 		t.Fatal(err)
