@@ -28,7 +28,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -219,23 +218,22 @@ func (s *TableSource) waitReady(ctx context.Context) error {
 func (s *TableSource) work(ctx context.Context, wake <-chan struct{}) {
 	poll := time.NewTimer(s.cfg.PollInterval)
 	defer poll.Stop()
-	backoff := time.Duration(0)
+	backoff := retry.Policy{Min: min(ensureBackoffMin, s.cfg.RetryMax), Max: s.cfg.RetryMax}.Backoff()
 	for ctx.Err() == nil {
 		n, err := s.batch(ctx)
 		var wait time.Duration
 		switch {
 		case err != nil:
 			s.lastErr.Store(&err)
-			backoff = min(max(2*backoff, ensureBackoffMin), s.cfg.RetryMax)
-			wait = backoff/2 + rand.N(backoff/2+1)
+			wait = backoff.Next()
 			s.logFailure(err, wait)
 			s.tm.errors.Inc()
 		case n == s.cfg.BatchSize:
-			backoff = 0
+			backoff.Reset()
 			s.ok()
 			continue
 		default:
-			backoff = 0
+			backoff.Reset()
 			s.ok()
 			wait = s.cfg.PollInterval
 		}
