@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -17,8 +18,18 @@ import (
 )
 
 // ScheduleMsgIDPrefix starts the Nats-Msg-Id of every effect the scheduler
-// publishes: "schedule:<row id>".
+// publishes: "schedule:<row id>:<run_at in Unix microseconds>" (see
+// [ScheduleMsgID]).
 const ScheduleMsgIDPrefix = "schedule:"
+
+// ScheduleMsgID is the Nats-Msg-Id the scheduler publishes a row due at
+// runAt with. A batch published again after a crash before its commit
+// repeats it, so JetStream's duplicate window stores it once; a row made to
+// wait again for another time (moved, or retried before its time) is a
+// publish of its own, even within the window.
+func ScheduleMsgID(id string, runAt time.Time) string {
+	return ScheduleMsgIDPrefix + id + ":" + strconv.FormatInt(runAt.UnixMicro(), 10)
+}
 
 // ScheduleConfig configures a [Scheduler].
 type ScheduleConfig struct {
@@ -111,7 +122,7 @@ func (c ScheduleConfig) LogValue() slog.Value {
 // "Scheduled effects", says why there and not in NATS). Every Interval the
 // scheduler claims the due ones (run_at <= now(), pending, published_at
 // NULL) FOR UPDATE SKIP LOCKED, due first, publishes each with the ingest's
-// message builder and Nats-Msg-Id "schedule:<row id>", sets published_at
+// message builder and Nats-Msg-Id "schedule:<row id>:<run_at>", sets published_at
 // after JetStream's ack and commits. A crash between the ack and the commit
 // publishes the batch again with the same ids, which JetStream's duplicate
 // window stores once. Replicas split the due rows (SKIP LOCKED); the table
@@ -248,10 +259,11 @@ func (s *Scheduler) batch(ctx context.Context) (claimedN, published, rejected in
 	for _, x := range claimed {
 		var f inFlight
 		var err error
+		msgID := ScheduleMsgID(x.id, x.runAt.Time)
 		if reason := x.unusable(); reason != "" {
-			f, err = s.pub.reject(x, reason, ScheduleMsgIDPrefix+x.id)
+			f, err = s.pub.reject(x, reason, msgID)
 		} else {
-			f, err = s.pub.publish(x, ScheduleMsgIDPrefix+x.id)
+			f, err = s.pub.publish(x, msgID)
 		}
 		if err != nil {
 			return 0, 0, 0, err

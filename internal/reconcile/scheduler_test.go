@@ -130,7 +130,7 @@ func (b *bundle) streamMsgs(t *testing.T, kind string) uint64 {
 
 // Effects due in a few seconds run neither before their run_at nor more
 // than a few seconds after it (the scheduler polls every second), on their
-// first attempt, carrying their run_at, published once as schedule:<id>; a
+// first attempt, carrying their run_at, published once as schedule:<id>:<run_at>; a
 // scheduled effect whose time passed while nothing published it (the
 // completer was down) runs at once.
 func TestScheduledEffectsRunOnTime(t *testing.T) {
@@ -170,8 +170,8 @@ func TestScheduledEffectsRunOnTime(t *testing.T) {
 		if !s.runAt.Equal(want) {
 			t.Errorf("%s carried run_at %s, want %s", id, s.runAt, want)
 		}
-		if s.attempt != 1 || s.msgID != reconcile.ScheduleMsgIDPrefix+id {
-			t.Errorf("%s: attempt %d, message id %q; want 1 and %q", id, s.attempt, s.msgID, reconcile.ScheduleMsgIDPrefix+id)
+		if wantID := reconcile.ScheduleMsgID(id, want); s.attempt != 1 || s.msgID != wantID {
+			t.Errorf("%s: attempt %d, message id %q; want 1 and %q", id, s.attempt, s.msgID, wantID)
 		}
 		var attempts int
 		if err := b.pool.QueryRow(testCtx(t), `SELECT attempts FROM effects WHERE id = $1`, id).Scan(&attempts); err != nil {
