@@ -357,3 +357,29 @@ func TestScheduleConfigFromEnv(t *testing.T) {
 		}
 	}
 }
+
+// An effect that falls due while NATS is down is not lost: the scheduler's
+// passes fail and leave the row unpublished, and it runs once NATS is back,
+// once, on its first attempt.
+func TestDueWhileNATSIsDown(t *testing.T) {
+	b := setup(t)
+	st := &starts{by: map[string][]start{}}
+	s := b.startScheduled(t, st)
+	b.nats.Shutdown()
+	id, _ := b.insertAt(t, "timed", "now() + interval '1 second'")
+	testenv.WaitFor(t, time.Minute, "a failed scheduler pass", func() bool {
+		return testenv.MetricValue(t, s.reg, "effects_scheduler_passes_total", "result", "error") >= 1
+	})
+	var published bool
+	if err := b.pool.QueryRow(testCtx(t), `SELECT published_at IS NOT NULL FROM effects WHERE id = $1`, id).Scan(&published); err != nil {
+		t.Fatal(err)
+	}
+	if published {
+		t.Fatal("the row is marked published while NATS is down")
+	}
+	b.nats.Start(t)
+	b.waitStatus(t, "succeeded", id)
+	if got := st.of(id); len(got) != 1 || got[0].attempt != 1 {
+		t.Errorf("starts %+v, want one, on attempt 1", got)
+	}
+}
