@@ -162,8 +162,10 @@ func NewScheduler(cfg ScheduleConfig, pool *pgxpool.Pool, js jetstream.JetStream
 	// waiting is the waiting index's predicate word for word (migration
 	// 005), so that every statement here reads that index.
 	const waiting = `status = 'pending' AND published_at IS NULL AND run_at > created_at`
-	m, err := newScheduleMetrics(reg, pool, `SELECT coalesce(extract(epoch FROM clock_timestamp() - min(run_at)), 0)::float8 FROM `+q+
-		` WHERE `+waiting+` AND run_at <= now()`)
+	// The due rows, oldest first, at most dueCountCap of them: one probe
+	// when the scheduler keeps up, a bounded read when it does not.
+	m, err := newScheduleMetrics(reg, pool, `SELECT coalesce(extract(epoch FROM clock_timestamp() - min(run_at)), 0)::float8, count(*) FROM (
+		SELECT run_at FROM `+q+` WHERE `+waiting+` AND run_at <= now() ORDER BY run_at LIMIT `+strconv.Itoa(dueCountCap)+`) due`)
 	if err != nil {
 		return nil, fmt.Errorf("schedule: register metrics: %w", err)
 	}
@@ -344,7 +346,9 @@ func newScheduleMetrics(reg prometheus.Registerer, pool *pgxpool.Pool, overdueSQ
 	overdue := &overdueCollector{pool: pool, sql: overdueSQL,
 		age: prometheus.NewDesc("effects_scheduled_overdue_seconds",
 			"Age of the oldest scheduled effect that is due but not yet published (now - its run_at), 0 when none; read at scrape time. Above a few seconds the scheduler is not keeping up or not running.", nil, nil),
-		up: prometheus.NewDesc("effects_scheduled_overdue_up", "1 when effects_scheduled_overdue_seconds could be read at this scrape, 0 when PostgreSQL did not answer.", nil, nil),
+		due: prometheus.NewDesc("effects_scheduled_due",
+			"Scheduled effects that are due and not yet published, counted up to 100000 at scrape time; near 0 while the scheduler keeps up.", nil, nil),
+		up: prometheus.NewDesc("effects_scheduled_overdue_up", "1 when effects_scheduled_overdue_seconds and effects_scheduled_due could be read at this scrape, 0 when PostgreSQL did not answer.", nil, nil),
 	}
 	for _, c := range []prometheus.Collector{m.published, m.rejected, m.passes, m.lateness, m.waiting, overdue} {
 		if err := reg.Register(c); err != nil {
@@ -357,25 +361,32 @@ func newScheduleMetrics(reg prometheus.Registerer, pool *pgxpool.Pool, overdueSQ
 	return m, nil
 }
 
-// overdueCollector reads effects_scheduled_overdue_seconds when scraped:
+// dueCountCap bounds effects_scheduled_due: past it the scheduler is
+// plainly not keeping up, and a scrape need not read further.
+const dueCountCap = 100000
+
+// overdueCollector reads effects_scheduled_overdue_seconds and
+// effects_scheduled_due when scraped:
 // one probe of the waiting index, so it is as fresh as the scrape and shows
 // a scheduler that stopped (a gauge it set itself would stop with it).
 type overdueCollector struct {
-	pool    *pgxpool.Pool
-	sql     string
-	age, up *prometheus.Desc
+	pool         *pgxpool.Pool
+	sql          string
+	age, due, up *prometheus.Desc
 }
 
-func (c *overdueCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.age; ch <- c.up }
+func (c *overdueCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.age; ch <- c.due; ch <- c.up }
 
 func (c *overdueCollector) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
 	var age float64
-	if err := c.pool.QueryRow(ctx, c.sql).Scan(&age); err != nil {
+	var due int64
+	if err := c.pool.QueryRow(ctx, c.sql).Scan(&age, &due); err != nil {
 		ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, 0)
 		return
 	}
 	ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, 1)
 	ch <- prometheus.MustNewConstMetric(c.age, prometheus.GaugeValue, max(age, 0))
+	ch <- prometheus.MustNewConstMetric(c.due, prometheus.GaugeValue, float64(due))
 }

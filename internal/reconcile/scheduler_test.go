@@ -377,8 +377,15 @@ func TestDueWhileNATSIsDown(t *testing.T) {
 	if published {
 		t.Fatal("the row is marked published while NATS is down")
 	}
+	// The gauges show it: one due effect, past its time.
+	if due, age := testenv.MetricValue(t, s.reg, "effects_scheduled_due"), testenv.MetricValue(t, s.reg, "effects_scheduled_overdue_seconds"); due != 1 || age <= 0 {
+		t.Errorf("effects_scheduled_due %v, effects_scheduled_overdue_seconds %v; want 1 and above 0", due, age)
+	}
 	b.nats.Start(t)
 	b.waitStatus(t, "succeeded", id)
+	if due := testenv.MetricValue(t, s.reg, "effects_scheduled_due"); due != 0 {
+		t.Errorf("effects_scheduled_due %v once it ran, want 0", due)
+	}
 	if got := st.of(id); len(got) != 1 || got[0].attempt != 1 {
 		t.Errorf("starts %+v, want one, on attempt 1", got)
 	}
