@@ -135,7 +135,18 @@ func (t Table) templateData() map[string]any {
 		"NotifyTrigger":    t.sibling("_notify"),
 		"NotifyFunction":   t.qualified("_notify"),
 		"NotifyChannel":    t.NotifyChannel(),
+		// The table source's cursor (005).
+		"UnpublishedIndexQualified": t.qualified("_unpub_idx"),
+		"TxidIndex":                 t.sibling("_txid_idx"),
+		"CursorTable":               t.CursorTable().Quoted(),
+		"CursorCheck":               t.sibling("_cursor_check"),
 	}
+}
+
+// CursorTable is the table that keeps the table source's cursor
+// ("<table>_cursor"), in the same schema as t.
+func (t Table) CursorTable() Table {
+	return Table{Schema: t.Schema, Name: t.Name + "_cursor"}
 }
 
 // qualified is the quoted name of a function that belongs to the table, in
