@@ -597,3 +597,49 @@ func TestTableSourceOwnerHandover(t *testing.T) {
 	b.waitPublished(ids)
 	b.checkStoredOnce(ids)
 }
+
+// Migration 005 on a table the claim-and-mark source used: rows it
+// published, rows of the webhook, completed rows and rows it had not
+// published yet. The cursor publishes only the last, once, and then the
+// rows inserted after the migration.
+func TestTableSourceAfterCursorMigration(t *testing.T) {
+	pg := testenv.StartPostgres(t)
+	b := &tableBundle{t: t, pg: pg, url: pg.URL, pool: pg.Pool}
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, b.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if err := schema.MigrateTo(ctx, conn, "effects", 4); err != nil {
+		t.Fatal(err)
+	}
+	old := func(sql string) []string {
+		rows, err := b.pool.Query(ctx, sql)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ids
+	}
+	published := old(`INSERT INTO effects (kind, published_at) SELECT 'echo', now() FROM generate_series(1, 5) RETURNING id::text`)
+	webhook := old(`INSERT INTO effects (kind, published_at) SELECT 'echo', '-infinity' FROM generate_series(1, 5) RETURNING id::text`)
+	done := old(`INSERT INTO effects (kind, status) SELECT 'echo', 'succeeded' FROM generate_series(1, 5) RETURNING id::text`)
+	waiting := old(`INSERT INTO effects (kind) SELECT 'echo' FROM generate_series(1, 5) RETURNING id::text`)
+	b.migrate()
+
+	b.nats = testenv.StartNATS(t)
+	_, b.js = b.nats.Connect(t)
+	b.startSource()
+	b.waitPublished(waiting)
+	after := b.insertN(3, `{}`)
+	b.waitPublished(after)
+	b.checkStoredOnce(append(waiting, after...))
+	// The rows from before the migration read as published to the cursor.
+	if got := b.published(append(append(published, webhook...), done...)); got != 15 {
+		t.Errorf("%d of the 15 old published or completed rows read as published", got)
+	}
+}

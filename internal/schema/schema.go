@@ -188,6 +188,12 @@ func LatestVersion() int32 {
 // upgraded in place: missing columns, the status check and the indexes are
 // added; existing columns and rows are kept. A missing schema is created.
 func Migrate(ctx context.Context, conn *pgx.Conn, table string) error {
+	return MigrateTo(ctx, conn, table, LatestVersion())
+}
+
+// MigrateTo is [Migrate] up to version (at most [LatestVersion]): tests use
+// it to make a table as an older release left it.
+func MigrateTo(ctx context.Context, conn *pgx.Conn, table string, version int32) error {
 	t, err := ParseTable(table)
 	if err != nil {
 		return err
@@ -206,7 +212,7 @@ func Migrate(ctx context.Context, conn *pgx.Conn, table string) error {
 	if err := m.LoadMigrations(migrationsFS()); err != nil {
 		return fmt.Errorf("migrate %s: load migrations: %w", t, err)
 	}
-	if err := m.Migrate(ctx); err != nil {
+	if err := m.MigrateTo(ctx, version); err != nil {
 		return fmt.Errorf("migrate %s: %w", t, err)
 	}
 	return nil
