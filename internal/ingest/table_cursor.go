@@ -34,6 +34,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -95,11 +96,16 @@ type cursorPos struct {
 
 // cursorSQL are the table source's statements on its cursor.
 type cursorSQL struct {
-	// read: the next batch of a pass. $1 base's xip, $2 base's xmax,
-	// $3 target's xmax, $4 target's xip, $5/$6 the last key read, $7 the
-	// batch size. Two index range scans on the partial (txid, id) index,
-	// each in key order: the transactions base saw running, and those
-	// from base's xmax to target's, less those target saw running.
+	// read: the next batch of a pass, after the last key read (txid a,
+	// id b). Three index scans on the partial (txid, id) index, each
+	// bounded by plain keys (a row comparison beside a plain bound made
+	// PostgreSQL 15 start the scan at the lower of the two, from the
+	// start of the index): the rest of transaction a ($1, $2), the
+	// transactions base saw running that are after a and finished in
+	// target ($3), and the transactions from $4 (base's xmax, or a+1
+	// when past it) to target's xmax ($5) less those target saw running
+	// ($6). $7 is the batch size. What the read returns from transaction
+	// a sorts first, then the rest in (txid, id) order.
 	read string
 	// load makes the cursor row when missing and reads it; get only
 	// reads it.
@@ -119,16 +125,17 @@ func newCursorSQL(t schema.Table) cursorSQL {
 	// The predicate of the partial index, word for word, so the planner
 	// uses it.
 	pred := `status = 'pending' AND published_at IS NULL`
-	branch := func(range_ string) string {
-		return `(SELECT ` + cols + ` FROM ` + q + ` WHERE ` + range_ +
-			` AND txid <> ALL($4::xid8[]) AND (txid, id) > ($5::xid8, $6::uuid) AND ` + pred +
-			` ORDER BY txid, id LIMIT $7)`
+	branch := func(where string) string {
+		return `(SELECT ` + cols + ` FROM ` + q + ` WHERE ` + where + ` AND ` + pred + ` ORDER BY txid, id LIMIT $7)`
 	}
 	return cursorSQL{
-		read: `SELECT id::text, kind, payload::text, created_at, txid::text FROM (` +
-			branch(`txid = ANY($1::xid8[])`) + ` UNION ALL ` +
-			branch(`txid >= $2::xid8 AND txid < $3::xid8`) +
-			`) r ORDER BY txid, id LIMIT $7`,
+		// Ordered by the subquery's columns (r.txid), not the output's
+		// text (txid::text): "10" sorts before "9".
+		read: `SELECT r.id::text, r.kind, r.payload::text, r.created_at, r.txid::text FROM (` +
+			branch(`txid = $1::xid8 AND id > $2::uuid`) + ` UNION ALL ` +
+			branch(`txid = ANY($3::xid8[])`) + ` UNION ALL ` +
+			branch(`txid >= $4::xid8 AND txid < $5::xid8 AND txid <> ALL($6::xid8[])`) +
+			`) r ORDER BY r.txid, r.id LIMIT $7`,
 		load: `WITH made AS (INSERT INTO ` + c + ` (name, base) VALUES ($1, '` + zeroSnapshot.String() + `')
 			ON CONFLICT (name) DO NOTHING RETURNING base::text, target::text, after_txid::text, after_id::text, version)
 			SELECT * FROM made UNION ALL
@@ -225,8 +232,11 @@ func (s *TableSource) readBatch(ctx context.Context, conn *pgx.Conn, pos cursorP
 		}
 		pos.target, pos.after = &target, firstKey
 	}
-	rows, err := conn.Query(ctx, s.sql.read, pos.base.xip, pos.base.xmax, pos.target.xmax, pos.target.xip,
-		pos.after.txid, pos.after.id, s.cfg.BatchSize)
+	args, err := readArgs(pos, s.cfg.BatchSize)
+	if err != nil {
+		return nil, pos, err
+	}
+	rows, err := conn.Query(ctx, s.sql.read, args...)
 	if err != nil {
 		return nil, pos, fmt.Errorf("PostgreSQL: read: %w", err)
 	}
@@ -241,6 +251,42 @@ func (s *TableSource) readBatch(ctx context.Context, conn *pgx.Conn, pos cursorP
 	}
 	// The pass is done: every row of target's transactions is read.
 	return batch, cursorPos{base: *pos.target}, nil
+}
+
+// readArgs are the read statement's arguments for the batch after pos,
+// whose target is set.
+func readArgs(pos cursorPos, batch int) ([]any, error) {
+	a, err := strconv.ParseUint(pos.after.txid, 10, 64)
+	if err != nil {
+		return nil, fmt.Errorf("the cursor's last key %q: %w", pos.after.txid, err)
+	}
+	baseXmax, err := strconv.ParseUint(pos.base.xmax, 10, 64)
+	if err != nil {
+		return nil, fmt.Errorf("the cursor's xmax %q: %w", pos.base.xmax, err)
+	}
+	// base's running transactions after a, finished in target.
+	running := make(map[string]bool, len(pos.target.xip))
+	for _, x := range pos.target.xip {
+		running[x] = true
+	}
+	xip := []string{}
+	for _, x := range pos.base.xip {
+		n, err := strconv.ParseUint(x, 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("the cursor's xip %q: %w", x, err)
+		}
+		if n > a && !running[x] {
+			xip = append(xip, x)
+		}
+	}
+	from := strconv.FormatUint(max(baseXmax, a+1), 10)
+	// At a pass's start there is no transaction to go on with (not txid 0:
+	// the rows from before migration 005 read 0).
+	var rest any = pos.after.txid
+	if pos.after == firstKey {
+		rest = nil
+	}
+	return []any{rest, pos.after.id, xip, from, pos.target.xmax, pos.target.xip, batch}, nil
 }
 
 // backlog counts the rows the durable cursor has not passed, and the age

@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"strings"
 	"sync/atomic"
@@ -40,8 +41,11 @@ func TestTableSourceReadsByIndex(t *testing.T) {
 	seen := map[string]bool{}
 	for batches := 0; ; batches++ {
 		if pos.target != nil && batches == 3 {
-			plan := testenv.Explain(ctx, t, conn, s.sql.read, pos.base.xip, pos.base.xmax, pos.target.xmax, pos.target.xip,
-				pos.after.txid, pos.after.id, s.cfg.BatchSize)
+			args, err := readArgs(pos, s.cfg.BatchSize)
+			if err != nil {
+				t.Fatal(err)
+			}
+			plan := testenv.Explain(ctx, t, conn, s.sql.read, args...)
 			if !strings.Contains(plan, "effects_txid_idx") || strings.Contains(plan, "Seq Scan") {
 				t.Fatalf("the read does not walk the (txid, id) index:\n%s", plan)
 			}
@@ -155,5 +159,115 @@ func TestTableSourceCrashBeforeCursorWrite(t *testing.T) {
 	}
 	if len(ids) != 120 || int(info.State.Msgs) != 120 {
 		t.Fatalf("the stream holds %d messages of %d rows, want 120 of 120", info.State.Msgs, len(ids))
+	}
+}
+
+// Batches follow (txid, id) as numbers: rows of transactions 9, 10, 100 and
+// 1000 (ids a transaction gets as the server ages; their decimal text sorts
+// 10 < 100 < 1000 < 9), read in batches of 1 to 3, come in that order, each
+// once; a pending row from before migration 005 (txid 0) is not read.
+func TestTableSourceReadsInTxidOrder(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	pg := testenv.StartEffectsTable(t, 0)
+	_, js := testenv.StartNATS(t).Connect(t)
+	if _, err := pg.Pool.Exec(ctx, `INSERT INTO effects (kind, txid) VALUES ('echo', '1000'), ('echo', '9'), ('echo', '100'), ('echo', '10'), ('echo', '10'), ('echo', '0')`); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := pgx.Connect(ctx, pg.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	for batch := 1; batch <= 3; batch++ {
+		s, err := NewTableSource(TableConfig{DatabaseURL: pg.URL, BatchSize: batch}, pg.Pool, js, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pos := cursorPos{base: zeroSnapshot}
+		var got []string
+		for range 10 {
+			rows, next, err := s.readBatch(ctx, conn, pos)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, r := range rows {
+				got = append(got, r.txid)
+			}
+			pos = next
+			if len(rows) < batch {
+				break
+			}
+		}
+		if strings.Join(got, " ") != "9 10 10 100 1000" {
+			t.Errorf("batches of %d: read transactions %v, want 9 10 10 100 1000", batch, got)
+		}
+	}
+}
+
+// A read after the cursor passed 20,000 rows that are still pending (the
+// dispatchers' backlog) touches a few index pages, not the passed rows'
+// entries: each index scan starts at its own bound.
+func TestTableSourceReadSkipsPassedRows(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	pg := testenv.StartEffectsTable(t, 20000)
+	_, js := testenv.StartNATS(t).Connect(t)
+	s, err := NewTableSource(TableConfig{DatabaseURL: pg.URL}, pg.Pool, js, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := pgx.Connect(ctx, pg.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(ctx, `ANALYZE effects`); err != nil {
+		t.Fatal(err)
+	}
+	pos := cursorPos{base: zeroSnapshot}
+	for {
+		rows, next, err := s.readBatch(ctx, conn, pos)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pos = next
+		if len(rows) < s.cfg.BatchSize {
+			break
+		}
+	}
+	// Three more rows, and a pass to read them.
+	if _, err := conn.Exec(ctx, `INSERT INTO effects (kind) SELECT 'echo' FROM generate_series(1, 3)`); err != nil {
+		t.Fatal(err)
+	}
+	var snap string
+	if err := conn.QueryRow(ctx, `SELECT pg_current_snapshot()::text`).Scan(&snap); err != nil {
+		t.Fatal(err)
+	}
+	target, err := parseSnapshot(snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pos.target, pos.after = &target, firstKey
+	args, err := readArgs(pos, s.cfg.BatchSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var plan string
+	if err := conn.QueryRow(ctx, "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, TIMING OFF, FORMAT JSON) "+s.sql.read, args...).Scan(&plan); err != nil {
+		t.Fatal(err)
+	}
+	var out []struct {
+		Plan struct {
+			Hit  int `json:"Shared Hit Blocks"`
+			Read int `json:"Shared Read Blocks"`
+			Rows int `json:"Actual Rows"`
+		} `json:"Plan"`
+	}
+	if err := json.Unmarshal([]byte(plan), &out); err != nil || len(out) != 1 {
+		t.Fatalf("plan %s: %v", plan, err)
+	}
+	if p := out[0].Plan; p.Rows != 3 || p.Hit+p.Read > 20 {
+		t.Fatalf("the read returned %d rows touching %d pages, want 3 rows and a few pages:\n%s", p.Rows, p.Hit+p.Read, plan)
 	}
 }
