@@ -16,14 +16,13 @@ import (
 	"github.com/effects-run/effects/pkg/effects"
 )
 
-// TestTableSourceReadsByIndex: a batch read walks the partial (txid, id)
-// index in key order from where the last batch ended (two index scans, no
-// sort of the table, no sequential scan), planned with a real batch's
-// values, with 20,000 rows waiting; and the batches cover every row once.
-func TestTableSourceReadsByIndex(t *testing.T) {
+// reader is a table source on a table of rows pending rows, not running,
+// and a connection to read batches on.
+func reader(t *testing.T, rows int) (context.Context, *TableSource, *pgx.Conn, *testenv.Postgres) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	pg := testenv.StartEffectsTable(t, 20000)
+	t.Cleanup(cancel)
+	pg := testenv.StartEffectsTable(t, rows)
 	_, js := testenv.StartNATS(t).Connect(t)
 	s, err := NewTableSource(TableConfig{DatabaseURL: pg.URL}, pg.Pool, js, nil, nil)
 	if err != nil {
@@ -33,10 +32,19 @@ func TestTableSourceReadsByIndex(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close(context.Background())
+	t.Cleanup(func() { _ = conn.Close(context.Background()) })
 	if _, err := conn.Exec(ctx, `ANALYZE effects`); err != nil {
 		t.Fatal(err)
 	}
+	return ctx, s, conn, pg
+}
+
+// TestTableSourceReadsByIndex: a batch read walks the partial (txid, id)
+// index in key order from where the last batch ended (two index scans, no
+// sort of the table, no sequential scan), planned with a real batch's
+// values, with 20,000 rows waiting; and the batches cover every row once.
+func TestTableSourceReadsByIndex(t *testing.T) {
+	ctx, s, conn, _ := reader(t, 20000)
 	pos := cursorPos{base: zeroSnapshot}
 	seen := map[string]bool{}
 	for batches := 0; ; batches++ {
@@ -167,23 +175,12 @@ func TestTableSourceCrashBeforeCursorWrite(t *testing.T) {
 // 10 < 100 < 1000 < 9), read in batches of 1 to 3, come in that order, each
 // once; a pending row from before migration 005 (txid 0) is not read.
 func TestTableSourceReadsInTxidOrder(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	pg := testenv.StartEffectsTable(t, 0)
-	_, js := testenv.StartNATS(t).Connect(t)
+	ctx, s, conn, pg := reader(t, 0)
 	if _, err := pg.Pool.Exec(ctx, `INSERT INTO effects (kind, txid) VALUES ('echo', '1000'), ('echo', '9'), ('echo', '100'), ('echo', '10'), ('echo', '10'), ('echo', '0')`); err != nil {
 		t.Fatal(err)
 	}
-	conn, err := pgx.Connect(ctx, pg.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.Background())
 	for batch := 1; batch <= 3; batch++ {
-		s, err := NewTableSource(TableConfig{DatabaseURL: pg.URL, BatchSize: batch}, pg.Pool, js, nil, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
+		s.cfg.BatchSize = batch
 		pos := cursorPos{base: zeroSnapshot}
 		var got []string
 		for range 10 {
@@ -209,22 +206,7 @@ func TestTableSourceReadsInTxidOrder(t *testing.T) {
 // dispatchers' backlog) touches a few index pages, not the passed rows'
 // entries: each index scan starts at its own bound.
 func TestTableSourceReadSkipsPassedRows(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	pg := testenv.StartEffectsTable(t, 20000)
-	_, js := testenv.StartNATS(t).Connect(t)
-	s, err := NewTableSource(TableConfig{DatabaseURL: pg.URL}, pg.Pool, js, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn, err := pgx.Connect(ctx, pg.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.Background())
-	if _, err := conn.Exec(ctx, `ANALYZE effects`); err != nil {
-		t.Fatal(err)
-	}
+	ctx, s, conn, _ := reader(t, 20000)
 	pos := cursorPos{base: zeroSnapshot}
 	for {
 		rows, next, err := s.readBatch(ctx, conn, pos)

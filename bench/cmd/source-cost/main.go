@@ -411,17 +411,20 @@ func (s snapshot) String() string {
 	return s.xmin + ":" + s.xmax + ":" + strings.Join(s.xip, ",")
 }
 
-const cursorSQL = `SELECT id::text, kind, payload::text, created_at, txid::text FROM (
+// cursorSQL is the table source's read (internal/ingest/table_cursor.go):
+// the rest of the transaction the last batch ended in, the transactions
+// base saw running after it, and those from base's xmax on.
+const cursorSQL = `SELECT r.id::text, r.kind, r.payload::text, r.created_at, r.txid::text FROM (
   (SELECT id, kind, payload, created_at, txid FROM effects
-    WHERE txid = ANY($1::xid8[]) AND txid <> ALL($4::xid8[]) AND (txid, id) > ($5::xid8, $6::uuid)
-      AND status = 'pending' AND published_at IS NULL
-    ORDER BY txid, id LIMIT $7)
+    WHERE txid = $1::xid8 AND id > $2::uuid AND status = 'pending' AND published_at IS NULL ORDER BY txid, id LIMIT $7)
   UNION ALL
   (SELECT id, kind, payload, created_at, txid FROM effects
-    WHERE txid >= $2::xid8 AND txid < $3::xid8 AND txid <> ALL($4::xid8[]) AND (txid, id) > ($5::xid8, $6::uuid)
-      AND status = 'pending' AND published_at IS NULL
+    WHERE txid = ANY($3::xid8[]) AND status = 'pending' AND published_at IS NULL ORDER BY txid, id LIMIT $7)
+  UNION ALL
+  (SELECT id, kind, payload, created_at, txid FROM effects
+    WHERE txid >= $4::xid8 AND txid < $5::xid8 AND txid <> ALL($6::xid8[]) AND status = 'pending' AND published_at IS NULL
     ORDER BY txid, id LIMIT $7)
-) r ORDER BY txid, id LIMIT $7`
+) r ORDER BY r.txid, r.id LIMIT $7`
 
 // cursor reads one batch of the pass from base to target and writes the
 // cursor (no write for an empty batch).
@@ -434,7 +437,23 @@ func (h *handover) cursor(ctx context.Context) ([]string, error) {
 		h.target = parseSnapshot(s)
 		h.afterTxid, h.afterID = "0", "00000000-0000-0000-0000-000000000000"
 	}
-	rows, err := h.conn.Query(ctx, cursorSQL, h.base.xip, h.base.xmax, h.target.xmax, h.target.xip, h.afterTxid, h.afterID, h.batch)
+	a, _ := strconv.ParseUint(h.afterTxid, 10, 64)
+	baseXmax, _ := strconv.ParseUint(h.base.xmax, 10, 64)
+	running := map[string]bool{}
+	for _, x := range h.target.xip {
+		running[x] = true
+	}
+	xip := []string{}
+	for _, x := range h.base.xip {
+		if n, _ := strconv.ParseUint(x, 10, 64); n > a && !running[x] {
+			xip = append(xip, x)
+		}
+	}
+	var rest any = h.afterTxid
+	if a == 0 {
+		rest = nil
+	}
+	rows, err := h.conn.Query(ctx, cursorSQL, rest, h.afterID, xip, strconv.FormatUint(max(baseXmax, a+1), 10), h.target.xmax, h.target.xip, h.batch)
 	if err != nil {
 		return nil, err
 	}
