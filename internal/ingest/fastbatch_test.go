@@ -12,7 +12,6 @@ import (
 
 	"github.com/effects-run/effects/internal/envconfig"
 	"github.com/effects-run/effects/internal/ingest"
-	"github.com/effects-run/effects/internal/schema"
 	"github.com/effects-run/effects/internal/testenv"
 	"github.com/effects-run/effects/pkg/effects"
 )
@@ -39,31 +38,6 @@ func (b *tableBundle) checkStoredOnce(ids []string) {
 	}
 	if len(got) != len(ids) {
 		b.t.Errorf("the stream holds %d ids, want %d", len(got), len(ids))
-	}
-}
-
-// checkMarkedStored fails if a row the cursor passed is not in the
-// EFFECTS stream (nor failed with a reason).
-func (b *tableBundle) checkMarkedStored() {
-	b.t.Helper()
-	stored := b.streamIDs()
-	rows, err := b.pool.Query(context.Background(), `SELECT id::text FROM effects e WHERE `+
-		ingest.PublishedSQL(schema.Table{Name: "effects"}, "e"))
-	if err != nil {
-		b.t.Fatal(err)
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var id string
-		if err := rows.Scan(&id); err != nil {
-			b.t.Fatal(err)
-		}
-		if stored[id] != 1 {
-			b.t.Errorf("row %s is published, stored %d times", id, stored[id])
-		}
-	}
-	if err := rows.Err(); err != nil {
-		b.t.Fatal(err)
 	}
 }
 
