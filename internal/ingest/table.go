@@ -299,6 +299,9 @@ func (s *TableSource) publish(ctx context.Context, conn *pgx.Conn, b *backoff) e
 	dbCtx := context.WithoutCancel(ctx)
 	lctx, cancel := s.stmtCtx(dbCtx)
 	pos, version, err := s.loadCursor(lctx, conn, true)
+	if err == nil {
+		err = s.checkCursor(lctx, conn, pos)
+	}
 	cancel()
 	if err != nil {
 		return err

@@ -213,6 +213,23 @@ func (s *TableSource) writeCursor(ctx context.Context, conn *pgx.Conn, pos curso
 	return version + 1, nil
 }
 
+// checkCursor refuses a cursor ahead of the server's transaction ids: it
+// came from another cluster (a dump restored elsewhere), and every row
+// inserted here would read as published.
+func (s *TableSource) checkCursor(ctx context.Context, conn *pgx.Conn, pos cursorPos) error {
+	var ahead bool
+	err := conn.QueryRow(ctx, `SELECT $1::xid8 > pg_snapshot_xmax(pg_current_snapshot())`, pos.base.xmax).Scan(&ahead)
+	if err != nil {
+		return fmt.Errorf("PostgreSQL: check the cursor: %w", err)
+	}
+	if ahead {
+		return fmt.Errorf("the cursor in %s (%s) is ahead of this server's transaction ids: the table was restored from "+
+			"another PostgreSQL? Rows inserted here would never be published; see the README (\"The table\") to reset it",
+			s.table.CursorTable(), pos.base)
+	}
+	return nil
+}
+
 // errCursorMoved: another writer moved the cursor (never while the advisory
 // lock is held; the check is the last line of defence).
 var errCursorMoved = errors.New("the cursor was moved by another table source")

@@ -253,3 +253,17 @@ func TestTableSourceReadSkipsPassedRows(t *testing.T) {
 		t.Fatalf("the read returned %d rows touching %d pages, want 3 rows and a few pages:\n%s", p.Rows, p.Hit+p.Read, plan)
 	}
 }
+
+// A cursor ahead of the server's transaction ids (the table restored from
+// another cluster) is refused with the reason: every row inserted here
+// would read as published.
+func TestTableSourceRefusesCursorFromAnotherServer(t *testing.T) {
+	ctx, s, conn, pg := reader(t, 1)
+	if _, err := pg.Pool.Exec(ctx, `INSERT INTO effects_cursor (name, base) VALUES ('table_source', '900000000000:900000000000:')`); err != nil {
+		t.Fatal(err)
+	}
+	err := s.publish(ctx, conn, &backoff{})
+	if err == nil || !strings.Contains(err.Error(), "ahead of this server's transaction ids") {
+		t.Fatalf("publish: %v, want the cursor refused", err)
+	}
+}
