@@ -32,7 +32,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -200,44 +199,31 @@ func (s *TableSource) waitReady(ctx context.Context) error {
 // connection (PostgreSQL restarting, a network failure) gives the lock up;
 // after a backoff it connects and waits for the lock again.
 func (s *TableSource) own(ctx context.Context) {
-	var b backoff
+	b := retry.Policy{Min: ensureBackoffMin, Max: s.cfg.RetryMax}.Backoff()
 	for ctx.Err() == nil {
-		err := s.ownOnce(ctx, &b)
+		err := s.ownOnce(ctx, b)
 		if ctx.Err() != nil {
 			return
 		}
-		s.failed(ctx, err, &b)
+		s.failed(ctx, err, b)
 	}
-}
-
-// backoff is the jittered wait between tries after failures.
-type backoff struct{ d time.Duration }
-
-func (b *backoff) next(max_ time.Duration) time.Duration {
-	b.d = min(max(2*b.d, ensureBackoffMin), max_)
-	return b.d/2 + rand.N(b.d/2+1)
 }
 
 // failed records err (not ready, counted, logged at most every 10s) and
 // waits out the backoff.
-func (s *TableSource) failed(ctx context.Context, err error, b *backoff) {
+func (s *TableSource) failed(ctx context.Context, err error, b *retry.Backoff) {
 	s.lastErr.Store(&err)
 	s.tm.errors.Inc()
-	wait := b.next(s.cfg.RetryMax)
+	wait := b.Next()
 	s.logFailure(err, wait)
-	t := time.NewTimer(wait)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
-	}
+	retry.Sleep(ctx, wait)
 }
 
 // ownOnce connects, waits for the lock and publishes until ctx ends or the
 // connection fails. A failure that leaves the connection usable (NATS down,
 // a publish not acked) keeps the lock: the owner backs off and publishes
 // again from the cursor. Closing the connection gives the lock up.
-func (s *TableSource) ownOnce(ctx context.Context, b *backoff) error {
+func (s *TableSource) ownOnce(ctx context.Context, b *retry.Backoff) error {
 	cctx, cancel := context.WithTimeout(ctx, ensureAttemptTimeout)
 	conn, err := pgx.ConnectConfig(cctx, s.pool.Config().ConnConfig.Copy())
 	cancel()
@@ -292,7 +278,7 @@ type job struct {
 // acked batches in order. It returns when ctx ends (after the batches in
 // flight), or at the first failure, leaving the cursor at the last batch
 // acked.
-func (s *TableSource) publish(ctx context.Context, conn *pgx.Conn, b *backoff) error {
+func (s *TableSource) publish(ctx context.Context, conn *pgx.Conn, b *retry.Backoff) error {
 	// Statements are not cut short by ctx: a batch read is published and
 	// its cursor written (or given up) within PublishTimeout plus a
 	// statement, so a stop republishes nothing.
@@ -341,7 +327,7 @@ func (s *TableSource) publish(ctx context.Context, conn *pgx.Conn, b *backoff) e
 		}
 		if len(queue) == 0 {
 			s.ok()
-			b.d = 0
+			b.Reset()
 			if ctx.Err() != nil {
 				return nil
 			}
@@ -379,7 +365,7 @@ func (s *TableSource) publish(ctx context.Context, conn *pgx.Conn, b *backoff) e
 			s.metrics.ingest(p.label, p.outcome)
 		}
 		s.ok()
-		b.d = 0
+		b.Reset()
 	}
 }
 

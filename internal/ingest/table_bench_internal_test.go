@@ -18,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/effects-run/effects/internal/retry"
 	"github.com/effects-run/effects/internal/testenv"
 	"github.com/effects-run/effects/pkg/effects"
 )
@@ -87,7 +88,7 @@ func BenchmarkTablePublish(b *testing.B) {
 					}
 					return nil
 				}
-				if err := s.publish(ctx, conns[0], &backoff{}); !errors.Is(err, stop) {
+				if err := s.publish(ctx, conns[0], retry.Policy{}.Backoff()); !errors.Is(err, stop) {
 					b.Fatal(err)
 				}
 			} else {

@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/effects-run/effects/internal/retry"
 	"github.com/effects-run/effects/internal/testenv"
 	"github.com/effects-run/effects/pkg/effects"
 )
@@ -107,7 +108,7 @@ func TestTableSourceCrashBeforeCursorWrite(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := first.publish(ctx, conn, &backoff{}); !errors.Is(err, crash) {
+	if err := first.publish(ctx, conn, retry.Policy{}.Backoff()); !errors.Is(err, crash) {
 		t.Fatalf("publish: %v, want the crash", err)
 	}
 	_ = conn.Close(ctx)
@@ -138,7 +139,7 @@ func TestTableSourceCrashBeforeCursorWrite(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close(ctx)
-	if err := second.publish(sctx, conn, &backoff{}); err != nil {
+	if err := second.publish(sctx, conn, retry.Policy{}.Backoff()); err != nil {
 		t.Fatal(err)
 	}
 	if err := pg.Pool.QueryRow(ctx, `SELECT count(*) FROM effects e WHERE `+PublishedSQL(first.table, "e")).Scan(&passed); err != nil || passed != 120 {
@@ -262,7 +263,7 @@ func TestTableSourceRefusesCursorFromAnotherServer(t *testing.T) {
 	if _, err := pg.Pool.Exec(ctx, `INSERT INTO effects_cursor (name, base) VALUES ('table_source', '900000000000:900000000000:')`); err != nil {
 		t.Fatal(err)
 	}
-	err := s.publish(ctx, conn, &backoff{})
+	err := s.publish(ctx, conn, retry.Policy{}.Backoff())
 	if err == nil || !strings.Contains(err.Error(), "ahead of this server's transaction ids") {
 		t.Fatalf("publish: %v, want the cursor refused", err)
 	}

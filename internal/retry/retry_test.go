@@ -41,3 +41,19 @@ func TestUntilStopsWhenTheContextEnds(t *testing.T) {
 		t.Fatalf("n=%d ok=%v calls=%d", n, ok, calls)
 	}
 }
+
+// A Backoff's waits are in the upper half of a backoff that starts at Min
+// and doubles to Max; Reset starts again from Min.
+func TestBackoff(t *testing.T) {
+	b := Policy{Min: 100 * time.Millisecond, Max: time.Second}.Backoff()
+	for i, ceil := range []time.Duration{100, 200, 400, 800, 1000, 1000} {
+		ceil *= time.Millisecond
+		if w := b.Next(); w < ceil/2 || w > ceil {
+			t.Fatalf("wait %d: %s, want %s to %s", i+1, w, ceil/2, ceil)
+		}
+	}
+	b.Reset()
+	if w := b.Next(); w < 50*time.Millisecond || w > 100*time.Millisecond {
+		t.Fatalf("after Reset: %s, want 50ms to 100ms", w)
+	}
+}
