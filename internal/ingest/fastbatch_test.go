@@ -84,9 +84,10 @@ func TestTableSourceFastBatch(t *testing.T) {
 	if got := fastRows(t, src, "fallback"); got != 0 {
 		t.Errorf("rows fallen back: %v, want 0", got)
 	}
-	if got := testenv.MetricValue(t, src.reg, "effects_ingested_total", "outcome", "published"); got != 120 {
-		t.Errorf("published %v, want 120", got)
-	}
+	// Counted just after the cursor write that waitPublished saw.
+	testenv.WaitFor(t, 10*time.Second, "120 rows counted published", func() bool {
+		return testenv.MetricValue(t, src.reg, "effects_ingested_total", "outcome", "published") == 120
+	})
 }
 
 // EFFECTS_TABLE_FAST_BATCH=false publishes message by message.
@@ -218,9 +219,9 @@ func TestTableSourceFastBatchErrorMidBatch(t *testing.T) {
 	if !strings.Contains(string(m.Data), big) || !strings.Contains(string(m.Data), "larger than the EFFECTS stream accepts") {
 		t.Errorf("completion %s: want %s failed for its size", m.Data, big)
 	}
-	if got := testenv.MetricValue(t, src.reg, "effects_ingested_total", "outcome", "rejected"); got != 1 {
-		t.Errorf("rejected %v, want 1", got)
-	}
+	testenv.WaitFor(t, 10*time.Second, "1 row counted rejected", func() bool {
+		return testenv.MetricValue(t, src.reg, "effects_ingested_total", "outcome", "rejected") == 1
+	})
 }
 
 // The effects stream deleted under the source: the cursor does not pass a

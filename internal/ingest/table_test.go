@@ -325,10 +325,15 @@ func TestTableSourceConcurrentInsertsTwoReplicas(t *testing.T) {
 	}
 	// The replicas split the work without publishing a row twice.
 	var published, duplicates float64
-	for _, r := range []*source{r1, r2} {
-		published += testenv.MetricValue(t, r.reg, "effects_ingested_total", "outcome", "published")
-		duplicates += testenv.MetricValue(t, r.reg, "effects_ingested_total", "outcome", "duplicate")
+	count := func() {
+		published, duplicates = 0, 0
+		for _, r := range []*source{r1, r2} {
+			published += testenv.MetricValue(t, r.reg, "effects_ingested_total", "outcome", "published")
+			duplicates += testenv.MetricValue(t, r.reg, "effects_ingested_total", "outcome", "duplicate")
+		}
 	}
+	// Counted just after the cursor write that waitPublished saw.
+	testenv.WaitFor(t, 10*time.Second, "every row counted", func() bool { count(); return int(published+duplicates) >= len(committed) })
 	if int(published) != len(committed) || duplicates != 0 {
 		t.Errorf("published %v, duplicates %v; want %d and 0", published, duplicates, len(committed))
 	}
@@ -373,9 +378,9 @@ func TestTableSourceRejects(t *testing.T) {
 	if ids[bad]+ids[big]+ids[other] != 0 || ids[good] != 1 {
 		t.Errorf("stream ids %v: want only %s", ids, good)
 	}
-	if got := testenv.MetricValue(t, src.reg, "effects_ingested_total", "outcome", "rejected"); got != 3 {
-		t.Errorf("rejected %v, want 3", got)
-	}
+	testenv.WaitFor(t, 10*time.Second, "3 rows counted rejected", func() bool {
+		return testenv.MetricValue(t, src.reg, "effects_ingested_total", "outcome", "rejected") == 3
+	})
 }
 
 // While NATS is down the source pauses and is not ready; the rows inserted
@@ -534,9 +539,9 @@ func TestTableSourceLongTransaction(t *testing.T) {
 	src = b.startSource()
 	more := b.insert("echo", `{}`)
 	b.waitPublished([]string{more})
-	if got := testenv.MetricValue(t, src.reg, "effects_ingested_total"); got != 1 {
-		t.Errorf("the restarted source published %v rows, want the 1 new one", got)
-	}
+	testenv.WaitFor(t, 10*time.Second, "the restarted source to count the 1 new row, and no other", func() bool {
+		return testenv.MetricValue(t, src.reg, "effects_ingested_total") == 1
+	})
 
 	if err := long.Commit(ctx); err != nil {
 		t.Fatal(err)
