@@ -14,7 +14,7 @@ import (
 )
 
 // The scheduler's poll and overdue gauge read the waiting index, and the
-// reconciler's claim the due index (migration 006), on a table where most
+// reconciler's claim the due index (migration 007), on a table where most
 // pending rows wait for next week and were inserted before the others: on
 // the created_at index each would read past every waiting row.
 func TestPlansReadTheScheduleIndexes(t *testing.T) {
@@ -44,7 +44,7 @@ func TestPlansReadTheScheduleIndexes(t *testing.T) {
 	}{
 		{"scheduler claim", s.claimSQL, "effects_waiting_idx", []any{500}},
 		{"waiting count", s.countSQL, "effects_waiting_idx", nil},
-		{"reconciler claim", r.claimSQL, "effects_due_idx", []any{time.Hour.Microseconds(), 100, []string{}}},
+		{"reconciler claim", r.claimSQL, "effects_due_idx", []any{time.Hour.Microseconds(), 100, []string{}, false}},
 	} {
 		plan := testenv.Explain(ctx, t, pg.Pool, c.sql, c.args...)
 		if !strings.Contains(plan, c.index) {

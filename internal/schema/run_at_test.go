@@ -7,9 +7,9 @@ import (
 	"github.com/effects-run/effects/internal/testenv"
 )
 
-// Migration 006 on a table with rows: every existing row reads run_at NULL
+// Migration 007 on a table with rows: every existing row reads run_at NULL
 // (run now, as it was inserted to), none is in the waiting index, the
-// table source's claim index keeps the unpublished pending rows it had,
+// table source's cursor index keeps the unpublished pending rows it had,
 // and the due index has every pending row; a row inserted afterwards with a
 // later run_at is waiting.
 func TestRunAtMigration(t *testing.T) {
@@ -47,7 +47,7 @@ func TestRunAtMigration(t *testing.T) {
 		// The statements of the scheduler, the table source and the
 		// reconciler, in the indexes' own words.
 		`status = 'pending' AND published_at IS NULL AND run_at > created_at`:                              1,
-		`published_at IS NULL AND status = 'pending' AND (run_at IS NULL OR run_at <= created_at)`:         1,
+		`status = 'pending' AND published_at IS NULL AND (run_at IS NULL OR run_at <= created_at)`:         1,
 		`status = 'pending' AND GREATEST(created_at, run_at) < now() + interval '1 hour'`:                  2,
 		`status = 'pending' AND GREATEST(created_at, run_at) > now() + interval '1 hour' AND kind = 'new'`: 1,
 	} {
@@ -62,7 +62,7 @@ func TestRunAtMigration(t *testing.T) {
 	for _, want := range []string{
 		"effects_waiting_idx (run_at) WHERE ((status = 'pending'::text) AND (published_at IS NULL) AND (run_at > created_at))",
 		"effects_due_idx (GREATEST(created_at, run_at)) WHERE (status = 'pending'::text)",
-		"effects_unpub_idx (created_at) WHERE ((published_at IS NULL) AND (status = 'pending'::text) AND ((run_at IS NULL) OR (run_at <= created_at)))",
+		"effects_txid_idx (txid, id) WHERE ((status = 'pending'::text) AND (published_at IS NULL) AND ((run_at IS NULL) OR (run_at <= created_at)))",
 	} {
 		name, rest, _ := strings.Cut(want, " ")
 		if !strings.Contains(defs, name+" ON ") || !strings.Contains(defs, "USING btree "+rest) {

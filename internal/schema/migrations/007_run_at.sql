@@ -7,6 +7,13 @@
 -- now), and Hasura tracks it like any column, so a GraphQL insert can set it.
 ALTER TABLE {{.Table}} ADD COLUMN IF NOT EXISTS run_at timestamptz;
 
+-- Each index below is built in the migration's transaction, which reads
+-- the whole table while it blocks writes: instant on a new table, minutes
+-- on one of hundreds of millions of rows. For such a table create the
+-- waiting and due indexes by hand first, without blocking writes
+-- (CREATE INDEX CONCURRENTLY with the names and definitions below), and
+-- these statements then find them.
+
 -- A row whose run_at is after its created_at is scheduled: no source
 -- publishes it (the webhook replies without publishing, the table source
 -- skips it); the completer's scheduler publishes it once run_at has passed
@@ -25,8 +32,9 @@ CREATE INDEX IF NOT EXISTS {{.WaitingIndex}} ON {{.Table}} (run_at)
 CREATE INDEX IF NOT EXISTS {{.DueIndex}} ON {{.Table}} ((GREATEST(created_at, run_at)))
     WHERE status = 'pending';
 
--- The table source's claim index (migration 003), without the scheduled
--- rows: otherwise each claim would read past every waiting row.
-DROP INDEX IF EXISTS {{.UnpublishedIndexQualified}};
-CREATE INDEX IF NOT EXISTS {{.UnpublishedIndex}} ON {{.Table}} (created_at)
-    WHERE published_at IS NULL AND status = 'pending' AND (run_at IS NULL OR run_at <= created_at);
+-- The table source's cursor index (migration 006), without the scheduled
+-- rows: the cursor passes them (they are the scheduler's), and they would
+-- otherwise sit in it until they are due.
+DROP INDEX IF EXISTS {{.TxidIndexQualified}};
+CREATE INDEX IF NOT EXISTS {{.TxidIndex}} ON {{.Table}} (txid, id)
+    WHERE status = 'pending' AND published_at IS NULL AND (run_at IS NULL OR run_at <= created_at);
