@@ -2,6 +2,7 @@ package testenv
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"sync"
@@ -40,7 +41,8 @@ func (n *NATS) LoseConsumerStore(t testing.TB, stream, consumer string) {
 	}
 }
 
-// LeaveConsumerUnstored makes the consumer cfg on stream one that
+// LeaveConsumerUnstored makes the consumer cfg on stream (deleted first if
+// it exists) one that
 // nats-server 2.15.3 keeps in memory without its directory: it deletes the
 // consumer while creating it again and again from another connection, until
 // a create lands after the server dropped the old consumer from memory and
@@ -54,7 +56,10 @@ func LeaveConsumerUnstored(t testing.TB, n *NATS, js jetstream.JetStream, stream
 	defer cancel()
 	_, creator := n.Connect(t)
 	for range 50 {
-		if _, err := js.CreateOrUpdateConsumer(ctx, stream, cfg); err != nil {
+		if err := js.DeleteConsumer(ctx, stream, cfg.Durable); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+			t.Fatal(err)
+		}
+		if _, err := js.CreateConsumer(ctx, stream, cfg); err != nil {
 			t.Fatal(err)
 		}
 		var wg sync.WaitGroup
@@ -80,7 +85,6 @@ func LeaveConsumerUnstored(t testing.TB, n *NATS, js jetstream.JetStream, stream
 		if _, err := js.Consumer(ctx, stream, cfg.Durable); err == nil && !n.ConsumerStored(stream, cfg.Durable) {
 			return
 		}
-		_ = js.DeleteConsumer(ctx, stream, cfg.Durable)
 	}
 	t.Fatalf("consumer %s on %s: could not make the server lose its directory in 50 tries", cfg.Durable, stream)
 }

@@ -2,6 +2,8 @@ package dispatcher
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/effects-run/effects/internal/consume"
 )
 
 type metrics struct {
@@ -11,8 +13,9 @@ type metrics struct {
 	publishErrors *prometheus.CounterVec
 	overruns      *prometheus.CounterVec
 	overrunning   *prometheus.GaugeVec
-	consumerLost  *prometheus.CounterVec
 	held          *prometheus.GaugeVec
+	// consumers are the kinds' consumers' (internal/consume).
+	consumers *consume.Metrics
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -42,19 +45,19 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "effects_handlers_overrunning",
 			Help: "Handlers still running after their attempt was given up.",
 		}, []string{"kind"}),
-		consumerLost: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "effects_dispatcher_consumer_recreated_total",
-			Help: "Times a kind's durable consumer was found gone and created again.",
-		}, []string{"kind"}),
 		held: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "effects_async_held",
 			Help: "Async effects whose work started and whose completion has not arrived yet (messages held by this process).",
 		}, []string{"kind"}),
 	}
-	for _, c := range []prometheus.Collector{m.handled, m.duration, m.inFlight, m.publishErrors, m.overruns, m.overrunning, m.consumerLost, m.held} {
+	for _, c := range []prometheus.Collector{m.handled, m.duration, m.inFlight, m.publishErrors, m.overruns, m.overrunning, m.held} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
+	}
+	var err error
+	if m.consumers, err = consume.NewMetrics(reg); err != nil {
+		return nil, err
 	}
 	return m, nil
 }
@@ -68,7 +71,6 @@ type kindMetrics struct {
 	publishErrors prometheus.Counter
 	overruns      prometheus.Counter
 	overrunning   prometheus.Gauge
-	consumerLost  prometheus.Counter
 	held          prometheus.Gauge
 }
 
@@ -80,7 +82,6 @@ func (m *metrics) forKind(kind string) *kindMetrics {
 		publishErrors: m.publishErrors.WithLabelValues(kind),
 		overruns:      m.overruns.WithLabelValues(kind),
 		overrunning:   m.overrunning.WithLabelValues(kind),
-		consumerLost:  m.consumerLost.WithLabelValues(kind),
 		held:          m.held.WithLabelValues(kind),
 	}
 	for _, v := range []verdict{succeeded, deferred, retried, failed, interrupted, malformed} {
