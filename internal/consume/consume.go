@@ -73,7 +73,19 @@ type Config struct {
 }
 
 const (
-	defaultHeartbeat  = time.Second
+	// defaultHeartbeat is short because nats.go (v1.55.0) decides to send
+	// the next pull request only when Next is called, and skips it while
+	// the previous one is still being written; if the messages of that
+	// previous request are all taken before the write finishes, Next waits
+	// for messages nobody asked for until two heartbeats are missed (30s
+	// with the default heartbeat). A pull request sent while a clustered
+	// consumer has no leader is lost the same way. Idle heartbeats cost one
+	// small message per heartbeat per waiting pull request.
+	defaultHeartbeat = time.Second
+	// defaultCheckEvery bounds how stale the ack floor a lost consumer
+	// resumes after can be (what other processes acked since is run
+	// again), and how long a loss nobody's pull request was told about
+	// goes unnoticed. One consumer info request per second per reader.
 	defaultCheckEvery = time.Second
 	// fetchOneWait is how long one pull request waits when Buffer is 0.
 	fetchOneWait = 5 * time.Second
