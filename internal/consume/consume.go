@@ -138,8 +138,10 @@ type Reader struct {
 	// floor is the highest ack floor (stream sequence) seen.
 	floor uint64
 	// settled are the stream sequences above floor this process acked
-	// (false) or terminated (true).
+	// (false) or terminated (true); highest is the highest of them, so that
+	// a message first delivered (above it) is not looked up.
 	settled map[uint64]bool
+	highest atomic.Uint64
 }
 
 // source is one consumer handle and, unless Buffer is 0, its iterator.
@@ -574,6 +576,7 @@ func (r *Reader) findOrCreate(ctx context.Context) (cons jetstream.Consumer, sta
 		// The stream was created again: none of its messages was handled,
 		// and the old sequences mean nothing in it.
 		r.streamCreated, r.floor, r.settled = created, 0, map[uint64]bool{}
+		r.highest.Store(0)
 	} else {
 		want.DeliverPolicy, want.OptStartSeq, want.OptStartTime = jetstream.DeliverByStartSequencePolicy, r.floor+1, nil
 		start = int64(want.OptStartSeq)
@@ -658,6 +661,9 @@ func (r *Reader) remember(seq uint64, termed bool) {
 	defer r.mu.Unlock()
 	if seq > r.floor && len(r.settled) < maxRemembered {
 		r.settled[seq] = termed
+		if seq > r.highest.Load() {
+			r.highest.Store(seq)
+		}
 	}
 }
 
@@ -665,7 +671,7 @@ func (r *Reader) remember(seq uint64, termed bool) {
 // already acked or terminated (its ack was lost, or the consumer was created
 // again below it).
 func (r *Reader) settledAgain(m *msg) bool {
-	if m.seq == 0 {
+	if m.seq == 0 || m.seq > r.highest.Load() {
 		return false
 	}
 	r.mu.Lock()
