@@ -1,7 +1,6 @@
 package consume
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -26,7 +25,7 @@ type bundle struct {
 	admin jetstream.JetStream // the operator's
 	reg   *prometheus.Registry
 	m     *Metrics
-	logs  *syncBuffer
+	logs  *testenv.SyncBuffer
 }
 
 func setup(t *testing.T) *bundle {
@@ -42,7 +41,7 @@ func setup(t *testing.T) *bundle {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &bundle{t: t, nats: n, js: js, admin: admin, reg: reg, m: m, logs: &syncBuffer{}}
+	return &bundle{t: t, nats: n, js: js, admin: admin, reg: reg, m: m, logs: &testenv.SyncBuffer{}}
 }
 
 func consumerConfig(name string) jetstream.ConsumerConfig {
@@ -140,21 +139,20 @@ func (b *bundle) waitRecreated(r *Reader, consumer string, n int) {
 	})
 }
 
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.String()
+// ackAll acks, in a goroutine of wg, every message r hands out until ctx
+// ends, sending its stream sequence to seen.
+func ackAll(ctx context.Context, wg *sync.WaitGroup, r *Reader, seen chan<- uint64) {
+	wg.Go(func() {
+		for {
+			m, err := r.Next(ctx)
+			if err != nil {
+				return
+			}
+			md, _ := m.Metadata()
+			_ = m.Ack()
+			seen <- md.Sequence.Stream
+		}
+	})
 }
 
 // A consumer that does not exist is created where its configuration says:
@@ -329,8 +327,9 @@ func TestConsumerLostInAServerRestartResumes(t *testing.T) {
 func TestConsumerCreatedAgainIsStored(t *testing.T) {
 	b := setup(t)
 	r := b.open(b.config("c", 8))
-	seq := b.publish(1)
+	b.publish(1)
 	b.take(r, 1)
+	var seq uint64
 	for i := 1; i <= 15; i++ {
 		testenv.WaitFor(t, 10*time.Second, "the pull request waiting", func() bool { return b.info("c").NumWaiting > 0 })
 		if err := b.admin.DeleteConsumer(context.Background(), stream, "c"); err != nil {
@@ -372,17 +371,7 @@ func TestUnstoredConsumerFoundAfterALossIsReplaced(t *testing.T) {
 	got := make(chan uint64, 10)
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	wg.Go(func() { // a worker waiting in Next notices the loss
-		for {
-			m, err := r.Next(ctx)
-			if err != nil {
-				return
-			}
-			md, _ := m.Metadata()
-			_ = m.Ack()
-			got <- md.Sequence.Stream
-		}
-	})
+	ackAll(ctx, &wg, r, got) // a worker waiting in Next notices the loss
 	defer func() { cancel(); wg.Wait() }()
 	// What a loss leaves when another process creates the consumer in
 	// the moment the server deletes it.
@@ -428,19 +417,8 @@ func TestReadersSharingADurableConvergeOnOneConsumer(t *testing.T) {
 	var wg sync.WaitGroup
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	for _, r := range []*Reader{r1, r2} {
-		wg.Go(func() {
-			for {
-				m, err := r.Next(ctx)
-				if err != nil {
-					return
-				}
-				md, _ := m.Metadata()
-				_ = m.Ack()
-				seen <- md.Sequence.Stream
-			}
-		})
-	}
+	ackAll(ctx, &wg, r1, seen)
+	ackAll(ctx, &wg, r2, seen)
 	got := map[uint64]int{}
 	for len(got) < n {
 		select {

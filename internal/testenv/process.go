@@ -25,7 +25,7 @@ const ProcessTimeout = 30 * time.Second
 type Process struct {
 	cmd            *exec.Cmd
 	stdin          io.WriteCloser // nil unless started with StartProcessWithStdin
-	stdout, stderr syncBuffer
+	stdout, stderr SyncBuffer
 	done           chan struct{} // closed when it exited
 	err            error         // of Wait, once done is closed
 }
@@ -275,20 +275,20 @@ func MergeEnv(ms ...map[string]string) map[string]string {
 	return out
 }
 
-// syncBuffer is a bytes.Buffer the child's output can be copied into while
-// the test reads it.
-type syncBuffer struct {
+// SyncBuffer is a bytes.Buffer that can be written to (a child's output, a
+// logger) while the test reads it.
+type SyncBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (b *syncBuffer) Write(p []byte) (int, error) {
+func (b *SyncBuffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.b.Write(p)
 }
 
-func (b *syncBuffer) String() string {
+func (b *SyncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.b.String()
