@@ -180,27 +180,32 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Reader, err
 		settled:   map[uint64]bool{},
 	}
 	r.stopCtx, r.stopNow = context.WithCancel(context.Background())
-	actx, cancel := context.WithTimeout(ctx, apiTimeout)
-	defer cancel()
-	s, err := js.Stream(actx, cfg.Stream)
+	src, err := r.open(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("consumer %s: stream %s: %w", cfg.Consumer.Durable, cfg.Stream, err)
-	}
-	r.streamCreated = s.CachedInfo().Created
-	cons, err := r.bind(actx)
-	if err != nil {
+		r.stopNow()
 		return nil, err
 	}
-	src, err := r.newSource(cons)
-	if err != nil {
-		return nil, err
-	}
-	r.noteFloor(cons.CachedInfo().AckFloor.Stream)
+	r.noteFloor(src.cons.CachedInfo().AckFloor.Stream)
 	r.cur.Store(src)
 	close(r.installed)
 	r.watching.Add(1)
 	go r.watch()
 	return r, nil
+}
+
+func (r *Reader) open(ctx context.Context) (*source, error) {
+	ctx, cancel := context.WithTimeout(ctx, apiTimeout)
+	defer cancel()
+	s, err := r.js.Stream(ctx, r.cfg.Stream)
+	if err != nil {
+		return nil, fmt.Errorf("consumer %s: stream %s: %w", r.cfg.Consumer.Durable, r.cfg.Stream, err)
+	}
+	r.streamCreated = s.CachedInfo().Created
+	cons, err := r.bind(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return r.newSource(cons)
 }
 
 // bind returns the consumer, created with the configured start if it does
@@ -218,11 +223,14 @@ func (r *Reader) bind(ctx context.Context) (jetstream.Consumer, error) {
 			upd := want
 			upd.DeliverPolicy, upd.OptStartSeq, upd.OptStartTime = have.DeliverPolicy, have.OptStartSeq, have.OptStartTime
 			r.log.Info("the consumer's configuration differs from this service's; updating it", "differences", diff)
-			cons, err = r.js.UpdateConsumer(ctx, r.cfg.Stream, upd)
+			updated, err := r.js.UpdateConsumer(ctx, r.cfg.Stream, upd)
+			if unstored(err) {
+				return r.replaceUnstored(ctx, cons.CachedInfo())
+			}
 			if err != nil {
 				return nil, fmt.Errorf("update consumer %s on %s: %w", want.Durable, r.cfg.Stream, err)
 			}
-			return cons, nil
+			return updated, nil
 		}
 		if !errors.Is(err, jetstream.ErrConsumerNotFound) {
 			return nil, fmt.Errorf("consumer %s on %s: %w", want.Durable, r.cfg.Stream, err)
@@ -238,6 +246,26 @@ func (r *Reader) bind(ctx context.Context) (jetstream.Consumer, error) {
 		return cons, nil
 	}
 	return nil, fmt.Errorf("consumer %s on %s: created and deleted again while binding", want.Durable, r.cfg.Stream)
+}
+
+// replaceUnstored replaces a consumer the server keeps without its
+// directory (it cannot be updated, and would be gone after a restart) by
+// one created after its ack floor. Deleting it first is safe: the deletion
+// has removed the old directory when the server answers it.
+func (r *Reader) replaceUnstored(ctx context.Context, info *jetstream.ConsumerInfo) (jetstream.Consumer, error) {
+	want := r.cfg.Consumer
+	want.DeliverPolicy, want.OptStartSeq, want.OptStartTime = jetstream.DeliverByStartSequencePolicy, info.AckFloor.Stream+1, nil
+	r.log.Warn("nats-server keeps the consumer without its directory; deleting it and creating it again after its ack floor",
+		"resumed_at_stream_sequence", want.OptStartSeq)
+	if err := r.js.DeleteConsumer(ctx, r.cfg.Stream, want.Durable); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return nil, fmt.Errorf("delete consumer %s on %s: %w", want.Durable, r.cfg.Stream, err)
+	}
+	cons, err := r.js.CreateConsumer(ctx, r.cfg.Stream, want)
+	if err != nil {
+		return nil, fmt.Errorf("create consumer %s on %s: %w", want.Durable, r.cfg.Stream, err)
+	}
+	r.m.recreated(want.OptStartSeq)
+	return cons, nil
 }
 
 // differences lists the fields set in want that have has otherwise. The

@@ -206,6 +206,28 @@ func TestOpenUpdatesAConsumerWhoseConfigurationDiffers(t *testing.T) {
 	}
 }
 
+// A consumer the server keeps without its directory and whose configuration
+// differs cannot be updated (err_code 10012): it is deleted and created
+// again after its ack floor, stored.
+func TestOpenReplacesAnUnstoredConsumerItMustUpdate(t *testing.T) {
+	b := setup(t)
+	last := b.publish(3)
+	old := consumerConfig("c")
+	old.AckWait, old.DeliverPolicy, old.OptStartSeq = 10*time.Second, jetstream.DeliverByStartSequencePolicy, last+1
+	testenv.LeaveConsumerUnstored(t, b.nats, b.admin, stream, old)
+	r := b.open(b.config("c", 8))
+	if !b.nats.ConsumerStored(stream, "c") {
+		t.Fatal("the consumer is still unstored")
+	}
+	if info := b.info("c"); info.Config.AckWait != 30*time.Second || info.Config.OptStartSeq != last+1 {
+		t.Fatalf("consumer after open: ack wait %s, start %d; want 30s, %d", info.Config.AckWait, info.Config.OptStartSeq, last+1)
+	}
+	seq := b.publish(1)
+	if got := b.take(r, 1); got[0] != seq {
+		t.Fatalf("got %d, want only the new %d", got[0], seq)
+	}
+}
+
 func TestDifferencesIgnoreThePositionAndServerDefaults(t *testing.T) {
 	want := consumerConfig("c")
 	have := want
