@@ -118,6 +118,7 @@ func parseFlags(fs *flag.FlagSet, args []string) (code int, ok bool) {
 type row struct {
 	ID               string          `json:"id"`
 	Kind             string          `json:"kind"`
+	Key              *string         `json:"key"`
 	Status           string          `json:"status"`
 	Attempts         int             `json:"attempts"`
 	Error            *string         `json:"error"`
@@ -130,12 +131,12 @@ type row struct {
 }
 
 // rowColumns are the columns scanned by scanRow, payload excluded.
-const rowColumns = `id::text, kind, status, attempts, error, completion, created_at, completed_at, rerun_requested_at, rerun_requested_by`
+const rowColumns = `id::text, kind, key, status, attempts, error, completion, created_at, completed_at, rerun_requested_at, rerun_requested_by`
 
 func scanRow(rows pgx.CollectableRow) (row, error) {
 	var r row
 	var completion []byte
-	err := rows.Scan(&r.ID, &r.Kind, &r.Status, &r.Attempts, &r.Error, &completion, &r.CreatedAt, &r.CompletedAt, &r.RerunRequestedAt, &r.RerunRequestedBy)
+	err := rows.Scan(&r.ID, &r.Kind, &r.Key, &r.Status, &r.Attempts, &r.Error, &completion, &r.CreatedAt, &r.CompletedAt, &r.RerunRequestedAt, &r.RerunRequestedBy)
 	if completion != nil {
 		r.Completion = completion
 	}
@@ -157,11 +158,12 @@ func listCmd(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	status := fs.String("status", "", "only rows with this status: pending, succeeded or failed")
 	kind := fs.String("kind", "", "only rows of this kind")
+	key := fs.String("key", "", "only rows with this key (the pending one holding it, and the final ones)")
 	since := fs.Duration("since", 0, "only rows created in this last span (e.g. 1h, 30m); 0: any age")
 	limit := fs.Int("limit", 50, "at most this many rows (1 to 10000)")
 	asJSON := fs.Bool("json", false, "print JSON (an array of rows) instead of a table")
 	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), "usage: effects list [--status pending|succeeded|failed] [--kind K] [--since 1h] [--limit N] [--json]\n\n"+
+		fmt.Fprint(fs.Output(), "usage: effects list [--status pending|succeeded|failed] [--kind K] [--key KEY] [--since 1h] [--limit N] [--json]\n\n"+
 			"Lists the rows of EFFECTS_TABLE in DATABASE_URL, newest first.\n\nflags:\n")
 		fs.PrintDefaults()
 	}
@@ -194,7 +196,7 @@ func listCmd(args []string, stdout, stderr io.Writer) int {
 	}
 	defer done()
 
-	rows, err := listRows(ctx, conn, o.table, *status, *kind, *since, *limit)
+	rows, err := listRows(ctx, conn, o.table, listFilter{status: *status, kind: *kind, key: *key, since: *since}, *limit)
 	if err != nil {
 		return o.fail(1, "%v", explainQueryError(err))
 	}
@@ -202,9 +204,9 @@ func listCmd(args []string, stdout, stderr io.Writer) int {
 		return writeJSON(o, stdout, rows)
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tKIND\tSTATUS\tATTEMPTS\tCREATED\tCOMPLETED\tERROR")
+	fmt.Fprintln(tw, "ID\tKIND\tKEY\tSTATUS\tATTEMPTS\tCREATED\tCOMPLETED\tERROR")
 	for _, r := range rows {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", r.ID, r.Kind, r.Status, r.Attempts,
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", r.ID, r.Kind, oneLine(r.Key, 32), r.Status, r.Attempts,
 			r.CreatedAt.Format(time.RFC3339), timeOrDash(r.CompletedAt), oneLine(r.Error, 60))
 	}
 	if err := tw.Flush(); err != nil {
@@ -224,20 +226,26 @@ func validStatus(s string) bool {
 	return false
 }
 
-// listRows returns up to limit rows, newest first; empty status and kind
-// and a zero since filter nothing.
-func listRows(ctx context.Context, conn *pgx.Conn, table schema.Table, status, kind string, since time.Duration, limit int) ([]row, error) {
+// listFilter selects rows; empty fields and a zero since filter nothing.
+type listFilter struct {
+	status, kind, key string
+	since             time.Duration
+}
+
+// listRows returns up to limit rows, newest first.
+func listRows(ctx context.Context, conn *pgx.Conn, table schema.Table, f listFilter, limit int) ([]row, error) {
 	var sinceArg *time.Duration
-	if since > 0 {
-		sinceArg = &since
+	if f.since > 0 {
+		sinceArg = &f.since
 	}
 	q := `SELECT ` + rowColumns + ` FROM ` + table.Quoted() + `
 	       WHERE ($1::text IS NULL OR status = $1)
 	         AND ($2::text IS NULL OR kind = $2)
 	         AND ($3::interval IS NULL OR created_at >= now() - $3::interval)
+	         AND ($5::text IS NULL OR key = $5)
 	       ORDER BY created_at DESC, id DESC
 	       LIMIT $4`
-	rs, err := conn.Query(ctx, q, nullIfEmpty(status), nullIfEmpty(kind), sinceArg, limit)
+	rs, err := conn.Query(ctx, q, nullIfEmpty(f.status), nullIfEmpty(f.kind), sinceArg, limit, nullIfEmpty(f.key))
 	if err != nil {
 		return nil, err
 	}

@@ -122,8 +122,9 @@ func retryCmd(args []string, stdout, stderr io.Writer) int {
 
 	results := make([]retryResult, 0, len(ids))
 	failed := 0
+	keys := keysRerun{}
 	for _, id := range ids {
-		res := rerun(ctx, conn, o, js, maxPayload, id, *by, *dryRun, selected)
+		res := rerun(ctx, conn, o, js, maxPayload, keys, id, *by, *dryRun, selected)
 		if res.Outcome == "error" {
 			failed++
 		}
@@ -186,12 +187,16 @@ func failedIDs(ctx context.Context, conn *pgx.Conn, o *oncall, kind string, sinc
 	return pgx.CollectRows(rows, pgx.RowTo[string])
 }
 
+// keysRerun are the keys of the effects this command has re-run (or would
+// re-run, --dry-run), by kind and key, with the effect's id.
+type keysRerun map[[2]string]string
+
 // rerun re-runs one effect in a transaction that holds the row: the row is
 // marked, the message published, then the mark committed, so a re-run that
 // could not be published leaves no record, and a row removed meanwhile is
 // reported as gone.
 func rerun(ctx context.Context, conn *pgx.Conn, o *oncall, js jetstream.JetStream, maxPayload int64,
-	id, by string, dryRun, selected bool) retryResult {
+	keys keysRerun, id, by string, dryRun, selected bool) retryResult {
 	res := retryResult{ID: id, Outcome: "error"}
 	fail := func(err error) retryResult {
 		res.Error = err.Error()
@@ -203,10 +208,11 @@ func rerun(ctx context.Context, conn *pgx.Conn, o *oncall, js jetstream.JetStrea
 	}
 	defer func() { _ = tx.Rollback(context.Background()) }()
 	var kind, dedupe string
+	var key *string
 	var payload []byte
 	var createdAt pgtype.Timestamptz // 'infinity' would fail a time.Time scan
-	err = tx.QueryRow(ctx, `SELECT kind, status, payload::text, created_at, gen_random_uuid()::text FROM `+o.table.Quoted()+
-		` WHERE id = $1 FOR UPDATE`, id).Scan(&kind, &res.Status, &payload, &createdAt, &dedupe)
+	err = tx.QueryRow(ctx, `SELECT kind, key, status, payload::text, created_at, gen_random_uuid()::text FROM `+o.table.Quoted()+
+		` WHERE id = $1 FOR UPDATE`, id).Scan(&kind, &key, &res.Status, &payload, &createdAt, &dedupe)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return fail(retention.Gone(o.table.String(), id, o.policy))
 	}
@@ -225,6 +231,18 @@ func rerun(ctx context.Context, conn *pgx.Conn, o *oncall, js jetstream.JetStrea
 	if err := effects.ValidateKind(kind); err != nil {
 		return fail(fmt.Errorf("it cannot run: %w", err))
 	}
+	if key != nil {
+		if why, err := keyBusy(ctx, tx, o, keys, id, kind, *key); err != nil {
+			return fail(explainQueryError(err))
+		} else if why != "" {
+			if selected {
+				res.Outcome = "skipped"
+				res.Error = why
+				return res
+			}
+			return fail(errors.New(why))
+		}
+	}
 	created, reason := ingest.CarriedCreatedAt(createdAt)
 	if reason != "" {
 		return fail(fmt.Errorf("it cannot run: %s", reason))
@@ -238,6 +256,7 @@ func rerun(ctx context.Context, conn *pgx.Conn, o *oncall, js jetstream.JetStrea
 	if dryRun {
 		res.MsgID = ""
 		res.Outcome = "would retry"
+		keys.add(kind, key, id)
 		return res
 	}
 	var byArg *string
@@ -257,9 +276,41 @@ func rerun(ctx context.Context, conn *pgx.Conn, o *oncall, js jetstream.JetStrea
 		return fail(fmt.Errorf("publish to %s: %w", msg.Subject, err))
 	}
 	res.Sequence = ack.Sequence
+	keys.add(kind, key, id)
 	if err := tx.Commit(ctx); err != nil {
 		return fail(fmt.Errorf("published as %s, but recording the re-run on the row failed: %w", res.MsgID, err))
 	}
 	res.Outcome = "retried"
 	return res
 }
+
+// keyBusy says why an effect with a key is not re-run ("" when it may be):
+// a key allows one pending effect at a time, and a re-run of a failed row
+// (which stays failed until its outcome is written) would run beside the
+// pending effect that holds the key, or beside another re-run of the key by
+// this command. The check is a look, not a lock: an insert of the key just
+// after it is not refused.
+func keyBusy(ctx context.Context, tx pgx.Tx, o *oncall, keys keysRerun, id, kind, key string) (string, error) {
+	if other, ok := keys[[2]string{kind, key}]; ok {
+		return fmt.Sprintf("key %s of kind %s: effect %s with the same key is re-run by this command; one effect of a key runs at a time", quoteKey(key), kind, other), nil
+	}
+	var holder string
+	err := tx.QueryRow(ctx, `SELECT id::text FROM `+o.table.Quoted()+
+		` WHERE kind = $1 AND key = $2 AND status = 'pending' AND id <> $3 LIMIT 1`, kind, key, id).Scan(&holder)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return "", nil
+	case err != nil:
+		return "", err
+	}
+	return fmt.Sprintf("key %s of kind %s is held by pending effect %s; a re-run now would run beside it (re-run this one once that one is final)", quoteKey(key), kind, holder), nil
+}
+
+func (k keysRerun) add(kind string, key *string, id string) {
+	if key != nil {
+		k[[2]string{kind, *key}] = id
+	}
+}
+
+// quoteKey shows a key in a message: quoted, cut to 64 bytes.
+func quoteKey(key string) string { return fmt.Sprintf("%.64q", key) }

@@ -70,7 +70,9 @@ func TestRulesAndDashboardQueryExportedMetrics(t *testing.T) {
 		"ingest": testenv.StartBinary(t, bin("ingest"), nil, testenv.MergeEnv(common, map[string]string{
 			"EFFECTS_HTTP_ADDR": "127.0.0.1:0", "EFFECTS_WEBHOOK_SECRET": secret,
 		})),
-		"dispatcher": testenv.StartBinary(t, bin("dispatcher"), nil, common),
+		// A rate limit on the kind, so that its limiter's series exist
+		// (EffectsRateLimitStateUnreadable queries them).
+		"dispatcher": testenv.StartBinary(t, bin("dispatcher"), nil, testenv.MergeEnv(common, map[string]string{"EFFECTS_KIND_RATE": "echo=1000/s"})),
 		"completer":  testenv.StartBinary(t, bin("completer"), nil, testenv.MergeEnv(common, map[string]string{"DATABASE_URL": pg.URL})),
 	}
 	admin := map[string]string{}

@@ -22,7 +22,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -33,6 +32,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/effects-run/effects/internal/consume"
+	"github.com/effects-run/effects/internal/keepalive"
 	"github.com/effects-run/effects/internal/kindlabel"
 	"github.com/effects-run/effects/internal/redact"
 	"github.com/effects-run/effects/internal/retry"
@@ -267,33 +267,36 @@ func (in *intake) handBackQueued() int {
 // waitForTable checks the table is there and migrated, waiting while the
 // database cannot be asked.
 func (c *Completer) waitForTable(ctx context.Context) error {
-	b := c.newBackoff()
-	for {
+	err := retry.Do(ctx, c.retryPolicy(), func(ctx context.Context) error {
 		qctx, cancel := context.WithTimeout(ctx, c.cfg.WriteTimeout)
+		defer cancel()
 		err := schema.Check(qctx, c.pool, c.cfg.Table)
-		cancel()
-		switch {
-		case err == nil:
-			return nil
-		case errors.Is(err, schema.ErrNotMigrated):
-			return c.redact(err)
-		case ctx.Err() != nil:
-			return nil
+		if errors.Is(err, schema.ErrNotMigrated) {
+			return retry.Stop(c.redact(err))
 		}
+		return err
+	}, func(err error, _ int, wait time.Duration) {
 		err = c.redact(err)
 		c.setStartErr(err)
-		c.logger.Warn("cannot check the effects table; retrying", "table", c.cfg.Table, "error", err, "retry_in", b.next())
-		if !b.wait(ctx) {
-			return nil
-		}
+		c.logger.Warn("cannot check the effects table; retrying", "table", c.cfg.Table, "error", err, "retry_in", wait)
+	})
+	if errors.Is(err, schema.ErrNotMigrated) {
+		return err
 	}
+	return nil // checked, or stopped while the database could not be asked
+}
+
+// retryPolicy is the backoff of the completer's waits for PostgreSQL and
+// NATS: from 100ms (or RetryMax if smaller) to RetryMax.
+func (c *Completer) retryPolicy() retry.Policy {
+	return retry.Policy{Min: min(100*time.Millisecond, c.cfg.RetryMax), Max: c.cfg.RetryMax}
 }
 
 // startConsumer makes sure the streams exist and opens the durable
 // consumer, retrying while NATS is unreachable. ok is false when ctx ended
 // first.
 func (c *Completer) startConsumer(ctx context.Context) (r *consume.Reader, ok bool) {
-	_, ok = retry.Until(ctx, retry.Policy{Min: min(100*time.Millisecond, c.cfg.RetryMax), Max: c.cfg.RetryMax},
+	_, ok = retry.Until(ctx, c.retryPolicy(),
 		func(ctx context.Context) (err error) {
 			r, err = c.openConsumer(ctx)
 			return err
@@ -481,11 +484,14 @@ func (wk *worker) process(ctx context.Context, msgs []jetstream.Msg) {
 	sortByID(rows)
 	wk.rows = rows
 
-	keep := startKeepAlive(c.cfg.AckWait/3, msgs)
+	// Kept alive while the write runs, so that a slow or retried write does
+	// not get the batch redelivered to another completer meanwhile.
+	var keep keepalive.KeepAlive
+	keep.StartAll(c.cfg.AckWait/3, msgs)
 	startWrites(ctx, rows)
 	wk.writeBatch(ctx, rows)
 	endWrites(rows)
-	keep.stop()
+	keep.Stop()
 
 	var unknown []string
 	handedBack := 0
@@ -610,21 +616,16 @@ func storableText(s string) string {
 // values (the error is returned), or ctx ends.
 func (wk *worker) writeRetrying(ctx context.Context, rows []*item) error {
 	c := wk.c
-	var b *backoff
-	for attempt := 1; ; attempt++ {
+	attempts := 0
+	err := retry.Do(ctx, c.retryPolicy(), func(ctx context.Context) error {
+		attempts++
 		wctx, cancel := context.WithTimeout(ctx, c.cfg.WriteTimeout)
 		start := time.Now()
 		err := wk.w.write(wctx, rows)
 		cancel()
 		c.m.writeSeconds.Observe(time.Since(start).Seconds())
-		if err == nil {
-			if c.writeErr.Swap(nil) != nil {
-				c.logger.Info("writing completions again", "attempts", attempt)
-			}
-			return nil
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
+		if err == nil || ctx.Err() != nil {
+			return err
 		}
 		c.m.writeErrors.Inc()
 		err = c.redact(err)
@@ -632,19 +633,25 @@ func (wk *worker) writeRetrying(ctx context.Context, rows []*item) error {
 			if len(rows) > 1 {
 				c.logger.Warn("PostgreSQL refused a value in a batch; splitting it to find which", "rows", len(rows), "error", err)
 			}
-			return err
+			return retry.Stop(err)
 		}
 		msg := err.Error()
 		c.writeErr.Store(&msg)
-		if b == nil {
-			b = c.newBackoff()
+		return err
+	}, func(err error, n int, wait time.Duration) {
+		c.logger.Warn("writing completions failed; nothing acked, retrying", "rows", len(rows), "attempt", n,
+			"retry_in", wait, "error", err)
+	})
+	switch {
+	case err == nil:
+		if c.writeErr.Swap(nil) != nil {
+			c.logger.Info("writing completions again", "attempts", attempts)
 		}
-		c.logger.Warn("writing completions failed; nothing acked, retrying", "rows", len(rows), "attempt", attempt,
-			"retry_in", b.next(), "error", err)
-		if !b.wait(ctx) {
-			return ctx.Err()
-		}
+		return nil
+	case ctx.Err() != nil:
+		return ctx.Err()
 	}
+	return err // a value PostgreSQL refuses
 }
 
 // handBack returns a message JetStream should deliver again at once (to this
@@ -710,83 +717,6 @@ func truncate(s string, n int) string {
 		return s
 	}
 	return s[:n]
-}
-
-// keepAlive tells JetStream every interval that the messages of a batch
-// being written are still being worked on, so a slow or retried write does
-// not get them redelivered to another completer meanwhile.
-type keepAlive struct {
-	mu      sync.Mutex
-	stopped bool
-	timer   *time.Timer
-	msgs    []jetstream.Msg
-	every   time.Duration
-}
-
-func startKeepAlive(every time.Duration, msgs []jetstream.Msg) *keepAlive {
-	k := &keepAlive{msgs: msgs, every: every}
-	// Held while the timer is set: with a short interval fire can run
-	// before AfterFunc has returned, and it reads k.timer.
-	k.mu.Lock()
-	k.timer = time.AfterFunc(every, k.fire)
-	k.mu.Unlock()
-	return k
-}
-
-func (k *keepAlive) fire() {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	if k.stopped {
-		return
-	}
-	for _, m := range k.msgs {
-		_ = m.InProgress() // a failure only risks a redelivery, which is harmless
-	}
-	k.timer.Reset(k.every)
-}
-
-// stop returns once no InProgress is being or will be sent, so the caller
-// may ack.
-func (k *keepAlive) stop() {
-	k.mu.Lock()
-	k.stopped = true
-	k.timer.Stop()
-	k.mu.Unlock()
-}
-
-// backoff is exponential with jitter, from 100ms (or RetryMax if smaller)
-// to RetryMax.
-type backoff struct {
-	cur, max time.Duration
-	planned  time.Duration
-}
-
-func (c *Completer) newBackoff() *backoff {
-	return &backoff{cur: min(100*time.Millisecond, c.cfg.RetryMax), max: c.cfg.RetryMax}
-}
-
-// next is the coming wait (for the log line before it).
-func (b *backoff) next() time.Duration {
-	if b.planned == 0 {
-		// ±20% so that completers restarted together do not retry in step.
-		j := 0.8 + 0.4*rand.Float64()
-		b.planned = time.Duration(float64(b.cur) * j)
-	}
-	return b.planned
-}
-
-// wait sleeps the coming wait; false if ctx ended first.
-func (b *backoff) wait(ctx context.Context) bool {
-	t := time.NewTimer(b.next())
-	defer t.Stop()
-	b.planned = 0
-	b.cur = min(2*b.cur, b.max)
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }
 
 // sampler lets a warning through at most once per interval and counts what

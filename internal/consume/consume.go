@@ -366,14 +366,9 @@ func (r *Reader) Next(ctx context.Context) (jetstream.Msg, error) {
 			}
 			r.log.Log(ctx, level, "jetstream fetch", "error", err)
 			if src.it == nil {
-				// No hot loop of pull requests while NATS refuses them.
-				t := time.NewTimer(100 * time.Millisecond)
-				select {
-				case <-t.C:
-				case <-ctx.Done():
-				case <-r.stopCtx.Done():
-				}
-				t.Stop()
+				// No hot loop of pull requests while NATS refuses them
+				// (a stop cancels the fetch's wait, not this one's).
+				_ = retry.Sleep(ctx, 100*time.Millisecond)
 			}
 		}
 	}
@@ -445,15 +440,19 @@ func (r *Reader) Stop() {
 // Stopped is closed once [Reader.Stop] has stopped pulling.
 func (r *Reader) Stopped() <-chan struct{} { return r.stopped }
 
-// Release stops the reader and gives back (naks, without delay) every
-// message it still holds, so that they are delivered again at once, here
-// or to another process; it returns how many. Messages already handed out
-// are the caller's to settle.
-func (r *Reader) Release() int {
+// Release stops the reader and gives back every message it still holds,
+// so that they are delivered again at once, here or to another process;
+// it returns how many. giveBack settles each (the dispatcher's goes
+// through its one settle path); nil naks it without delay. Messages
+// already handed out are the caller's to settle.
+func (r *Reader) Release(giveBack func(jetstream.Msg)) int {
 	r.Stop()
 	src := r.cur.Load()
 	if src == nil || src.it == nil {
 		return 0
+	}
+	if giveBack == nil {
+		giveBack = func(jm jetstream.Msg) { _ = jm.Nak() }
 	}
 	n := 0
 	for {
@@ -461,7 +460,7 @@ func (r *Reader) Release() int {
 		if err != nil {
 			return n // ErrMsgIteratorClosed once drained
 		}
-		_ = jm.Nak()
+		giveBack(jm)
 		n++
 	}
 }
@@ -535,7 +534,7 @@ func (r *Reader) recover(old *source) {
 	close(old.gone)
 	r.log.Warn("the consumer is gone (deleted, or lost with the server's store); creating it again from where it was",
 		"ack_floor", floor, "settled_above_floor", remembered)
-	if !sleep(r.stopCtx, settlePause) {
+	if retry.Sleep(r.stopCtx, settlePause) != nil {
 		return
 	}
 	retry.Until(r.stopCtx, retry.Policy{Min: settlePause, Max: 5 * time.Second}, r.reopen,
@@ -556,8 +555,8 @@ func (r *Reader) reopen(ctx context.Context) error {
 	// Prove the server stored the consumer: its metadata, written once
 	// more, must find its directory. Whoever created it, it was created
 	// while the old one was being deleted.
-	if !sleep(ctx, settlePause) {
-		return ctx.Err()
+	if err := retry.Sleep(ctx, settlePause); err != nil {
+		return err
 	}
 	uctx, cancel := context.WithTimeout(ctx, apiTimeout)
 	defer cancel()
@@ -715,15 +714,4 @@ func (r *Reader) settledAgain(m *msg) bool {
 	}
 	r.m.settledAgain()
 	return true
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }

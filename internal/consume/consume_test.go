@@ -501,7 +501,7 @@ func TestStopAndRelease(t *testing.T) {
 	if _, err := r.Next(context.Background()); err != nil {
 		t.Fatalf("after Stop, Next: %v; want a message pulled ahead", err)
 	}
-	if n := r.Release(); n != 6 {
+	if n := r.Release(nil); n != 6 {
 		t.Fatalf("released %d, want 6", n)
 	}
 	if _, err := r.Next(context.Background()); !errors.Is(err, ErrStopped) {

@@ -33,6 +33,7 @@ import (
 	"github.com/effects-run/effects/internal/ingest"
 	"github.com/effects-run/effects/internal/natsconn"
 	"github.com/effects-run/effects/internal/pgcluster"
+	"github.com/effects-run/effects/internal/retry"
 	"github.com/effects-run/effects/internal/schema"
 	"github.com/effects-run/effects/pkg/effects"
 	"github.com/effects-run/effects/pkg/effects/dispatcher"
@@ -275,15 +276,10 @@ func Run(ctx context.Context, o Options, out io.Writer, logger *slog.Logger) (er
 	wg.Go(func() { fail("completer", c.Run(runCtx)) })
 
 	// Ready when every service is.
-	for {
-		if src.Ready(runCtx) == nil && wh.Ready(runCtx) == nil && d.Ready(runCtx) == nil && c.CheckConsuming(runCtx) == nil {
-			break
-		}
-		select {
-		case <-runCtx.Done():
-			return firstErr
-		case <-time.After(20 * time.Millisecond):
-		}
+	if _, ok := retry.Until(runCtx, retry.Policy{Min: 20 * time.Millisecond, Max: 100 * time.Millisecond}, func(ctx context.Context) error {
+		return errors.Join(src.Ready(ctx), wh.Ready(ctx), d.Ready(ctx), c.CheckConsuming(ctx))
+	}, nil); !ok {
+		return firstErr
 	}
 
 	if pg == nil && hasPassword(dbURL) {

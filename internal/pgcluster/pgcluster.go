@@ -26,6 +26,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/effects-run/effects/internal/retry"
 )
 
 // ErrNotInstalled is returned (wrapped) when the PostgreSQL server binaries
@@ -115,27 +117,27 @@ func Start(ctx context.Context, dir string, port int) (*Cluster, error) {
 	return c, nil
 }
 
-func (c *Cluster) waitAccepting(ctx context.Context) error {
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		conn, err := pgx.Connect(cctx, c.URL)
-		cancel()
-		if err == nil {
-			_ = conn.Close(context.Background())
-			return nil
-		}
+func (c *Cluster) waitAccepting(parent context.Context) error {
+	ctx, cancel := context.WithTimeout(parent, 60*time.Second)
+	defer cancel()
+	err := retry.Do(ctx, retry.Policy{Min: 50 * time.Millisecond, Max: 200 * time.Millisecond}, func(ctx context.Context) error {
 		select {
 		case <-c.done:
-			return fmt.Errorf("postgres exited: %v", c.err)
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(50 * time.Millisecond):
+			return retry.Stop(fmt.Errorf("postgres exited: %v", c.err))
+		default:
 		}
-		if time.Now().After(deadline) {
-			return err
+		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		conn, err := pgx.Connect(cctx, c.URL)
+		if err == nil {
+			_ = conn.Close(context.Background())
 		}
+		return err
+	}, nil)
+	if err != nil && parent.Err() != nil {
+		return parent.Err()
 	}
+	return err
 }
 
 // Stop stops the server and waits for it: a fast shutdown (SIGINT: clients

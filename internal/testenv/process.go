@@ -275,8 +275,8 @@ func MergeEnv(ms ...map[string]string) map[string]string {
 	return out
 }
 
-// SyncBuffer is a bytes.Buffer that can be written to (a child's output, a
-// logger) while the test reads it.
+// SyncBuffer is a bytes.Buffer safe for concurrent use: a child's output,
+// or a logger's, is written into it while the test reads it.
 type SyncBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer

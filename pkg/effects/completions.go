@@ -117,7 +117,7 @@ func ConsumeCompletions(ctx context.Context, js jetstream.JetStream, durable str
 		// No stream, a wrong configuration: say so at once.
 		return fmt.Errorf("consume completions: %w", err)
 	}
-	defer r.Release()
+	defer r.Release(nil)
 	for {
 		m, err := r.Next(ctx)
 		if err != nil {

@@ -21,14 +21,6 @@ import (
 // after the ack wait, to any dispatcher. So an async effect reaches a final
 // state whether or not the process that started it lives.
 
-type heldState int
-
-const (
-	running  heldState = iota // the handler has not returned yet
-	held                      // waiting for the completion
-	released                  // completed, expired or given back
-)
-
 // errNoCompletion is the error of an async attempt whose completion did not
 // arrive in time.
 var errNoCompletion = errors.New("no completion within the completion deadline")
@@ -61,69 +53,75 @@ func (h heldDone) Fail(ctx context.Context, cause error) error {
 	return err
 }
 
-// hold keeps dl until its completion or its deadline (apply calls it).
-func (x *executor) hold(dl *delivery) {
-	dl.mu.Lock()
-	if dl.completedEarly {
-		dl.state = released
-		dl.mu.Unlock()
-		dl.keep.stop()
-		x.report(dl, dl.msg.Ack())
-		return
+// hold begins holding a claimed async delivery (settle calls it): the
+// deadline's timer starts and the executor's listener can find it. It is
+// false when the completion arrived while the hold began (the caller acks
+// it then). The executor's mu makes the hold's beginning one step for
+// whoever ends it: they find the delivery (listener, releaseHeld) or stop
+// its deadline (unhold) only once it is complete.
+func (x *executor) hold(dl *delivery) bool {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if !dl.state.CompareAndSwap(deciding, held) {
+		return false // decidingCompleted
 	}
-	dl.state = held
 	dl.heldAt = time.Now()
 	dl.deadline = time.AfterFunc(x.lim.completionDeadline, func() { x.expire(dl) })
-	dl.mu.Unlock()
-	x.mu.Lock()
 	x.held[dl.effect.ID] = dl
-	x.mu.Unlock()
 	x.km.held.Inc()
+	return true
 }
 
-// completed lets a held message go once its completion was published.
-func (x *executor) completed(dl *delivery) {
-	dl.mu.Lock()
-	switch dl.state {
-	case running:
-		dl.completedEarly = true
-		dl.mu.Unlock()
-		return
-	case released:
-		dl.mu.Unlock()
-		return
-	}
-	dl.state = released
+// unhold ends the hold of a delivery claimed back from held.
+func (x *executor) unhold(dl *delivery) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
 	dl.deadline.Stop()
-	dl.mu.Unlock()
-	x.unhold(dl)
-	dl.keep.stop()
-	x.report(dl, dl.msg.Ack())
+	if x.held[dl.effect.ID] == dl {
+		delete(x.held, dl.effect.ID)
+	}
+	x.km.held.Dec()
+}
+
+// completed lets an async delivery go once its completion was published:
+// acked now if it is held, or as soon as its worker has decided (which then
+// sees the completion, whatever the handler returned).
+func (x *executor) completed(dl *delivery) {
+	for {
+		switch dl.state.Load() {
+		case running:
+			if dl.state.CompareAndSwap(running, runningCompleted) {
+				return
+			}
+		case deciding:
+			if dl.state.CompareAndSwap(deciding, decidingCompleted) {
+				return
+			}
+		case held:
+			if dl.claim(held) {
+				x.unhold(dl)
+				in := x.info(dl, false)
+				in.completed, in.held = true, true
+				x.settle(dl, decide(in, result{}))
+				return
+			}
+		default:
+			return // already known to be completed, or settled
+		}
+	}
 }
 
 // expire gives a held effect a new attempt: its completion is late.
 func (x *executor) expire(dl *delivery) {
-	dl.mu.Lock()
-	if dl.state != held {
-		dl.mu.Unlock()
-		return
+	if !dl.claim(held) {
+		return // completed or released first
 	}
-	dl.state = released
-	dl.mu.Unlock()
 	x.unhold(dl)
 	x.logger.Warn("async effect not completed by its deadline; it gets a new attempt",
 		"effect_id", dl.effect.ID, "kind", x.kind, "attempt", dl.attempt, "deadline", x.lim.completionDeadline)
-	err := fmt.Errorf("%w (%s)", errNoCompletion, x.lim.completionDeadline)
-	x.apply(dl, decide(x.info(dl, false), result{err: err}))
-}
-
-func (x *executor) unhold(dl *delivery) {
-	x.mu.Lock()
-	if x.held[dl.effect.ID] == dl {
-		delete(x.held, dl.effect.ID)
-	}
-	x.mu.Unlock()
-	x.km.held.Dec()
+	in := x.info(dl, false)
+	in.held = true
+	x.carry(dl, decide(in, result{err: fmt.Errorf("%w (%s)", errNoCompletion, x.lim.completionDeadline)}))
 }
 
 // releaseHeld, at shutdown, gives every held effect back for redelivery
@@ -136,18 +134,13 @@ func (x *executor) releaseHeld() {
 	}
 	x.mu.Unlock()
 	for _, dl := range all {
-		dl.mu.Lock()
-		if dl.state != held {
-			dl.mu.Unlock()
+		if !dl.claim(held) {
 			continue
 		}
-		dl.state = released
-		dl.deadline.Stop()
-		left := time.Until(dl.heldAt.Add(x.lim.completionDeadline))
-		dl.mu.Unlock()
 		x.unhold(dl)
-		dl.keep.stop()
-		x.report(dl, dl.msg.NakWithDelay(max(left, time.Millisecond)))
+		in := x.info(dl, true)
+		in.held, in.heldUntil = true, dl.heldAt.Add(x.lim.completionDeadline)
+		x.settle(dl, decide(in, result{givenBack: true}))
 	}
 }
 

@@ -3,11 +3,11 @@ package dispatcher
 import (
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"time"
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/effects-run/effects/internal/retry"
 	"github.com/effects-run/effects/pkg/effects"
 )
 
@@ -22,16 +22,21 @@ const (
 	failed      verdict = "failed"      // failed completion published, message terminated
 	interrupted verdict = "interrupted" // shutdown cut the attempt short: back to the stream at once
 	malformed   verdict = "malformed"   // not an effect: terminated (its row failed when it names one)
+	// noVerdict: no attempt ends here, nothing is counted: a held
+	// delivery's end (it was counted as deferred when its hold began), a
+	// message given back at a shutdown before its attempt started.
+	noVerdict verdict = ""
 )
 
 // action is what JetStream is told about the message.
 type action int
 
 const (
-	ack  action = iota // Ack
-	nak                // Nak, or NakWithDelay when delay > 0
-	term               // Term: never redelivered (plain +TERM, which every server version honours)
-	hold               // keep it (InProgress) until the async completion or its deadline
+	ack   action = iota // Ack
+	nak                 // Nak, or NakWithDelay when delay > 0
+	term                // Term: never redelivered (plain +TERM, which every server version honours)
+	hold                // keep it (InProgress) until the async completion or its deadline
+	leave               // tell JetStream nothing: it delivers the message again after the ack wait
 )
 
 // result is what one attempt produced.
@@ -42,6 +47,13 @@ type result struct {
 	// malformed is set, instead of the above, for a message that is not an
 	// effect.
 	malformed error
+	// unpublished is set, instead of the above, when the completion of the
+	// outcome decided before could not be stored.
+	unpublished error
+	// givenBack is set, instead of the above, for a delivery handed back at
+	// a shutdown without an attempt ending: a message fetched but never
+	// started, or an async effect still held.
+	givenBack bool
 }
 
 // attemptInfo is what the decision needs to know about the delivery and
@@ -58,6 +70,16 @@ type attemptInfo struct {
 	// MaxAge removes the message. Zero: no such limit.
 	retryBy    time.Time
 	maxPayload int64 // the connection's max_payload; 0 checks nothing
+
+	// completed: an async handler's completion was published (by its Done,
+	// or by anyone for a held delivery).
+	completed bool
+	// held: the delivery was held for its async completion (and counted as
+	// deferred then); heldUntil is its completion deadline.
+	held      bool
+	heldUntil time.Time
+	// gaveUp: the stop's deadline passed; nothing more is said to JetStream.
+	gaveUp bool
 }
 
 // outcome is the decision for one delivery: the completion to publish
@@ -75,9 +97,37 @@ type outcome struct {
 const maxErrorText = 8 << 10
 
 // decide maps a delivery's result to its outcome. It is the one place
-// that does: [executor.apply] only carries the decision out.
+// that does: [executor.carry] and [executor.settle] only carry the decision
+// out, for every path that ends a delivery (its worker, the overrun timer,
+// an async completion or deadline, a failed completion publish, a
+// shutdown).
 func decide(in attemptInfo, r result) outcome {
 	switch {
+	case in.completed:
+		// The async completion is out: whatever the handler returned after
+		// it, the effect is done. Counted as deferred once: when its hold
+		// began, or now if it never began.
+		if in.held {
+			return outcome{verdict: noVerdict, action: ack}
+		}
+		return outcome{verdict: deferred, action: ack}
+	case r.givenBack:
+		if in.held {
+			// Its work may still complete it meanwhile; another
+			// dispatcher takes it up at its deadline.
+			return outcome{verdict: noVerdict, action: nak, delay: max(in.heldUntil.Sub(in.now), time.Millisecond)}
+		}
+		return outcome{verdict: noVerdict, action: nak}
+	case r.unpublished != nil:
+		err := fmt.Errorf("completion not published: %w", r.unpublished)
+		if in.gaveUp {
+			// The stop's deadline passed: JetStream delivers it again
+			// after the ack wait, to whichever dispatcher runs then.
+			return outcome{verdict: noVerdict, action: leave, err: err}
+		}
+		// Delivered again, the handler runs again; a completion stored
+		// after all has the same message id and is written once.
+		return outcome{verdict: retried, action: nak, delay: in.retryBase, err: err}
 	case r.malformed != nil:
 		o := outcome{verdict: malformed, action: term, err: r.malformed}
 		if effects.IsUUID(in.effect.ID) {
@@ -119,7 +169,7 @@ func decide(in attemptInfo, r result) outcome {
 	}
 	delay, asked := effects.RetryDelay(r.err)
 	if !asked {
-		delay = backoff(in.attempt, in.retryBase, in.maxDelay)
+		delay = retry.Policy{Min: in.retryBase, Max: in.maxDelay}.Delay(in.attempt)
 	}
 	delay = min(delay, in.maxDelay)
 	if !in.retryBy.IsZero() && in.now.Add(delay).After(in.retryBy) {
@@ -148,21 +198,6 @@ func failedMsg(in attemptInfo, text string) *nats.Msg {
 		panic(fmt.Sprintf("dispatcher: encode failed completion: %v", err))
 	}
 	return msg
-}
-
-// backoff is the delay after failed attempt n (from 1): base doubled per
-// attempt, capped at maxDelay, with "equal jitter": a random point in the
-// upper half, so retries of effects that failed together spread out but
-// never come back sooner than half the nominal delay.
-func backoff(attempt int, base, maxDelay time.Duration) time.Duration {
-	delay := maxDelay
-	if shift := attempt - 1; shift < 40 {
-		if b := base << shift; b > 0 && b < delay {
-			delay = b
-		}
-	}
-	half := delay / 2
-	return half + rand.N(delay-half+1)
 }
 
 // errShutdown is the cause of a handler context cancelled by a shutdown

@@ -5,7 +5,8 @@
 //
 // A delivery's outcome — completion published, ack, nak with a delay, term,
 // or held until an async completion — is decided by one function, decide,
-// from the handler's result, and carried out in one place, executor.apply.
+// from the handler's result, and JetStream is told it in one place,
+// executor.settle (settle.go), whichever path ends the delivery.
 // The handler pipeline's cross-cutting concerns are [Middleware]: plain
 // func(Handler) Handler.
 package dispatcher
@@ -139,6 +140,11 @@ func (d *Dispatcher) Ready(context.Context) error {
 		if err := x.src.Ready(); err != nil {
 			return fmt.Errorf("kind %s: %w", x.kind, err)
 		}
+		if x.rate != nil {
+			if err := x.rate.health(); err != nil {
+				return fmt.Errorf("kind %s: %w", x.kind, err)
+			}
+		}
 	}
 	return nil
 }
@@ -197,7 +203,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	defer giveUp()
 	d.fetchCtx, d.workCtx, d.giveUpCtx = fetchCtx, workCtx, giveUpCtx
 
-	var kv jetstream.KeyValue
+	var rates *rateStore
 	var subs []*nats.Subscription
 	defer func() {
 		for _, s := range subs {
@@ -206,18 +212,14 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	}()
 	for _, x := range d.execs {
 		if !x.lim.rate.IsZero() {
-			if kv == nil {
-				var err error
-				kv, err = rateBucket(ctx, d.js, d.cfg.Streams.Replicas)
-				if err != nil {
+			if rates == nil {
+				rates = &rateStore{js: d.js, replicas: d.cfg.Streams.Replicas, logger: d.logger, created: d.m.rateCreated}
+				if !rates.open(ctx) {
 					d.stopSources()
-					if ctx.Err() != nil {
-						return nil
-					}
-					return fmt.Errorf("dispatcher: %w", err)
+					return nil // stopped while NATS was unreachable
 				}
 			}
-			x.rate = newRateLimiter(kv, x.kind, x.lim.rate.Interval())
+			x.rate = newRateLimiter(rates, x.kind, x.lim.rate.Interval(), d.logger, d.m.rateUp.WithLabelValues(x.kind))
 		}
 		if x.async {
 			s, err := x.listenCompletions(d.js.Conn())
@@ -289,7 +291,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		d.logger.Warn("effects whose completion was not acknowledged by the shutdown deadline are left unsettled; JetStream redelivers them after the ack wait")
 	}
 	for _, x := range d.execs {
-		x.src.Release()
+		x.src.Release(x.giveBack)
 		x.releaseHeld()
 	}
 	return nil
@@ -300,7 +302,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 func (d *Dispatcher) stopSources() {
 	for _, x := range d.execs {
 		if x.src != nil {
-			x.src.Release()
+			x.src.Release(nil) // nothing was fetched: no worker ran
 		}
 	}
 }
@@ -370,23 +372,21 @@ const interruptGrace = time.Second
 // publishWithin stores a completion, waiting for JetStream's ack, trying
 // again briefly. It is bounded: at most publishTimeout in all (less when
 // parent ends first), and one async publish in flight at a time per
-// completion.
+// completion. A completion too large to publish is not tried again.
 func (d *Dispatcher) publishWithin(parent context.Context, msg *nats.Msg) error {
 	ctx, cancel := context.WithTimeout(parent, publishTimeout)
 	defer cancel()
-	var err error
-	for wait := 50 * time.Millisecond; ; wait *= 2 {
-		if err = effects.PublishAndWait(ctx, d.pubJS, msg); err == nil {
-			return nil
+	return retry.Do(ctx, publishPolicy, func(ctx context.Context) error {
+		err := effects.PublishAndWait(ctx, d.pubJS, msg)
+		if errors.Is(err, effects.ErrTooLarge) || errors.Is(err, nats.ErrMaxPayload) {
+			return retry.Stop(err)
 		}
-		if errors.Is(err, effects.ErrTooLarge) || errors.Is(err, nats.ErrMaxPayload) || ctx.Err() != nil {
-			return err
-		}
-		if sleep(ctx, wait) != nil {
-			return err
-		}
-	}
+		return err
+	}, nil)
 }
+
+// publishPolicy is the backoff between a completion's publishes.
+var publishPolicy = retry.Policy{Min: 50 * time.Millisecond, Max: 2 * time.Second}
 
 // ensureStreams creates the streams, retrying while NATS is unreachable; it
 // is false when ctx ended first (a stop, not an error).

@@ -621,41 +621,72 @@ func TestShutdownLetsRunningHandlersFinish(t *testing.T) {
 
 func TestDecide(t *testing.T) {
 	plain := errors.New("x")
+	now := time.Now()
+	held := func(in *attemptInfo) { in.held, in.heldUntil = true, now.Add(time.Minute) }
+	completed := func(in *attemptInfo) { in.completed = true }
+	heldCompleted := func(in *attemptInfo) { held(in); completed(in) }
+	gaveUp := func(in *attemptInfo) { in.gaveUp = true }
 	cases := []struct {
 		name     string
 		attempt  int
-		deferred bool
-		err      error
+		r        result
 		stopping bool
+		with     func(*attemptInfo) // what else is known of the delivery
 		want     verdict
-		delay    time.Duration
+		action   action
+		delay    time.Duration // -1: any
+		complete bool          // a completion is published first
 	}{
-		{"success", 1, false, nil, false, succeeded, 0},
-		{"async started", 1, true, nil, false, deferred, 0},
-		{"error", 1, false, plain, false, retried, -1},
-		{"last attempt", 3, false, plain, false, failed, 0},
-		{"permanent", 1, false, effects.Permanent(plain), false, failed, 0},
-		{"permanent while stopping", 1, false, effects.Permanent(plain), true, failed, 0},
-		{"retry after", 1, false, effects.RetryAfter(42*time.Second, plain), false, retried, 42 * time.Second},
-		{"retry after on last attempt", 3, false, effects.RetryAfter(time.Second, plain), false, failed, 0},
-		{"stopping", 3, false, context.Canceled, true, interrupted, 0},
-		{"success while stopping", 1, false, nil, true, succeeded, 0},
+		{"success", 1, result{}, false, nil, succeeded, ack, 0, true},
+		{"async started", 1, result{deferred: true}, false, nil, deferred, hold, 0, false},
+		{"error", 1, result{err: plain}, false, nil, retried, nak, -1, false},
+		{"last attempt", 3, result{err: plain}, false, nil, failed, term, 0, true},
+		{"beyond the last attempt, without a run", 4, result{}, false, nil, failed, term, 0, true},
+		{"permanent", 1, result{err: effects.Permanent(plain)}, false, nil, failed, term, 0, true},
+		{"permanent while stopping", 1, result{err: effects.Permanent(plain)}, true, nil, failed, term, 0, true},
+		{"retry after", 1, result{err: effects.RetryAfter(42*time.Second, plain)}, false, nil, retried, nak, 42 * time.Second, false},
+		{"retry after on last attempt", 3, result{err: effects.RetryAfter(time.Second, plain)}, false, nil, failed, term, 0, true},
+		{"stopping", 3, result{err: context.Canceled}, true, nil, interrupted, nak, 0, false},
+		{"success while stopping", 1, result{}, true, nil, succeeded, ack, 0, true},
+		{"malformed", 1, result{malformed: plain}, false, nil, malformed, term, 0, true},
+		// An async handler's completion published by its Done before the
+		// handler returned: acked, counted once as deferred, whatever the
+		// handler returned after it.
+		{"completed before the hold", 1, result{deferred: true}, false, completed, deferred, ack, 0, false},
+		{"completed, then the handler failed", 1, result{err: plain}, false, completed, deferred, ack, 0, false},
+		{"completed, then the shutdown", 1, result{err: context.Canceled}, true, completed, deferred, ack, 0, false},
+		// A held delivery's end: counted when its hold began.
+		{"completed while held", 1, result{}, false, heldCompleted, noVerdict, ack, 0, false},
+		{"deadline passed", 1, result{err: errNoCompletion}, false, held, retried, nak, -1, false},
+		{"deadline passed on the last attempt", 3, result{err: errNoCompletion}, false, held, failed, term, 0, true},
+		{"held, given back at a shutdown", 1, result{givenBack: true}, true, held, noVerdict, nak, time.Minute, false},
+		{"fetched at a shutdown, given back", 1, result{givenBack: true}, true, nil, noVerdict, nak, 0, false},
+		// The completion of an outcome decided before could not be stored.
+		{"completion not published", 1, result{unpublished: plain}, false, nil, retried, nak, time.Second, false},
+		{"completion not published by the stop's deadline", 1, result{unpublished: plain}, true, gaveUp, noVerdict, leave, 0, false},
 	}
 	for _, tc := range cases {
 		in := attemptInfo{effect: effects.Effect{ID: newID(), Kind: "k"}, attempt: tc.attempt, maxAttempts: 3,
-			stopping: tc.stopping, now: time.Now(), retryBase: time.Second, maxDelay: time.Minute}
-		o := decide(in, result{deferred: tc.deferred, err: tc.err})
-		if o.verdict != tc.want || (tc.delay >= 0 && o.delay != tc.delay) {
-			t.Errorf("%s: got %+v, want %s delay %s", tc.name, o, tc.want, tc.delay)
+			stopping: tc.stopping, now: now, retryBase: time.Second, maxDelay: time.Minute}
+		if tc.with != nil {
+			tc.with(&in)
+		}
+		o := decide(in, tc.r)
+		if o.verdict != tc.want || o.action != tc.action || (tc.delay >= 0 && o.delay != tc.delay) || (o.completion != nil) != tc.complete {
+			t.Errorf("%s: got %+v, want %q action %d delay %s completion %v", tc.name, o, tc.want, tc.action, tc.delay, tc.complete)
 		}
 	}
 }
 
+// The retry delay doubles from the base per attempt up to the max, with
+// equal jitter (internal/retry's Policy.Delay).
 func TestBackoffGrowsWithJitterAndCap(t *testing.T) {
 	for attempt, nominal := range map[int]time.Duration{1: time.Second, 2: 2 * time.Second, 3: 4 * time.Second, 4: 8 * time.Second, 5: 10 * time.Second, 80: 10 * time.Second} {
 		seen := map[time.Duration]bool{}
+		in := attemptInfo{effect: effects.Effect{ID: newID(), Kind: "k"}, attempt: attempt, maxAttempts: 100,
+			now: time.Now(), retryBase: time.Second, maxDelay: 10 * time.Second}
 		for range 50 {
-			got := backoff(attempt, time.Second, 10*time.Second)
+			got := decide(in, result{err: errors.New("x")}).delay
 			if got < nominal/2 || got > nominal {
 				t.Fatalf("attempt %d: %s outside [%s, %s]", attempt, got, nominal/2, nominal)
 			}

@@ -8,12 +8,10 @@ import (
 	"log/slog"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/codes"
-	"go.opentelemetry.io/otel/trace"
 
 	"github.com/effects-run/effects/internal/consume"
 	"github.com/effects-run/effects/internal/jsondec"
@@ -24,8 +22,11 @@ import (
 // of workers pulling from it, and carries out every delivery's outcome.
 //
 // Read a delivery from fetch to ack in this order: worker (fetch) → handle
-// (decode, limits, run the middleware chain) → decide (decide.go: the one
-// decision) → apply (the one place that publishes and acks).
+// (decode, limits, run the middleware chain) → finish (settle.go: claim
+// the delivery, decide (decide.go: the one decision)) → carry (publish the
+// completion) → settle (the one place that acks, naks, terms, holds or
+// leaves a delivery). An async delivery's hold, completion, deadline and
+// release are in async.go, through the same claim and settle.
 type executor struct {
 	d      *Dispatcher
 	kind   string
@@ -46,6 +47,8 @@ type executor struct {
 	src *consume.Reader
 
 	workers sync.WaitGroup
+	// mu guards overrun, held, and the beginning and end of each hold
+	// (async.go).
 	// overrun holds the effects whose handler is still running after its
 	// attempt was given up (it ignored its context), so that a new attempt
 	// of the same effect never overlaps with it in this process.
@@ -55,34 +58,6 @@ type executor struct {
 	held map[string]*delivery
 }
 
-// delivery is one message being handled. Its outcome is applied once:
-// by the worker, or by whoever gives the attempt up first (the overrun
-// timer, the async deadline, an async completion, a shutdown).
-type delivery struct {
-	msg     jetstream.Msg
-	effect  effects.Effect
-	attempt int
-	stored  time.Time // when the stream stored the effect
-
-	settled atomic.Bool
-	keep    *keepAlive
-
-	mu sync.Mutex
-	// completedEarly: an async handler's Done published the completion
-	// before the handler returned.
-	completedEarly bool
-	state          heldState
-	deadline       *time.Timer // async completion deadline
-	heldAt         time.Time
-
-	// trace is the attempt's span context: the completion message carries
-	// it so that the completer's write joins the effect's trace.
-	trace trace.SpanContext
-}
-
-// settle claims the right to apply the delivery's outcome.
-func (dl *delivery) settle() bool { return dl.settled.CompareAndSwap(false, true) }
-
 // worker pulls and handles messages until fetching stops.
 func (x *executor) worker(ctx context.Context) {
 	for {
@@ -91,7 +66,7 @@ func (x *executor) worker(ctx context.Context) {
 		}
 		jm, err := x.src.Next(ctx)
 		if err == nil && ctx.Err() != nil && !x.drains() {
-			_ = jm.Nak() // fetched as fetching stopped: back at once
+			x.giveBack(jm) // fetched as fetching stopped: back at once
 			err = ctx.Err()
 		}
 		// A message fetched as fetching stopped is handled like the
@@ -169,7 +144,7 @@ func (x *executor) handle(ctx context.Context, jm jetstream.Msg) bool {
 	if meta, err := jm.Metadata(); err == nil {
 		dl.attempt, dl.stored, seq = int(meta.NumDelivered), meta.Timestamp, meta.Sequence.Stream
 	}
-	dl.keep = startKeepAlive(jm, x.lim.ackWait/3)
+	dl.keep.Start(x.lim.ackWait/3, jm)
 	eff, err := decodeEffect(jm.Data(), x.kind)
 	eff.EventID = jm.Headers().Get(jetstream.MsgIDHeader)
 	if eff.EventID == "" {
@@ -206,9 +181,9 @@ func (x *executor) handle(ctx context.Context, jm jetstream.Msg) bool {
 	// The span is the handler's run; it ends before the outcome is
 	// applied, which the completion message's traceparent follows.
 	workCtx, span := startAttempt(x.d.workCtx, jm.Headers(), x.kind, eff.ID, dl.attempt)
-	dl.mu.Lock()
+	// Written before the overrun timer starts and before the handler can
+	// call Done: every later reader comes after.
 	dl.trace = span.SpanContext()
-	dl.mu.Unlock()
 	att := &Attempt{Effect: eff}
 	if x.async {
 		att.Done = x.done(dl)
@@ -268,129 +243,6 @@ func (x *executor) isOverrunning(id string) bool {
 	defer x.mu.Unlock()
 	_, ok := x.overrun[id]
 	return ok
-}
-
-// finish decides a delivery's outcome and applies it, unless another path
-// already settled the delivery.
-func (x *executor) finish(dl *delivery, r result, stopping bool) {
-	if !dl.settle() {
-		return
-	}
-	o := decide(x.info(dl, stopping), r)
-	x.apply(dl, o)
-}
-
-func (x *executor) info(dl *delivery, stopping bool) attemptInfo {
-	in := attemptInfo{
-		effect: dl.effect, attempt: dl.attempt, maxAttempts: x.lim.maxAttempts,
-		stopping: stopping, now: time.Now(), retryBase: x.d.cfg.RetryBase,
-		maxDelay: x.lim.maxRetryDelay, maxPayload: x.d.maxPayload(),
-	}
-	if x.d.maxAge > 0 && !dl.stored.IsZero() {
-		in.retryBy = dl.stored.Add(x.d.maxAge - retentionMargin(x.d.maxAge))
-	}
-	return in
-}
-
-// retentionMargin is how long before the stream's MaxAge the last retry
-// must be due: a tenth of it, at least a minute (never more than half).
-func retentionMargin(maxAge time.Duration) time.Duration {
-	return min(max(maxAge/10, time.Minute), maxAge/2)
-}
-
-// apply carries out an outcome: the completion first, then the ack, nak,
-// term or hold. It is the only place a delivery is settled. A completion
-// that ends the delivery (ack or term) is published asynchronously and the
-// rest handed to the settler, which acks once JetStream acknowledged the
-// completion; the worker goes on meanwhile.
-func (x *executor) apply(dl *delivery, o outcome) {
-	if o.completion != nil && !x.d.opts.noCompletions {
-		injectTrace(dl, o.completion)
-		if (o.action == ack || o.action == term) && x.d.settler != nil {
-			if fut, err := x.d.pubJS.PublishMsgAsync(o.completion); err == nil {
-				if x.d.settler.add(pendingSettle{x: x, dl: dl, o: o, fut: fut, since: time.Now()}) {
-					return
-				}
-				// Stopping: wait for this PubAck here, until the
-				// shutdown's deadline at the latest.
-				t := time.NewTimer(publishTimeout)
-				select {
-				case <-fut.Ok():
-					t.Stop()
-					x.settleAfterPublish(dl, o)
-					return
-				case <-fut.Err():
-				case <-t.C:
-				case <-x.d.giveUpCtx.Done():
-				}
-				t.Stop()
-			}
-			// Refused at once (too large, the window full, not
-			// connected) or not acknowledged: the synchronous way.
-		}
-		x.publishAndSettle(x.d.giveUpCtx, dl, o)
-		return
-	}
-	x.settleAfterPublish(dl, o)
-}
-
-// publishAndSettle publishes the outcome's completion, waiting for its ack
-// and retrying briefly, then settles the delivery; a completion that could
-// not be stored gets the effect redelivered.
-// ctx ending stops the retries (and then the effect is redelivered).
-func (x *executor) publishAndSettle(ctx context.Context, dl *delivery, o outcome) {
-	if err := x.d.publishWithin(ctx, o.completion); err != nil {
-		x.km.publishErrors.Inc()
-		x.logger.Error("completion not published; the effect will be redelivered", "effect_id", dl.effect.ID, "kind", x.kind, "error", err)
-		dl.keep.stop()
-		x.report(dl, dl.msg.NakWithDelay(x.d.cfg.RetryBase))
-		return
-	}
-	x.settleAfterPublish(dl, o)
-}
-
-// settleAfterPublish acks, naks, terms or holds the delivery once its
-// completion (if any) is stored, and counts and logs the outcome.
-func (x *executor) settleAfterPublish(dl *delivery, o outcome) {
-	if o.action != hold {
-		dl.keep.stop()
-	}
-	switch o.action {
-	case ack:
-		x.report(dl, dl.msg.Ack())
-	case nak:
-		if o.delay > 0 {
-			x.report(dl, dl.msg.NakWithDelay(o.delay))
-		} else {
-			x.report(dl, dl.msg.Nak())
-		}
-	case term:
-		// Plain Term: nats-server before 2.10 ignores "+TERM <reason>"
-		// and would redeliver. The reason is in the completion.
-		x.report(dl, dl.msg.Term())
-	case hold:
-		x.hold(dl)
-	}
-	x.km.handled[o.verdict].Inc()
-	switch o.verdict {
-	case failed:
-		x.logger.Warn("effect failed", "effect_id", dl.effect.ID, "kind", x.kind, "attempts", dl.attempt, "error", errorText(o.err))
-	case retried:
-		x.logger.Debug("effect retried", "effect_id", dl.effect.ID, "kind", x.kind, "attempt", dl.attempt, "delay", o.delay, "error", errorText(o.err))
-	case malformed:
-		x.logger.Warn("malformed effect message", "subject", dl.msg.Subject(), "event_id", dl.effect.EventID, "error", o.err)
-	}
-	var p *PanicError
-	if errors.As(o.err, &p) {
-		x.logger.Error("handler panicked", "effect_id", dl.effect.ID, "kind", x.kind, "panic", fmt.Sprint(p.Value), "stack", string(p.Stack))
-	}
-}
-
-func (x *executor) report(dl *delivery, err error) {
-	if err != nil {
-		// JetStream redelivers after the ack wait; completions dedupe.
-		x.logger.Warn("jetstream settle", "subject", dl.msg.Subject(), "error", err)
-	}
 }
 
 // decodeEffect reads an effect message; on error it keeps what it could
@@ -459,52 +311,4 @@ func cutText(s string, n int) string {
 		n--
 	}
 	return s[:n] + "… (truncated)"
-}
-
-// keepAlive sends InProgress for a message every interval until stopped,
-// so that JetStream does not redeliver a message still being worked on
-// (a rate-limit wait, an async effect held until its completion). It uses
-// a timer, not a goroutine, and is never re-armed once stopped.
-type keepAlive struct {
-	mu      sync.Mutex
-	msg     jetstream.Msg
-	every   time.Duration
-	t       *time.Timer
-	stopped bool
-}
-
-func startKeepAlive(msg jetstream.Msg, every time.Duration) *keepAlive {
-	k := &keepAlive{msg: msg, every: every}
-	if every > 0 {
-		k.mu.Lock()
-		k.t = time.AfterFunc(every, k.fire)
-		k.mu.Unlock()
-	}
-	return k
-}
-
-func (k *keepAlive) fire() {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	if k.stopped {
-		return
-	}
-	_ = k.msg.InProgress() // a lost one is made up by the next
-	k.t.Reset(k.every)
-}
-
-func (k *keepAlive) stop() {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	k.stopped = true
-	if k.t != nil {
-		k.t.Stop()
-	}
-}
-
-// armed reports whether the timer may still fire (for tests).
-func (k *keepAlive) armed() bool {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	return !k.stopped
 }

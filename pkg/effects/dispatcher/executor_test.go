@@ -562,17 +562,6 @@ func TestParseKindSettings(t *testing.T) {
 	}
 }
 
-// Finding 9 (dispatcher side): a stopped keep-alive is never re-armed,
-// even when its timer fires at the same moment.
-func TestKeepAliveStaysStopped(t *testing.T) {
-	k := startKeepAlive(nil, time.Hour)
-	k.stop()
-	k.fire() // a timer that fired just before stop: must not send or re-arm
-	if k.armed() {
-		t.Fatal("keep-alive armed after stop")
-	}
-}
-
 var _ = json.Valid
 
 // A kind's limits: the environment over the registration over the

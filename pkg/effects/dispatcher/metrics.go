@@ -14,6 +14,8 @@ type metrics struct {
 	overruns      *prometheus.CounterVec
 	overrunning   *prometheus.GaugeVec
 	held          *prometheus.GaugeVec
+	rateUp        *prometheus.GaugeVec
+	rateCreated   prometheus.Counter
 	// consumers are the kinds' consumers' (internal/consume).
 	consumers *consume.Metrics
 }
@@ -49,8 +51,16 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "effects_async_held",
 			Help: "Async effects whose work started and whose completion has not arrived yet (messages held by this process).",
 		}, []string{"kind"}),
+		rateUp: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "effects_dispatcher_rate_limit_up",
+			Help: "Rate-limited kinds: 1 while the kind's rate-limit state (bucket " + RateBucket + ") can be read and written, 0 while it cannot and the kind's effects wait.",
+		}, []string{"kind"}),
+		rateCreated: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "effects_dispatcher_rate_bucket_created_total",
+			Help: "Times the rate-limit bucket " + RateBucket + " was found gone (a nats-server restart empties it, or it was deleted) and created again.",
+		}),
 	}
-	for _, c := range []prometheus.Collector{m.handled, m.duration, m.inFlight, m.publishErrors, m.overruns, m.overrunning, m.held} {
+	for _, c := range []prometheus.Collector{m.handled, m.duration, m.inFlight, m.publishErrors, m.overruns, m.overrunning, m.held, m.rateUp, m.rateCreated} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -3,11 +3,226 @@ package dispatcher
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/effects-run/effects/internal/keepalive"
+	"github.com/effects-run/effects/pkg/effects"
 )
+
+// A delivery's way from its worker to JetStream, in order:
+//
+//	finish  claims the delivery (running → deciding) and asks decide
+//	carry   publishes the outcome's completion, if any; a failed publish is
+//	        decided again (result.unpublished)
+//	settle  the one place that tells JetStream: Ack, Nak, NakWithDelay,
+//	        Term, or nothing (leave: redelivered after the ack wait); or
+//	        holds an async delivery (async.go) until its completion,
+//	        deadline or release, each of which claims it back
+//	        (held → deciding) and comes through carry and settle again.
+//
+// Every path that ends a delivery — its worker, the overrun timer, an async
+// completion (Done, or anyone's), the completion deadline, a shutdown's
+// release, a message given back unstarted — claims it with a
+// compare-and-set on its one state, so exactly one of them settles it, once.
+
+// Delivery states. Only claim (and hold, completed) change them, by
+// compare-and-set.
+const (
+	// running: the worker has it (decode, limits, the handler).
+	running int32 = iota
+	// runningCompleted: running, and the async handler's Done already
+	// published the completion.
+	runningCompleted
+	// deciding: claimed; its outcome is being carried out.
+	deciding
+	// decidingCompleted: deciding, and the async completion arrived
+	// meanwhile: the hold about to begin is not needed.
+	decidingCompleted
+	// held: an async effect waiting for its completion, kept alive.
+	held
+	// settled: acked, nak'ed, termed or left; nothing more happens to it.
+	settled
+)
+
+// delivery is one message being handled.
+type delivery struct {
+	msg     jetstream.Msg
+	effect  effects.Effect
+	attempt int
+	stored  time.Time // when the stream stored the effect
+
+	state atomic.Int32
+	// keep sends InProgress while the delivery is out (rate-limit wait,
+	// attempt, completion on its way, async hold); settle stops it.
+	keep keepalive.KeepAlive
+
+	// heldAt and deadline (the async completion deadline's timer) are
+	// set under the executor's mu when the hold begins.
+	heldAt   time.Time
+	deadline *time.Timer
+
+	// trace is the attempt's span context: the completion message carries
+	// it so that the completer's write joins the effect's trace.
+	trace trace.SpanContext
+}
+
+// claim takes the delivery from state from: the caller alone carries out
+// its outcome now.
+func (dl *delivery) claim(from int32) bool { return dl.state.CompareAndSwap(from, deciding) }
+
+// finish decides the outcome of a running delivery and carries it out,
+// unless another path (the worker, the overrun timer) claimed it first.
+func (x *executor) finish(dl *delivery, r result, stopping bool) {
+	completed := false
+	switch {
+	case dl.claim(running):
+	case dl.claim(runningCompleted):
+		completed = true
+	default:
+		return
+	}
+	in := x.info(dl, stopping)
+	in.completed = completed
+	x.carry(dl, decide(in, r))
+}
+
+// giveBack hands a message fetched at a shutdown, whose attempt never
+// started, back to the stream at once.
+func (x *executor) giveBack(jm jetstream.Msg) {
+	dl := &delivery{msg: jm}
+	dl.claim(running) // nobody else knows it
+	x.settle(dl, decide(x.info(dl, true), result{givenBack: true}))
+}
+
+func (x *executor) info(dl *delivery, stopping bool) attemptInfo {
+	in := attemptInfo{
+		effect: dl.effect, attempt: dl.attempt, maxAttempts: x.lim.maxAttempts,
+		stopping: stopping, now: time.Now(), retryBase: x.d.cfg.RetryBase,
+		maxDelay: x.lim.maxRetryDelay, maxPayload: x.d.maxPayload(),
+		gaveUp: x.d.giveUpCtx.Err() != nil,
+	}
+	if x.d.maxAge > 0 && !dl.stored.IsZero() {
+		in.retryBy = dl.stored.Add(x.d.maxAge - retentionMargin(x.d.maxAge))
+	}
+	return in
+}
+
+// retentionMargin is how long before the stream's MaxAge the last retry
+// must be due: a tenth of it, at least a minute (never more than half).
+func retentionMargin(maxAge time.Duration) time.Duration {
+	return min(max(maxAge/10, time.Minute), maxAge/2)
+}
+
+// carry carries out a claimed delivery's outcome: its completion first,
+// then settle. A completion that ends the delivery (ack or term) is
+// published asynchronously and the delivery handed to the settler, which
+// settles it once JetStream acknowledged the completion; the worker goes
+// on meanwhile.
+func (x *executor) carry(dl *delivery, o outcome) {
+	if o.completion == nil || x.d.opts.noCompletions {
+		x.settle(dl, o)
+		return
+	}
+	injectTrace(dl, o.completion)
+	if (o.action == ack || o.action == term) && x.d.settler != nil {
+		if fut, err := x.d.pubJS.PublishMsgAsync(o.completion); err == nil {
+			if x.d.settler.add(pendingSettle{x: x, dl: dl, o: o, fut: fut, since: time.Now()}) {
+				return
+			}
+			// Stopping: wait for this PubAck here, until the shutdown's
+			// deadline at the latest.
+			if x.d.awaitPubAck(fut) {
+				x.settle(dl, o)
+				return
+			}
+		}
+		// Refused at once (too large, the window full, not connected) or
+		// not acknowledged: the synchronous way.
+	}
+	x.publishAndSettle(x.d.giveUpCtx, dl, o)
+}
+
+// publishAndSettle publishes the outcome's completion, waiting for its ack
+// and retrying briefly, then settles the delivery; a completion that could
+// not be stored is decided again (the effect is delivered again). ctx
+// ending stops the retries.
+func (x *executor) publishAndSettle(ctx context.Context, dl *delivery, o outcome) {
+	if err := x.d.publishWithin(ctx, o.completion); err != nil {
+		x.km.publishErrors.Inc()
+		x.logger.Error("completion not published; the effect will be redelivered", "effect_id", dl.effect.ID, "kind", x.kind, "error", err)
+		x.settle(dl, decide(x.info(dl, false), result{unpublished: err}))
+		return
+	}
+	x.settle(dl, o)
+}
+
+// settle tells JetStream a claimed delivery's outcome, once its completion
+// (if any) is stored, and counts and logs it. It is the only place that
+// acks, naks or terms a delivery, holds it for its async completion, or
+// leaves it to JetStream's redelivery.
+func (x *executor) settle(dl *delivery, o outcome) {
+	if o.action == hold {
+		x.count(dl, o)
+		if !x.hold(dl) {
+			// Completed while the hold began: done.
+			in := x.info(dl, false)
+			in.completed, in.held = true, true
+			x.settle(dl, decide(in, result{}))
+		}
+		return
+	}
+	dl.state.Store(settled)
+	dl.keep.Stop()
+	switch o.action {
+	case ack:
+		x.report(dl, dl.msg.Ack())
+	case nak:
+		if o.delay > 0 {
+			x.report(dl, dl.msg.NakWithDelay(o.delay))
+		} else {
+			x.report(dl, dl.msg.Nak())
+		}
+	case term:
+		// Plain Term: nats-server before 2.10 ignores "+TERM <reason>"
+		// and would redeliver. The reason is in the completion.
+		x.report(dl, dl.msg.Term())
+	case leave:
+	}
+	x.count(dl, o)
+}
+
+// count counts and logs an outcome.
+func (x *executor) count(dl *delivery, o outcome) {
+	if o.verdict == noVerdict {
+		return
+	}
+	x.km.handled[o.verdict].Inc()
+	switch o.verdict {
+	case failed:
+		x.logger.Warn("effect failed", "effect_id", dl.effect.ID, "kind", x.kind, "attempts", dl.attempt, "error", errorText(o.err))
+	case retried:
+		x.logger.Debug("effect retried", "effect_id", dl.effect.ID, "kind", x.kind, "attempt", dl.attempt, "delay", o.delay, "error", errorText(o.err))
+	case malformed:
+		x.logger.Warn("malformed effect message", "subject", dl.msg.Subject(), "event_id", dl.effect.EventID, "error", o.err)
+	}
+	var p *PanicError
+	if errors.As(o.err, &p) {
+		x.logger.Error("handler panicked", "effect_id", dl.effect.ID, "kind", x.kind, "panic", fmt.Sprint(p.Value), "stack", string(p.Stack))
+	}
+}
+
+func (x *executor) report(dl *delivery, err error) {
+	if err != nil {
+		// JetStream redelivers after the ack wait; completions dedupe.
+		x.logger.Warn("jetstream settle", "subject", dl.msg.Subject(), "error", err)
+	}
+}
 
 // settler acks (or terms) effects whose completion was published
 // asynchronously, once JetStream acknowledged the completion. A worker that
@@ -19,7 +234,7 @@ import (
 // PubAck. A PubAck that reports an error, or none within publishTimeout,
 // sends the completion again the synchronous way (publish, with its
 // retries) in a goroutine of its own, and the delivery is settled as before:
-// ack after the completion is stored, or a delayed nak.
+// ack after the completion is stored, or decided again as unpublished.
 type settler struct {
 	// ctx ends when a stop gives up waiting: what is still unsettled is
 	// left to JetStream's redelivery after the ack wait.
@@ -82,7 +297,7 @@ func (s *settler) settle(p pendingSettle, timer *time.Timer) {
 	// Most PubAcks have arrived by the time their turn comes.
 	select {
 	case <-p.fut.Ok():
-		p.x.settleAfterPublish(p.dl, p.o)
+		p.x.settle(p.dl, p.o)
 		s.pending.Done()
 		return
 	case err := <-p.fut.Err():
@@ -94,14 +309,18 @@ func (s *settler) settle(p pendingSettle, timer *time.Timer) {
 	defer timer.Stop()
 	select {
 	case <-p.fut.Ok():
-		p.x.settleAfterPublish(p.dl, p.o)
+		p.x.settle(p.dl, p.o)
 		s.pending.Done()
 	case err := <-p.fut.Err():
 		s.retry(p, err)
 	case <-timer.C:
 		s.retry(p, errNoPubAck)
 	case <-s.ctx.Done():
-		p.dl.keep.stop() // left to the redelivery after the ack wait
+		// The stop's deadline: decided as unpublished, which leaves it
+		// to the redelivery after the ack wait.
+		in := p.x.info(p.dl, true)
+		in.gaveUp = true
+		p.x.settle(p.dl, decide(in, result{unpublished: errNoPubAck}))
 		s.pending.Done()
 	}
 }
@@ -137,4 +356,20 @@ func (s *settler) stop(ctx context.Context) bool {
 		<-settled // the waits and retries end with ctx
 		return false
 	}
+}
+
+// awaitPubAck waits for a completion's PubAck in the worker itself (the
+// settler is stopped), until publishTimeout or the stop's deadline; it
+// reports whether JetStream acknowledged the completion.
+func (d *Dispatcher) awaitPubAck(fut jetstream.PubAckFuture) bool {
+	t := time.NewTimer(publishTimeout)
+	defer t.Stop()
+	select {
+	case <-fut.Ok():
+		return true
+	case <-fut.Err():
+	case <-t.C:
+	case <-d.giveUpCtx.Done():
+	}
+	return false
 }

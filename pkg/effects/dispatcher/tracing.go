@@ -36,9 +36,7 @@ func startAttempt(ctx context.Context, h nats.Header, kind, id string, attempt i
 
 // injectTrace puts the attempt's traceparent on its completion message.
 func injectTrace(dl *delivery, msg *nats.Msg) {
-	dl.mu.Lock()
 	sc := dl.trace
-	dl.mu.Unlock()
 	if !sc.IsValid() {
 		return
 	}

@@ -57,6 +57,26 @@
 // information, the status and the first 200 bytes of the response body; never
 // the request headers, which may hold credentials.
 //
+// # Signed requests (Standard Webhooks)
+//
+// With EFFECTS_HTTP_SIGNING_SECRET (HTTPConfig.SigningSecrets) every request
+// carries the headers of the Standard Webhooks specification
+// (https://www.standardwebhooks.com), so that the receiver can verify it
+// with one of the specification's libraries:
+//
+//	webhook-id: <the effect's id: the same on every attempt and re-run>
+//	webhook-timestamp: <Unix seconds of this attempt>
+//	webhook-signature: v1,<base64 HMAC-SHA256(key, id + "." + timestamp + "." + body)>
+//
+// The body signed is the body sent, byte for byte (empty without one); a
+// redirect is signed again over what it sends (a 303 drops the body). The
+// setting holds one or more secrets, "whsec_<base64 of 24 to 64 random
+// bytes>", separated by commas or spaces; each signs, and the header holds
+// one "v1,..." per secret, space-separated, so that a key is rotated without
+// downtime: add the new secret, move the receivers to it, remove the old
+// one. While signing, a payload may not set these headers itself. Without
+// the setting no such header is sent.
+//
 // # Why http_request has an allow-list
 //
 // Anything that can insert a row into the effects table can ask for an effect:

@@ -44,8 +44,9 @@ type Config struct {
 
 // ConfigFromEnv reads the built-ins' configuration through lookup (like
 // os.LookupEnv): EFFECTS_HTTP_ALLOW (default empty: no host allowed),
-// EFFECTS_HTTP_TIMEOUT (default 30s) and EFFECTS_HTTP_MAX_RESPONSE_BYTES
-// (default 262144). A nil lookup reads the process environment, which is how
+// EFFECTS_HTTP_TIMEOUT (default 30s), EFFECTS_HTTP_MAX_RESPONSE_BYTES
+// (default 262144) and EFFECTS_HTTP_SIGNING_SECRET (default empty: requests
+// are not signed). A nil lookup reads the process environment, which is how
 // a dispatcher outside this module calls it. The error names the variable
 // that is wrong.
 func ConfigFromEnv(lookup func(string) (string, bool)) (Config, error) {
@@ -54,7 +55,7 @@ func ConfigFromEnv(lookup func(string) (string, bool)) (Config, error) {
 	}
 	env := map[string]string{}
 	for _, k := range []string{
-		EnvHTTPAllow, EnvHTTPTimeout, EnvHTTPMaxResponseBytes,
+		EnvHTTPAllow, EnvHTTPTimeout, EnvHTTPMaxResponseBytes, EnvHTTPSigningSecret,
 		EnvSMTPURL, EnvEmailFrom, EnvEmailFromAllow, EnvEmailToAllow, EnvSMTPTimeout,
 		EnvS3Buckets, EnvS3Endpoint, EnvS3MaxBytes, EnvS3Timeout,
 	} {
@@ -67,6 +68,8 @@ func ConfigFromEnv(lookup func(string) (string, bool)) (Config, error) {
 		Allow:            r.List(EnvHTTPAllow),
 		DefaultTimeout:   r.Duration(EnvHTTPTimeout, DefaultHTTPTimeout),
 		MaxResponseBytes: int64(r.Int(EnvHTTPMaxResponseBytes, DefaultMaxResponseBytes)),
+		// Secret: an error about it names the variable, never the value.
+		SigningSecrets: splitSigningSecrets(r.Secret(EnvHTTPSigningSecret)),
 	}}
 	cfg.Email = emailConfigFromEnv(r)
 	cfg.Blob = blobConfigFromEnv(r)
@@ -83,6 +86,9 @@ func ConfigFromEnv(lookup func(string) (string, bool)) (Config, error) {
 	}
 	if cfg.HTTP.MaxResponseBytes <= 0 {
 		return Config{}, fmt.Errorf("%s=%d: want a positive number of bytes", EnvHTTPMaxResponseBytes, cfg.HTTP.MaxResponseBytes)
+	}
+	if _, err := newWebhookSigner(cfg.HTTP.SigningSecrets); err != nil {
+		return Config{}, fmt.Errorf("%s: %w", EnvHTTPSigningSecret, err)
 	}
 	if err := checkEmailConfig(cfg.Email); err != nil {
 		return Config{}, err

@@ -69,6 +69,14 @@ type HTTPConfig struct {
 	// max_payload). From
 	// EFFECTS_HTTP_MAX_RESPONSE_BYTES.
 	MaxResponseBytes int64
+	// SigningSecrets, when given, make every request carry the Standard
+	// Webhooks headers webhook-id (the effect's id), webhook-timestamp (the
+	// attempt's Unix time) and webhook-signature (one "v1,<signature>" per
+	// secret, space-separated), so that a receiver can check the call came
+	// from this dispatcher and was not changed. Each secret is
+	// "whsec_<base64 of a 24- to 64-byte key>". Default: none, no
+	// signature. From EFFECTS_HTTP_SIGNING_SECRET.
+	SigningSecrets SigningSecrets
 }
 
 // WithDefaults returns a copy of c with every zero field set to its default.
@@ -82,18 +90,22 @@ func (c HTTPConfig) WithDefaults() HTTPConfig {
 	return c
 }
 
-func (c HTTPConfig) validate() (allowList, error) {
+func (c HTTPConfig) validate() (allowList, *webhookSigner, error) {
 	if c.DefaultTimeout < 0 {
-		return allowList{}, fmt.Errorf("handlers: HTTPConfig.DefaultTimeout %s is negative", c.DefaultTimeout)
+		return allowList{}, nil, fmt.Errorf("handlers: HTTPConfig.DefaultTimeout %s is negative", c.DefaultTimeout)
 	}
 	if c.MaxResponseBytes < 0 {
-		return allowList{}, fmt.Errorf("handlers: HTTPConfig.MaxResponseBytes %d is negative", c.MaxResponseBytes)
+		return allowList{}, nil, fmt.Errorf("handlers: HTTPConfig.MaxResponseBytes %d is negative", c.MaxResponseBytes)
 	}
 	allow, err := parseAllowList(c.Allow)
 	if err != nil {
-		return allowList{}, fmt.Errorf("handlers: HTTPConfig.Allow (%s): %w", EnvHTTPAllow, err)
+		return allowList{}, nil, fmt.Errorf("handlers: HTTPConfig.Allow (%s): %w", EnvHTTPAllow, err)
 	}
-	return allow, nil
+	signer, err := newWebhookSigner(c.SigningSecrets)
+	if err != nil {
+		return allowList{}, nil, fmt.Errorf("handlers: HTTPConfig.SigningSecrets (%s): %w", EnvHTTPSigningSecret, err)
+	}
+	return allow, signer, nil
 }
 
 // HTTPResponse is the completion of a successful http_request:
@@ -121,6 +133,8 @@ type httpRequester struct {
 	client  *http.Client
 	timeout time.Duration
 	maxBody int64
+	signer  *webhookSigner   // nil: requests are not signed
+	now     func() time.Time // the clock of webhook-timestamp
 }
 
 // NewHTTPRequest returns the "http_request" handler. The package
@@ -128,14 +142,22 @@ type httpRequester struct {
 // reports a configuration that is not valid, such as an allow-list entry
 // with a scheme.
 func NewHTTPRequest(cfg HTTPConfig) (effects.HandlerFunc, error) {
-	cfg = cfg.WithDefaults()
-	allow, err := cfg.validate()
+	h, err := newHTTPRequester(cfg)
 	if err != nil {
 		return nil, err
 	}
-	h := &httpRequester{allow: allow, timeout: cfg.DefaultTimeout, maxBody: cfg.MaxResponseBytes}
-	h.client = h.newClient(cfg.Client)
 	return h.handle, nil
+}
+
+func newHTTPRequester(cfg HTTPConfig) (*httpRequester, error) {
+	cfg = cfg.WithDefaults()
+	allow, signer, err := cfg.validate()
+	if err != nil {
+		return nil, err
+	}
+	h := &httpRequester{allow: allow, timeout: cfg.DefaultTimeout, maxBody: cfg.MaxResponseBytes, signer: signer, now: time.Now}
+	h.client = h.newClient(cfg.Client)
+	return h, nil
 }
 
 func (h *httpRequester) newClient(base *http.Client) *http.Client {
@@ -157,6 +179,9 @@ func (h *httpRequester) newClient(base *http.Client) *http.Client {
 		if err := h.allow.check(req.URL, "redirect to host"); err != nil {
 			return effects.Permanent(err)
 		}
+		// Go copies the first request's headers, signature included, but
+		// a 301, 302 or 303 drops the body: sign what this one sends.
+		resign(req)
 		if next != nil {
 			return next(req, via)
 		}
@@ -181,6 +206,12 @@ func (h *httpRequester) handle(ctx context.Context, e effects.Effect) (any, erro
 	if err != nil {
 		return nil, effects.Permanent(err)
 	}
+	var signed *signedCall
+	if h.signer != nil {
+		if signed, err = h.signedCall(e, p); err != nil {
+			return nil, effects.Permanent(err)
+		}
+	}
 
 	timeout := h.timeout
 	if p.timeout > 0 {
@@ -189,6 +220,9 @@ func (h *httpRequester) handle(ctx context.Context, e effects.Effect) (any, erro
 	// A sooner deadline of ctx (the handler timeout) still wins.
 	reqCtx, cancel := context.WithTimeoutCause(ctx, timeout, errRequestTimeout)
 	defer cancel()
+	if signed != nil {
+		reqCtx = withSignedCall(reqCtx, signed)
+	}
 
 	var body io.Reader
 	if p.body != nil {
@@ -216,6 +250,11 @@ func (h *httpRequester) handle(ctx context.Context, e effects.Effect) (any, erro
 	for k, v := range p.headers {
 		req.Header[k] = v
 	}
+	if signed != nil {
+		// The bytes signed are the bytes sent: p.body is what the request's
+		// body reader (and GetBody, for a 307 or 308) returns.
+		signed.sign(req.Header, p.body)
+	}
 
 	resp, err := h.client.Do(req)
 	if err != nil {
@@ -233,6 +272,26 @@ func (h *httpRequester) handle(ctx context.Context, e effects.Effect) (any, erro
 	// already done: keep what arrived and say it is partial.
 	partial := truncated || readErr != nil
 	return HTTPResponse{Status: resp.StatusCode, Body: completionBody(data, partial), Truncated: partial}, nil
+}
+
+// signedCall is what this attempt's requests are signed with: the effect's
+// id as webhook-id, the same on every attempt and re-run, so that the
+// receiver can recognise a repeat; the attempt's time as webhook-timestamp,
+// which receivers check against their clock to refuse a replayed request.
+func (h *httpRequester) signedCall(e effects.Effect, p httpPayload) (*signedCall, error) {
+	for k := range p.headers {
+		if isWebhookHeader(k) {
+			// The signature would not match the header the payload asks
+			// for, or would cover a value the payload chose.
+			return nil, fmt.Errorf(`http_request: payload field "headers" may not set %q: the dispatcher signs its requests (%s)`, k, EnvHTTPSigningSecret)
+		}
+	}
+	// The specification wants an id that cannot hold the "." separating
+	// the signed parts; the dispatcher hands every handler a UUID.
+	if !effects.IsUUID(e.ID) {
+		return nil, fmt.Errorf("http_request: a signed request needs the effect's id (a UUID) as webhook-id, got %.80q", e.ID)
+	}
+	return &signedCall{signer: h.signer, id: e.ID, timestamp: h.now().Unix(), body: p.body}, nil
 }
 
 // requestError classifies an error from Client.Do: a refused redirect is

@@ -148,23 +148,23 @@ func (s *Subscriber) fetch(ctx context.Context, r *consume.Reader, out chan<- *m
 		select {
 		case slots <- struct{}{}:
 		case <-stopCtx.Done():
-			r.Release()
+			r.Release(nil)
 			return
 		case <-s.stopping:
-			r.Release()
+			r.Release(nil)
 			return
 		}
 		jm, err := r.Next(context.Background())
 		if err != nil {
 			<-slots
-			r.Release()
+			r.Release(nil)
 			return // stopped, or the connection closed
 		}
 		if stopCtx.Err() != nil || s.isStopping() {
 			// Stopped while Next waited: hand nothing more out.
 			_ = jm.Nak()
 			<-slots
-			r.Release()
+			r.Release(nil)
 			return
 		}
 		msg, d := s.toMessage(jm)
