@@ -10,6 +10,8 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/mod/semver"
+
+	"github.com/effects-run/effects/internal/consume"
 )
 
 // BatchPublishServerVersion is the first nats-server version with fast batch
@@ -119,13 +121,16 @@ func StreamConfigs(o StreamOptions) []jetstream.StreamConfig {
 // calls it at start, so they may start in any order; none of them changes a
 // stream's configuration, so a service started with a stray setting cannot
 // change retention for everyone. [ApplyStreams] is the one step that does.
+// It also creates the consumers' position bucket (internal/consume's
+// PositionBucket) when it does not exist, so that on a new deployment it
+// exists before the first message.
 func EnsureStreams(ctx context.Context, js jetstream.JetStream, o StreamOptions) error {
 	for _, want := range withBatchPublish(js, StreamConfigs(o)) {
 		if err := ensureStream(ctx, js, want, false); err != nil {
 			return err
 		}
 	}
-	return nil
+	return consume.EnsurePositionBucket(ctx, js, o.Replicas, false)
 }
 
 // ApplyStreams creates the two streams, or brings the settings this project
@@ -133,14 +138,15 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, o StreamOptions)
 // fast batch publishing allowed on the effects stream) to o on streams that
 // exist, keeping any other setting an operator made. It is the explicit
 // step that changes the streams (`completer migrate` runs it); services only
-// call [EnsureStreams].
+// call [EnsureStreams]. The consumers' position bucket gets the streams'
+// replicas too.
 func ApplyStreams(ctx context.Context, js jetstream.JetStream, o StreamOptions) error {
 	for _, want := range withBatchPublish(js, StreamConfigs(o)) {
 		if err := ensureStream(ctx, js, want, true); err != nil {
 			return err
 		}
 	}
-	return nil
+	return consume.EnsurePositionBucket(ctx, js, o.Replicas, true)
 }
 
 func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.StreamConfig, update bool) error {
