@@ -37,7 +37,7 @@ func setup(t *testing.T) *bundle {
 		t.Fatal(err)
 	}
 	// As effects.EnsureStreams does with the streams.
-	if err := EnsurePositionBucket(context.Background(), admin, 1, false); err != nil {
+	if err := CreatePositionBucket(context.Background(), admin, 1); err != nil {
 		t.Fatal(err)
 	}
 	reg := prometheus.NewRegistry()

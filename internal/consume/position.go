@@ -182,18 +182,25 @@ func positionBucket(ctx context.Context, js jetstream.JetStream, replicas int) (
 	return kv, created, nil
 }
 
-// EnsurePositionBucket creates [PositionBucket] with replicas when it does
-// not exist; with update it also gives an existing one that many replicas.
-// The services call it with the streams (effects.EnsureStreams, and with
-// update effects.ApplyStreams, which `completer migrate` runs), so that on
-// a new deployment the bucket exists before any message does: a reader that
-// finds it missing can then say it was deleted. Readers create it too when
-// they find it gone.
-func EnsurePositionBucket(ctx context.Context, js jetstream.JetStream, replicas int, update bool) error {
-	if _, created, err := positionBucket(ctx, js, replicas); err != nil || created || !update {
-		return err
-	}
+// CreatePositionBucket creates [PositionBucket] with replicas unless it
+// exists. Whoever creates the streams calls it (effects.EnsureStreams and
+// ApplyStreams, when they created the effects stream), so that on a new
+// deployment the bucket exists before the first message. Otherwise readers
+// create it when they need it: then a reader that finds it missing while
+// its consumer is missing too knows that it cannot tell a lost consumer
+// from a new one, and says so.
+func CreatePositionBucket(ctx context.Context, js jetstream.JetStream, replicas int) error {
+	_, _, err := positionBucket(ctx, js, replicas)
+	return err
+}
+
+// SetPositionBucketReplicas gives [PositionBucket], when it exists, that
+// many replicas (`completer migrate` does, as for the streams).
+func SetPositionBucketReplicas(ctx context.Context, js jetstream.JetStream, replicas int) error {
 	s, err := js.Stream(ctx, "KV_"+PositionBucket)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil
+	}
 	if err != nil {
 		return fmt.Errorf("position bucket %s: %w", PositionBucket, err)
 	}
