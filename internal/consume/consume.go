@@ -218,9 +218,8 @@ func (r *Reader) open(ctx context.Context) (*source, error) {
 	}
 	si := s.CachedInfo()
 	r.streamCreated = si.Created
-	// The bucket has the replicas of the streams: it is created by the
-	// first reader that needs it, on a deployment whose streams were made
-	// with the replicas it wants.
+	// A reader that creates the position bucket gives it the replicas of
+	// the stream it reads: the bucket survives what the streams survive.
 	r.pos.replicas = si.Config.Replicas
 	cons, err := r.bind(ctx, si)
 	if err != nil {

@@ -344,15 +344,7 @@ func TestPositionBucketDeletedDoesNotStallTheDispatcher(t *testing.T) {
 		t.Fatal(err)
 	}
 	logs := &testenv.SyncBuffer{}
-	d, err := New(testConfig(), r.reg, r.js, slog.New(slog.NewTextHandler(logs, nil)), prometheus.NewRegistry())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	stopped := make(chan struct{})
-	go func() { _ = d.Run(ctx); close(stopped) }()
-	t.Cleanup(func() { cancel(); <-stopped })
-	testenv.WaitFor(t, 20*time.Second, "the dispatcher ready", func() bool { return d.Ready(ctx) == nil })
+	runLogged(t, r.js, testConfig(), r.reg, slog.New(slog.NewTextHandler(logs, nil)))
 	fresh := r.publish(5)
 	r.completed(fresh)
 	if !strings.Contains(logs.String(), "without knowing whether it existed") {
