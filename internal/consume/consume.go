@@ -154,6 +154,9 @@ type Reader struct {
 	// a message first delivered (above it) is not looked up.
 	settled map[uint64]bool
 	highest atomic.Uint64
+	// lastSettled is the message this process settled last: its ack
+	// subject is the barrier of recordFinal.
+	lastSettled *msg
 }
 
 // source is one consumer handle and, unless Buffer is 0, its iterator.
@@ -568,9 +571,18 @@ func (r *Reader) recordFinal() {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), positionTimeout)
 		defer cancel()
-		// Acks are plain publishes: the flush has the server read them
-		// before the info request goes out.
-		_ = nc.FlushWithContext(ctx)
+		r.mu.Lock()
+		last := r.lastSettled
+		r.mu.Unlock()
+		if last != nil && last.Reply() != "" {
+			// Acks are plain publishes, applied by the server one after
+			// the other on a queue of the consumer's, apart from the info
+			// request: read at once, the floor can miss the last acks.
+			// An in-progress request on a message this process settled
+			// (a no-op for a message no longer pending) is answered once
+			// the queue reached it, after the acks sent before.
+			_, _ = nc.RequestWithContext(ctx, last.Reply(), []byte("+WPI"))
+		}
 		if info, err := src.cons.Info(ctx); err == nil {
 			r.recordPosition(ctx, info, true)
 		}
@@ -793,12 +805,14 @@ func (r *Reader) noteFloor(floor uint64) {
 }
 
 // remember records a message this process settled for good.
-func (r *Reader) remember(seq uint64, termed bool) {
+func (r *Reader) remember(m *msg, termed bool) {
+	seq := m.seq
 	if seq == 0 {
 		return
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.lastSettled = m
 	if seq > r.floor && len(r.settled) < maxRemembered {
 		r.settled[seq] = termed
 		if seq > r.highest.Load() {
