@@ -7,6 +7,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/effects-run/effects/internal/ingest"
+	"github.com/effects-run/effects/internal/schema"
 	"github.com/effects-run/effects/pkg/effects"
 	"github.com/effects-run/effects/pkg/effects/dispatcher"
 )
@@ -94,8 +96,9 @@ func TestTableSourceEndToEnd(t *testing.T) {
 	p.settled(lateID)
 
 	var notOnce int
-	if err := p.pg.Pool.QueryRow(ctx, `SELECT count(*) FROM effects WHERE id = ANY($1::uuid[])
-		AND NOT (status = 'succeeded' AND attempts = 1 AND completion->>'id' = id::text AND published_at IS NOT NULL)`,
+	if err := p.pg.Pool.QueryRow(ctx, `SELECT count(*) FROM effects e WHERE id = ANY($1::uuid[])
+		AND NOT (status = 'succeeded' AND attempts = 1 AND completion->>'id' = id::text AND `+
+		ingest.PublishedSQL(schema.Table{Name: "effects"}, "e")+`)`,
 		committed).Scan(&notOnce); err != nil {
 		t.Fatal(err)
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/effects-run/effects/internal/ingest"
 	"github.com/effects-run/effects/internal/natsconn"
 	"github.com/effects-run/effects/pkg/effects"
 	"github.com/effects-run/effects/pkg/effects/dispatcher"
@@ -26,6 +27,10 @@ const maxScan = 10000
 // showReport is what `effects show` prints.
 type showReport struct {
 	row
+	// TableSource is, for a pending row of a table a table source
+	// publishes, whether its cursor passed the row: "published" or
+	// "waiting"; empty when no table source ever ran on the table.
+	TableSource string `json:"table_source,omitempty"`
 	// JetStream is where a pending effect is in JetStream; nil when the row
 	// is final or NATS_URL is not set.
 	JetStream *jetStreamReport `json:"jetstream,omitempty"`
@@ -99,6 +104,11 @@ func showCmd(args []string, stdout, stderr io.Writer) int {
 	if rep == nil {
 		return o.fail(1, "no effect %s in %s", id, o.table)
 	}
+	if rep.Status == string(effects.StatusPending) {
+		if rep.TableSource, err = tableSourceState(ctx, conn, o, id); err != nil {
+			return o.fail(1, "%v", explainQueryError(err))
+		}
+	}
 	if o.natsURL != "" && rep.Status == string(effects.StatusPending) {
 		rep.JetStream, err = locate(ctx, o.natsURL, rep.row)
 		if err != nil {
@@ -135,6 +145,23 @@ func showRow(ctx context.Context, conn *pgx.Conn, o *oncall, id string) (*showRe
 		return nil, err
 	}
 	return &showReport{row: r}, nil
+}
+
+// tableSourceState says whether the table source's cursor passed row id:
+// "published", "waiting", or "" when no table source ever ran on the table.
+func tableSourceState(ctx context.Context, conn *pgx.Conn, o *oncall, id string) (string, error) {
+	var hasCursor, published bool
+	err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM `+o.table.CursorTable().Quoted()+`),
+		`+ingest.PublishedSQL(o.table, "e")+` FROM `+o.table.Quoted()+` e WHERE id = $1`, id).Scan(&hasCursor, &published)
+	switch {
+	case err != nil:
+		return "", err
+	case !hasCursor:
+		return "", nil
+	case published:
+		return "published", nil
+	}
+	return "waiting", nil
 }
 
 // connectNATS connects once, without the services' endless reconnects: a
@@ -269,6 +296,12 @@ func printShow(w io.Writer, rep *showReport, natsSet bool) {
 	fmt.Fprintf(tw, "completed:\t%s\n", timeOrDash(rep.CompletedAt))
 	if rep.RerunRequestedAt != nil {
 		fmt.Fprintf(tw, "re-run asked:\t%s by %s\n", timeOrDash(rep.RerunRequestedAt), by)
+	}
+	switch rep.TableSource {
+	case "published":
+		fmt.Fprintf(tw, "table source:\tpublished (its cursor passed the row)\n")
+	case "waiting":
+		fmt.Fprintf(tw, "table source:\tnot published yet (its cursor has not reached the row: see effects_table_backlog)\n")
 	}
 	_ = tw.Flush()
 	js := rep.JetStream

@@ -149,3 +149,34 @@ func TestShowErrors(t *testing.T) {
 		}
 	}
 }
+
+// For a pending row of a table a table source publishes, `effects show`
+// says whether the source's cursor passed it; with no table source ever
+// run on the table, it says nothing of it.
+func TestShowTableSourceState(t *testing.T) {
+	pg, ids := oncallTable(t)
+	t.Setenv("DATABASE_URL", pg.URL)
+	t.Setenv("NATS_URL", "")
+	passed := ids["echo-pending"]
+	if rep := showJSON(t, passed); rep.TableSource != "" {
+		t.Errorf("no table source ran: table_source %q, want none", rep.TableSource)
+	}
+	ctx := context.Background()
+	// The cursor as a table source leaves it after publishing that row.
+	if _, err := pg.Pool.Exec(ctx, `INSERT INTO effects_cursor (name, base) VALUES ('table_source', pg_current_snapshot())`); err != nil {
+		t.Fatal(err)
+	}
+	var waiting string
+	if err := pg.Pool.QueryRow(ctx, `INSERT INTO effects (kind) VALUES ('echo') RETURNING id::text`).Scan(&waiting); err != nil {
+		t.Fatal(err)
+	}
+	if rep := showJSON(t, passed); rep.TableSource != "published" {
+		t.Errorf("a row the cursor passed: table_source %q, want published", rep.TableSource)
+	}
+	if rep := showJSON(t, waiting); rep.TableSource != "waiting" {
+		t.Errorf("a row after the cursor: table_source %q, want waiting", rep.TableSource)
+	}
+	if code, out, _ := runEffects("show", waiting); code != 0 || !strings.Contains(out, "not published yet") {
+		t.Errorf("text output (exit %d):\n%s", code, out)
+	}
+}

@@ -10,15 +10,16 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/effects-run/effects/internal/ingest"
 	"github.com/effects-run/effects/internal/schema"
 	"github.com/effects-run/effects/internal/testenv"
 	"github.com/effects-run/effects/pkg/effects"
 )
 
-// A kill -9 of the ingest in the middle of publishing loses nothing: what it
-// marked was stored by JetStream, what it had claimed but not marked is
-// published again by the next ingest (at most the batches in flight), and
-// the stream ends with every row exactly once.
+// A kill -9 of the ingest in the middle of publishing loses nothing: what
+// its cursor passed was stored by JetStream, what it had read and published
+// but not passed is published again by the next ingest (at most the batches
+// in flight), and the stream ends with every row exactly once.
 func TestTableSourceSurvivesKill9(t *testing.T) {
 	t.Parallel()
 	n := testenv.StartNATS(t)
@@ -51,22 +52,23 @@ func TestTableSourceSurvivesKill9(t *testing.T) {
 	}
 	first := testenv.StartProcess(t, selector, env)
 	// Killed once a few batches went through, in the middle of the rest.
-	first.WaitFor(t, "a few batches marked", func() bool {
+	published := `SELECT count(*) FROM effects e WHERE ` + ingest.PublishedSQL(schema.Table{Name: "effects"}, "e")
+	first.WaitFor(t, "a few batches passed", func() bool {
 		var marked int
-		_ = conn.QueryRow(ctx, `SELECT count(*) FROM effects WHERE published_at IS NOT NULL`).Scan(&marked)
+		_ = conn.QueryRow(ctx, published).Scan(&marked)
 		return marked >= 3*batch
 	})
 	first.Signal(t, syscall.SIGKILL)
 	first.Wait(t)
 
-	// Marked rows are a subset of what the stream holds; the difference is
-	// at most the batches that were in flight.
+	// Rows the cursor passed are a subset of what the stream holds; the
+	// difference is at most the batches that were in flight.
 	info, err := stream.Info(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var marked uint64
-	if err := conn.QueryRow(ctx, `SELECT count(*) FROM effects WHERE published_at IS NOT NULL`).Scan(&marked); err != nil {
+	if err := conn.QueryRow(ctx, published).Scan(&marked); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("killed with %d of %d rows marked, %d messages stored", marked, rows, info.State.Msgs)
@@ -81,10 +83,10 @@ func TestTableSourceSurvivesKill9(t *testing.T) {
 	}
 
 	second := testenv.StartProcess(t, selector, env)
-	second.WaitFor(t, "every row marked", func() bool {
-		var left int
-		_ = conn.QueryRow(ctx, `SELECT count(*) FROM effects WHERE published_at IS NULL`).Scan(&left)
-		return left == 0
+	second.WaitFor(t, "every row passed", func() bool {
+		var passed int
+		_ = conn.QueryRow(ctx, published).Scan(&passed)
+		return passed == rows
 	})
 	second.Signal(t, syscall.SIGTERM)
 	if code := second.Wait(t); code != 0 {

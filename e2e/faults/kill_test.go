@@ -89,10 +89,11 @@ func TestKillIngestDuringDeliveries(t *testing.T) {
 	}, ids, nil, 0)
 }
 
-// An ingest reading the table killed while it claims and publishes: its
-// open claims roll back with its connection, and the restarted one (or any
-// other) publishes those rows again with the same message id (the row id),
-// which JetStream stores once within the duplicate window.
+// An ingest reading the table killed while it publishes: its cursor stays
+// at the last batch acked (its lock goes with its connection), and the
+// restarted one (or any other) publishes the batches that were in flight
+// again with the same message id (the row id), which JetStream stores once
+// within the duplicate window.
 func TestKillIngestTableSourceMidClaim(t *testing.T) {
 	st := start(t, setup{source: "table", ingestEnv: map[string]string{"EFFECTS_TABLE_BATCH_SIZE": "100"}})
 	const n = 3000

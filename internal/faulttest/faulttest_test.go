@@ -150,7 +150,7 @@ func TestVerifyReportsLostCompletedTwiceAndRunTwice(t *testing.T) {
 	}
 	complete("twice", "succeeded")
 	complete("rerun", "succeeded")
-	// Not a completion write: the table source's mark.
+	// Not a completion write: the reconciler's mark.
 	if _, err := pg.Pool.Exec(ctx, `UPDATE effects SET published_at = now() WHERE id = $1`, ids["ok"]); err != nil {
 		t.Fatal(err)
 	}

@@ -550,7 +550,7 @@ func (s *TableSource) publishFast(ctx context.Context, claimed []claimedRow, dea
 	for i, r := range rows {
 		spans[i].End()
 		if stored[i] {
-			done = append(done, pending{id: r.id, label: labels[i], ctid: r.ctid, outcome: outcomePublished})
+			done = append(done, pending{id: r.id, label: labels[i], outcome: outcomePublished})
 			continue
 		}
 		rest = append(rest, r)

@@ -41,26 +41,11 @@ func (b *tableBundle) checkStoredOnce(ids []string) {
 	}
 }
 
-// checkMarkedStored fails if a row is marked published but not in the
-// EFFECTS stream.
-func (b *tableBundle) checkMarkedStored() {
+// rewindCursor puts the cursor back at the start, as if nothing had been
+// published (a crash before every cursor write).
+func (b *tableBundle) rewindCursor() {
 	b.t.Helper()
-	stored := b.streamIDs()
-	rows, err := b.pool.Query(context.Background(), `SELECT id::text FROM effects WHERE published_at IS NOT NULL`)
-	if err != nil {
-		b.t.Fatal(err)
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var id string
-		if err := rows.Scan(&id); err != nil {
-			b.t.Fatal(err)
-		}
-		if stored[id] != 1 {
-			b.t.Errorf("row %s is marked published, stored %d times", id, stored[id])
-		}
-	}
-	if err := rows.Err(); err != nil {
+	if _, err := b.pool.Exec(context.Background(), `UPDATE effects_cursor SET base = '1:1:', target = NULL, after_txid = NULL, after_id = NULL`); err != nil {
 		b.t.Fatal(err)
 	}
 }
@@ -99,9 +84,10 @@ func TestTableSourceFastBatch(t *testing.T) {
 	if got := fastRows(t, src, "fallback"); got != 0 {
 		t.Errorf("rows fallen back: %v, want 0", got)
 	}
-	if got := testenv.MetricValue(t, src.reg, "effects_ingested_total", "outcome", "published"); got != 120 {
-		t.Errorf("published %v, want 120", got)
-	}
+	// Counted just after the cursor write that waitPublished saw.
+	testenv.WaitFor(t, 10*time.Second, "120 rows counted published", func() bool {
+		return testenv.MetricValue(t, src.reg, "effects_ingested_total", "outcome", "published") == 120
+	})
 }
 
 // EFFECTS_TABLE_FAST_BATCH=false publishes message by message.
@@ -152,9 +138,9 @@ func TestTableSourceFastBatchRefused(t *testing.T) {
 	}
 }
 
-// Rows published again (a crash before the mark) are stored once: the
-// server skips a duplicate inside a fast batch (first, middle or last) and
-// counts it as stored, so the batch confirms it and it is marked.
+// Rows published again (a crash before the cursor write) are stored once:
+// the server skips a duplicate inside a fast batch (first, middle or last)
+// and counts it as stored, so the batch confirms it and the cursor moves.
 func TestTableSourceFastBatchDuplicates(t *testing.T) {
 	b := setupTable(t)
 	ids := b.insertN(40, `{}`)
@@ -174,9 +160,7 @@ func TestTableSourceFastBatchDuplicates(t *testing.T) {
 		t.Fatal(err)
 	}
 	last := b.insert("echo", `{}`)
-	if _, err := b.pool.Exec(ctx, `UPDATE effects SET published_at = NULL`); err != nil {
-		t.Fatal(err)
-	}
+	b.rewindCursor()
 	src = b.startSource()
 	all := append([]string{early, middle, last}, ids...)
 	b.waitPublished(all)
@@ -190,9 +174,7 @@ func TestTableSourceFastBatchDuplicates(t *testing.T) {
 
 	// Only duplicates, the first of them on its own.
 	src.stop()
-	if _, err := b.pool.Exec(ctx, `UPDATE effects SET published_at = NULL`); err != nil {
-		t.Fatal(err)
-	}
+	b.rewindCursor()
 	src = b.startSource()
 	b.waitPublished(all)
 	b.checkStoredOnce(all)
@@ -202,10 +184,10 @@ func TestTableSourceFastBatchDuplicates(t *testing.T) {
 }
 
 // A message the stream refuses in the middle of a fast batch (over its max
-// message size): the rows before it are stored and marked, the rows after
-// it fall back and are stored, it stays unpublished (as it does when
-// published on its own) until the stream takes it; no row is marked that is
-// not stored.
+// message size): the rows before it are stored, the rows after it fall
+// back and are stored, and it is failed with the reason (published on its
+// own, the stream refuses it too): it cannot hold up the rows behind it in
+// the cursor, and it is not in the stream.
 func TestTableSourceFastBatchErrorMidBatch(t *testing.T) {
 	b := setupTable(t)
 	ctx := context.Background()
@@ -217,30 +199,34 @@ func TestTableSourceFastBatchErrorMidBatch(t *testing.T) {
 	big := b.insert("echo", `{"x": "`+strings.Repeat("y", 2000)+`"}`)
 	after := b.insertN(10, `{}`)
 	src := b.startSource(func(c *ingest.TableConfig) { c.RetryMax = 50 * time.Millisecond })
-	b.waitPublished(append(before, after...))
-	testenv.WaitFor(t, 30*time.Second, "a batch error", func() bool { return testenv.MetricValue(t, src.reg, "effects_table_batch_errors_total") > 0 })
-	b.checkMarkedStored()
+	all := append(append(append([]string{}, before...), big), after...)
+	b.waitPublished(all)
+	b.checkStoredOnce(append(before, after...))
 	if got := fastRows(t, src, "stored"); got < 10 {
 		t.Errorf("rows confirmed by fast batches: %v, want the 10 before the big one at least", got)
 	}
 	if got := fastRows(t, src, "fallback"); got < 11 {
 		t.Errorf("rows fallen back: %v, want the big one and the 10 after it", got)
 	}
-	var published bool
-	if err := b.pool.QueryRow(ctx, `SELECT published_at IS NOT NULL FROM effects WHERE id = $1`, big).Scan(&published); err != nil {
+	cs, err := b.js.Stream(ctx, effects.CompletedStream)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if published {
-		t.Fatal("the refused row is marked published")
+	m, err := cs.GetLastMsgForSubject(ctx, effects.CompletedSubject("echo"))
+	if err != nil {
+		t.Fatal(err)
 	}
-	b.updateEffectsStream(func(c *jetstream.StreamConfig) { c.MaxMsgSize = -1 })
-	all := append(append(before, big), after...)
-	b.waitPublished(all)
-	b.checkStoredOnce(all)
+	if !strings.Contains(string(m.Data), big) || !strings.Contains(string(m.Data), "larger than the EFFECTS stream accepts") {
+		t.Errorf("completion %s: want %s failed for its size", m.Data, big)
+	}
+	testenv.WaitFor(t, 10*time.Second, "1 row counted rejected", func() bool {
+		return testenv.MetricValue(t, src.reg, "effects_ingested_total", "outcome", "rejected") == 1
+	})
 }
 
-// The effects stream deleted under the source: nothing is marked that was
-// not stored; once the stream is back, every row is published.
+// The effects stream deleted under the source: the cursor does not pass a
+// row that was not stored; once the stream is back, every row is
+// published.
 func TestTableSourceFastBatchStreamDeleted(t *testing.T) {
 	b := setupTable(t)
 	ctx := context.Background()
@@ -252,12 +238,8 @@ func TestTableSourceFastBatchStreamDeleted(t *testing.T) {
 	}
 	second := b.insertN(20, `{}`)
 	testenv.WaitFor(t, 30*time.Second, "a batch error", func() bool { return testenv.MetricValue(t, src.reg, "effects_table_batch_errors_total") > 0 })
-	var marked int
-	if err := b.pool.QueryRow(ctx, `SELECT count(*) FROM effects WHERE id = ANY($1::uuid[]) AND published_at IS NOT NULL`, second).Scan(&marked); err != nil {
-		t.Fatal(err)
-	}
-	if marked != 0 {
-		t.Fatalf("%d rows marked published with no stream", marked)
+	if marked := b.published(second); marked != 0 {
+		t.Fatalf("the cursor passed %d rows with no stream", marked)
 	}
 	if err := effects.EnsureStreams(ctx, b.js, effects.StreamOptions{}); err != nil {
 		t.Fatal(err)

@@ -3,24 +3,28 @@ package ingest
 // The table source (EFFECTS_SOURCE=table): effects come straight from the
 // effects table instead of Hasura's webhook.
 //
-// A worker claims a batch of unpublished rows in a transaction
-// (SELECT ... FOR UPDATE SKIP LOCKED on the partial index of unpublished
-// pending rows), publishes them asynchronously with Nats-Msg-Id = row id,
-// waits for JetStream's acks, sets published_at on the acked rows and
-// commits. Hence:
-//   - no committed row is missed: the query asks for every row not yet
-//     published, whenever it committed; there is no "highest id seen" cursor
-//     that a long transaction committing late could fall behind;
+// One ingest at a time, the owner of the table's advisory lock, reads the
+// rows in commit order from a cursor (table_cursor.go): each batch is read
+// after the last, published asynchronously with Nats-Msg-Id = row id
+// (as one fast batch where it may), and once JetStream acked the whole
+// batch the cursor is written, one UPDATE of one row per batch. Nothing is
+// written to the rows themselves. Hence:
+//   - no committed row is missed: the cursor is a snapshot, which tells the
+//     transactions that had finished from those still running, so a long
+//     transaction that commits late is found when it commits, and the rows
+//     of the others are not held up meanwhile;
 //   - a rolled-back row was never visible, so it is never published;
-//   - a row is marked only after its ack, in the transaction that holds its
-//     lock: a crash at any moment rolls the claim back and the next claim
-//     publishes the batch again, which JetStream's duplicate window stores
-//     once (same message id);
-//   - replicas (and workers) skip each other's locked rows, so they split
-//     the work instead of publishing the same rows.
-// LISTEN/NOTIFY (a statement trigger of migration 003) only wakes an idle
-// worker early; a poll every EFFECTS_TABLE_POLL_INTERVAL is what guarantees
-// that every row is found.
+//   - the cursor moves only after the acks: a crash at any moment leaves it
+//     at the last batch acked, and the next owner publishes the batches in
+//     flight again, which JetStream's duplicate window stores once (same
+//     message id);
+//   - other replicas wait for the lock and take over when the owner's
+//     session ends.
+// Up to EFFECTS_TABLE_WORKERS batches are in flight at once (the next is
+// read while the last waits for its acks); the cursor moves through them
+// in order. LISTEN/NOTIFY (a statement trigger of migration 003) only wakes
+// an idle owner early; a poll every EFFECTS_TABLE_POLL_INTERVAL is what
+// guarantees that every row is found.
 
 import (
 	"context"
@@ -33,6 +37,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
@@ -56,23 +61,27 @@ type TableSource struct {
 	metrics *metrics
 	tm      *tableMetrics
 	fast    *fastPath // publishes a batch as one JetStream fast batch
-
-	claimSQL, markSQL, backlogSQL string
+	sql     cursorSQL
 
 	// allowed is EFFECTS_KINDS as a set; nil allows every valid kind.
 	allowed map[string]struct{}
 
-	// wake has one channel per worker; a notification (or a reconnected
-	// listener) sends to each without blocking.
-	wake []chan struct{}
+	// wake: a notification (or a reconnected listener) sends to it without
+	// blocking.
+	wake chan struct{}
 
-	// lastErr is the last failure of a batch, nil after a success: the
-	// readiness check.
+	// lastErr is the last failure, nil after a success: the readiness
+	// check.
 	lastErr atomic.Pointer[error]
 	started atomic.Bool
 
 	// lastErrLog keeps an outage from logging once per try.
 	lastErrLog atomic.Int64
+
+	// afterPublish, when set (tests, benchmarks), runs after a batch's
+	// acks and before its cursor write, with the batch's size; an error
+	// stops the owner there, as a crash would.
+	afterPublish func(rows int) error
 }
 
 // NewTableSource returns a table source reading cfg.Table through pool and
@@ -99,29 +108,10 @@ func NewTableSource(cfg TableConfig, pool *pgxpool.Pool, js jetstream.JetStream,
 	if err != nil {
 		return nil, err
 	}
-	q := t.Quoted()
 	s := &TableSource{
 		cfg: cfg, table: t, pool: pool, js: js, logger: logger, metrics: m, tm: tm,
-		// The WHERE clause is the partial index's, so the claim reads only
-		// the backlog; oldest first.
-		claimSQL: `SELECT id::text, kind, payload::text, created_at, ctid FROM ` + q +
-			` WHERE published_at IS NULL AND status = 'pending' ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED`,
-		// The claimed rows are found again by ctid (a TID scan), not by
-		// id: the claim's row locks, held by this transaction, keep every
-		// claimed row version where it is until the commit. The id test
-		// (a hashed filter on the rows the TID scan returns) makes the
-		// pair exact even where a ctid is not unique (a partitioned
-		// table). The ctid array is behind a scalar subquery on purpose:
-		// given the batch's 500 values as a constant (the first five runs
-		// of a prepared statement are planned with its values), the
-		// planner prices 500 TID fetches or primary-key probes above a
-		// sequential scan of a table of 50,000 rows, and scanned the whole
-		// table per batch; a subquery's array has no known length, and
-		// the plan is the TID scan whatever the table's size
-		// (docs/performance.md, "Plans that scanned the table").
-		markSQL: `UPDATE ` + q + ` SET published_at = now() WHERE ctid = ANY(ARRAY(SELECT unnest($1::tid[]))) AND id = ANY($2::uuid[])`,
-		backlogSQL: `SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 FROM ` + q +
-			` WHERE published_at IS NULL AND status = 'pending'`,
+		sql:  newCursorSQL(t),
+		wake: make(chan struct{}, 1),
 	}
 	if len(cfg.Kinds) > 0 {
 		s.allowed = make(map[string]struct{}, len(cfg.Kinds))
@@ -130,15 +120,12 @@ func NewTableSource(cfg TableConfig, pool *pgxpool.Pool, js jetstream.JetStream,
 		}
 	}
 	s.fast = newFastPath(js, logger, !cfg.NoFastBatch)
-	s.wake = make([]chan struct{}, cfg.Workers)
-	for i := range s.wake {
-		s.wake[i] = make(chan struct{}, 1)
-	}
 	return s, nil
 }
 
-// Ready is a readiness check: nil once a batch went through and the last
-// one did not fail.
+// Ready is a readiness check: nil once the source owns the cursor and a
+// batch went through, or waits for the owner to go, and the last try did
+// not fail.
 func (s *TableSource) Ready(context.Context) error {
 	if p := s.lastErr.Load(); p != nil {
 		return fmt.Errorf("table source: %w", *p)
@@ -167,11 +154,7 @@ func (s *TableSource) Run(ctx context.Context) error {
 	bgCtx, stopBg := context.WithCancel(ctx)
 	wg.Go(func() { s.listen(bgCtx) })
 	wg.Go(func() { s.watchBacklog(bgCtx) })
-	var workers sync.WaitGroup
-	for i := range s.cfg.Workers {
-		workers.Go(func() { s.work(ctx, s.wake[i]) })
-	}
-	workers.Wait()
+	s.own(ctx)
 	s.fast.close()
 	stopBg()
 	wg.Wait()
@@ -211,53 +194,195 @@ func (s *TableSource) waitReady(ctx context.Context) error {
 	return nil
 }
 
-// work claims and publishes batches until ctx ends. A full batch is followed
-// at once by the next; otherwise the worker waits for a notification or the
-// poll interval. Failures back off.
-func (s *TableSource) work(ctx context.Context, wake <-chan struct{}) {
-	poll := time.NewTimer(s.cfg.PollInterval)
-	defer poll.Stop()
-	backoff := retry.Policy{Min: min(ensureBackoffMin, s.cfg.RetryMax), Max: s.cfg.RetryMax}.Backoff()
+// own takes the table source's advisory lock, waiting while another ingest
+// holds it, and publishes while it holds it, until ctx ends. Losing the
+// connection (PostgreSQL restarting, a network failure) gives the lock up;
+// after a backoff it connects and waits for the lock again.
+func (s *TableSource) own(ctx context.Context) {
+	backoff := retry.Policy{Min: ensureBackoffMin, Max: s.cfg.RetryMax}.Backoff()
+	b := &backoff
 	for ctx.Err() == nil {
-		n, err := s.batch(ctx)
-		var wait time.Duration
-		switch {
-		case err != nil:
-			s.lastErr.Store(&err)
-			wait = backoff.Next()
-			s.logFailure(err, wait)
-			s.tm.errors.Inc()
-		case n == s.cfg.BatchSize:
-			backoff.Reset()
-			s.ok()
-			continue
-		default:
-			backoff.Reset()
-			s.ok()
-			wait = s.cfg.PollInterval
-		}
-		if !poll.Stop() {
-			select {
-			case <-poll.C:
-			default:
-			}
-		}
-		poll.Reset(wait)
-		select {
-		case <-ctx.Done():
+		err := s.ownOnce(ctx, b)
+		if ctx.Err() != nil {
 			return
-		case <-poll.C:
-		case <-wake:
-			if err != nil {
-				// A notification does not end an outage's backoff.
-				select {
-				case <-ctx.Done():
-					return
-				case <-poll.C:
-				}
+		}
+		s.failed(ctx, err, b)
+	}
+}
+
+// failed records err (not ready, counted, logged at most every 10s) and
+// waits out the backoff.
+func (s *TableSource) failed(ctx context.Context, err error, b *retry.Backoff) {
+	s.lastErr.Store(&err)
+	s.tm.errors.Inc()
+	wait := b.Next()
+	s.logFailure(err, wait)
+	_ = retry.Sleep(ctx, wait) // ctx's end is the caller's to see
+}
+
+// ownOnce connects, waits for the lock and publishes until ctx ends or the
+// connection fails. A failure that leaves the connection usable (NATS down,
+// a publish not acked) keeps the lock: the owner backs off and publishes
+// again from the cursor. Closing the connection gives the lock up.
+func (s *TableSource) ownOnce(ctx context.Context, b *retry.Backoff) error {
+	cctx, cancel := context.WithTimeout(ctx, ensureAttemptTimeout)
+	conn, err := pgx.ConnectConfig(cctx, s.pool.Config().ConnConfig.Copy())
+	cancel()
+	if err != nil {
+		return fmt.Errorf("PostgreSQL: connect: %w", err)
+	}
+	defer func() {
+		cctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_ = conn.Close(cctx)
+		cancel()
+	}()
+	// Waiting for the lock is being ready: this replica takes over when
+	// the owner goes.
+	s.ok()
+	if _, err := conn.Exec(ctx, s.sql.lock, SourceLockKeyHigh, s.table.Quoted()); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("PostgreSQL: wait for the table source lock: %w", err)
+	}
+	s.tm.owner.Set(1)
+	defer s.tm.owner.Set(0)
+	s.logger.Info("table source: this ingest publishes the table (it holds the table source lock)", "table", s.table.String())
+	for {
+		err := s.publish(ctx, conn, b)
+		if ctx.Err() != nil {
+			return nil
+		}
+		pctx, cancel := context.WithTimeout(ctx, ensureAttemptTimeout)
+		lost := conn.Ping(pctx) != nil
+		cancel()
+		if lost || errors.Is(err, errCursorMoved) {
+			return err
+		}
+		s.failed(ctx, err, b)
+	}
+}
+
+// job is a batch in flight: read, being published.
+type job struct {
+	rows []claimedRow
+	next cursorPos // the cursor after this batch
+	done chan struct{}
+	// set before done is closed
+	outcomes []pending
+	err      error
+}
+
+// publish runs the owner's loop on conn, which holds the lock: read a
+// batch, start publishing it, read the next while earlier ones wait for
+// their acks (at most Workers in flight), and move the cursor through the
+// acked batches in order. It returns when ctx ends (after the batches in
+// flight), or at the first failure, leaving the cursor at the last batch
+// acked.
+func (s *TableSource) publish(ctx context.Context, conn *pgx.Conn, b *retry.Backoff) error {
+	// Statements are not cut short by ctx: a batch read is published and
+	// its cursor written (or given up) within PublishTimeout plus a
+	// statement, so a stop republishes nothing.
+	dbCtx := context.WithoutCancel(ctx)
+	lctx, cancel := s.stmtCtx(dbCtx)
+	pos, version, err := s.loadCursor(lctx, conn, true)
+	if err == nil {
+		err = s.checkCursor(lctx, conn, pos)
+	}
+	cancel()
+	if err != nil {
+		return err
+	}
+	var queue []*job
+	defer func() {
+		for _, j := range queue {
+			<-j.done // published or not, nothing more to do
+		}
+	}()
+	poll := time.NewTimer(0)
+	defer poll.Stop()
+	caughtUp := false
+	for {
+		// Read while there is room and rows may be waiting.
+		for !caughtUp && len(queue) < s.cfg.Workers && ctx.Err() == nil {
+			if nc := s.js.Conn(); nc != nil && !nc.IsConnected() {
+				return fmt.Errorf("NATS: %w", errNotConnected)
 			}
+			sctx, cancel := s.stmtCtx(dbCtx)
+			rows, next, err := s.readBatch(sctx, conn, pos)
+			cancel()
+			if err != nil {
+				return err
+			}
+			pos = next
+			if len(rows) < s.cfg.BatchSize {
+				caughtUp = true
+			}
+			if len(rows) == 0 {
+				break
+			}
+			s.tm.batchSize.Observe(float64(len(rows)))
+			j := &job{rows: rows, next: next, done: make(chan struct{})}
+			go s.publishBatch(ctx, j)
+			queue = append(queue, j)
+		}
+		if len(queue) == 0 {
+			s.ok()
+			b.Reset()
+			if ctx.Err() != nil {
+				return nil
+			}
+			resetTimer(poll, s.cfg.PollInterval)
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-poll.C:
+			case <-s.wake:
+			}
+			caughtUp = false
+			continue
+		}
+		// The oldest batch: once acked, the cursor moves past it.
+		j := queue[0]
+		<-j.done
+		queue = queue[1:]
+		if j.err != nil {
+			return j.err
+		}
+		if s.afterPublish != nil {
+			if err := s.afterPublish(len(j.rows)); err != nil {
+				return err
+			}
+		}
+		sctx, cancel := s.stmtCtx(dbCtx)
+		version, err = s.writeCursor(sctx, conn, j.next, version)
+		cancel()
+		if err != nil {
+			return err
+		}
+		// Counted once the cursor passed them: a batch published again
+		// after a crash is counted then (as duplicates).
+		for _, p := range j.outcomes {
+			s.metrics.ingest(p.label, p.outcome)
+		}
+		s.ok()
+		b.Reset()
+	}
+}
+
+// stmtCtx bounds one statement of the owner.
+func (s *TableSource) stmtCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, s.cfg.PublishTimeout+s.cfg.ShutdownTimeout)
+}
+
+func resetTimer(t *time.Timer, d time.Duration) {
+	if !t.Stop() {
+		select {
+		case <-t.C:
+		default:
 		}
 	}
+	t.Reset(d)
 }
 
 func (s *TableSource) ok() {
@@ -271,88 +396,67 @@ func (s *TableSource) ok() {
 func (s *TableSource) logFailure(err error, wait time.Duration) {
 	now := time.Now().UnixNano()
 	if last := s.lastErrLog.Load(); now-last >= int64(10*time.Second) && s.lastErrLog.CompareAndSwap(last, now) {
-		s.logger.Warn("table source: a batch failed; its rows stay unpublished and are tried again (logged at most every 10s)",
+		s.logger.Warn("table source: publishing failed; the cursor stays at the last batch acked and the rows after it are tried again (logged at most every 10s)",
 			"retry_in", wait.String(), "error", err)
 	}
 }
 
-// claimedRow is a row of a claimed batch.
+// claimedRow is a row of a batch read.
 type claimedRow struct {
 	id        string
 	kind      *string
 	payload   *string
 	createdAt time.Time
-	ctid      pgtype.TID // where the claimed version is, for the mark
+	txid      string // the cursor's order: (txid, id)
 	// badCreatedAt is the reason, set instead of createdAt, for a
 	// created_at an effect message cannot carry (CarriedCreatedAt).
 	badCreatedAt string
 }
 
+// scanRows reads a batch: id, kind, payload, created_at, txid.
+func scanRows(rows pgx.Rows, capacity int) ([]claimedRow, error) {
+	defer rows.Close()
+	batch := make([]claimedRow, 0, min(capacity, 64))
+	for rows.Next() {
+		var r claimedRow
+		var createdAt pgtype.Timestamptz
+		if err := rows.Scan(&r.id, &r.kind, &r.payload, &createdAt, &r.txid); err != nil {
+			return nil, err
+		}
+		r.createdAt, r.badCreatedAt = CarriedCreatedAt(createdAt)
+		batch = append(batch, r)
+	}
+	return batch, rows.Err()
+}
+
 // pending is a row whose publish is in flight.
 type pending struct {
 	id, label string
-	ctid      pgtype.TID
+	row       *claimedRow // the row, when published message by message
 	fut       jetstream.PubAckFuture
 	rejected  bool   // the message is the row's failed completion
 	outcome   string // once acked
 }
 
-// batch claims up to BatchSize rows, publishes them, marks the acked ones and
-// commits. It returns how many rows it claimed. It is not cut short by ctx:
-// once claimed, a batch is published and marked (or rolled back) within
-// PublishTimeout plus a statement, so a stop republishes nothing.
-func (s *TableSource) batch(ctx context.Context) (int, error) {
-	if nc := s.js.Conn(); nc != nil && !nc.IsConnected() {
-		return 0, fmt.Errorf("NATS: %w", errNotConnected)
-	}
-	bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.PublishTimeout+s.cfg.ShutdownTimeout)
-	defer cancel()
-	tx, err := s.pool.Begin(bctx)
-	if err != nil {
-		return 0, fmt.Errorf("PostgreSQL: begin: %w", err)
-	}
-	defer func() { _ = tx.Rollback(context.WithoutCancel(bctx)) }()
-
-	rows, err := tx.Query(bctx, s.claimSQL, s.cfg.BatchSize)
-	if err != nil {
-		return 0, fmt.Errorf("PostgreSQL: claim: %w", err)
-	}
-	claimed := make([]claimedRow, 0, 64)
-	for rows.Next() {
-		var r claimedRow
-		var createdAt pgtype.Timestamptz
-		if err := rows.Scan(&r.id, &r.kind, &r.payload, &createdAt, &r.ctid); err != nil {
-			rows.Close()
-			return 0, fmt.Errorf("PostgreSQL: claim: %w", err)
-		}
-		r.createdAt, r.badCreatedAt = CarriedCreatedAt(createdAt)
-		claimed = append(claimed, r)
-	}
-	if err := rows.Err(); err != nil {
-		return 0, fmt.Errorf("PostgreSQL: claim: %w", err)
-	}
-	if len(claimed) == 0 {
-		if err := tx.Commit(bctx); err != nil {
-			return 0, fmt.Errorf("PostgreSQL: commit: %w", err)
-		}
-		return 0, nil
-	}
-	s.tm.batchSize.Observe(float64(len(claimed)))
-
+// publishBatch publishes j's rows and waits for their acks (up to
+// PublishTimeout), then closes j.done; j.err is set unless every row was
+// acked.
+func (s *TableSource) publishBatch(ctx context.Context, j *job) {
+	defer close(j.done)
 	start := time.Now()
 	// The effects go as one fast batch where that may be; rest are the
 	// rows it did not confirm and the rejected ones.
-	fastDone, rest := s.publishFast(ctx, claimed, start.Add(s.cfg.PublishTimeout))
+	fastDone, rest := s.publishFast(ctx, j.rows, start.Add(s.cfg.PublishTimeout))
 	inFlight := make([]pending, 0, len(rest))
 	var publishErr error
-	for _, r := range rest {
+	for i, r := range rest {
 		p, err := s.publishRow(r)
 		if err != nil {
 			s.metrics.publishError(publishErrorError)
 			publishErr = err
-			break // the rest stay unpublished; tried again after a backoff
+			break // the batch is tried again after a backoff
 		}
-		p.ctid = r.ctid
+		p.row = &rest[i]
 		inFlight = append(inFlight, p)
 	}
 
@@ -360,17 +464,11 @@ func (s *TableSource) batch(ctx context.Context) (int, error) {
 	// get half the timeout.
 	timer := time.NewTimer(max(s.cfg.PublishTimeout-time.Since(start), s.cfg.PublishTimeout/2))
 	defer timer.Stop()
-	acked := make([]string, 0, len(claimed))
-	ackedAt := make([]pgtype.TID, 0, len(claimed))
-	outcomes := make([]pending, 0, len(claimed))
-	for _, p := range fastDone {
-		acked, ackedAt, outcomes = append(acked, p.id), append(ackedAt, p.ctid), append(outcomes, p)
-	}
-	for _, p := range inFlight {
+	outcomes := append(make([]pending, 0, len(j.rows)), fastDone...)
+	for i := 0; i < len(inFlight); i++ { // grows with the rows failed for their size
+		p := inFlight[i]
 		select {
 		case ack := <-p.fut.Ok():
-			acked = append(acked, p.id)
-			ackedAt = append(ackedAt, p.ctid)
 			switch {
 			case p.rejected:
 				p.outcome = outcomeRejected
@@ -381,6 +479,17 @@ func (s *TableSource) batch(ctx context.Context) (int, error) {
 			}
 			outcomes = append(outcomes, p)
 		case err := <-p.fut.Err():
+			if !p.rejected && errors.Is(err, jetstream.ErrStreamMessageExceedsMaximum) && publishErr == nil {
+				// The stream will never take this message (its
+				// max_msg_size): the row is failed with the reason,
+				// or every row after it would wait behind it.
+				rej, rerr := s.rejectTooLarge(*p.row, err)
+				if rerr == nil {
+					inFlight = append(inFlight, rej)
+					continue
+				}
+				err = rerr
+			}
 			s.metrics.publishError(publishErrorError)
 			if publishErr == nil {
 				publishErr = fmt.Errorf("NATS: publish: %w", err)
@@ -394,30 +503,10 @@ func (s *TableSource) batch(ctx context.Context) (int, error) {
 			timer.Reset(0)
 		}
 	}
-	if len(acked) > 0 {
+	if len(outcomes) > 0 {
 		s.metrics.publishSeconds.Observe(time.Since(start).Seconds())
-		tag, err := tx.Exec(bctx, s.markSQL, ackedAt, acked)
-		if err != nil {
-			return 0, fmt.Errorf("PostgreSQL: mark published: %w", err)
-		}
-		if n := tag.RowsAffected(); n != int64(len(acked)) {
-			// Cannot happen while the claim's locks hold; should it, the
-			// batch is rolled back and published again (stored once).
-			return 0, fmt.Errorf("PostgreSQL: mark published: %d of %d rows found", n, len(acked))
-		}
-		if err := tx.Commit(bctx); err != nil {
-			return 0, fmt.Errorf("PostgreSQL: commit: %w", err)
-		}
-		// Counted once marked: a batch rolled back is published again and
-		// counted then (as duplicates).
-		for _, p := range outcomes {
-			s.metrics.ingest(p.label, p.outcome)
-		}
 	}
-	if publishErr != nil {
-		return 0, publishErr
-	}
-	return len(claimed), nil
+	j.outcomes, j.err = outcomes, publishErr
 }
 
 // publishRow publishes the effect of r, or, for a row that can never
@@ -447,6 +536,17 @@ func (s *TableSource) publishRow(r claimedRow) (pending, error) {
 		return pending{}, fmt.Errorf("NATS: publish: %w", err)
 	}
 	return pending{id: r.id, label: label, fut: fut}, nil
+}
+
+// rejectTooLarge publishes the failed completion of r, whose effect the
+// effects stream refused as larger than its max_msg_size.
+func (s *TableSource) rejectTooLarge(r claimedRow, refusal error) (pending, error) {
+	_, label, _, _ := s.rowMsg(r)
+	msg, err := rejectionMsg(r, fmt.Sprintf("the effect message is larger than the %s stream accepts (%v)", effects.EffectsStream, refusal))
+	if err != nil {
+		return pending{}, err
+	}
+	return s.publishRejection(r.id, label, msg)
 }
 
 // rowMsg is the message a claimed row becomes: its effect on

@@ -3,85 +3,100 @@ package ingest
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
+	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/effects-run/effects/internal/retry"
 	"github.com/effects-run/effects/internal/testenv"
 	"github.com/effects-run/effects/pkg/effects"
 )
 
-// BenchmarkTablePublish: the table source's batches (claim, publish, wait
-// for the acks, mark, commit) of 500 rows, an op a row, published as fast
-// batches or message by message (EFFECTS_TABLE_FAST_BATCH=false: the path
-// before fast batches), by one worker or two. cpu-ns/row is the process's
-// CPU time (the client and the embedded NATS server, not PostgreSQL's)
-// per row; allocs likewise count both. Compare the modes each in a process
-// of its own (-bench 'BenchmarkTablePublish$/mode=fast/workers=1', then
-// per-message, alternated): in one process the sub-benchmark that runs
-// first pays more, warm-up or not.
+// BenchmarkTablePublish: the table source's publish path, an op a row, in
+// batches of 500 read from PostgreSQL and published to JetStream (fast
+// batches where allowed), by the cursor (the owner's loop: read, publish,
+// write the cursor once per batch; two batches in flight) or by the claim
+// it replaced (two workers, each: SELECT ... FOR UPDATE SKIP LOCKED,
+// publish, UPDATE published_at, commit; emulated here with the old
+// statements and the old partial index). cpu-ns/row is this process's CPU
+// time (the client and the embedded NATS server) per row; pg-cpu-ns/row the
+// PostgreSQL backends' serving the source (from /proc/<pid>/schedstat: the
+// database must run on this machine). Compare the modes each in a process
+// of its own (-bench 'BenchmarkTablePublish$/mode=cursor', then
+// mode=claim, alternated): in one process the sub-benchmark that runs first
+// pays more.
 func BenchmarkTablePublish(b *testing.B) {
 	pg := testenv.StartEffectsTable(b, 0)
 	_, js := testenv.StartNATS(b).Connect(b)
-	if err := effects.EnsureStreams(context.Background(), js, effects.StreamOptions{}); err != nil {
+	ctx := context.Background()
+	if err := effects.EnsureStreams(ctx, js, effects.StreamOptions{}); err != nil {
 		b.Fatal(err)
 	}
-	// Warm up (the file store's first block, PostgreSQL's plans): the
-	// first sub-benchmark would pay for it.
-	for _, off := range []bool{false, true} {
-		s, err := NewTableSource(TableConfig{DatabaseURL: pg.URL, NoFastBatch: off}, pg.Pool, js, nil, nil)
-		if err != nil {
-			b.Fatal(err)
-		}
-		ctx := context.Background()
-		s.fast.usable(ctx)
-		if _, err := pg.Pool.Exec(ctx, `INSERT INTO effects (kind, payload) SELECT 'echo', '{}' FROM generate_series(1, 5000)`); err != nil {
-			b.Fatal(err)
-		}
-		for {
-			n, err := s.batch(ctx)
+	for _, mode := range []string{"cursor", "claim"} {
+		b.Run("mode="+mode, func(b *testing.B) {
+			s, err := NewTableSource(TableConfig{DatabaseURL: pg.URL}, pg.Pool, js, nil, nil)
 			if err != nil {
 				b.Fatal(err)
 			}
-			if n == 0 {
-				break
+			s.fast.usable(ctx)
+			defer s.fast.close()
+			if mode == "claim" {
+				if _, err := pg.Pool.Exec(ctx, `CREATE INDEX effects_unpub_idx ON effects (created_at) WHERE published_at IS NULL AND status = 'pending'`); err != nil {
+					b.Fatal(err)
+				}
+				defer func() { _, _ = pg.Pool.Exec(ctx, `DROP INDEX effects_unpub_idx`) }()
 			}
-		}
-		s.fast.close()
-	}
-	for _, workers := range []int{1, 2} {
-		for _, mode := range []struct {
-			name string
-			off  bool
-		}{{"fast", false}, {"per-message", true}} {
-			b.Run(fmt.Sprintf("mode=%s/workers=%d", mode.name, workers), func(b *testing.B) {
-				s, err := NewTableSource(TableConfig{DatabaseURL: pg.URL, NoFastBatch: mode.off}, pg.Pool, js, nil, nil)
-				if err != nil {
+			if _, err := pg.Pool.Exec(ctx, `INSERT INTO effects (kind, payload)
+				SELECT 'echo', jsonb_build_object('to', 'user' || g || '@example.com', 'subject', 'hello', 'n', g)
+				FROM generate_series(1, $1::int) g`, b.N); err != nil {
+				b.Fatal(err)
+			}
+			if _, err := pg.Pool.Exec(ctx, `ANALYZE effects`); err != nil {
+				b.Fatal(err)
+			}
+			conns := make([]*pgx.Conn, 2)
+			pids := make([]int, len(conns))
+			for i := range conns {
+				if conns[i], err = pgx.Connect(ctx, pg.URL); err != nil {
 					b.Fatal(err)
 				}
-				ctx := context.Background()
-				s.fast.usable(ctx)
-				if _, err := pg.Pool.Exec(ctx, `INSERT INTO effects (kind, payload)
-					SELECT 'echo', jsonb_build_object('to', 'user' || g || '@example.com', 'subject', 'hello', 'n', g)
-					FROM generate_series(1, $1::int) g`, b.N); err != nil {
+				defer conns[i].Close(ctx)
+				if err := conns[i].QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&pids[i]); err != nil {
 					b.Fatal(err)
 				}
-				if _, err := pg.Pool.Exec(ctx, `ANALYZE effects`); err != nil {
+			}
+			b.ReportAllocs()
+			cpu0, pg0 := cpuTime(), backendCPU(b, pids)
+			b.ResetTimer()
+			if mode == "cursor" {
+				var done atomic.Int64
+				stop := errors.New("done")
+				s.afterPublish = func(rows int) error {
+					if done.Add(int64(rows)) >= int64(b.N) {
+						return stop
+					}
+					return nil
+				}
+				if err := s.publish(ctx, conns[0], &retry.Backoff{}); !errors.Is(err, stop) {
 					b.Fatal(err)
 				}
-				b.ReportAllocs()
-				cpu0 := cpuTime()
-				b.ResetTimer()
+			} else {
 				var wg sync.WaitGroup
-				for range workers {
+				for _, conn := range conns {
 					wg.Go(func() {
 						for {
-							n, err := s.batch(ctx)
+							n, err := claimBatch(ctx, s, conn)
 							if err != nil {
 								b.Error(err)
 								return
@@ -93,20 +108,78 @@ func BenchmarkTablePublish(b *testing.B) {
 					})
 				}
 				wg.Wait()
-				b.StopTimer()
-				b.ReportMetric(float64(cpuTime()-cpu0)/float64(b.N), "cpu-ns/row")
-				if s.fast.b != nil {
-					s.fast.close()
-				}
-			})
-		}
+			}
+			b.StopTimer()
+			b.ReportMetric(float64(cpuTime()-cpu0)/float64(b.N), "cpu-ns/row")
+			b.ReportMetric(float64(backendCPU(b, pids)-pg0)/float64(b.N), "pg-cpu-ns/row")
+		})
 	}
+}
+
+// claimBatch is a batch of the table source before the cursor: claim,
+// publish, mark the acked rows, commit.
+func claimBatch(ctx context.Context, s *TableSource, conn *pgx.Conn) (int, error) {
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	rows, err := tx.Query(ctx, `SELECT id::text, kind, payload::text, created_at, ctid FROM effects
+		WHERE published_at IS NULL AND status = 'pending' ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED`, s.cfg.BatchSize)
+	if err != nil {
+		return 0, err
+	}
+	var batch []claimedRow
+	var ctids []pgtype.TID
+	for rows.Next() {
+		var r claimedRow
+		var createdAt pgtype.Timestamptz
+		var ctid pgtype.TID
+		if err := rows.Scan(&r.id, &r.kind, &r.payload, &createdAt, &ctid); err != nil {
+			return 0, err
+		}
+		r.createdAt, r.badCreatedAt = CarriedCreatedAt(createdAt)
+		batch, ctids = append(batch, r), append(ctids, ctid)
+	}
+	if err := rows.Err(); err != nil || len(batch) == 0 {
+		return 0, err
+	}
+	j := &job{rows: batch, done: make(chan struct{})}
+	s.publishBatch(ctx, j)
+	if j.err != nil {
+		return 0, j.err
+	}
+	ids := make([]string, len(batch))
+	for i, r := range batch {
+		ids[i] = r.id
+	}
+	if _, err := tx.Exec(ctx, `UPDATE effects SET published_at = now() WHERE ctid = ANY(ARRAY(SELECT unnest($1::tid[]))) AND id = ANY($2::uuid[])`, ctids, ids); err != nil {
+		return 0, err
+	}
+	return len(batch), tx.Commit(ctx)
 }
 
 func cpuTime() time.Duration {
 	var ru syscall.Rusage
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// backendCPU is the CPU time the PostgreSQL backends pids ran.
+func backendCPU(b *testing.B, pids []int) time.Duration {
+	var sum time.Duration
+	for _, pid := range pids {
+		raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/schedstat", pid))
+		if err != nil {
+			b.Fatalf("backend CPU (the database must run on this machine): %v", err)
+		}
+		ns, err := strconv.ParseInt(strings.Fields(string(raw))[0], 10, 64)
+		if err != nil {
+			b.Fatal(err)
+		}
+		sum += time.Duration(ns)
+	}
+	return sum
 }
 
 // BenchmarkTablePublishOnly: the publish step alone, without PostgreSQL:

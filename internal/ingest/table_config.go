@@ -57,14 +57,14 @@ type TableConfig struct {
 	// Table is EFFECTS_TABLE, default "effects": name or schema.name.
 	Table string
 
-	// BatchSize is EFFECTS_TABLE_BATCH_SIZE, default 500: most rows
-	// claimed, published and marked in one transaction. It is also the most
-	// rows published again after a crash.
+	// BatchSize is EFFECTS_TABLE_BATCH_SIZE, default 500: most rows read
+	// and published per batch; the cursor is written once per batch. A
+	// crash publishes at most the batches in flight again.
 	BatchSize int
 
 	// Workers is EFFECTS_TABLE_WORKERS, default 2: batches in flight at
-	// once in this process, so that one batch is claimed while another waits
-	// for its acks.
+	// once in the ingest that owns the cursor, so that one batch is read
+	// while another waits for its acks.
 	Workers int
 
 	// PollInterval is EFFECTS_TABLE_POLL_INTERVAL, default 1s: how often an
@@ -86,12 +86,13 @@ type TableConfig struct {
 	MaxPayloadBytes int
 
 	// PublishTimeout is EFFECTS_PUBLISH_TIMEOUT, default 5s: how long a
-	// batch waits for its acks; rows not acked by then stay unpublished and
-	// are tried again.
+	// batch waits for its acks; a batch not acked whole by then is not
+	// passed by the cursor and is published again.
 	PublishTimeout time.Duration
 
 	// ShutdownTimeout is EFFECTS_SHUTDOWN_TIMEOUT, default 30s: how long a
-	// stop waits for the batches in flight to be acked and marked.
+	// stop waits for the batches in flight to be acked and the cursor
+	// written.
 	ShutdownTimeout time.Duration
 
 	// Kinds is EFFECTS_KINDS, default empty (every valid kind): a row of
@@ -234,8 +235,9 @@ func (c TableConfig) String() string {
 // GoString keeps DATABASE_URL out of %#v.
 func (c TableConfig) GoString() string { return c.String() }
 
-// OpenTablePool returns a pool on cfg.DatabaseURL with a connection for every
-// worker plus one for the backlog gauges. It does not connect yet (the source
+// OpenTablePool returns a pool on cfg.DatabaseURL for the checks at start
+// and the backlog gauges (the owner of the cursor, and a replica waiting to
+// be, hold one more connection of their own, for the advisory lock). It does not connect yet (the source
 // waits for PostgreSQL by itself); it fails only on a URL it cannot parse,
 // and its error never contains the URL.
 func OpenTablePool(cfg TableConfig) (*pgxpool.Pool, error) {

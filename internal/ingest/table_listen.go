@@ -10,7 +10,7 @@ import (
 )
 
 // listen holds a connection of its own LISTENing on the table's channel and
-// wakes every worker on each notification, until ctx ends. When the
+// wakes the owner's loop on each notification, until ctx ends. When the
 // connection breaks it reconnects with backoff and wakes the workers once
 // more, for rows inserted meanwhile. Correctness never depends on it: the
 // workers poll.
@@ -59,10 +59,8 @@ func (s *TableSource) listen(ctx context.Context) {
 }
 
 func (s *TableSource) wakeAll() {
-	for _, w := range s.wake {
-		select {
-		case w <- struct{}{}:
-		default:
-		}
+	select {
+	case s.wake <- struct{}{}:
+	default:
 	}
 }

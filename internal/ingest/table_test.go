@@ -3,6 +3,7 @@ package ingest_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
@@ -106,24 +107,26 @@ func (b *tableBundle) insert(kind, payload string) string {
 	return id
 }
 
-// waitPublished waits until every id in want has published_at set.
+// publishedSQL counts the rows of $1 the table source's cursor passed.
+var publishedSQL = `SELECT count(*) FROM effects e WHERE id = ANY($1::uuid[]) AND ` +
+	ingest.PublishedSQL(schema.Table{Name: "effects"}, "e")
+
+// published is how many of ids the table source's cursor passed.
+func (b *tableBundle) published(ids []string) int {
+	b.t.Helper()
+	var n int
+	if err := b.pool.QueryRow(context.Background(), publishedSQL, ids).Scan(&n); err != nil {
+		b.t.Fatal(err)
+	}
+	return n
+}
+
+// waitPublished waits until the cursor passed every id in want.
 func (b *tableBundle) waitPublished(want []string) {
 	b.t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		var n int
-		if err := b.pool.QueryRow(context.Background(),
-			`SELECT count(*) FROM effects WHERE id = ANY($1::uuid[]) AND published_at IS NOT NULL`, want).Scan(&n); err != nil {
-			b.t.Fatal(err)
-		}
-		if n == len(want) {
-			return
-		}
-		if time.Now().After(deadline) {
-			b.t.Fatalf("%d of %d rows published after 60s", n, len(want))
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testenv.WaitFor(b.t, 60*time.Second, fmt.Sprintf("%d rows published", len(want)), func() bool {
+		return b.published(want) == len(want)
+	})
 }
 
 // streamIDs reads every message of the EFFECTS stream: Nats-Msg-Id → count.
@@ -322,10 +325,15 @@ func TestTableSourceConcurrentInsertsTwoReplicas(t *testing.T) {
 	}
 	// The replicas split the work without publishing a row twice.
 	var published, duplicates float64
-	for _, r := range []*source{r1, r2} {
-		published += testenv.MetricValue(t, r.reg, "effects_ingested_total", "outcome", "published")
-		duplicates += testenv.MetricValue(t, r.reg, "effects_ingested_total", "outcome", "duplicate")
+	count := func() {
+		published, duplicates = 0, 0
+		for _, r := range []*source{r1, r2} {
+			published += testenv.MetricValue(t, r.reg, "effects_ingested_total", "outcome", "published")
+			duplicates += testenv.MetricValue(t, r.reg, "effects_ingested_total", "outcome", "duplicate")
+		}
 	}
+	// Counted just after the cursor write that waitPublished saw.
+	testenv.WaitFor(t, 10*time.Second, "every row counted", func() bool { count(); return int(published+duplicates) >= len(committed) })
 	if int(published) != len(committed) || duplicates != 0 {
 		t.Errorf("published %v, duplicates %v; want %d and 0", published, duplicates, len(committed))
 	}
@@ -370,9 +378,9 @@ func TestTableSourceRejects(t *testing.T) {
 	if ids[bad]+ids[big]+ids[other] != 0 || ids[good] != 1 {
 		t.Errorf("stream ids %v: want only %s", ids, good)
 	}
-	if got := testenv.MetricValue(t, src.reg, "effects_ingested_total", "outcome", "rejected"); got != 3 {
-		t.Errorf("rejected %v, want 3", got)
-	}
+	testenv.WaitFor(t, 10*time.Second, "3 rows counted rejected", func() bool {
+		return testenv.MetricValue(t, src.reg, "effects_ingested_total", "outcome", "rejected") == 3
+	})
 }
 
 // While NATS is down the source pauses and is not ready; the rows inserted
@@ -491,5 +499,152 @@ func TestTableSourceCountsPublishErrors(t *testing.T) {
 	b.waitPublished([]string{id})
 	if got := testenv.MetricValue(t, src.reg, "effects_ingest_publish_errors_total", "reason", "timeout"); got != 0 {
 		t.Errorf("publish_errors{reason=timeout} = %v, want 0", got)
+	}
+}
+
+// A transaction that wrote something and stays open holds back the
+// snapshot's xmin for the whole cluster: the rows committed meanwhile must
+// still be published at once, and stay published (not again) when the
+// source restarts while it is open; the durable cursor remembers the open
+// transaction, and its row is published once when it commits.
+func TestTableSourceLongTransaction(t *testing.T) {
+	b := setupTable(t)
+	ctx := context.Background()
+	long, err := b.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = long.Rollback(ctx) }()
+	var longXid, longID string
+	if err := long.QueryRow(ctx, `INSERT INTO effects (kind) VALUES ('echo') RETURNING id::text, txid::text`).Scan(&longID, &longXid); err != nil {
+		t.Fatal(err)
+	}
+
+	src := b.startSource()
+	var during []string
+	for range 30 {
+		during = append(during, b.insert("echo", `{}`))
+	}
+	start := time.Now()
+	b.waitPublished(during)
+	t.Logf("30 rows published %s after the last insert, with a transaction open", time.Since(start).Round(time.Millisecond))
+	// The durable cursor is held at the open transaction.
+	var held bool
+	if err := b.pool.QueryRow(ctx, `SELECT NOT pg_visible_in_snapshot($1::xid8, base) FROM effects_cursor`, longXid).Scan(&held); err != nil || !held {
+		t.Fatalf("the cursor's base sees the open transaction %s as finished (%v, %v)", longXid, held, err)
+	}
+
+	// A restart while it is open publishes nothing again.
+	src.stop()
+	src = b.startSource()
+	more := b.insert("echo", `{}`)
+	b.waitPublished([]string{more})
+	testenv.WaitFor(t, 10*time.Second, "the restarted source to count the 1 new row, and no other", func() bool {
+		return testenv.MetricValue(t, src.reg, "effects_ingested_total") == 1
+	})
+
+	if err := long.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	b.waitPublished([]string{longID})
+	ids := b.streamIDs()
+	if ids[longID] != 1 || len(ids) != 32 {
+		t.Errorf("the late row is in the stream %d times, the stream holds %d ids; want once and 32", ids[longID], len(ids))
+	}
+	for _, id := range append(during, more) {
+		if ids[id] != 1 {
+			t.Errorf("row %s is in the stream %d times", id, ids[id])
+		}
+	}
+}
+
+// Two replicas: one owns the cursor, the other waits and takes over when
+// the owner stops, and again when the new owner's session is killed (as a
+// kill -9 or a lost connection ends it); every row is published, each is
+// stored once.
+func TestTableSourceOwnerHandover(t *testing.T) {
+	b := setupTable(t)
+	ctx := context.Background()
+	r1 := b.startSource()
+	testenv.WaitFor(t, 30*time.Second, "replica 1 to own the cursor", func() bool {
+		return testenv.MetricValue(t, r1.reg, "effects_table_cursor_owner") == 1
+	})
+	r2 := b.startSource()
+	testenv.WaitFor(t, 30*time.Second, "replica 2 ready, waiting", func() bool { return r2.src.Ready(ctx) == nil })
+	if got := testenv.MetricValue(t, r2.reg, "effects_table_cursor_owner"); got != 0 {
+		t.Fatalf("replica 2 owns the cursor too (%v)", got)
+	}
+	var ids []string
+	ids = append(ids, b.insertN(40, `{}`)...)
+	b.waitPublished(ids)
+
+	// Rows keep coming while the owner stops.
+	stopped := make(chan struct{})
+	go func() { r1.stop(); close(stopped) }()
+	ids = append(ids, b.insertN(40, `{}`)...)
+	<-stopped
+	testenv.WaitFor(t, 30*time.Second, "replica 2 to take over", func() bool {
+		return testenv.MetricValue(t, r2.reg, "effects_table_cursor_owner") == 1
+	})
+	b.waitPublished(ids)
+
+	// A third replica waits; the owner's session is killed.
+	r3 := b.startSource()
+	testenv.WaitFor(t, 30*time.Second, "replica 3 ready, waiting", func() bool { return r3.src.Ready(ctx) == nil })
+	if _, err := b.pool.Exec(ctx, `SELECT pg_terminate_backend(pid) FROM pg_locks
+		WHERE locktype = 'advisory' AND granted AND classid = $1::int8 >> 32 AND objid = 'effects'::regclass::oid`, ingest.SourceLockKeyHigh); err != nil {
+		t.Fatal(err)
+	}
+	ids = append(ids, b.insertN(40, `{}`)...)
+	testenv.WaitFor(t, 30*time.Second, "replica 3 to take over", func() bool {
+		return testenv.MetricValue(t, r3.reg, "effects_table_cursor_owner") == 1
+	})
+	b.waitPublished(ids)
+	b.checkStoredOnce(ids)
+}
+
+// The cursor migration (006) on a table the claim-and-mark source used: rows it
+// published, rows of the webhook, completed rows and rows it had not
+// published yet. The cursor publishes only the last, once, and then the
+// rows inserted after the migration.
+func TestTableSourceAfterCursorMigration(t *testing.T) {
+	pg := testenv.StartPostgres(t)
+	b := &tableBundle{t: t, pg: pg, url: pg.URL, pool: pg.Pool}
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, b.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if err := schema.MigrateTo(ctx, conn, "effects", 4); err != nil {
+		t.Fatal(err)
+	}
+	old := func(sql string) []string {
+		rows, err := b.pool.Query(ctx, sql)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ids
+	}
+	published := old(`INSERT INTO effects (kind, published_at) SELECT 'echo', now() FROM generate_series(1, 5) RETURNING id::text`)
+	webhook := old(`INSERT INTO effects (kind, published_at) SELECT 'echo', '-infinity' FROM generate_series(1, 5) RETURNING id::text`)
+	done := old(`INSERT INTO effects (kind, status) SELECT 'echo', 'succeeded' FROM generate_series(1, 5) RETURNING id::text`)
+	waiting := old(`INSERT INTO effects (kind) SELECT 'echo' FROM generate_series(1, 5) RETURNING id::text`)
+	b.migrate()
+
+	b.nats = testenv.StartNATS(t)
+	_, b.js = b.nats.Connect(t)
+	b.startSource()
+	b.waitPublished(waiting)
+	after := b.insertN(3, `{}`)
+	b.waitPublished(after)
+	b.checkStoredOnce(append(waiting, after...))
+	// The rows from before the migration read as published to the cursor.
+	if got := b.published(append(append(published, webhook...), done...)); got != 15 {
+		t.Errorf("%d of the 15 old published or completed rows read as published", got)
 	}
 }

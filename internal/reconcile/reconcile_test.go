@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/effects-run/effects/internal/envconfig"
+	"github.com/effects-run/effects/internal/ingest"
 	"github.com/effects-run/effects/internal/reconcile"
 	"github.com/effects-run/effects/internal/testenv"
 	"github.com/effects-run/effects/pkg/effects"
@@ -345,5 +346,62 @@ func TestConfigFromEnv(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "EFFECTS_RECONCILE_AFTER") {
 			t.Errorf("%q: %v, want an error naming EFFECTS_RECONCILE_AFTER", v, err)
 		}
+	}
+}
+
+// While a table source runs (it holds the table source lock), rows its
+// cursor has not passed are its backlog, which it publishes itself: the
+// reconciler re-publishes only the rows the cursor passed. With no table
+// source running, the backlog is the reconciler's, and a row it publishes
+// carries published_at, which a table source starting later skips.
+func TestLeavesTheTableSourceBacklog(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := testCtx(t)
+	passed := b.insert(t, "echo", 2, 3*h)
+	// The cursor as a table source leaves it after publishing those rows.
+	if _, err := b.pool.Exec(ctx, `INSERT INTO effects_cursor (name, base) VALUES ('table_source', pg_current_snapshot())`); err != nil {
+		t.Fatal(err)
+	}
+	backlog := b.insert(t, "echo", 2, 3*h)
+	owner, err := b.pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := owner.Exec(ctx, `SELECT pg_advisory_lock($1::int8 | 'effects'::regclass::oid::int8)`, ingest.SourceLockKeyHigh); err != nil {
+		t.Fatal(err)
+	}
+	b.startServices(t, nil, nil)
+
+	res, err := b.rc.RunPass(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Republished != len(passed) {
+		t.Fatalf("pass with a table source running: %+v, want the %d rows its cursor passed", res, len(passed))
+	}
+	b.waitStatus(t, "succeeded", passed...)
+	for _, id := range backlog {
+		if got := b.status(t, id); got != "pending" || b.callsOf(id) != 0 {
+			t.Errorf("backlog row %s is %s, handled %d times: want it left to the table source", id, got, b.callsOf(id))
+		}
+	}
+
+	// The table source goes.
+	if _, err := owner.Exec(ctx, `SELECT pg_advisory_unlock($1::int8 | 'effects'::regclass::oid::int8)`, ingest.SourceLockKeyHigh); err != nil {
+		t.Fatal(err)
+	}
+	owner.Release()
+	res, err = b.rc.RunPass(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Republished != len(backlog) {
+		t.Fatalf("pass with no table source: %+v, want its %d backlog rows", res, len(backlog))
+	}
+	b.waitStatus(t, "succeeded", backlog...)
+	var marked int
+	if err := b.pool.QueryRow(ctx, `SELECT count(*) FROM effects WHERE id = ANY($1::uuid[]) AND published_at IS NOT NULL`, backlog).Scan(&marked); err != nil || marked != len(backlog) {
+		t.Fatalf("%d of the backlog rows carry published_at (%v), want all", marked, err)
 	}
 }

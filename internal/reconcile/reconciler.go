@@ -6,8 +6,10 @@
 // publishes a row again when all of these hold:
 //   - the row is pending and was created more than A ago;
 //   - it was not handed to JetStream in the last A: published_at (set by the
-//     table source, and by the reconciler each time it publishes a row) is
-//     NULL or older than A, so a row is re-published at most once per A;
+//     reconciler each time it publishes a row) is NULL or older than A, so a
+//     row is re-published at most once per A;
+//   - while a table source runs on the table, its cursor passed the row (a
+//     row it has not published yet is its backlog, not lost);
 //   - the completer's consumer has no completion waiting (not yet delivered
 //     or not yet acknowledged): the row's completion may be one of them;
 //   - the dispatcher consumer of the row's kind exists and has no message
@@ -29,10 +31,13 @@
 //
 // The completer runs a [Reconciler] in every replica. Each batch is one
 // transaction that takes a transaction-level advisory lock of its own (the
-// replica that finds it taken leaves the pass to the other) and locks its
-// rows FOR UPDATE SKIP LOCKED, so the table source, which claims unpublished
-// rows the same way, never publishes a row the reconciler is publishing;
-// published_at is set after JetStream's ack, in that transaction.
+// replica that finds it taken leaves the pass to the other), locks its
+// rows FOR UPDATE SKIP LOCKED, and sets published_at after JetStream's ack.
+// A table source publishes by a cursor, without locking rows: while one
+// runs (it holds the table source lock), the reconciler takes only rows
+// the cursor passed; while none runs, the batch holds that lock itself, so
+// none starts until its commit, and a table source skips rows whose
+// published_at is set.
 package reconcile
 
 import (
@@ -104,11 +109,15 @@ func New(cfg Config, pool *pgxpool.Pool, js jetstream.JetStream, logger *slog.Lo
 		cfg: cfg, pool: pool, js: js, logger: logger.With("component", "reconciler"), m: m, table: table,
 		// The pending partial index on created_at leads; kinds already
 		// skipped in this pass ($3) are left out so the next batch moves on.
-		claimSQL: `SELECT id::text, kind, payload::text, created_at, published_at FROM ` + q + `
+		// $4: no table source runs (this batch holds its lock), so every
+		// row is a candidate; else only the rows its cursor passed: the
+		// others are its backlog, which it publishes itself.
+		claimSQL: `SELECT id::text, kind, payload::text, created_at, published_at FROM ` + q + ` e
 			 WHERE status = 'pending'
 			   AND created_at < now() - $1::int8 * interval '1 microsecond'
 			   AND (published_at IS NULL OR published_at < now() - $1::int8 * interval '1 microsecond')
 			   AND (kind IS NULL OR kind <> ALL($3::text[]))
+			   AND ($4::bool OR ` + ingest.PublishedSQL(table, "e") + `)
 			 ORDER BY created_at
 			 LIMIT $2
 			 FOR UPDATE SKIP LOCKED`,
@@ -281,7 +290,17 @@ func (r *Reconciler) batch(ctx context.Context, conn *pgxpool.Conn, limit int, c
 	if !locked {
 		return 0, ErrPassRunning
 	}
-	rows, err := tx.Query(bctx, r.claimSQL, r.cfg.After.Microseconds(), limit, *skippedKinds)
+	// A table source publishes the rows its cursor has not passed. While
+	// none runs (its lock is free, and held by this batch until the commit,
+	// so none starts meanwhile), every row is the reconciler's; a row it
+	// publishes gets published_at, which a table source starting later
+	// skips.
+	var noSource bool
+	if err := tx.QueryRow(bctx, `SELECT pg_try_advisory_xact_lock($1::int8 | $2::text::regclass::oid::int8)`,
+		ingest.SourceLockKeyHigh, r.table.Quoted()).Scan(&noSource); err != nil {
+		return 0, fmt.Errorf("PostgreSQL: lock: %w", err)
+	}
+	rows, err := tx.Query(bctx, r.claimSQL, r.cfg.After.Microseconds(), limit, *skippedKinds, noSource)
 	if err != nil {
 		return 0, fmt.Errorf("PostgreSQL: claim: %w", err)
 	}

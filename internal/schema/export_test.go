@@ -6,10 +6,6 @@ import (
 	"github.com/jackc/tern/v2/migrate"
 )
 
-// MigrateTo migrates a table to an older version, so that a test can upgrade
-// it from there with rows in it.
-var MigrateTo = migrateTo
-
 // MigrationVersion is the version of the migration whose file name ends in
 // suffix ("_key.sql"), 0 when there is none: tests name a migration by what
 // it does, not by a number that may change when branches merge.

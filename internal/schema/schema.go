@@ -139,7 +139,18 @@ func (t Table) templateData() map[string]any {
 		"KeyIndex":           t.sibling("_key_idx"),
 		"KeyLengthCheck":     t.sibling("_key_length"),
 		"KeyLengthCheckName": t.Name + "_key_length",
+		// The table source's cursor (006).
+		"UnpublishedIndexQualified": t.qualified("_unpub_idx"),
+		"TxidIndex":                 t.sibling("_txid_idx"),
+		"CursorTable":               t.CursorTable().Quoted(),
+		"CursorCheck":               t.sibling("_cursor_check"),
 	}
+}
+
+// CursorTable is the table that keeps the table source's cursor
+// ("<table>_cursor"), in the same schema as t.
+func (t Table) CursorTable() Table {
+	return Table{Schema: t.Schema, Name: t.Name + "_cursor"}
 }
 
 // qualified is the quoted name of a function that belongs to the table, in
@@ -181,12 +192,12 @@ func LatestVersion() int32 {
 // upgraded in place: missing columns, the status check and the indexes are
 // added; existing columns and rows are kept. A missing schema is created.
 func Migrate(ctx context.Context, conn *pgx.Conn, table string) error {
-	return migrateTo(ctx, conn, table, -1)
+	return MigrateTo(ctx, conn, table, LatestVersion())
 }
 
-// migrateTo is [Migrate] up to version target, or to the latest when target
-// is negative (the tests upgrade a table from an older version).
-func migrateTo(ctx context.Context, conn *pgx.Conn, table string, target int32) error {
+// MigrateTo is [Migrate] up to version (at most [LatestVersion]): tests use
+// it to make a table as an older release left it.
+func MigrateTo(ctx context.Context, conn *pgx.Conn, table string, version int32) error {
 	t, err := ParseTable(table)
 	if err != nil {
 		return err
@@ -205,12 +216,7 @@ func migrateTo(ctx context.Context, conn *pgx.Conn, table string, target int32) 
 	if err := m.LoadMigrations(migrationsFS()); err != nil {
 		return fmt.Errorf("migrate %s: load migrations: %w", t, err)
 	}
-	if target < 0 {
-		err = m.Migrate(ctx)
-	} else {
-		err = m.MigrateTo(ctx, target)
-	}
-	if err != nil {
+	if err := m.MigrateTo(ctx, version); err != nil {
 		return fmt.Errorf("migrate %s: %w", t, err)
 	}
 	return nil
