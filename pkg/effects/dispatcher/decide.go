@@ -205,8 +205,7 @@ func failedMsg(in attemptInfo, text string) *nats.Msg {
 var errShutdown = errors.New("dispatcher shutting down")
 
 func errorText(err error) string {
-	var p *PanicError
-	if errors.As(err, &p) {
+	if p, ok := errors.AsType[*PanicError](err); ok {
 		return fmt.Sprintf("panic: %v", p.Value)
 	}
 	if err == nil {

@@ -211,8 +211,7 @@ func (x *executor) count(dl *delivery, o outcome) {
 	case malformed:
 		x.logger.Warn("malformed effect message", "subject", dl.msg.Subject(), "event_id", dl.effect.EventID, "error", o.err)
 	}
-	var p *PanicError
-	if errors.As(o.err, &p) {
+	if p, ok := errors.AsType[*PanicError](o.err); ok {
 		x.logger.Error("handler panicked", "effect_id", dl.effect.ID, "kind", x.kind, "panic", fmt.Sprint(p.Value), "stack", string(p.Stack))
 	}
 }
