@@ -24,6 +24,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/propagation"
 
+	"github.com/effects-run/effects/internal/jspub"
 	"github.com/effects-run/effects/pkg/effects"
 )
 
@@ -48,11 +49,11 @@ func (c *captureJS) PublishMsgAsync(m *nats.Msg, _ ...jetstream.PublishOpt) (jet
 	return f, nil
 }
 
-func (c *captureJS) publish(m *nats.Msg, _ time.Duration) (pubAck, error) {
+func (c *captureJS) publish(m *nats.Msg, _ time.Duration) (jspub.Ack, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.msgs = append(c.msgs, m)
-	return pubAck{seq: uint64(len(c.msgs))}, nil
+	return jspub.Ack{Seq: uint64(len(c.msgs))}, nil
 }
 
 func (c *captureJS) take() []*nats.Msg {

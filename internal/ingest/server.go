@@ -417,11 +417,11 @@ func (s *Server) publish(w http.ResponseWriter, eventID, effectID, kind string, 
 	default:
 		s.metrics.publishSeconds.Observe(time.Since(start).Seconds())
 		outcome := outcomePublished
-		if ack.duplicate {
+		if ack.Duplicate {
 			outcome = outcomeDuplicate
 		}
 		s.metrics.ingest(kind, outcome)
-		s.reply(w, http.StatusOK, appendPublishedReply(make([]byte, 0, 160), effectID, eventID, ack.duplicate, ack.seq))
+		s.reply(w, http.StatusOK, appendPublishedReply(make([]byte, 0, 160), effectID, eventID, ack.Duplicate, ack.Seq))
 	}
 }
 

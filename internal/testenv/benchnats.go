@@ -18,6 +18,11 @@ import (
 // its own.
 const BenchNATSServerEnv = "EFFECTS_BENCH_NATS_SERVER"
 
+// BenchNATSURLEnv names a running NATS server with JetStream, started anew
+// for the benchmark, that [StartBenchNATS] uses instead (for a profiler
+// that does not follow child processes, such as valgrind).
+const BenchNATSURLEnv = "EFFECTS_BENCH_NATS_URL"
+
 // BenchNATS is the NATS server of a benchmark: in this process, or, with
 // EFFECTS_BENCH_NATS_SERVER set, a process of its own, so that the
 // benchmark's -benchmem allocations and CPU are the service's alone and the
@@ -31,6 +36,9 @@ type BenchNATS struct {
 // it is stopped when the benchmark ends.
 func StartBenchNATS(b testing.TB) *BenchNATS {
 	b.Helper()
+	if url := os.Getenv(BenchNATSURLEnv); url != "" {
+		return &BenchNATS{URL: url}
+	}
 	path := os.Getenv(BenchNATSServerEnv)
 	if path == "" {
 		return &BenchNATS{URL: StartNATS(b).URL}
@@ -79,7 +87,7 @@ func (n *BenchNATS) Connect(b testing.TB) (*nats.Conn, jetstream.JetStream) {
 }
 
 // CPU is the server process's CPU time so far (user and system), or 0 when
-// the server runs in this process.
+// the server is not its child.
 func (n *BenchNATS) CPU() time.Duration {
 	if n.pid == 0 {
 		return 0
@@ -87,7 +95,8 @@ func (n *BenchNATS) CPU() time.Duration {
 	return processCPU(n.pid)
 }
 
-// Separate reports whether the server runs in a process of its own.
+// Separate reports whether the server runs in a process of its own started
+// by StartBenchNATS, whose CPU is read.
 func (n *BenchNATS) Separate() bool { return n.pid != 0 }
 
 // processCPU reads utime + stime of a process from /proc/<pid>/stat.
