@@ -15,9 +15,9 @@
 //     read, a write and a wake-up per message; a message adds at most the
 //     round trip of the batch before it, and an idle publisher nothing.
 //   - A waiter still waiting when the connection is lost is told at once
-//     ([ErrDisconnected]), as jetstream's futures are; one that gives up
-//     ([Publisher.Forget]) or outlives a deadline ([Publisher.Expire]) is
-//     never told.
+//     ([ErrDisconnected]), as jetstream's futures are. One that gives up
+//     ([Publisher.Forget]) is never told; [Publisher.Expire] and
+//     [Publisher.Abandon] tell waiters an error of the caller's.
 package jspub
 
 import (
@@ -317,14 +317,16 @@ func (p *Publisher) subscribeLocked() error {
 func (p *Publisher) watch(status chan nats.Status) {
 	for {
 		s, ok := <-status
-		p.failAll()
+		p.Abandon(ErrDisconnected)
 		if !ok || s == nats.CLOSED {
 			return
 		}
 	}
 }
 
-func (p *Publisher) failAll() {
+// Abandon tells err to every waiter, queued or in flight, and returns how
+// many; their messages are not sent (or, sent, their PubAcks not awaited).
+func (p *Publisher) Abandon(err error) int {
 	p.mu.Lock()
 	told := make([]Waiter, 0, len(p.waiting))
 	for tok, e := range p.waiting {
@@ -335,8 +337,9 @@ func (p *Publisher) failAll() {
 	p.sent = p.sent[:0]
 	p.mu.Unlock()
 	for _, w := range told {
-		w.Published(Ack{}, ErrDisconnected)
+		w.Published(Ack{}, err)
 	}
+	return len(told)
 }
 
 // receive takes an answer (a PubAck, or a no-responders status) to its

@@ -38,6 +38,7 @@ type Dispatcher struct {
 	js     jetstream.JetStream
 	client *effects.Client
 	pubJS  jetstream.JetStream // completions go out through this one
+	pub    completionPublisher // on pubJS's connection; nil without one
 	// settler acks effects once their completion's PubAck arrived; nil
 	// outside Run.
 	settler *settler
@@ -98,7 +99,7 @@ func New(cfg Config, reg *effects.Registry, js jetstream.JetStream, logger *slog
 	if err != nil {
 		return nil, fmt.Errorf("dispatcher: metrics: %w", err)
 	}
-	d := &Dispatcher{cfg: cfg, reg: reg, js: js, pubJS: js, opts: o, client: effects.NewClient(js), logger: logger, m: m,
+	d := &Dispatcher{cfg: cfg, reg: reg, js: js, pubJS: js, pub: newCompletionPublisher(js), opts: o, client: effects.NewClient(js), logger: logger, m: m,
 		fetchCtx: context.Background(), workCtx: context.Background(), giveUpCtx: context.Background()}
 	for _, k := range kinds {
 		h, _ := reg.Lookup(k)
@@ -124,6 +125,7 @@ func New(cfg Config, reg *effects.Registry, js jetstream.JetStream, logger *slog
 // connection other than the consuming one. Call it before Run.
 func (d *Dispatcher) PublishThrough(js jetstream.JetStream) {
 	d.pubJS = js
+	d.pub = newCompletionPublisher(js)
 	d.client = effects.NewClient(js)
 }
 
