@@ -28,10 +28,10 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/effects-run/effects/internal/consume"
 	"github.com/effects-run/effects/internal/keepalive"
 	"github.com/effects-run/effects/internal/kindlabel"
 	"github.com/effects-run/effects/internal/redact"
@@ -54,7 +54,10 @@ type Completer struct {
 	// serves (pgx errors may quote connection settings).
 	secrets []string
 
-	consuming atomic.Bool
+	// reader is the completions consumer (internal/consume), nil until it
+	// is open.
+	reader    atomic.Pointer[consume.Reader]
+	consumers *consume.Metrics
 	// lastBehind is when a writer last took a batch of at least LingerFrom
 	// completions (UnixNano), 0 when the last batch taken was smaller.
 	lastBehind atomic.Int64
@@ -87,6 +90,10 @@ func New(cfg Config, pool *pgxpool.Pool, js jetstream.JetStream, logger *slog.Lo
 	if err := reg.Register(newOldestPendingCollector(pool, table)); err != nil {
 		return nil, fmt.Errorf("completer: register metrics: %w", err)
 	}
+	consumers, err := consume.NewMetrics(reg)
+	if err != nil {
+		return nil, fmt.Errorf("completer: register metrics: %w", err)
+	}
 	c := &Completer{
 		cfg:    cfg,
 		pool:   pool,
@@ -95,6 +102,8 @@ func New(cfg Config, pool *pgxpool.Pool, js jetstream.JetStream, logger *slog.Lo
 		m:      m,
 		kinds:  kindlabel.New(kindlabel.DefaultMax),
 		table:  table,
+
+		consumers: consumers,
 	}
 	for _, s := range []string{cfg.DatabaseURL, pool.Config().ConnConfig.Password} {
 		if s != "" {
@@ -105,9 +114,6 @@ func New(cfg Config, pool *pgxpool.Pool, js jetstream.JetStream, logger *slog.Lo
 	c.startErr.Store(&notYet)
 	return c, nil
 }
-
-// pullHeartbeat is the idle heartbeat of the completer's pull requests.
-const pullHeartbeat = time.Second
 
 // ConsumerConfig is the durable consumer the completer creates or updates.
 func (c *Completer) ConsumerConfig() jetstream.ConsumerConfig {
@@ -132,15 +138,17 @@ func (c *Completer) ConsumerConfig() jetstream.ConsumerConfig {
 // holds (for at most ShutdownTimeout) and returns nil. It returns an error
 // only when it cannot start: the table is missing or not migrated (the error
 // wraps [schema.ErrNotMigrated]). It waits, retrying, while PostgreSQL or
-// NATS cannot be reached. The durable consumer is left in place.
+// NATS cannot be reached. The durable consumer is left in place; one lost
+// while it runs is created again where it was (internal/consume).
 func (c *Completer) Run(ctx context.Context) error {
 	if err := c.waitForTable(ctx); err != nil {
 		return err
 	}
-	cons, ok := c.startConsumer(ctx)
+	r, ok := c.startConsumer(ctx)
 	if !ok {
 		return nil // stopped before it started
 	}
+	c.reader.Store(r)
 
 	// hard is the context of work already in hand: it outlives ctx by
 	// ShutdownTimeout, so a stop finishes the batch being written instead
@@ -158,36 +166,22 @@ func (c *Completer) Run(ctx context.Context) error {
 		hardCancel()
 	}()
 
+	// The pump hands every message the reader delivers to the writers'
+	// inbox, from which each writer takes its batches; once the reader is
+	// stopped, it hands over what the reader still holds and ends.
 	in := newIntake(c.cfg.BatchSize, c.handBack)
 	inbox := in.ch
-	cc, err := cons.Consume(in.deliver,
-		// The client buffers two batches, so that the next batch is there
-		// as soon as a writer is free.
-		jetstream.PullMaxMessages(2*c.cfg.BatchSize),
-		// A pull request the server never holds (sent while the
-		// consumer's leader is being elected, on a cluster: at start
-		// or when the leader's node goes) is noticed only by missing
-		// heartbeats, after which the client pulls again. The default
-		// heartbeat (half the 30s expiry) left a completer idle for 30s
-		// after a leader change; 1s bounds that to 2s.
-		jetstream.PullHeartbeat(pullHeartbeat),
-		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
-			if errors.Is(err, jetstream.ErrConsumerDeleted) {
-				// Consuming has stopped for good: say so in readiness
-				// rather than idle silently.
-				c.consuming.Store(false)
-				c.setStartErr(fmt.Errorf("consumer %s was deleted: restart the completer to recreate it", ConsumerName))
-				c.logger.Error("the durable consumer was deleted; no completions are written until the completer restarts", "consumer", ConsumerName)
-				return
+	pumped := make(chan struct{})
+	go func() {
+		defer close(pumped)
+		for {
+			msg, err := r.Next(context.Background())
+			if err != nil {
+				return // ErrStopped once it holds nothing
 			}
-			c.logger.Warn("consuming completions", "error", err)
-		}),
-	)
-	if err != nil {
-		return fmt.Errorf("consume %s: %w", ConsumerName, err)
-	}
-	c.consuming.Store(true)
-	defer c.consuming.Store(false)
+			in.deliver(msg)
+		}
+	}()
 	c.logger.Info("completer running", "config", c.cfg, "consumer", ConsumerName)
 
 	// drained is closed once the consumer has handed over its last message.
@@ -202,37 +196,32 @@ func (c *Completer) Run(ctx context.Context) error {
 	}
 
 	<-ctx.Done()
-	// Stop pulling; Drain still hands the messages the client buffered to
-	// the handler, and the writers write them, until hard ends.
-	cc.Drain()
-	closed := cc.Closed()
-	if c.js.Conn().Status() != nats.CONNECTED {
-		// Without a server the drain cannot finish, and nothing more will
-		// arrive: write what is in hand and stop.
-		closed = alreadyClosed
-	}
+	// Stop pulling; the reader still hands the messages the client
+	// buffered to the pump, and the writers write them, until hard ends.
+	// Without a server the reader drops them (nothing more will arrive):
+	// the writers write what is in hand and stop.
+	r.Stop()
 	select {
-	case <-closed:
+	case <-pumped:
 		close(drained)
 	case <-hard.Done():
 		in.close()
 	}
 	wg.Wait()
-	// The writers are gone. Without a server the drain above was not waited
-	// for, and the client may still hand over what it had buffered: from now
-	// on the callback gives every message back instead of waiting for a
-	// writer that will never come.
+	// The writers are gone: from now on the intake gives every message
+	// back instead of waiting for a writer that will never come.
 	in.close()
+	<-pumped
 	if n := in.handBackQueued(); n > 0 {
 		c.logger.Warn("stopping: completions not written were handed back to JetStream", "count", n)
 	}
 	return nil
 }
 
-// intake carries messages from the consume callback to the writers. Once
-// closed, the callback hands every message back at once: it must never block
-// on writers that have stopped, or the client's delivery goroutine would hang
-// for good (with NATS down nothing else would ever end it).
+// intake carries messages from the reader to the writers. Once closed, it
+// hands every message back at once: the pump must never block on writers
+// that have stopped, or it would hang for good (with NATS down nothing else
+// would ever end it).
 type intake struct {
 	ch       chan jetstream.Msg
 	quit     chan struct{}
@@ -244,7 +233,7 @@ func newIntake(size int, back func(jetstream.Msg)) *intake {
 	return &intake{ch: make(chan jetstream.Msg, size), quit: make(chan struct{}), back: back}
 }
 
-// deliver is the consume callback.
+// deliver queues msg for the writers, or hands it back once closed.
 func (in *intake) deliver(msg jetstream.Msg) {
 	select {
 	case <-in.quit: // checked first: once closed, queue nothing
@@ -275,8 +264,6 @@ func (in *intake) handBackQueued() int {
 	}
 }
 
-var alreadyClosed = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
-
 // waitForTable checks the table is there and migrated, waiting while the
 // database cannot be asked.
 func (c *Completer) waitForTable(ctx context.Context) error {
@@ -305,22 +292,23 @@ func (c *Completer) retryPolicy() retry.Policy {
 	return retry.Policy{Min: min(100*time.Millisecond, c.cfg.RetryMax), Max: c.cfg.RetryMax}
 }
 
-// startConsumer makes sure the streams and the durable consumer exist,
-// retrying while NATS is unreachable. ok is false when ctx ended first.
-func (c *Completer) startConsumer(ctx context.Context) (cons jetstream.Consumer, ok bool) {
+// startConsumer makes sure the streams exist and opens the durable
+// consumer, retrying while NATS is unreachable. ok is false when ctx ended
+// first.
+func (c *Completer) startConsumer(ctx context.Context) (r *consume.Reader, ok bool) {
 	_, ok = retry.Until(ctx, c.retryPolicy(),
 		func(ctx context.Context) (err error) {
-			cons, err = c.ensureConsumer(ctx)
+			r, err = c.openConsumer(ctx)
 			return err
 		},
 		func(err error, _ int, wait time.Duration) {
 			c.setStartErr(err)
 			c.logger.Warn("cannot set up the completions consumer; retrying", "error", err, "retry_in", wait.String())
 		})
-	return cons, ok
+	return r, ok
 }
 
-func (c *Completer) ensureConsumer(ctx context.Context) (jetstream.Consumer, error) {
+func (c *Completer) openConsumer(ctx context.Context) (*consume.Reader, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if err := effects.EnsureStreams(ctx, c.js, c.cfg.Streams); err != nil {
@@ -331,11 +319,15 @@ func (c *Completer) ensureConsumer(ctx context.Context) (jetstream.Consumer, err
 			"EFFECTS_STREAM_REPLICAS; services never change a stream: run `completer migrate streams` to apply them",
 			"differences", drift)
 	}
-	cons, err := c.js.CreateOrUpdateConsumer(ctx, effects.CompletedStream, c.ConsumerConfig())
-	if err != nil {
-		return nil, fmt.Errorf("create or update consumer %s on %s: %w", ConsumerName, effects.CompletedStream, err)
-	}
-	return cons, nil
+	return consume.Open(ctx, c.js, consume.Config{
+		Stream:   effects.CompletedStream,
+		Consumer: c.ConsumerConfig(),
+		// The client buffers two batches, so that the next batch is there
+		// as soon as a writer is free.
+		Buffer:  2 * c.cfg.BatchSize,
+		Logger:  c.logger,
+		Metrics: c.consumers,
+	})
 }
 
 // worker takes batches from the inbox and writes them. Several run at once
@@ -698,9 +690,12 @@ func (c *Completer) CheckPostgres(ctx context.Context) error {
 }
 
 // CheckConsuming is a readiness check: the completer is consuming
-// completions.
+// completions (not while its consumer is being created again).
 func (c *Completer) CheckConsuming(context.Context) error {
-	if c.consuming.Load() {
+	if r := c.reader.Load(); r != nil {
+		if err := r.Ready(); err != nil {
+			return fmt.Errorf("not consuming: %w", err)
+		}
 		return nil
 	}
 	if msg := c.startErr.Load(); msg != nil {

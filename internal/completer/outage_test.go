@@ -1,13 +1,10 @@
 package completer_test
 
 import (
-	"context"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/effects-run/effects/internal/completer"
 	"github.com/effects-run/effects/internal/testenv"
@@ -126,79 +123,3 @@ func TestStopWhilePostgresDownHandsBack(t *testing.T) {
 	})
 	b.waitSettled(t)
 }
-
-// TestStopWithNATSDownNeverBlocksTheConsumeCallback: a completer stopped
-// while NATS is down does not wait for the client to drain (it cannot), so
-// the client may still hand over messages it had buffered after the writers
-// are gone. The callback must give them back rather than wait forever, which
-// would hang the client's delivery goroutine for good.
-func TestStopWithNATSDownNeverBlocksTheConsumeCallback(t *testing.T) {
-	t.Parallel()
-	b := setup(t, setupOpts{noStart: true, cfg: completer.Config{BatchSize: 2, Writers: 1}})
-	spy := &consumeSpy{JetStream: b.js, handler: make(chan jetstream.MessageHandler, 1)}
-	b.js = spy
-	b.start(t)
-	handler := <-spy.handler
-	testenv.WaitFor(t, 30*time.Second, "consuming", func() bool { return b.c.CheckConsuming(ctx(t)) == nil })
-
-	b.nats.Shutdown()
-	testenv.WaitFor(t, 30*time.Second, "disconnected", func() bool { return !b.nc.IsConnected() })
-	if err := b.stopAndWait(t, 30*time.Second); err != nil {
-		t.Fatalf("Run: %v", err)
-	}
-
-	// What the client had buffered arrives after the stop: more than the
-	// completer's queue holds.
-	var handedBack atomic.Int32
-	delivered := make(chan struct{})
-	go func() {
-		defer close(delivered)
-		for range 10 {
-			handler(nakCounter{n: &handedBack})
-		}
-	}()
-	select {
-	case <-delivered:
-	case <-time.After(30 * time.Second):
-		t.Fatal("the consume callback blocked after the completer stopped")
-	}
-	if n := handedBack.Load(); n != 10 {
-		t.Errorf("%d of 10 late messages handed back (nak)", n)
-	}
-}
-
-// consumeSpy passes everything to JetStream and keeps the completer's
-// consume callback, so that a test can call it as the client would.
-type consumeSpy struct {
-	jetstream.JetStream
-	handler chan jetstream.MessageHandler
-}
-
-func (s *consumeSpy) CreateOrUpdateConsumer(ctx context.Context, stream string, cfg jetstream.ConsumerConfig) (jetstream.Consumer, error) {
-	c, err := s.JetStream.CreateOrUpdateConsumer(ctx, stream, cfg)
-	if err != nil {
-		return nil, err
-	}
-	return &consumerSpy{Consumer: c, handler: s.handler}, nil
-}
-
-type consumerSpy struct {
-	jetstream.Consumer
-	handler chan jetstream.MessageHandler
-}
-
-func (c *consumerSpy) Consume(h jetstream.MessageHandler, opts ...jetstream.PullConsumeOpt) (jetstream.ConsumeContext, error) {
-	select {
-	case c.handler <- h:
-	default:
-	}
-	return c.Consumer.Consume(h, opts...)
-}
-
-// nakCounter is a message whose nak is counted.
-type nakCounter struct {
-	jetstream.Msg
-	n *atomic.Int32
-}
-
-func (m nakCounter) Nak() error { m.n.Add(1); return nil }

@@ -4,10 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/effects-run/effects/internal/consume"
 )
 
 // CompletionsOption changes what [ConsumeCompletions] reads and how it
@@ -20,6 +23,7 @@ type completionsOptions struct {
 	retryBase  time.Duration
 	retryMax   time.Duration
 	ackWait    time.Duration
+	logger     *slog.Logger
 }
 
 // CompletionKinds reads the completions of these kinds only (default: all).
@@ -34,6 +38,12 @@ func CompletionsFromNow() CompletionsOption {
 	return func(o *completionsOptions) { o.deliverNew = true }
 }
 
+// CompletionsLogger is where ConsumeCompletions says what happens to its
+// consumer: created, updated, lost and created again (default: nowhere).
+func CompletionsLogger(l *slog.Logger) CompletionsOption {
+	return func(o *completionsOptions) { o.logger = l }
+}
+
 // CompletionsRetry sets the delay after the first error of a completion's
 // handler (base, default 1s); it doubles per delivery up to max (default
 // 5m), as the dispatcher's backoff does.
@@ -42,8 +52,7 @@ func CompletionsRetry(base, max time.Duration) CompletionsOption {
 }
 
 // completionsHeartbeat is the pull requests' idle heartbeat: how soon a
-// consumer deleted while no request was waiting (its stream deleted) is
-// noticed.
+// pull request the server lost is noticed.
 const completionsHeartbeat = 5 * time.Second
 
 // completionsAckWait is how long a completion's handler may run before
@@ -51,11 +60,11 @@ const completionsHeartbeat = 5 * time.Second
 const completionsAckWait = time.Minute
 
 // ConsumeCompletions reads completions on a durable pull consumer of its
-// own, named durable, on the EFFECTS_COMPLETED stream, until ctx ends (a
-// consumer deleted meanwhile is created again, from the start of retention
-// or, with CompletionsFromNow, from then); then
-// it stops fetching, lets the handler calls in progress return, and returns
-// nil. Every completion is given to handle one at a time; nil acks it, an
+// own, named durable, on the EFFECTS_COMPLETED stream, until ctx ends; then
+// it stops fetching, lets the handler call in progress return, and returns
+// nil. A consumer that is lost meanwhile (deleted, or with the server's
+// store) is created again where it was: after its last ack floor, so that
+// only the completion in hand at the loss can be given again. Every completion is given to handle one at a time; nil acks it, an
 // error naks it with an exponential delay (it comes back, as often as it
 // takes), and a message that is not a valid completion is termed (a
 // redelivery would not help) and not given to handle. The handler's context
@@ -101,67 +110,21 @@ func ConsumeCompletions(ctx context.Context, js jetstream.JetStream, durable str
 	if len(cc.FilterSubjects) == 1 {
 		cc.FilterSubject, cc.FilterSubjects = cc.FilterSubjects[0], nil
 	}
-	// The consumer is created, and created again whenever it is found gone
-	// (deleted by an operator, or with its stream), as the dispatcher does
-	// with its own: a reader that stopped for good would go unnoticed.
-	var (
-		cons jetstream.Consumer
-		it   jetstream.MessagesContext
-	)
-	open := func(first bool) error {
-		for wait := 50 * time.Millisecond; ; wait = min(2*wait, 2*time.Second) {
-			var err error
-			cons, err = js.CreateOrUpdateConsumer(ctx, CompletedStream, cc)
-			if err == nil {
-				it, err = cons.Messages(jetstream.PullMaxMessages(1), jetstream.PullHeartbeat(completionsHeartbeat))
-			}
-			switch {
-			case err == nil:
-				return nil
-			case first:
-				// No stream, a wrong configuration: say so at once.
-				return fmt.Errorf("consume completions: consumer %s: %w", durable, err)
-			case ctx.Err() != nil:
-				return ctx.Err()
-			}
-			// Re-created just after a delete, nats-server 2.15 can refuse
-			// with err_code 10012 while it still removes the old files;
-			// a stream deleted with it may come back. Try again.
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-time.After(wait):
-			}
-		}
+	r, err := consume.Open(ctx, js, consume.Config{
+		Stream: CompletedStream, Consumer: cc, Buffer: 1, Heartbeat: completionsHeartbeat, Logger: o.logger,
+	})
+	if err != nil {
+		// No stream, a wrong configuration: say so at once.
+		return fmt.Errorf("consume completions: %w", err)
 	}
-	if err := open(true); err != nil {
-		return err
-	}
-	stop := context.AfterFunc(ctx, it.Stop)
-	defer func() { stop(); it.Stop() }()
-	gone := func() bool {
-		ictx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		defer cancel()
-		_, err := cons.Info(ictx)
-		return errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrStreamNotFound)
-	}
+	defer r.Release(nil)
 	for {
-		m, err := it.Next()
-		switch {
-		case err == nil:
-		case ctx.Err() != nil:
-			return nil
-		case errors.Is(err, jetstream.ErrConsumerDeleted), errors.Is(err, jetstream.ErrMsgIteratorClosed),
-			errors.Is(err, jetstream.ErrNoHeartbeat) && gone():
-			it.Stop()
-			if err := open(false); err != nil {
-				return nil // only ctx ends open(false)
+		m, err := r.Next(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
 			}
-			stop()
-			stop = context.AfterFunc(ctx, it.Stop)
-			continue
-		default:
-			continue // a missed heartbeat and the like: the iterator goes on
+			return fmt.Errorf("consume completions: %w", err) // the connection closed
 		}
 		c, err := ParseCompletion(m.Data())
 		if err != nil {

@@ -24,6 +24,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/effects-run/effects/internal/consume"
 	"github.com/effects-run/effects/internal/retry"
 	"github.com/effects-run/effects/pkg/effects"
 )
@@ -135,8 +136,11 @@ func (d *Dispatcher) Ready(context.Context) error {
 		return errors.New("dispatcher is not running")
 	}
 	for _, x := range d.execs {
-		if !x.ready.Load() {
-			return fmt.Errorf("kind %s: its consumer %s is being created again", x.kind, x.consumerName())
+		if x.src == nil {
+			return fmt.Errorf("kind %s: its consumer %s is not open yet", x.kind, x.consumerName())
+		}
+		if err := x.src.Ready(); err != nil {
+			return fmt.Errorf("kind %s: %w", x.kind, err)
 		}
 		if x.rate != nil {
 			if err := x.rate.health(); err != nil {
@@ -227,12 +231,10 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 			}
 			subs = append(subs, s)
 		}
-		x.src = &liveSource{x: x, cc: x.consumerConfig(), one: x.rate != nil, stopped: make(chan struct{})}
-		if err := x.src.open(ctx); err != nil {
+		if !x.open(ctx) {
 			d.stopSources() // stopped while NATS was unreachable
 			return nil
 		}
-		x.ready.Store(true)
 	}
 	d.settler = newSettler()
 	for _, x := range d.execs {
@@ -257,7 +259,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	defer giveUpTimer.Stop()
 	stopFetch()
 	for _, x := range d.execs {
-		x.src.stop()
+		x.src.Stop()
 	}
 	allStopped := make(chan struct{})
 	go func() {
@@ -291,23 +293,44 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		d.logger.Warn("effects whose completion was not acknowledged by the shutdown deadline are left unsettled; JetStream redelivers them after the ack wait")
 	}
 	for _, x := range d.execs {
-		x.src.giveBack()
+		x.src.Release(x.giveBack)
 		x.releaseHeld()
 	}
 	return nil
 }
 
-// stopSources stops the iterators opened by a Run that ends before its
+// stopSources stops the consumers opened by a Run that ends before its
 // workers started.
 func (d *Dispatcher) stopSources() {
 	for _, x := range d.execs {
-		if x.src == nil {
-			continue
-		}
-		if _, _, it := x.src.current(); it != nil {
-			it.Stop()
+		if x.src != nil {
+			x.src.Release(nil) // nothing was fetched: no worker ran
 		}
 	}
+}
+
+// open binds to, updates or creates the kind's consumer and starts reading
+// it, retrying until it works; false when ctx ended first.
+func (x *executor) open(ctx context.Context) bool {
+	cfg := consume.Config{
+		Stream:   effects.EffectsStream,
+		Consumer: x.consumerConfig(),
+		Buffer:   x.lim.concurrency,
+		Logger:   x.logger.With("kind", x.kind),
+		Metrics:  x.d.m.consumers,
+	}
+	if x.rate != nil {
+		cfg.Buffer = 0 // see drains
+	}
+	_, ok := retry.Until(ctx, retry.Policy{Min: 50 * time.Millisecond, Max: 2 * time.Second},
+		func(ctx context.Context) (err error) {
+			x.src, err = consume.Open(ctx, x.d.js, cfg)
+			return err
+		},
+		func(err error, n int, wait time.Duration) {
+			x.logger.Warn("creating the kind's consumer; retrying", "kind", x.kind, "consumer", cfg.Consumer.Durable, "attempt", n, "error", err, "retry_in", wait.String())
+		})
+	return ok
 }
 
 func (d *Dispatcher) stream(ctx context.Context) (*jetstream.StreamInfo, error) {

@@ -49,7 +49,7 @@ func setup(t *testing.T, cfg Config, reg *effects.Registry) *bundle {
 	t.Helper()
 	srv := testenv.StartNATS(t)
 	_, js := srv.Connect(t)
-	b := &bundle{t: t, js: js, reg: prometheus.NewRegistry(), comps: make(chan effects.Completion, 100)}
+	b := &bundle{t: t, js: js, comps: make(chan effects.Completion, 100)}
 	ctx := context.Background()
 	if err := effects.EnsureStreams(ctx, js, effects.StreamOptions{}); err != nil {
 		t.Fatal(err)
@@ -76,7 +76,8 @@ func setup(t *testing.T, cfg Config, reg *effects.Registry) *bundle {
 
 func (b *bundle) start(cfg Config, reg *effects.Registry) {
 	b.t.Helper()
-	d, err := New(cfg, reg, b.js, nil, prometheus.NewRegistry())
+	b.reg = prometheus.NewRegistry()
+	d, err := New(cfg, reg, b.js, nil, b.reg)
 	if err != nil {
 		b.t.Fatal(err)
 	}

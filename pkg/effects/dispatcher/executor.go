@@ -8,15 +8,13 @@ import (
 	"log/slog"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/codes"
 
+	"github.com/effects-run/effects/internal/consume"
 	"github.com/effects-run/effects/internal/jsondec"
-	"github.com/effects-run/effects/internal/retry"
 	"github.com/effects-run/effects/pkg/effects"
 )
 
@@ -43,9 +41,10 @@ type executor struct {
 	// waiting for the limit: the others stay in the stream for whichever
 	// process gets the next slot, and work spreads over all dispatchers.
 	gate sync.Mutex
-	src  *liveSource
-
-	ready atomic.Bool
+	// src is the kind's consumer (internal/consume): pulled ahead by up
+	// to the kind's concurrency, or one message per pull request for a
+	// rate-limited kind (see drains).
+	src *consume.Reader
 
 	workers sync.WaitGroup
 	// mu guards overrun, held, and the beginning and end of each hold
@@ -65,7 +64,7 @@ func (x *executor) worker(ctx context.Context) {
 		if x.rate != nil {
 			x.gate.Lock() // released by handle once the attempt may start
 		}
-		jm, err := x.src.next(ctx)
+		jm, err := x.src.Next(ctx)
 		if err == nil && ctx.Err() != nil && !x.drains() {
 			x.giveBack(jm) // fetched as fetching stopped: back at once
 			err = ctx.Err()
@@ -95,7 +94,14 @@ func (x *executor) worker(ctx context.Context) {
 // rate-limited kind (it fetches one message at a time, nothing is held)
 // nor an async one (its work would start during the shutdown, only to be
 // given back with its deadline).
-func (x *executor) drains() bool { return !x.src.one && !x.async }
+//
+// A rate-limited kind fetches one message at a time because its workers
+// wait for the limit while holding a message: messages pulled ahead would
+// wait in the client's buffer, unseen and not kept alive, and come back
+// after the ack wait while still buffered. Pulled one by one, every
+// delivered message is in a worker's hands, kept alive. The cost, a pull
+// request per message, is small beside a rate limit.
+func (x *executor) drains() bool { return x.rate == nil && !x.async }
 
 // drain handles, once fetching stopped, what the stopped iterator still
 // holds, until it is empty or the shutdown timeout ends the work. Those
@@ -110,9 +116,9 @@ func (x *executor) drain(ctx context.Context) bool {
 	if ctx.Err() == nil || !x.drains() {
 		return true
 	}
-	<-x.src.stopped
+	<-x.src.Stopped()
 	for x.d.workCtx.Err() == nil {
-		jm, err := x.src.held()
+		jm, err := x.src.Next(context.Background()) // what it holds, then ErrStopped
 		if err != nil {
 			return true
 		}
@@ -306,217 +312,3 @@ func cutText(s string, n int) string {
 	}
 	return s[:n] + "… (truncated)"
 }
-
-// liveSource is where a kind's workers take messages from: the consumer's
-// iterator, shared by the workers (it serialises them), or, for a
-// rate-limited kind, one pull request per message (one). Either is
-// re-created when the consumer is deleted.
-//
-// A rate-limited kind fetches one message at a time because its workers
-// wait for the limit while holding a message: messages pulled ahead would
-// wait in the client's buffer, unseen and not kept alive, and come back
-// after the ack wait while still buffered. Pulled one by one, every
-// delivered message is in a worker's hands, kept alive. The cost, a pull
-// request per message, is small beside a rate limit.
-type liveSource struct {
-	x   *executor
-	cc  jetstream.ConsumerConfig
-	one bool
-	// stopped is closed once stop has drained (or stopped) the iterator.
-	stopped chan struct{}
-
-	mu   sync.Mutex
-	gen  int // bumped by every re-creation
-	cons jetstream.Consumer
-	it   jetstream.MessagesContext // nil when one
-}
-
-// fetchOneWait is how long one pull request of a rate-limited kind waits.
-const fetchOneWait = 5 * time.Second
-
-// open creates (or finds) the consumer and, unless one, starts its
-// iterator, retrying until it works or ctx ends. The caller holds s.mu or
-// has not shared s yet.
-func (s *liveSource) open(ctx context.Context) error {
-	x := s.x
-	_, ok := retry.Until(ctx, retry.Policy{Min: 50 * time.Millisecond, Max: 2 * time.Second},
-		func(ctx context.Context) error {
-			// On a consumer just deleted, nats-server 2.15 can fail the
-			// create with err_code 10012 while it still removes the old
-			// one's files; a retry a moment later works.
-			cons, err := x.d.js.CreateOrUpdateConsumer(ctx, effects.EffectsStream, s.cc)
-			if err != nil {
-				return err
-			}
-			var it jetstream.MessagesContext
-			if !s.one {
-				it, err = cons.Messages(jetstream.PullMaxMessages(x.lim.concurrency), jetstream.PullHeartbeat(pullHeartbeat))
-				if err != nil {
-					return err
-				}
-			}
-			s.cons, s.it = cons, it
-			s.gen++
-			return nil
-		},
-		func(err error, n int, wait time.Duration) {
-			x.logger.Warn("creating the kind's consumer; retrying", "kind", x.kind, "consumer", s.cc.Durable, "attempt", n, "error", err, "retry_in", wait.String())
-		})
-	if !ok {
-		return ctx.Err()
-	}
-	return nil
-}
-
-func (s *liveSource) current() (int, jetstream.Consumer, jetstream.MessagesContext) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.gen, s.cons, s.it
-}
-
-func (s *liveSource) next(ctx context.Context) (jetstream.Msg, error) {
-	for {
-		gen, cons, it := s.current()
-		if cons == nil {
-			return nil, jetstream.ErrMsgIteratorClosed
-		}
-		var jm jetstream.Msg
-		var err error
-		if it != nil {
-			jm, err = it.Next(jetstream.NextContext(ctx))
-		} else {
-			fctx, cancel := context.WithTimeout(ctx, fetchOneWait)
-			jm, err = cons.Next(jetstream.FetchContext(fctx))
-			cancel()
-			if err != nil && ctx.Err() == nil && (errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout)) {
-				// Nothing to do for now, or the consumer is gone (a pull
-				// to a deleted stream's consumer is answered by no one).
-				if s.gone(ctx, cons) {
-					if err := s.reopen(ctx, gen); err != nil {
-						return nil, err
-					}
-				}
-				continue
-			}
-		}
-		if err == nil {
-			return jm, nil
-		}
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
-		if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrConsumerNotFound) ||
-			(it != nil && errors.Is(err, jetstream.ErrMsgIteratorClosed)) {
-			if err := s.reopen(ctx, gen); err != nil {
-				return nil, err
-			}
-			continue
-		}
-		// Missing heartbeats, a reconnect: the iterator recovers by itself,
-		// unless the consumer is gone without a word (its stream was
-		// deleted while no pull request was waiting to be told).
-		level := slog.LevelWarn
-		if errors.Is(err, jetstream.ErrNoHeartbeat) {
-			level = slog.LevelDebug
-			if s.gone(ctx, cons) {
-				if err := s.reopen(ctx, gen); err != nil {
-					return nil, err
-				}
-				continue
-			}
-		}
-		s.x.logger.Log(ctx, level, "jetstream fetch", "kind", s.x.kind, "error", err)
-		if it == nil {
-			if err := retry.Sleep(ctx, 100*time.Millisecond); err != nil { // no hot loop while NATS is away
-				return nil, err
-			}
-		}
-	}
-}
-
-// gone asks the server whether the consumer (or its stream) no longer
-// exists. Any other answer, or none, is "not gone": the fetch loop keeps
-// trying as before.
-func (s *liveSource) gone(ctx context.Context, cons jetstream.Consumer) bool {
-	ictx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	_, err := cons.Info(ictx)
-	return errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrStreamNotFound)
-}
-
-// reopen re-creates a consumer found gone (once, whichever worker sees it
-// first).
-func (s *liveSource) reopen(ctx context.Context, gen int) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.gen != gen {
-		return nil // another worker did it
-	}
-	x := s.x
-	x.ready.Store(false)
-	x.km.consumerLost.Inc()
-	x.logger.Warn("the kind's consumer is gone; creating it again", "kind", x.kind, "consumer", s.cc.Durable)
-	if s.it != nil {
-		s.it.Stop()
-	}
-	if err := s.open(ctx); err != nil {
-		return err
-	}
-	x.ready.Store(true)
-	x.logger.Info("the kind's consumer is back", "kind", x.kind, "consumer", s.cc.Durable)
-	return nil
-}
-
-// stop ends pulling: no more pull requests, so that nothing more is
-// delivered to this process (an interrupted effect nak'ed during the
-// shutdown would otherwise come straight back to it). Drain, not Stop:
-// Stop discards what the iterator already holds, which JetStream would
-// redeliver only after the ack wait; drained, giveBack returns it at once.
-// While disconnected a drain cannot flush: then Stop.
-func (s *liveSource) stop() {
-	defer close(s.stopped)
-	_, _, it := s.current()
-	if it == nil {
-		return
-	}
-	if nc := s.x.d.js.Conn(); nc != nil && !nc.IsConnected() {
-		it.Stop()
-		return
-	}
-	it.Drain()
-}
-
-// held returns the next message the stopped iterator still holds;
-// jetstream.ErrMsgIteratorClosed once it holds none.
-func (s *liveSource) held() (jetstream.Msg, error) {
-	_, _, it := s.current()
-	if it == nil {
-		return nil, jetstream.ErrMsgIteratorClosed
-	}
-	return it.Next()
-}
-
-// giveBack naks, without delay, what the stopped iterator still holds, so
-// that those effects come back at once rather than after the ack wait.
-func (s *liveSource) giveBack() {
-	_, _, it := s.current()
-	if it == nil {
-		return
-	}
-	for {
-		jm, err := it.Next()
-		if err != nil {
-			return // ErrMsgIteratorClosed once drained
-		}
-		s.x.giveBack(jm)
-	}
-}
-
-// pullHeartbeat is the idle heartbeat of the pull requests, and so how long
-// the iterator can sit without a pull request before it notices. nats.go
-// (v1.55.0) decides to send the next pull request only when Next is called,
-// and skips it while the previous one is still being written; if the
-// messages of that previous request are all taken before the write
-// finishes, Next waits for messages nobody asked for until heartbeats are
-// missed (2 × heartbeat). A short heartbeat bounds that stall.
-const pullHeartbeat = time.Second

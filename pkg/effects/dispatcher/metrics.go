@@ -2,6 +2,8 @@ package dispatcher
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/effects-run/effects/internal/consume"
 )
 
 type metrics struct {
@@ -11,10 +13,11 @@ type metrics struct {
 	publishErrors *prometheus.CounterVec
 	overruns      *prometheus.CounterVec
 	overrunning   *prometheus.GaugeVec
-	consumerLost  *prometheus.CounterVec
 	held          *prometheus.GaugeVec
 	rateUp        *prometheus.GaugeVec
 	rateCreated   prometheus.Counter
+	// consumers are the kinds' consumers' (internal/consume).
+	consumers *consume.Metrics
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -44,10 +47,6 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "effects_handlers_overrunning",
 			Help: "Handlers still running after their attempt was given up.",
 		}, []string{"kind"}),
-		consumerLost: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "effects_dispatcher_consumer_recreated_total",
-			Help: "Times a kind's durable consumer was found gone and created again.",
-		}, []string{"kind"}),
 		held: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "effects_async_held",
 			Help: "Async effects whose work started and whose completion has not arrived yet (messages held by this process).",
@@ -61,10 +60,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Times the rate-limit bucket " + RateBucket + " was found gone (a nats-server restart empties it, or it was deleted) and created again.",
 		}),
 	}
-	for _, c := range []prometheus.Collector{m.handled, m.duration, m.inFlight, m.publishErrors, m.overruns, m.overrunning, m.consumerLost, m.held, m.rateUp, m.rateCreated} {
+	for _, c := range []prometheus.Collector{m.handled, m.duration, m.inFlight, m.publishErrors, m.overruns, m.overrunning, m.held, m.rateUp, m.rateCreated} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
+	}
+	var err error
+	if m.consumers, err = consume.NewMetrics(reg); err != nil {
+		return nil, err
 	}
 	return m, nil
 }
@@ -78,7 +81,6 @@ type kindMetrics struct {
 	publishErrors prometheus.Counter
 	overruns      prometheus.Counter
 	overrunning   prometheus.Gauge
-	consumerLost  prometheus.Counter
 	held          prometheus.Gauge
 }
 
@@ -90,7 +92,6 @@ func (m *metrics) forKind(kind string) *kindMetrics {
 		publishErrors: m.publishErrors.WithLabelValues(kind),
 		overruns:      m.overruns.WithLabelValues(kind),
 		overrunning:   m.overrunning.WithLabelValues(kind),
-		consumerLost:  m.consumerLost.WithLabelValues(kind),
 		held:          m.held.WithLabelValues(kind),
 	}
 	for _, v := range []verdict{succeeded, deferred, retried, failed, interrupted, malformed} {

@@ -7,7 +7,9 @@
 // It exists because watermill-nats acks a message when Watermill's client
 // timeout fires, deletes durable consumers on Close, and handles one message
 // at a time. Here:
-//   - a topic is a durable consumer that is created or updated, never deleted;
+//   - a topic is a durable consumer that is bound to, created or updated
+//     (internal/consume), never deleted; one lost while it is read (deleted,
+//     or with the server's store) is created again where it was;
 //   - up to Concurrency messages of one topic are handed out at once, and the
 //     next is handed out only when one is settled. The iterator pulls ahead
 //     by up to Concurrency messages, whose ack timers run while they wait
@@ -37,6 +39,8 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/effects-run/effects/internal/consume"
 )
 
 // Config configures a [Subscriber].
@@ -101,9 +105,9 @@ func New(js jetstream.JetStream, cfg Config) (*Subscriber, error) {
 	return &Subscriber{js: js, cfg: cfg, stopping: make(chan struct{}), closing: make(chan struct{})}, nil
 }
 
-// Subscribe creates or updates the topic's durable consumer and returns the
-// channel its messages arrive on. The channel is closed once fetching stops
-// (ctx cancelled, [Subscriber.StopFetching] or Close).
+// Subscribe binds to, creates or updates the topic's durable consumer and
+// returns the channel its messages arrive on. The channel is closed once
+// fetching stops (ctx cancelled, [Subscriber.StopFetching] or Close).
 func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
 	s.mu.Lock()
 	if s.closed {
@@ -114,44 +118,23 @@ func (s *Subscriber) Subscribe(ctx context.Context, topic string) (<-chan *messa
 	s.mu.Unlock()
 
 	cc := s.cfg.Consumer(topic)
-	cons, err := s.js.CreateOrUpdateConsumer(ctx, s.cfg.Stream, cc)
+	r, err := consume.Open(ctx, s.js, consume.Config{Stream: s.cfg.Stream, Consumer: cc, Buffer: s.cfg.Concurrency, Logger: s.cfg.Logger})
 	if err != nil {
 		s.subs.Done()
-		return nil, fmt.Errorf("watermilljs: consumer %s on %s: %w", cc.Durable, s.cfg.Stream, err)
-	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(s.cfg.Concurrency), jetstream.PullHeartbeat(pullHeartbeat))
-	if err != nil {
-		s.subs.Done()
-		return nil, fmt.Errorf("watermilljs: consume %s: %w", cc.Durable, err)
+		return nil, fmt.Errorf("watermilljs: %w", err)
 	}
 	out := make(chan *message.Message)
-	go s.fetch(ctx, it, out)
+	go s.fetch(ctx, r, out)
 	return out, nil
 }
 
-// pullHeartbeat is the idle heartbeat of the pull requests, and so how long
-// the iterator can sit without a pull request before it notices. nats.go
-// (v1.55.0) decides to send the next pull request only when Next is called,
-// and skips it while the previous one is still being written; if the
-// messages of that previous request are all taken before the write
-// finishes, Next waits for messages nobody asked for until heartbeats are
-// missed (2 × heartbeat; 30s by default). Seen with Watermill's ordered
-// test at Concurrency 1 and 4 under -race. A short heartbeat bounds that
-// stall; idle heartbeats cost one small message per heartbeat per waiting
-// pull request.
-const pullHeartbeat = time.Second
-
 // fetch pulls a message whenever a slot is free and hands it out.
-func (s *Subscriber) fetch(ctx context.Context, it jetstream.MessagesContext, out chan<- *message.Message) {
+func (s *Subscriber) fetch(ctx context.Context, r *consume.Reader, out chan<- *message.Message) {
 	defer s.subs.Done()
 	defer close(out)
 	slots := make(chan struct{}, s.cfg.Concurrency)
-	// Stop the iterator when asked to, which unblocks Next. Drain, not
-	// Stop: Stop discards the messages the iterator has already pulled, and
-	// JetStream would redeliver those only after their AckWait. Drained,
-	// they come out of Next and giveBack returns them at once. But a drain
-	// waits for a flush (10s) that cannot happen while disconnected, and
-	// naks could not be sent anyway: then Stop, and AckWait brings them back.
+	// Stop the reader when asked to, which unblocks Next: what it pulled
+	// ahead comes out of Next, and Release gives it back at once.
 	stopCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() {
@@ -159,43 +142,29 @@ func (s *Subscriber) fetch(ctx context.Context, it jetstream.MessagesContext, ou
 		case <-stopCtx.Done():
 		case <-s.stopping:
 		}
-		if nc := s.js.Conn(); nc != nil && !nc.IsConnected() {
-			it.Stop()
-			return
-		}
-		it.Drain()
+		r.Stop()
 	}()
 	for {
 		select {
 		case slots <- struct{}{}:
 		case <-stopCtx.Done():
-			giveBack(it)
+			r.Release(nil)
 			return
 		case <-s.stopping:
-			giveBack(it)
+			r.Release(nil)
 			return
 		}
-		jm, err := it.Next()
+		jm, err := r.Next(context.Background())
 		if err != nil {
 			<-slots
-			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-				return
-			}
-			// Missing heartbeats, a reconnect: the iterator recovers by itself.
-			// Missing heartbeats are routine after the stall pullHeartbeat
-			// describes; an outage shows in the connection's own logs.
-			level := slog.LevelWarn
-			if errors.Is(err, jetstream.ErrNoHeartbeat) {
-				level = slog.LevelDebug
-			}
-			s.cfg.Logger.Log(context.Background(), level, "jetstream fetch", "error", err)
-			continue
+			r.Release(nil)
+			return // stopped, or the connection closed
 		}
 		if stopCtx.Err() != nil || s.isStopping() {
 			// Stopped while Next waited: hand nothing more out.
 			_ = jm.Nak()
 			<-slots
-			giveBack(it)
+			r.Release(nil)
 			return
 		}
 		msg, d := s.toMessage(jm)
@@ -217,17 +186,6 @@ func (s *Subscriber) isStopping() bool {
 		return true
 	default:
 		return false
-	}
-}
-
-// giveBack naks, without delay, what a stopped iterator still holds.
-func giveBack(it jetstream.MessagesContext) {
-	for {
-		jm, err := it.Next()
-		if err != nil {
-			return // ErrMsgIteratorClosed once drained
-		}
-		_ = jm.Nak()
 	}
 }
 

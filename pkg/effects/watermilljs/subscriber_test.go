@@ -301,6 +301,35 @@ func TestCloseKeepsConsumer(t *testing.T) {
 	})
 }
 
+// A topic's consumer deleted while the subscriber reads it is created again
+// where it was: what was acked is not handed out again, what is published
+// since (while it was gone, too) is.
+func TestDeletedConsumerIsCreatedAgainWhereItWas(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	sub := b.subscriber(t, watermilljs.Config{})
+	b.publish(t, "lost", 3)
+	ch := subscribe(t, sub, "lost")
+	for range 3 {
+		receive(t, ch).Ack()
+	}
+	eventually(t, "acked", func() bool { return b.consumerInfo(t, "lost").AckFloor.Stream == 3 })
+	if err := b.js.DeleteConsumer(context.Background(), testStream, durableOf("lost")); err != nil {
+		t.Fatal(err)
+	}
+	m := nats.NewMsg(subjectOf("lost"))
+	m.Data = []byte("lost-4")
+	m.Header.Set(jetstream.MsgIDHeader, "lost-4")
+	if _, err := b.js.PublishMsg(context.Background(), m); err != nil {
+		t.Fatal(err)
+	}
+	msg := receive(t, ch)
+	if msg.UUID != "lost-4" {
+		t.Fatalf("after the loss: %s, want only lost-4", msg.UUID)
+	}
+	msg.Ack()
+}
+
 // TestCloseGivesBackUnsettled checks that Close naks a message still out,
 // ends its context with ErrClosed, and that it is redelivered at once.
 func TestCloseGivesBackUnsettled(t *testing.T) {

@@ -1,0 +1,717 @@
+// Package consume is the one loop that reads a durable JetStream pull
+// consumer: the dispatcher's kinds, the completer, effects.ConsumeCompletions
+// and the Watermill subscriber all read through a [Reader].
+//
+// A Reader owns its consumer for as long as it runs:
+//   - [Open] binds to the consumer when it exists and its configuration
+//     matches (nothing is written to the server), updates it when the
+//     configuration really differs (and logs what differs), and creates it
+//     when it does not exist, starting where the configuration says (a new
+//     consumer's messages have never been handled);
+//   - it notices a consumer that disappears (deleted by hand, or lost with
+//     the server's store) and creates it again from where it was: from the
+//     stream sequence after the last ack floor it saw, never from the start
+//     of the stream. Messages this process acked or terminated above that
+//     floor are remembered, and when they come again they are settled again
+//     without being handed out, so only the messages in flight at the loss
+//     (and those other processes acked in the moment before it) run again;
+//   - it works around nats-server 2.15.3 leaving a consumer re-created during
+//     its deletion without a directory (see docs/architecture.md);
+//   - it is ready ([Reader.Ready]) only while it consumes, and logs and
+//     counts ([Metrics]) every loss, with where it resumed.
+package consume
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"reflect"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/effects-run/effects/internal/retry"
+)
+
+// ErrStopped is what [Reader.Next] returns once the reader was stopped and
+// holds no message any more.
+var ErrStopped = errors.New("consume: stopped")
+
+// Config says what a [Reader] reads and how.
+type Config struct {
+	// Stream is the stream the consumer reads. Required.
+	Stream string
+	// Consumer is the durable consumer's configuration; Durable is
+	// required. DeliverPolicy (with OptStartSeq or OptStartTime) is where a
+	// consumer that does not exist yet starts; an existing one keeps its
+	// position, and one created again after a loss resumes where it was.
+	// Fields left at their zero value are not compared with an existing
+	// consumer's.
+	Consumer jetstream.ConsumerConfig
+	// Buffer is how many messages are pulled ahead into the client's buffer
+	// (keep it near the number of workers: JetStream's ack timer runs while
+	// a message waits there). 0 sends one pull request per [Reader.Next],
+	// so that every delivered message is in a caller's hands.
+	Buffer int
+	// Heartbeat is the pull requests' idle heartbeat: a pull request the
+	// server lost is noticed after two. Default 1s.
+	Heartbeat time.Duration
+	// CheckEvery is how often the consumer's info is read: its ack floor
+	// (where a lost consumer resumes) and whether it still exists.
+	// Default 1s.
+	CheckEvery time.Duration
+	// Logger gets what happens to the consumer. Default: none.
+	Logger *slog.Logger
+	// Metrics counts losses and re-creations; nil counts nothing.
+	Metrics *Metrics
+}
+
+const (
+	// defaultHeartbeat is short because nats.go (v1.55.0) decides to send
+	// the next pull request only when Next is called, and skips it while
+	// the previous one is still being written; if the messages of that
+	// previous request are all taken before the write finishes, Next waits
+	// for messages nobody asked for until two heartbeats are missed (30s
+	// with the default heartbeat). A pull request sent while a clustered
+	// consumer has no leader is lost the same way. Idle heartbeats cost one
+	// small message per heartbeat per waiting pull request.
+	defaultHeartbeat = time.Second
+	// defaultCheckEvery bounds how stale the ack floor a lost consumer
+	// resumes after can be (what other processes acked since is run
+	// again), and how long a loss nobody's pull request was told about
+	// goes unnoticed. One consumer info request per second per reader.
+	defaultCheckEvery = time.Second
+	// fetchOneWait is how long one pull request waits when Buffer is 0.
+	fetchOneWait = 5 * time.Second
+	// settlePause is how long a reader waits after finding its consumer
+	// gone before creating it again, and again after creating it before
+	// checking that the server stored it: nats-server answers waiting pull
+	// requests "consumer deleted" before it removes the old consumer's
+	// directory, and a consumer created in between loses its directory to
+	// that removal (docs/architecture.md, "nats-server 2.15.3 and a
+	// consumer re-created during its deletion").
+	settlePause = 250 * time.Millisecond
+	// apiTimeout bounds each request to the JetStream API.
+	apiTimeout = 5 * time.Second
+	// maxRemembered bounds the stream sequences a reader remembers as
+	// settled above the ack floor (a message retried with a long delay
+	// holds the floor back while later ones are acked). Past it, settled
+	// messages are not remembered: after a loss they would run again.
+	maxRemembered = 1 << 17
+)
+
+// Reader reads one durable consumer. Create it with [Open]; it is safe for
+// concurrent use by many workers, and must be stopped with [Reader.Stop] or
+// [Reader.Release].
+type Reader struct {
+	cfg Config
+	js  jetstream.JetStream
+	log *slog.Logger
+	m   *series
+
+	// cur is the consumer being read; nil while it is created again.
+	cur atomic.Pointer[source]
+	// ended receives the source whose pull requests ended unexpectedly (the
+	// consumer deleted): the watcher checks at once.
+	ended chan *source
+
+	stopCtx  context.Context
+	stopNow  context.CancelFunc
+	stopOnce sync.Once
+	stopped  chan struct{}
+	watching sync.WaitGroup
+
+	mu sync.Mutex
+	// installed is closed when a source is installed after a loss.
+	installed chan struct{}
+	// why is the reason the reader is not ready, while cur is nil.
+	why string
+	// streamCreated tells a stream created again (all its messages new)
+	// from the one the floor was read on.
+	streamCreated time.Time
+	// floor is the highest ack floor (stream sequence) seen.
+	floor uint64
+	// settled are the stream sequences above floor this process acked
+	// (false) or terminated (true); highest is the highest of them, so that
+	// a message first delivered (above it) is not looked up.
+	settled map[uint64]bool
+	highest atomic.Uint64
+}
+
+// source is one consumer handle and, unless Buffer is 0, its iterator.
+type source struct {
+	cons jetstream.Consumer
+	it   jetstream.MessagesContext
+	// gone is closed once the reader gave this source up.
+	gone chan struct{}
+}
+
+// Open binds to, updates or creates the consumer (once: the caller retries)
+// and starts reading it.
+func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Reader, error) {
+	if cfg.Stream == "" || cfg.Consumer.Durable == "" {
+		return nil, errors.New("consume: Stream and Consumer.Durable are required")
+	}
+	if cfg.Buffer < 0 {
+		return nil, fmt.Errorf("consume: Buffer %d: want 0 or more", cfg.Buffer)
+	}
+	if cfg.Heartbeat <= 0 {
+		cfg.Heartbeat = defaultHeartbeat
+	}
+	if cfg.CheckEvery <= 0 {
+		cfg.CheckEvery = defaultCheckEvery
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	r := &Reader{
+		cfg: cfg, js: js,
+		log:       cfg.Logger.With("stream", cfg.Stream, "consumer", cfg.Consumer.Durable),
+		m:         cfg.Metrics.forConsumer(cfg.Stream, cfg.Consumer.Durable),
+		ended:     make(chan *source, 1),
+		stopped:   make(chan struct{}),
+		installed: make(chan struct{}),
+		settled:   map[uint64]bool{},
+	}
+	r.stopCtx, r.stopNow = context.WithCancel(context.Background())
+	src, err := r.open(ctx)
+	if err != nil {
+		r.stopNow()
+		return nil, err
+	}
+	r.noteFloor(src.cons.CachedInfo().AckFloor.Stream)
+	r.cur.Store(src)
+	close(r.installed)
+	r.watching.Add(1)
+	go r.watch()
+	return r, nil
+}
+
+func (r *Reader) open(ctx context.Context) (*source, error) {
+	ctx, cancel := context.WithTimeout(ctx, apiTimeout)
+	defer cancel()
+	s, err := r.js.Stream(ctx, r.cfg.Stream)
+	if err != nil {
+		return nil, fmt.Errorf("consumer %s: stream %s: %w", r.cfg.Consumer.Durable, r.cfg.Stream, err)
+	}
+	r.streamCreated = s.CachedInfo().Created
+	cons, err := r.bind(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return r.newSource(cons)
+}
+
+// bind returns the consumer, created with the configured start if it does
+// not exist, updated if its configuration differs from the wanted one.
+func (r *Reader) bind(ctx context.Context) (jetstream.Consumer, error) {
+	want := r.cfg.Consumer
+	for range 3 { // a create that loses a race binds to the winner's
+		cons, err := r.js.Consumer(ctx, r.cfg.Stream, want.Durable)
+		if err == nil {
+			have := cons.CachedInfo().Config
+			diff := differences(want, have)
+			if len(diff) == 0 {
+				return cons, nil // bound: nothing written
+			}
+			upd := want
+			upd.DeliverPolicy, upd.OptStartSeq, upd.OptStartTime = have.DeliverPolicy, have.OptStartSeq, have.OptStartTime
+			r.log.Info("the consumer's configuration differs from this service's; updating it", "differences", diff)
+			updated, err := r.js.UpdateConsumer(ctx, r.cfg.Stream, upd)
+			if unstored(err) {
+				return r.replaceUnstored(ctx, cons.CachedInfo())
+			}
+			if err != nil {
+				return nil, fmt.Errorf("update consumer %s on %s: %w", want.Durable, r.cfg.Stream, err)
+			}
+			return updated, nil
+		}
+		if !errors.Is(err, jetstream.ErrConsumerNotFound) {
+			return nil, fmt.Errorf("consumer %s on %s: %w", want.Durable, r.cfg.Stream, err)
+		}
+		cons, err = r.js.CreateConsumer(ctx, r.cfg.Stream, want)
+		if errors.Is(err, jetstream.ErrConsumerExists) {
+			continue // another process created it meanwhile
+		}
+		if err != nil {
+			return nil, fmt.Errorf("create consumer %s on %s: %w", want.Durable, r.cfg.Stream, err)
+		}
+		r.log.Info("created the consumer", "deliver", want.DeliverPolicy.String())
+		return cons, nil
+	}
+	return nil, fmt.Errorf("consumer %s on %s: created and deleted again while binding", want.Durable, r.cfg.Stream)
+}
+
+// replaceUnstored replaces a consumer the server keeps without its
+// directory (it cannot be updated, and would be gone after a restart) by
+// one created after its ack floor. Deleting it first is safe: the deletion
+// has removed the old directory when the server answers it.
+func (r *Reader) replaceUnstored(ctx context.Context, info *jetstream.ConsumerInfo) (jetstream.Consumer, error) {
+	want := r.cfg.Consumer
+	want.DeliverPolicy, want.OptStartSeq, want.OptStartTime = jetstream.DeliverByStartSequencePolicy, info.AckFloor.Stream+1, nil
+	r.log.Warn("nats-server keeps the consumer without its directory; deleting it and creating it again after its ack floor",
+		"resumed_at_stream_sequence", want.OptStartSeq)
+	if err := r.js.DeleteConsumer(ctx, r.cfg.Stream, want.Durable); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return nil, fmt.Errorf("delete consumer %s on %s: %w", want.Durable, r.cfg.Stream, err)
+	}
+	cons, err := r.js.CreateConsumer(ctx, r.cfg.Stream, want)
+	if err != nil {
+		return nil, fmt.Errorf("create consumer %s on %s: %w", want.Durable, r.cfg.Stream, err)
+	}
+	r.m.recreated(want.OptStartSeq)
+	return cons, nil
+}
+
+// differences lists the fields set in want that have has otherwise. The
+// position (DeliverPolicy, OptStartSeq, OptStartTime) is the consumer's
+// own; filters are compared as sets; metadata by want's keys.
+func differences(want, have jetstream.ConsumerConfig) []string {
+	var out []string
+	if w, h := filters(want), filters(have); len(w) > 0 && !slices.Equal(w, h) {
+		out = append(out, fmt.Sprintf("filter: %v, want %v", h, w))
+	}
+	for k, v := range want.Metadata {
+		if have.Metadata[k] != v {
+			out = append(out, fmt.Sprintf("metadata %s: %q, want %q", k, have.Metadata[k], v))
+		}
+	}
+	wv, hv := reflect.ValueOf(want), reflect.ValueOf(have)
+	for i := range wv.NumField() {
+		name := wv.Type().Field(i).Name
+		switch name {
+		case "Name", "Durable", "DeliverPolicy", "OptStartSeq", "OptStartTime", "FilterSubject", "FilterSubjects", "Metadata":
+			continue
+		}
+		w, h := wv.Field(i), hv.Field(i)
+		if !w.IsZero() && !reflect.DeepEqual(w.Interface(), h.Interface()) {
+			out = append(out, fmt.Sprintf("%s: %v, want %v", name, h.Interface(), w.Interface()))
+		}
+	}
+	return out
+}
+
+func filters(c jetstream.ConsumerConfig) []string {
+	f := slices.Clone(c.FilterSubjects)
+	if c.FilterSubject != "" {
+		f = append(f, c.FilterSubject)
+	}
+	slices.Sort(f)
+	return slices.Compact(f)
+}
+
+// newSource starts reading cons.
+func (r *Reader) newSource(cons jetstream.Consumer) (*source, error) {
+	src := &source{cons: cons, gone: make(chan struct{})}
+	if r.cfg.Buffer > 0 {
+		it, err := cons.Messages(jetstream.PullMaxMessages(r.cfg.Buffer), jetstream.PullHeartbeat(r.cfg.Heartbeat))
+		if err != nil {
+			return nil, fmt.Errorf("consume %s: %w", r.cfg.Consumer.Durable, err)
+		}
+		src.it = it
+	}
+	return src, nil
+}
+
+// Next returns the next message, waiting for one (and, while the consumer is
+// being created again, for it), until ctx ends. After [Reader.Stop] it
+// returns the messages the reader still holds, then ErrStopped.
+func (r *Reader) Next(ctx context.Context) (jetstream.Msg, error) {
+	for {
+		src, err := r.source(ctx)
+		if err != nil {
+			return nil, err
+		}
+		jm, err := r.fetch(ctx, src)
+		if err == nil {
+			m := r.wrap(jm)
+			if r.settledAgain(m) {
+				continue
+			}
+			return m, nil
+		}
+		switch {
+		case ctx.Err() != nil:
+			return nil, ctx.Err()
+		case r.isStopped():
+			return nil, ErrStopped
+		case errors.Is(err, jetstream.ErrConnectionClosed) || errors.Is(err, nats.ErrConnectionClosed):
+			return nil, err
+		case errors.Is(err, jetstream.ErrConsumerDeleted), errors.Is(err, jetstream.ErrConsumerNotFound),
+			errors.Is(err, jetstream.ErrMsgIteratorClosed):
+			// The pull requests ended: the consumer is gone, or being
+			// replaced. The watcher looks at once; wait for its verdict.
+			select {
+			case r.ended <- src:
+			default: // another worker told it already
+			}
+			select {
+			case <-src.gone:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-r.stopCtx.Done():
+			}
+		case errors.Is(err, jetstream.ErrNoHeartbeat), errors.Is(err, nats.ErrTimeout), errors.Is(err, context.DeadlineExceeded):
+			// Idle, a lost pull request, or NATS away: the iterator pulls
+			// again by itself, and the watcher finds a consumer gone.
+		default:
+			level := slog.LevelWarn
+			if errors.Is(err, nats.ErrNoResponders) {
+				level = slog.LevelDebug // no consumer to answer: the watcher finds it gone
+			}
+			r.log.Log(ctx, level, "jetstream fetch", "error", err)
+			if src.it == nil {
+				// No hot loop of pull requests while NATS refuses them
+				// (a stop cancels the fetch's wait, not this one's).
+				_ = retry.Sleep(ctx, 100*time.Millisecond)
+			}
+		}
+	}
+}
+
+// source is the consumer to read, waiting while it is created again.
+func (r *Reader) source(ctx context.Context) (*source, error) {
+	for {
+		if src := r.cur.Load(); src != nil {
+			return src, nil
+		}
+		if r.isStopped() {
+			return nil, ErrStopped
+		}
+		r.mu.Lock()
+		wait := r.installed
+		r.mu.Unlock()
+		if r.cur.Load() != nil {
+			continue
+		}
+		select {
+		case <-wait:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-r.stopCtx.Done():
+		}
+	}
+}
+
+func (r *Reader) fetch(ctx context.Context, src *source) (jetstream.Msg, error) {
+	if src.it != nil {
+		if r.isStopped() {
+			return src.it.Next() // what the drained iterator still holds
+		}
+		return src.it.Next(jetstream.NextContext(ctx))
+	}
+	if r.isStopped() {
+		return nil, ErrStopped
+	}
+	fctx, cancel := context.WithTimeout(ctx, fetchOneWait)
+	defer cancel()
+	stop := context.AfterFunc(r.stopCtx, cancel)
+	defer stop()
+	return src.cons.Next(jetstream.FetchContext(fctx))
+}
+
+func (r *Reader) isStopped() bool { return r.stopCtx.Err() != nil }
+
+// Stop stops pulling: no more pull requests, and the watcher ends. Next
+// still returns the messages the reader holds (pulled ahead), then
+// ErrStopped; [Reader.Release] gives them back. While disconnected a drain
+// cannot flush: then what it holds is dropped, and JetStream redelivers it
+// after the ack wait. Stop is idempotent.
+func (r *Reader) Stop() {
+	r.stopOnce.Do(func() {
+		r.stopNow()
+		r.watching.Wait()
+		if src := r.cur.Load(); src != nil && src.it != nil {
+			if nc := r.js.Conn(); nc != nil && !nc.IsConnected() {
+				src.it.Stop()
+			} else {
+				src.it.Drain()
+			}
+		}
+		close(r.stopped)
+	})
+}
+
+// Stopped is closed once [Reader.Stop] has stopped pulling.
+func (r *Reader) Stopped() <-chan struct{} { return r.stopped }
+
+// Release stops the reader and gives back every message it still holds,
+// so that they are delivered again at once, here or to another process;
+// it returns how many. giveBack settles each (the dispatcher's goes
+// through its one settle path); nil naks it without delay. Messages
+// already handed out are the caller's to settle.
+func (r *Reader) Release(giveBack func(jetstream.Msg)) int {
+	r.Stop()
+	src := r.cur.Load()
+	if src == nil || src.it == nil {
+		return 0
+	}
+	if giveBack == nil {
+		giveBack = func(jm jetstream.Msg) { _ = jm.Nak() }
+	}
+	n := 0
+	for {
+		jm, err := src.it.Next()
+		if err != nil {
+			return n // ErrMsgIteratorClosed once drained
+		}
+		giveBack(jm)
+		n++
+	}
+}
+
+// Ready reports whether the reader consumes: nil unless it is stopped or
+// its consumer is being created again.
+func (r *Reader) Ready() error {
+	if r.isStopped() {
+		return fmt.Errorf("consumer %s: stopped", r.cfg.Consumer.Durable)
+	}
+	if r.cur.Load() != nil {
+		return nil
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return fmt.Errorf("consumer %s on %s is being created again: %s", r.cfg.Consumer.Durable, r.cfg.Stream, r.why)
+}
+
+// watch reads the consumer's info every CheckEvery (its ack floor, and
+// whether it still exists), and recovers a consumer found gone.
+func (r *Reader) watch() {
+	defer r.watching.Done()
+	t := time.NewTicker(r.cfg.CheckEvery)
+	defer t.Stop()
+	for {
+		var ended *source
+		select {
+		case <-r.stopCtx.Done():
+			return
+		case <-t.C:
+		case ended = <-r.ended:
+		}
+		src := r.cur.Load()
+		if src == nil || (ended != nil && ended != src) {
+			continue
+		}
+		if ended != nil || r.poll(src) {
+			r.recover(src)
+		}
+	}
+}
+
+// poll reads the consumer's info: it notes the ack floor, and reports
+// whether the consumer (or its stream) no longer exists. Any other answer,
+// or none (NATS away), is "not gone".
+func (r *Reader) poll(src *source) bool {
+	ctx, cancel := context.WithTimeout(r.stopCtx, apiTimeout)
+	defer cancel()
+	info, err := src.cons.Info(ctx)
+	if err == nil {
+		r.noteFloor(info.AckFloor.Stream)
+		return false
+	}
+	return errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrStreamNotFound)
+}
+
+// recover replaces a source whose consumer is gone (or whose pull requests
+// ended): it binds to the consumer if another process created it again
+// meanwhile, or creates it from where it was, retrying until it works or
+// the reader stops.
+func (r *Reader) recover(old *source) {
+	r.mu.Lock()
+	r.why = "it was found gone"
+	r.installed = make(chan struct{})
+	floor, remembered := r.floor, len(r.settled)
+	r.mu.Unlock()
+	r.cur.Store(nil)
+	if old.it != nil {
+		old.it.Stop()
+	}
+	close(old.gone)
+	r.log.Warn("the consumer is gone (deleted, or lost with the server's store); creating it again from where it was",
+		"ack_floor", floor, "settled_above_floor", remembered)
+	if retry.Sleep(r.stopCtx, settlePause) != nil {
+		return
+	}
+	retry.Until(r.stopCtx, retry.Policy{Min: settlePause, Max: 5 * time.Second}, r.reopen,
+		func(err error, n int, wait time.Duration) {
+			r.mu.Lock()
+			r.why = err.Error()
+			r.mu.Unlock()
+			r.log.Warn("creating the consumer again; retrying", "attempt", n, "error", err, "retry_in", wait.String())
+		})
+}
+
+// reopen is one attempt of recover.
+func (r *Reader) reopen(ctx context.Context) error {
+	cons, start, err := r.findOrCreate(ctx)
+	if err != nil {
+		return r.dropIfUnstored(err)
+	}
+	// Prove the server stored the consumer: its metadata, written once
+	// more, must find its directory. Whoever created it, it was created
+	// while the old one was being deleted.
+	if err := retry.Sleep(ctx, settlePause); err != nil {
+		return err
+	}
+	uctx, cancel := context.WithTimeout(ctx, apiTimeout)
+	defer cancel()
+	if _, err := r.js.UpdateConsumer(uctx, r.cfg.Stream, cons.CachedInfo().Config); err != nil {
+		return r.dropIfUnstored(err)
+	}
+	if err := r.install(cons); err != nil {
+		return err
+	}
+	switch {
+	case start < 0:
+		r.log.Info("another process created the consumer again; reading it")
+		return nil
+	case start == 0:
+		r.log.Warn("the stream was created again: the consumer starts anew on it", "deliver", r.cfg.Consumer.DeliverPolicy.String())
+	default:
+		r.log.Warn("created the consumer again; messages settled here since are settled again without running, those in flight at the loss run again",
+			"resumed_at_stream_sequence", start)
+	}
+	r.m.recreated(uint64(max(start, 0)))
+	return nil
+}
+
+// findOrCreate returns the consumer another process created again, with
+// start -1, or creates it: from the stream sequence after the floor (start),
+// or, on a stream that was created again, where the configuration says
+// (start 0).
+func (r *Reader) findOrCreate(ctx context.Context) (cons jetstream.Consumer, start int64, err error) {
+	ctx, cancel := context.WithTimeout(ctx, apiTimeout)
+	defer cancel()
+	name := r.cfg.Consumer.Durable
+	if cons, err := r.js.Consumer(ctx, r.cfg.Stream, name); err == nil {
+		return cons, -1, nil
+	} else if !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return nil, 0, err
+	}
+	s, err := r.js.Stream(ctx, r.cfg.Stream)
+	if err != nil {
+		return nil, 0, err
+	}
+	want := r.cfg.Consumer
+	r.mu.Lock()
+	if created := s.CachedInfo().Created; !created.Equal(r.streamCreated) {
+		// The stream was created again: none of its messages was handled,
+		// and the old sequences mean nothing in it.
+		r.streamCreated, r.floor, r.settled = created, 0, map[uint64]bool{}
+		r.highest.Store(0)
+	} else {
+		want.DeliverPolicy, want.OptStartSeq, want.OptStartTime = jetstream.DeliverByStartSequencePolicy, r.floor+1, nil
+		start = int64(want.OptStartSeq)
+	}
+	r.mu.Unlock()
+	cons, err = r.js.CreateConsumer(ctx, r.cfg.Stream, want)
+	if errors.Is(err, jetstream.ErrConsumerExists) {
+		// Another process created it first, from its own floor: read that
+		// one, so that all converge on one consumer.
+		cons, err = r.js.Consumer(ctx, r.cfg.Stream, name)
+		return cons, -1, err
+	}
+	return cons, start, err
+}
+
+// dropIfUnstored deletes a consumer the server answers about with
+// err_code 10012 "…/meta.inf.tmp: no such file or directory": it lives in
+// the server's memory without its directory, cannot be updated, and would
+// be gone after the server's next restart. Created afresh it is stored.
+func (r *Reader) dropIfUnstored(err error) error {
+	if !unstored(err) {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(r.stopCtx, apiTimeout)
+	defer cancel()
+	derr := r.js.DeleteConsumer(ctx, r.cfg.Stream, r.cfg.Consumer.Durable)
+	r.log.Warn("nats-server left the consumer created again without its directory; deleted it to create it once more",
+		"error", err, "delete_error", derr)
+	return fmt.Errorf("the server did not store the consumer created again (deleted it to try once more): %w", err)
+}
+
+// unstored reports a JetStream error about a consumer whose directory is
+// missing on the server.
+func unstored(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeConsumerCreate &&
+		strings.Contains(apiErr.Description, "no such file or directory")
+}
+
+// install starts reading cons in place of the source given up.
+func (r *Reader) install(cons jetstream.Consumer) error {
+	src, err := r.newSource(cons)
+	if err != nil {
+		return err
+	}
+	r.noteFloor(cons.CachedInfo().AckFloor.Stream)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.isStopped() {
+		if src.it != nil {
+			src.it.Stop()
+		}
+		return ErrStopped
+	}
+	r.cur.Store(src)
+	close(r.installed)
+	return nil
+}
+
+// noteFloor records an ack floor read from the server and forgets the
+// settled sequences at or below it.
+func (r *Reader) noteFloor(floor uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if floor <= r.floor {
+		return
+	}
+	r.floor = floor
+	for seq := range r.settled {
+		if seq <= floor {
+			delete(r.settled, seq)
+		}
+	}
+}
+
+// remember records a message this process settled for good.
+func (r *Reader) remember(seq uint64, termed bool) {
+	if seq == 0 {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if seq > r.floor && len(r.settled) < maxRemembered {
+		r.settled[seq] = termed
+		if seq > r.highest.Load() {
+			r.highest.Store(seq)
+		}
+	}
+}
+
+// settledAgain settles, without handing it out, a message this process
+// already acked or terminated (its ack was lost, or the consumer was created
+// again below it).
+func (r *Reader) settledAgain(m *msg) bool {
+	if m.seq == 0 || m.seq > r.highest.Load() {
+		return false
+	}
+	r.mu.Lock()
+	termed, ok := r.settled[m.seq]
+	r.mu.Unlock()
+	if !ok {
+		return false
+	}
+	if termed {
+		_ = m.Msg.Term()
+	} else {
+		_ = m.Msg.Ack()
+	}
+	r.m.settledAgain()
+	return true
+}
