@@ -114,6 +114,7 @@ func New(cfg Config, reg *effects.Registry, js jetstream.JetStream, logger *slog
 		km := m.forKind(k)
 		x := &executor{d: d, kind: k, lim: lim, km: km, logger: logger, async: h.IsAsync(),
 			overrun: map[string]struct{}{}, held: map[string]*delivery{}}
+		x.newQueues()
 		// Recovery outermost, so that a panic anywhere below is a result;
 		// the timeout innermost, so that it bounds the handler alone.
 		x.chain = Chain(call(h), Recover, measure(km), Timeout(lim.timeout))

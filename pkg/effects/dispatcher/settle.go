@@ -60,9 +60,17 @@ type delivery struct {
 	stored  time.Time // when the stream stored the effect
 
 	state atomic.Int32
-	// keep sends InProgress while the delivery is out (rate-limit wait,
-	// attempt, completion on its way, async hold); settle stops it.
-	keep keepalive.KeepAlive
+	// keep is its place in the executor's keep-alive while it is out
+	// (rate-limit wait, attempt, completion on its way, async hold); settle
+	// takes it out.
+	keep keepalive.Member
+	// watch is its place in the executor's watchdog while the handler
+	// runs; overran is made when the watchdog gives the attempt up, and
+	// closed once that is carried out.
+	watch   keepalive.Member
+	overran chan struct{}
+	// att is the attempt the handler is given.
+	att Attempt
 
 	// heldAt and deadline (the async completion deadline's timer) are
 	// set under the executor's mu when the hold begins.
@@ -175,7 +183,7 @@ func (x *executor) settle(dl *delivery, o outcome) {
 		return
 	}
 	dl.state.Store(settled)
-	dl.keep.Stop()
+	x.keep.Leave(&dl.keep)
 	switch o.action {
 	case ack:
 		x.report(dl, dl.msg.Ack())
