@@ -206,7 +206,7 @@ func (x *executor) handle(ctx context.Context, jm jetstream.Msg) bool {
 	// The span is the handler's run; it ends before the outcome is
 	// applied, which the completion message's traceparent follows.
 	workCtx, span := startAttempt(x.d.workCtx, jm.Headers(), x.kind, eff.ID, dl.attempt)
-	// Written before the overrun timer starts and before the handler can
+	// Written before the attempt joins the watchdog and before the handler can
 	// call Done: every later reader comes after.
 	dl.trace = span.SpanContext()
 	dl.att = Attempt{Effect: eff}

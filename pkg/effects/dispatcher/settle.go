@@ -28,7 +28,7 @@ import (
 //	        deadline or release, each of which claims it back
 //	        (held → deciding) and comes through carry and settle again.
 //
-// Every path that ends a delivery — its worker, the overrun timer, an async
+// Every path that ends a delivery — its worker, the attempt's watchdog, an async
 // completion (Done, or anyone's), the completion deadline, a shutdown's
 // release, a message given back unstarted — claims it with a
 // compare-and-set on its one state, so exactly one of them settles it, once.
@@ -92,7 +92,7 @@ type delivery struct {
 func (dl *delivery) claim(from int32) bool { return dl.state.CompareAndSwap(from, deciding) }
 
 // finish decides the outcome of a running delivery and carries it out,
-// unless another path (the worker, the overrun timer) claimed it first.
+// unless another path (the worker, the attempt's watchdog) claimed it first.
 func (x *executor) finish(dl *delivery, r result, stopping bool) {
 	completed := false
 	switch {

@@ -207,7 +207,7 @@ func TestReleaseAtShutdownRacingCompletionAndDeadlineSettlesOnce(t *testing.T) {
 	r.noneHeld(t)
 }
 
-// The overrun timer gives an attempt up just as its handler returns (at a
+// The attempt's watchdog gives an attempt up just as its handler returns (at a
 // shutdown, or not): one of the two settles it.
 func TestOverrunRacingTheHandlersReturnSettlesOnce(t *testing.T) {
 	t.Parallel()
