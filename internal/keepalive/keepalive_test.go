@@ -214,3 +214,38 @@ func TestQueueKeepsMessagesAlive(t *testing.T) {
 		t.Fatal("a queue without a time took a member")
 	}
 }
+
+// A Leave that finds the member taken out by due sees what due did (the
+// dispatcher's watchdog makes a channel there that the worker then waits
+// on): a Leave while due runs waits for it.
+func TestQueueLeaveAfterDueSeesItsWork(t *testing.T) {
+	t.Parallel()
+	type job struct {
+		m    Member
+		done chan struct{}
+	}
+	started, release := make(chan struct{}), make(chan struct{})
+	q := NewQueue(time.Millisecond, func(m *Member) bool {
+		close(started)
+		<-release
+		j := m.Value.(*job)
+		j.done = make(chan struct{})
+		close(j.done)
+		return false
+	})
+	j := &job{}
+	j.m.Value = j
+	q.Join(&j.m)
+	<-started
+	left := make(chan bool, 1)
+	go func() { left <- q.Leave(&j.m) }()
+	close(release)
+	if <-left {
+		t.Fatal("Leave true for a member due took out")
+	}
+	select {
+	case <-j.done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Leave returned before due's work was done")
+	}
+}

@@ -137,10 +137,20 @@ func (q *Queue) fire() {
 	q.armed = false
 	now := time.Now()
 	for m := q.head; m != nil && !m.at.After(now); m = q.head {
-		q.unlinkLocked(m)
-		if q.due(m) {
-			m.at = now.Add(q.after)
-			q.appendLocked(m)
+		// due runs while m is still in: Leave's unlocked check (m not in)
+		// then means due is over, and what it wrote is seen.
+		if !q.due(m) {
+			q.unlinkLocked(m)
+			continue
+		}
+		// It stays: to the tail, without ever looking out of the queue.
+		m.at = now.Add(q.after)
+		if m != q.tail {
+			q.head = m.next
+			q.head.prev = nil
+			m.prev, m.next = q.tail, nil
+			q.tail.next = m
+			q.tail = m
 		}
 	}
 	q.armLocked(now)
