@@ -83,3 +83,42 @@ func TestCompleterConsumerDeletedByHand(t *testing.T) {
 	}, ids, nil, 0)
 	recreatedOnce(t, st.completer)
 }
+
+// A kind's consumer deleted by hand while the dispatcher is down (stopped
+// for a deploy), then the dispatcher started: no process read the consumer
+// when it went, so only the position the stopped dispatcher recorded in the
+// bucket EFFECTS_CONSUMER_POSITIONS tells it from a new one. Before, it was
+// created with DeliverAll and every effect of the kind the stream held ran
+// again; it resumes after the recorded ack floor.
+func TestConsumerDeletedWhileTheDispatcherIsDown(t *testing.T) {
+	st := start(t, setup{source: "table", target: faulttest.TargetConfig{Delay: 200 * time.Millisecond}})
+	const n = 2000
+	inserted := st.insertOverTime(n, 200, 100*time.Millisecond)
+	st.waitUntil(30*time.Second, "handlers in flight after some effects ran", func() bool {
+		return st.target.InFlight() >= concurrency/2 && st.finalInTable() >= 300
+	})
+	inFlight := st.target.InFlight()
+	code, took := st.dispatcher.Term(t)
+	checkExit(t, st.dispatcher, code, took)
+	final := st.finalInTable()
+	_, js := st.nats.Connect(t)
+	name := dispatcher.ConsumerName(kind)
+	if err := js.DeleteConsumer(context.Background(), effects.EffectsStream, name); err != nil {
+		t.Fatal(err)
+	}
+	st.dispatcher.Start(t)
+	restarted := time.Now()
+	ids := <-inserted
+	heal := st.waitFinal(ids, restarted)
+	st.verify(faulttest.Result{
+		Fault: "dispatcher consumer deleted while the dispatcher is down",
+		Injection: fmt.Sprintf("SIGTERM to the dispatcher with %d calls in flight (exit %d after %s), `nats consumer rm EFFECTS %s` with %d rows final, dispatcher started again (table source, rows still being inserted)",
+			inFlight, code, took.Round(10*time.Millisecond), name, final),
+		RunTwiceAllowed: "allowed: ≤ handlers in flight at the stop",
+		Heal:            heal,
+	}, ids, nil, int(inFlight))
+	recreatedOnce(t, st.dispatcher)
+	if !st.dispatcher.Process().HasLog("the consumer was lost while no process read it (deleted, or lost with the server's store); created it again after its recorded ack floor, not from the start of the stream") {
+		t.Error("the restarted dispatcher did not say it resumed a lost consumer")
+	}
+}

@@ -9,9 +9,9 @@ import (
 	"math"
 	"slices"
 	"strings"
-	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/trace"
@@ -224,16 +224,54 @@ type batchWriter struct {
 	pool *pgxpool.Pool
 	sql  string
 
-	ids         [][16]byte
-	statuses    []string
+	ids         refArray[pgtype.UUID]
+	statuses    refArray[pgtype.Text]
 	completions [][]byte
-	errs        []*string
+	errs        refArray[pgtype.Text]
 	attempts    []int32
-	completedAt []time.Time
+	completedAt refArray[pgtype.Timestamptz]
+	// kinds holds the kinds the statement returned, so that a row's kind
+	// is a string made once, not once per row.
+	kinds map[string]string
 }
 
+// maxKinds bounds batchWriter.kinds: past it a kind is a string of its own
+// per row, as before the cache.
+const maxKinds = 1024
+
 func newBatchWriter(pool *pgxpool.Pool, table schema.Table) *batchWriter {
-	return &batchWriter{pool: pool, sql: fmt.Sprintf(writeSQL, table.Quoted())}
+	return &batchWriter{pool: pool, sql: fmt.Sprintf(writeSQL, table.Quoted()), kinds: make(map[string]string)}
+}
+
+// refArray is an array parameter whose elements pgx reads through
+// pointers. pgx takes each element of an array as an interface value: a
+// pointer goes into one as it is, where a [16]byte, a time or a string is
+// first copied to the heap (one to two allocations per element and array,
+// per completion). The element types implement pgx's valuer interfaces
+// (UUIDValuer, TextValuer, TimestamptzValuer) on their pointers too, so
+// each is encoded directly.
+type refArray[T any] []T
+
+func (a refArray[T]) Dimensions() []pgtype.ArrayDimension {
+	if a == nil {
+		return nil
+	}
+	return []pgtype.ArrayDimension{{Length: int32(len(a)), LowerBound: 1}}
+}
+
+func (a refArray[T]) Index(i int) any { return &a[i] }
+func (a refArray[T]) IndexType() any  { return new(T) }
+
+// kind returns b as a string, from w.kinds when it is there.
+func (w *batchWriter) kind(b []byte) string {
+	if k, ok := w.kinds[string(b)]; ok {
+		return k
+	}
+	k := string(b)
+	if len(w.kinds) < maxKinds {
+		w.kinds[k] = k
+	}
+	return k
 }
 
 // write runs the statement once for rows, setting each row's res. On error
@@ -242,12 +280,16 @@ func (w *batchWriter) write(ctx context.Context, rows []*item) (err error) {
 	w.ids, w.statuses, w.completions = w.ids[:0], w.statuses[:0], w.completions[:0]
 	w.errs, w.attempts, w.completedAt = w.errs[:0], w.attempts[:0], w.completedAt[:0]
 	for _, r := range rows {
-		w.ids = append(w.ids, r.id)
-		w.statuses = append(w.statuses, string(r.comp.Status))
+		w.ids = append(w.ids, pgtype.UUID{Bytes: r.id, Valid: true})
+		w.statuses = append(w.statuses, pgtype.Text{String: string(r.comp.Status), Valid: true})
 		w.completions = append(w.completions, r.completion)
-		w.errs = append(w.errs, r.comp.Error)
+		e := pgtype.Text{}
+		if r.comp.Error != nil {
+			e = pgtype.Text{String: *r.comp.Error, Valid: true}
+		}
+		w.errs = append(w.errs, e)
 		w.attempts = append(w.attempts, int32(r.comp.Attempts))
-		w.completedAt = append(w.completedAt, r.comp.CompletedAt)
+		w.completedAt = append(w.completedAt, pgtype.Timestamptz{Time: r.comp.CompletedAt, Valid: true})
 	}
 	defer func() {
 		if err != nil {
@@ -262,10 +304,11 @@ func (w *batchWriter) write(ctx context.Context, rows []*item) (err error) {
 	}
 	defer res.Close()
 	var (
-		n    int64
-		code string
-		kind *string
-		age  *float64
+		n int64
+		// Read in place (valid until the next row), then kept through
+		// w.kind: no allocation per row.
+		code, kind pgtype.DriverBytes
+		age        pgtype.Float8
 	)
 	for res.Next() {
 		if err := res.Scan(&n, &code, &kind, &age); err != nil {
@@ -275,14 +318,14 @@ func (w *batchWriter) write(ctx context.Context, rows []*item) (err error) {
 			return fmt.Errorf("batch statement returned row number %d of %d", n, len(rows))
 		}
 		r := &rows[n-1].res
-		switch code {
+		switch string(code) {
 		case "w":
 			r.outcome = written
 			if kind != nil {
-				r.kind = *kind
+				r.kind = w.kind(kind)
 			}
-			if age != nil {
-				r.age = *age
+			if age.Valid {
+				r.age = age.Float64
 			}
 		case "u":
 			r.outcome = unchanged

@@ -215,6 +215,9 @@ func (c *Completer) Run(ctx context.Context) error {
 	if n := in.handBackQueued(); n > 0 {
 		c.logger.Warn("stopping: completions not written were handed back to JetStream", "count", n)
 	}
+	// Everything is written or handed back: the reader records the
+	// consumer's last ack floor (internal/consume's position bucket).
+	r.Release(c.handBack)
 	return nil
 }
 

@@ -28,7 +28,8 @@ import (
 type bundle struct {
 	t     testing.TB
 	pool  *pgxpool.Pool
-	nats  *testenv.NATS
+	nats  *testenv.NATS // nil with benchNATS
+	bench *testenv.BenchNATS
 	nc    *nats.Conn
 	js    jetstream.JetStream
 	reg   *prometheus.Registry
@@ -44,6 +45,9 @@ type setupOpts struct {
 	cfg     completer.Config
 	pool    *pgxpool.Pool // default: a schema of the test's own in the test database
 	noStart bool
+	// benchNATS: the NATS server of a benchmark (testenv.StartBenchNATS),
+	// in a process of its own when EFFECTS_BENCH_NATS_SERVER is set.
+	benchNATS bool
 }
 
 func setup(t testing.TB, o setupOpts) *bundle {
@@ -58,8 +62,13 @@ func setup(t testing.TB, o setupOpts) *bundle {
 	b.table = b.cfg.Table
 	migrateTable(t, b.pool, b.table)
 
-	b.nats = testenv.StartNATS(t)
-	b.nc, b.js = b.nats.Connect(t)
+	if o.benchNATS {
+		b.bench = testenv.StartBenchNATS(t)
+		b.nc, b.js = b.bench.Connect(t)
+	} else {
+		b.nats = testenv.StartNATS(t)
+		b.nc, b.js = b.nats.Connect(t)
+	}
 	if err := effects.EnsureStreams(ctx(t), b.js, effects.StreamOptions{}); err != nil {
 		t.Fatalf("ensure streams: %v", err)
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/effects-run/effects/internal/completer"
+	"github.com/effects-run/effects/internal/testenv"
 	"github.com/effects-run/effects/pkg/effects"
 )
 
@@ -25,7 +26,7 @@ func BenchmarkCompleterPipeline(b *testing.B) {
 }
 
 func benchmarkPipeline(b *testing.B, cfg completer.Config) {
-	bn := setup(b, setupOpts{noStart: true, cfg: cfg})
+	bn := setup(b, setupOpts{noStart: true, cfg: cfg, benchNATS: true})
 	rows, err := bn.pool.Query(context.Background(),
 		`INSERT INTO effects (kind, payload) SELECT 'echo', '{"n":1}' FROM generate_series(1, $1) RETURNING id::text`, b.N)
 	if err != nil {
@@ -57,8 +58,10 @@ func benchmarkPipeline(b *testing.B, cfg completer.Config) {
 		}
 	}
 
+	b.ReportAllocs()
 	b.ResetTimer()
 	start := time.Now()
+	cpu, natsCPU := testenv.SelfCPU(), bn.bench.CPU()
 	bn.start(b)
 	deadline := time.Now().Add(5 * time.Minute)
 	for bn.metric(b, "effects_completions_written_total") < float64(b.N) {
@@ -69,6 +72,10 @@ func benchmarkPipeline(b *testing.B, cfg completer.Config) {
 	}
 	elapsed := time.Since(start)
 	b.StopTimer()
+	b.ReportMetric(float64((testenv.SelfCPU()-cpu).Nanoseconds())/1e3/float64(b.N), "cpu_us/op")
+	if bn.bench.Separate() {
+		b.ReportMetric(float64((bn.bench.CPU()-natsCPU).Nanoseconds())/1e3/float64(b.N), "nats_cpu_us/op")
+	}
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "completions/s")
 	batches := bn.metric(b, "effects_completer_batch_size")
 	b.ReportMetric(float64(b.N)/batches, "rows/batch")

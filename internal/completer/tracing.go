@@ -9,6 +9,8 @@ import (
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/effects-run/effects/internal/tracing"
 )
 
 const tracerName = "github.com/effects-run/effects/internal/completer"
@@ -17,7 +19,11 @@ const tracerName = "github.com/effects-run/effects/internal/completer"
 // traceparent (the dispatcher's attempt span), a span of its write as a
 // child in that trace: the effect's trace then ends at the row. Rows are
 // written in batches, so these spans share the batch's start and end.
+// While tracing is off no span would record, and none is started.
 func startWrites(ctx context.Context, rows []*item) {
+	if tracing.Off() {
+		return
+	}
 	tr := otel.Tracer(tracerName)
 	for _, it := range rows {
 		h := it.msg.Headers()

@@ -6,8 +6,13 @@
 //   - [Open] binds to the consumer when it exists and its configuration
 //     matches (nothing is written to the server), updates it when the
 //     configuration really differs (and logs what differs), and creates it
-//     when it does not exist, starting where the configuration says (a new
+//     when it does not exist: after the ack floor recorded for it in
+//     [PositionBucket] when there is one (the consumer existed and was lost
+//     while no process read it), else where the configuration says (a new
 //     consumer's messages have never been handled);
+//   - it records the consumer's ack floor in [PositionBucket] now and then
+//     (when it moved, at most every Config.RecordEvery, never per message)
+//     and once more at [Reader.Release];
 //   - it notices a consumer that disappears (deleted by hand, or lost with
 //     the server's store) and creates it again from where it was: from the
 //     stream sequence after the last ack floor it saw, never from the start
@@ -66,6 +71,9 @@ type Config struct {
 	// (where a lost consumer resumes) and whether it still exists.
 	// Default 1s.
 	CheckEvery time.Duration
+	// RecordEvery is how often at most the ack floor, when it moved, is
+	// written to [PositionBucket]. Default 2s.
+	RecordEvery time.Duration
 	// Logger gets what happens to the consumer. Default: none.
 	Logger *slog.Logger
 	// Metrics counts losses and re-creations; nil counts nothing.
@@ -114,6 +122,10 @@ type Reader struct {
 	js  jetstream.JetStream
 	log *slog.Logger
 	m   *series
+	// pos is the consumer's key in PositionBucket.
+	pos *positions
+	// finalOnce records the position once as the reader is released.
+	finalOnce sync.Once
 
 	// cur is the consumer being read; nil while it is created again.
 	cur atomic.Pointer[source]
@@ -142,6 +154,9 @@ type Reader struct {
 	// a message first delivered (above it) is not looked up.
 	settled map[uint64]bool
 	highest atomic.Uint64
+	// lastSettled is the message this process settled last: its ack
+	// subject is the barrier of recordFinal.
+	lastSettled *msg
 }
 
 // source is one consumer handle and, unless Buffer is 0, its iterator.
@@ -167,6 +182,9 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Reader, err
 	if cfg.CheckEvery <= 0 {
 		cfg.CheckEvery = defaultCheckEvery
 	}
+	if cfg.RecordEvery <= 0 {
+		cfg.RecordEvery = defaultRecordEvery
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -179,6 +197,7 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Reader, err
 		installed: make(chan struct{}),
 		settled:   map[uint64]bool{},
 	}
+	r.pos = &positions{js: js, key: PositionKey(cfg.Stream, cfg.Consumer.Durable), every: cfg.RecordEvery, log: r.log, m: r.m}
 	r.stopCtx, r.stopNow = context.WithCancel(context.Background())
 	src, err := r.open(ctx)
 	if err != nil {
@@ -200,17 +219,21 @@ func (r *Reader) open(ctx context.Context) (*source, error) {
 	if err != nil {
 		return nil, fmt.Errorf("consumer %s: stream %s: %w", r.cfg.Consumer.Durable, r.cfg.Stream, err)
 	}
-	r.streamCreated = s.CachedInfo().Created
-	cons, err := r.bind(ctx)
+	si := s.CachedInfo()
+	r.streamCreated = si.Created
+	// A reader that creates the position bucket gives it the replicas of
+	// the stream it reads: the bucket survives what the streams survive.
+	r.pos.replicas = si.Config.Replicas
+	cons, err := r.bind(ctx, si)
 	if err != nil {
 		return nil, err
 	}
 	return r.newSource(cons)
 }
 
-// bind returns the consumer, created with the configured start if it does
-// not exist, updated if its configuration differs from the wanted one.
-func (r *Reader) bind(ctx context.Context) (jetstream.Consumer, error) {
+// bind returns the consumer: created if it does not exist (see creation),
+// updated if its configuration differs from the wanted one.
+func (r *Reader) bind(ctx context.Context, si *jetstream.StreamInfo) (jetstream.Consumer, error) {
 	want := r.cfg.Consumer
 	for range 3 { // a create that loses a race binds to the winner's
 		cons, err := r.js.Consumer(ctx, r.cfg.Stream, want.Durable)
@@ -235,17 +258,78 @@ func (r *Reader) bind(ctx context.Context) (jetstream.Consumer, error) {
 		if !errors.Is(err, jetstream.ErrConsumerNotFound) {
 			return nil, fmt.Errorf("consumer %s on %s: %w", want.Durable, r.cfg.Stream, err)
 		}
-		cons, err = r.js.CreateConsumer(ctx, r.cfg.Stream, want)
+		create, created, err := r.creation(ctx, si)
+		if err != nil {
+			return nil, err
+		}
+		cons, err = r.js.CreateConsumer(ctx, r.cfg.Stream, create)
 		if errors.Is(err, jetstream.ErrConsumerExists) {
 			continue // another process created it meanwhile
 		}
 		if err != nil {
 			return nil, fmt.Errorf("create consumer %s on %s: %w", want.Durable, r.cfg.Stream, err)
 		}
-		r.log.Info("created the consumer", "deliver", want.DeliverPolicy.String())
+		created()
 		return cons, nil
 	}
 	return nil, fmt.Errorf("consumer %s on %s: created and deleted again while binding", want.Durable, r.cfg.Stream)
+}
+
+// creation returns the configuration to create the missing consumer with,
+// and what to log (and count) once it is created. A position recorded for
+// it on this stream means that the consumer existed and was lost while no
+// process read it (deleted, or lost with the server's store): it is created
+// again after the recorded ack floor, never from the start (DeliverAll
+// would run every effect the stream holds again, a week by default). No
+// position means a consumer that never existed (its messages never ran): it
+// starts where the configuration says. So does one whose position is of an
+// earlier stream of the same name, and one whose position cannot be told
+// because the bucket itself is gone: then the log says so.
+func (r *Reader) creation(ctx context.Context, si *jetstream.StreamInfo) (jetstream.ConsumerConfig, func(), error) {
+	want := r.cfg.Consumer
+	deliver := want.DeliverPolicy.String()
+	pos, state, err := r.pos.load(ctx)
+	if err != nil {
+		// Whether it existed is unknown: creating it from its start could
+		// run the stream again. Open fails, and the caller retries.
+		return want, nil, fmt.Errorf("consumer %s on %s is missing, and its recorded position cannot be read: %w", want.Durable, r.cfg.Stream, err)
+	}
+	switch {
+	case state == recorded && pos.StreamCreated.Equal(si.Created):
+		start := resumeAt(pos.AckFloor, si.State)
+		want.DeliverPolicy, want.OptStartSeq, want.OptStartTime = jetstream.DeliverByStartSequencePolicy, start, nil
+		return want, func() {
+			attrs := []any{"recorded_ack_floor", pos.AckFloor, "recorded_at", pos.Written, "resumed_at_stream_sequence", start}
+			switch {
+			case start > pos.AckFloor+1:
+				attrs = append(attrs, "skipped", "the stream's limits (max age) removed the messages after the recorded floor before its first one")
+			case start < pos.AckFloor+1:
+				attrs = append(attrs, "note", "the recorded floor is beyond the stream's last message (restored from an older copy?): resumed after its last one")
+			}
+			r.log.Warn("the consumer was lost while no process read it (deleted, or lost with the server's store); created it again after its recorded ack floor, not from the start of the stream", attrs...)
+			r.m.recreated(start)
+		}, nil
+	case state == recorded:
+		return want, func() {
+			r.log.Info("created the consumer; its recorded position is of an earlier stream of that name, so it starts where its configuration says", "deliver", deliver)
+		}, nil
+	case (state == bucketMissing || state == unreadable) && si.State.Msgs > 0:
+		return want, func() {
+			r.log.Warn("created the consumer where its configuration says, without knowing whether it existed: its position in the bucket "+PositionBucket+
+				" is missing with the bucket (deleted?) or unreadable; had the consumer been lost, its messages run again", "deliver", deliver, "stream_messages", si.State.Msgs)
+		}, nil
+	default:
+		return want, func() { r.log.Info("created the consumer", "deliver", deliver) }, nil
+	}
+}
+
+// resumeAt is the stream sequence a lost consumer whose ack floor was floor
+// is created again at: the one after the floor, but not before the stream's
+// first message (its limits removed the older ones) nor beyond the one
+// after its last (a floor ahead of the stream: the messages the stream
+// gets next must not be skipped; nats-server does not clamp it).
+func resumeAt(floor uint64, st jetstream.StreamState) uint64 {
+	return max(min(floor+1, st.LastSeq+1), st.FirstSeq)
 }
 
 // replaceUnstored replaces a consumer the server keeps without its
@@ -442,11 +526,13 @@ func (r *Reader) Stopped() <-chan struct{} { return r.stopped }
 
 // Release stops the reader and gives back every message it still holds,
 // so that they are delivered again at once, here or to another process;
-// it returns how many. giveBack settles each (the dispatcher's goes
+// it returns how many. Then it records the consumer's ack floor in
+// [PositionBucket] once more: call it once the caller settled everything. giveBack settles each (the dispatcher's goes
 // through its one settle path); nil naks it without delay. Messages
 // already handed out are the caller's to settle.
 func (r *Reader) Release(giveBack func(jetstream.Msg)) int {
 	r.Stop()
+	defer r.recordFinal()
 	src := r.cur.Load()
 	if src == nil || src.it == nil {
 		return 0
@@ -463,6 +549,44 @@ func (r *Reader) Release(giveBack func(jetstream.Msg)) int {
 		giveBack(jm)
 		n++
 	}
+}
+
+// recordPosition records the position info was read at (see positions).
+func (r *Reader) recordPosition(ctx context.Context, info *jetstream.ConsumerInfo, force bool) {
+	r.mu.Lock()
+	created := r.streamCreated
+	r.mu.Unlock()
+	r.pos.record(ctx, position{AckFloor: info.AckFloor.Stream, StreamCreated: created, ConsumerCreated: info.Created}, force)
+}
+
+// recordFinal records the position once more as the reader is released,
+// after the caller settled what it held: a process stopped for a deploy
+// leaves its last ack floor, not the one of up to RecordEvery before.
+func (r *Reader) recordFinal() {
+	r.finalOnce.Do(func() {
+		src := r.cur.Load()
+		nc := r.js.Conn()
+		if src == nil || nc == nil || !nc.IsConnected() {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), positionTimeout)
+		defer cancel()
+		r.mu.Lock()
+		last := r.lastSettled
+		r.mu.Unlock()
+		if last != nil && last.Reply() != "" {
+			// Acks are plain publishes, applied by the server one after
+			// the other on a queue of the consumer's, apart from the info
+			// request: read at once, the floor can miss the last acks.
+			// An in-progress request on a message this process settled
+			// (a no-op for a message no longer pending) is answered once
+			// the queue reached it, after the acks sent before.
+			_, _ = nc.RequestWithContext(ctx, last.Reply(), []byte("+WPI"))
+		}
+		if info, err := src.cons.Info(ctx); err == nil {
+			r.recordPosition(ctx, info, true)
+		}
+	})
 }
 
 // Ready reports whether the reader consumes: nil unless it is stopped or
@@ -512,6 +636,7 @@ func (r *Reader) poll(src *source) bool {
 	info, err := src.cons.Info(ctx)
 	if err == nil {
 		r.noteFloor(info.AckFloor.Stream)
+		r.recordPosition(ctx, info, false)
 		return false
 	}
 	return errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrStreamNotFound)
@@ -605,7 +730,7 @@ func (r *Reader) findOrCreate(ctx context.Context) (cons jetstream.Consumer, sta
 		r.streamCreated, r.floor, r.settled = created, 0, map[uint64]bool{}
 		r.highest.Store(0)
 	} else {
-		want.DeliverPolicy, want.OptStartSeq, want.OptStartTime = jetstream.DeliverByStartSequencePolicy, r.floor+1, nil
+		want.DeliverPolicy, want.OptStartSeq, want.OptStartTime = jetstream.DeliverByStartSequencePolicy, resumeAt(r.floor, s.CachedInfo().State), nil
 		start = int64(want.OptStartSeq)
 	}
 	r.mu.Unlock()
@@ -680,12 +805,14 @@ func (r *Reader) noteFloor(floor uint64) {
 }
 
 // remember records a message this process settled for good.
-func (r *Reader) remember(seq uint64, termed bool) {
+func (r *Reader) remember(m *msg, termed bool) {
+	seq := m.seq
 	if seq == 0 {
 		return
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.lastSettled = m
 	if seq > r.floor && len(r.settled) < maxRemembered {
 		r.settled[seq] = termed
 		if seq > r.highest.Load() {

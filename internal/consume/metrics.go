@@ -11,6 +11,7 @@ type Metrics struct {
 	recreated    *prometheus.CounterVec
 	resumedAt    *prometheus.GaugeVec
 	settledAgain *prometheus.CounterVec
+	positionUp   *prometheus.GaugeVec
 }
 
 // NewMetrics registers the readers' metrics on reg (reusing them if a
@@ -30,6 +31,10 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Name: "effects_consumer_settled_again_total",
 			Help: "Messages delivered again that this process had already acked or terminated (an ack lost, or the consumer created again below them): settled again without running.",
 		}, labels),
+		positionUp: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "effects_consumer_position_up",
+			Help: "1 while the consumer's position (its ack floor) could last be recorded in the JetStream bucket " + PositionBucket + ", 0 while recording fails: a consumer lost meanwhile while no process reads it would start again where its configuration says.",
+		}, labels),
 	}
 	var err error
 	m.recreated, err = register(reg, m.recreated)
@@ -41,6 +46,10 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		return nil, err
 	}
 	m.settledAgain, err = register(reg, m.settledAgain)
+	if err != nil {
+		return nil, err
+	}
+	m.positionUp, err = register(reg, m.positionUp)
 	if err != nil {
 		return nil, err
 	}
@@ -63,6 +72,7 @@ type series struct {
 	recreatedC    prometheus.Counter
 	resumedAt     prometheus.Gauge
 	settledAgainC prometheus.Counter
+	positionUpG   prometheus.Gauge
 }
 
 func (m *Metrics) forConsumer(stream, consumer string) *series {
@@ -70,11 +80,14 @@ func (m *Metrics) forConsumer(stream, consumer string) *series {
 		return nil
 	}
 	// Created now, so that the series exist (at 0) before anything happens.
-	return &series{
+	s := &series{
 		recreatedC:    m.recreated.WithLabelValues(stream, consumer),
 		resumedAt:     m.resumedAt.WithLabelValues(stream, consumer),
 		settledAgainC: m.settledAgain.WithLabelValues(stream, consumer),
+		positionUpG:   m.positionUp.WithLabelValues(stream, consumer),
 	}
+	s.positionUpG.Set(1)
+	return s
 }
 
 func (s *series) recreated(at uint64) {
@@ -87,5 +100,16 @@ func (s *series) recreated(at uint64) {
 func (s *series) settledAgain() {
 	if s != nil {
 		s.settledAgainC.Inc()
+	}
+}
+
+func (s *series) positionUp(up bool) {
+	if s == nil {
+		return
+	}
+	if up {
+		s.positionUpG.Set(1)
+	} else {
+		s.positionUpG.Set(0)
 	}
 }

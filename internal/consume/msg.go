@@ -33,24 +33,24 @@ func (m *msg) Metadata() (*jetstream.MsgMetadata, error) { return m.meta, m.err 
 // the message, and a redelivery is acked again rather than run again.
 func (m *msg) Ack() error {
 	err := m.Msg.Ack()
-	m.r.remember(m.seq, false)
+	m.r.remember(m, false)
 	return err
 }
 
 func (m *msg) DoubleAck(ctx context.Context) error {
 	err := m.Msg.DoubleAck(ctx)
-	m.r.remember(m.seq, false)
+	m.r.remember(m, false)
 	return err
 }
 
 func (m *msg) Term() error {
 	err := m.Msg.Term()
-	m.r.remember(m.seq, true)
+	m.r.remember(m, true)
 	return err
 }
 
 func (m *msg) TermWithReason(reason string) error {
 	err := m.Msg.TermWithReason(reason)
-	m.r.remember(m.seq, true)
+	m.r.remember(m, true)
 	return err
 }

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/effects-run/effects/internal/ingest"
+	"github.com/effects-run/effects/internal/testenv"
+	"github.com/effects-run/effects/pkg/effects"
 )
 
 const placeholderID = "00000000-0000-4000-8000-000000000000"
@@ -47,14 +49,43 @@ func (bb *benchBodies) next(buf []byte) []byte {
 	return buf
 }
 
+// benchSetup is setup with the NATS server of a benchmark: in this process,
+// or in its own with EFFECTS_BENCH_NATS_SERVER set (testenv.StartBenchNATS),
+// which leaves -benchmem's allocations the ingest's alone.
+func benchSetup(b *testing.B) (*testBundle, *testenv.BenchNATS) {
+	server := testenv.StartBenchNATS(b)
+	nc, js := server.Connect(b)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := effects.EnsureStreams(ctx, js, effects.StreamOptions{}); err != nil {
+		b.Fatal(err)
+	}
+	return newBundle(b, nil, nc, js), server
+}
+
+// reportCPU starts counting CPU time; the function it returns reports it
+// per op: this process's (cpu_us/op) and, when the NATS server runs in a
+// process of its own, the server's (nats_cpu_us/op).
+func reportCPU(b *testing.B, server *testenv.BenchNATS) func() {
+	self, nats := testenv.SelfCPU(), server.CPU()
+	return func() {
+		n := float64(b.N)
+		b.ReportMetric(float64((testenv.SelfCPU()-self).Nanoseconds())/1e3/n, "cpu_us/op")
+		if server.Separate() {
+			b.ReportMetric(float64((server.CPU()-nats).Nanoseconds())/1e3/n, "nats_cpu_us/op")
+		}
+	}
+}
+
 // BenchmarkIngest drives the handler directly, in parallel, against an
 // in-process NATS: the ingest's own cost per effect plus the JetStream round
 // trip, without HTTP's.
 func BenchmarkIngest(b *testing.B) {
-	bundle := setup(b)
+	bundle, server := benchSetup(b)
 	bodies := newBenchBodies()
 	b.SetParallelism(50) // with 2 cores, about the 100 deliveries Hasura keeps in flight
 	b.ReportAllocs()
+	defer reportCPU(b, server)()
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		var buf []byte
@@ -76,7 +107,7 @@ func BenchmarkIngest(b *testing.B) {
 // BenchmarkIngestHTTP goes through a real listener and keep-alive
 // connections, as Hasura's deliveries do.
 func BenchmarkIngestHTTP(b *testing.B) {
-	bundle := setup(b)
+	bundle, server := benchSetup(b)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
@@ -102,6 +133,7 @@ func BenchmarkIngestHTTP(b *testing.B) {
 
 	b.SetParallelism(50)
 	b.ReportAllocs()
+	defer reportCPU(b, server)()
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		var buf []byte

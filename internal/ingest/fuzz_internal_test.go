@@ -7,6 +7,7 @@ package ingest
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
@@ -21,13 +22,16 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/propagation"
 
+	"github.com/effects-run/effects/internal/jspub"
 	"github.com/effects-run/effects/pkg/effects"
 )
 
-// captureJS is a JetStream that stores nothing: it acks every async publish
-// at once and keeps the messages for the test to check. Any other method
-// panics (the embedded interface is nil), which the webhook must not need.
+// captureJS is a JetStream, and the webhook's effect publisher, that stores
+// nothing: it acks every publish at once and keeps the messages for the test
+// to check. Any other method panics (the embedded interface is nil), which
+// the webhook must not need.
 type captureJS struct {
 	jetstream.JetStream
 	mu   sync.Mutex
@@ -43,6 +47,13 @@ func (c *captureJS) PublishMsgAsync(m *nats.Msg, _ ...jetstream.PublishOpt) (jet
 	f := &ackedFuture{msg: m, ok: make(chan *jetstream.PubAck, 1), err: make(chan error)}
 	f.ok <- &jetstream.PubAck{Stream: "EFFECTS", Sequence: uint64(len(c.msgs))}
 	return f, nil
+}
+
+func (c *captureJS) publish(m *nats.Msg, _ time.Duration) (jspub.Ack, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.msgs = append(c.msgs, m)
+	return jspub.Ack{Seq: uint64(len(c.msgs))}, nil
 }
 
 func (c *captureJS) take() []*nats.Msg {
@@ -120,6 +131,7 @@ func FuzzWebhook(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		srv.pub = js
 		req := httptest.NewRequest(http.MethodPost, EventsPath, bytes.NewReader(body))
 		req.Header.Set("Content-Type", "application/json")
 		req.Header.Set(SecretHeader, "s")
@@ -300,6 +312,7 @@ func FuzzTraceContext(f *testing.F) {
 				h.Set(k, v)
 			}
 		}
+		checkCarried(t, tc.parent)
 		p := headerParent(h)
 		if p == "" {
 			return
@@ -309,13 +322,28 @@ func FuzzTraceContext(f *testing.F) {
 		if !traceparentRE.MatchString(p) || strings.Contains(p, strings.Repeat("0", 32)) || strings.Contains(p, "-"+strings.Repeat("0", 16)+"-") {
 			t.Fatalf("headers %v gave traceparent %q", h, p)
 		}
-		msg := &nats.Msg{Subject: "effects.k", Header: nats.Header{}}
-		span := startPublish(p, msg, "0d8a6f4e-2b1c-4c6e-9a0f-5f3d2e1b7c11", "k")
-		span.End()
-		if tp := msg.Header.Get(TraceparentHeader); tp != "" && !traceparentRE.MatchString(tp) {
-			t.Fatalf("message traceparent %q", tp)
-		}
+		checkCarried(t, p)
 	})
+}
+
+// checkCarried checks that an effect message with parent carries what a
+// non-recording span of parent would put on it (tracing is off here, and
+// startPublish then starts no span): the propagator's round trip of parent.
+func checkCarried(t *testing.T, parent string) {
+	t.Helper()
+	msg := &nats.Msg{Subject: "effects.k", Header: nats.Header{}}
+	span := startPublish(parent, msg, "0d8a6f4e-2b1c-4c6e-9a0f-5f3d2e1b7c11", "k")
+	span.End()
+	want := ""
+	if parent != "" {
+		ctx := propagation.TraceContext{}.Extract(context.Background(), propagation.MapCarrier{"traceparent": parent})
+		c := propagation.MapCarrier{}
+		propagation.TraceContext{}.Inject(ctx, c)
+		want = c["traceparent"]
+	}
+	if tp := msg.Header.Get(TraceparentHeader); tp != want || tp != "" && !traceparentRE.MatchString(tp) {
+		t.Fatalf("parent %q: message traceparent %q, want %q", parent, tp, want)
+	}
 }
 
 // FuzzTableRow turns arbitrary rows into what the table source publishes

@@ -812,14 +812,12 @@ func TestMessageOverNATSMaxPayloadIsFailed(t *testing.T) {
 // TestEffectMessageSizeIsCheckedBeforePublishing: payload and session
 // variables each within their limits, together over the server's
 // max_payload. The row is failed with its size and the limit, and the
-// message never reaches the client's async publish, whose timer would hold
-// it (and memory) until the async publish timeout. One byte less is
-// published: the count matches the server's.
+// message is never published. One byte less is published: the count
+// matches the server's.
 func TestEffectMessageSizeIsCheckedBeforePublishing(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	spy := &publishSpy{JetStream: b.js}
-	b = newBundle(t, b.nats, b.nc, spy)
+	spy := spyEffects(t, b.nats)
 	limit := int(b.nc.MaxPayload())
 	payload := `"` + strings.Repeat("p", 400<<10) + `"`
 	event := func(rowID, eventID string, svLen int) []byte {
@@ -830,13 +828,12 @@ func TestEffectMessageSizeIsCheckedBeforePublishing(t *testing.T) {
 
 	// A small message first, to learn the envelope's size.
 	reply(t, b.post(t, event(newUUID(t), newUUID(t), 1)), http.StatusOK)
-	if spy.calls.Load() != 1 {
-		t.Fatalf("%d publishes", spy.calls.Load())
-	}
+	testenv.WaitFor(t, 5*time.Second, "the effect at the spy", func() bool { return spy.calls.Load() == 1 })
 	small := int(spy.lastSize.Load())
 	atLimit := 1 + limit - small
 
 	got := reply(t, b.post(t, event(newUUID(t), newUUID(t), atLimit)), http.StatusOK)
+	testenv.WaitFor(t, 5*time.Second, "the second effect at the spy", func() bool { return spy.calls.Load() == 2 })
 	if got["duplicate"] != false || spy.lastSize.Load() != int64(limit) {
 		t.Fatalf("a message of exactly max_payload (%d bytes): reply %v, published %d bytes", limit, got, spy.lastSize.Load())
 	}
@@ -849,9 +846,6 @@ func TestEffectMessageSizeIsCheckedBeforePublishing(t *testing.T) {
 	if reason != want {
 		t.Errorf("reason\n%s\nwant\n%s", reason, want)
 	}
-	if n := spy.calls.Load(); n != 2 {
-		t.Errorf("%d async publishes, want 2: the oversized message was handed to the client", n)
-	}
 	c, err := effects.ParseCompletion(b.lastMsg(t, effects.CompletedStream, "effects.completed.big_sv").Data)
 	if err != nil {
 		t.Fatal(err)
@@ -862,32 +856,51 @@ func TestEffectMessageSizeIsCheckedBeforePublishing(t *testing.T) {
 	if n := b.count(t, effects.EffectsStream); n != 2 {
 		t.Errorf("%d effects stored, want 2", n)
 	}
+	// The failed completion was stored after the oversized effect was
+	// refused: had that effect been published, it reached the spy's
+	// connection before the round trip ends.
+	if err := spy.nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if n := spy.calls.Load(); n != 2 {
+		t.Errorf("%d effects published, want 2: the oversized message was published", n)
+	}
 }
 
-// publishSpy counts the async publishes of effects (not completions) that
-// reach JetStream and the size of the last one, as the server counts it.
-type publishSpy struct {
-	jetstream.JetStream
+// effectSpy counts the effect messages (not completions) published to the
+// NATS server and keeps the size of the last one, as the server counts it
+// against max_payload.
+type effectSpy struct {
+	nc       *nats.Conn
 	calls    atomic.Int64
 	lastSize atomic.Int64
 }
 
-func (s *publishSpy) PublishMsgAsync(m *nats.Msg, opts ...jetstream.PublishOpt) (jetstream.PubAckFuture, error) {
-	if strings.HasPrefix(m.Subject, "effects.completed.") {
-		return s.JetStream.PublishMsgAsync(m, opts...)
-	}
-	s.calls.Add(1)
-	size := len(m.Data)
-	if len(m.Header) > 0 {
-		size += len("NATS/1.0\r\n\r\n")
-		for k, vs := range m.Header {
-			for _, v := range vs {
-				size += len(k) + len(": \r\n") + len(v)
+// spyEffects subscribes an effectSpy, on a connection of its own, to every
+// effect subject of n.
+func spyEffects(t *testing.T, n *testenv.NATS) *effectSpy {
+	t.Helper()
+	nc, _ := n.Connect(t)
+	s := &effectSpy{nc: nc}
+	if _, err := nc.Subscribe("effects.*", func(m *nats.Msg) {
+		size := len(m.Data)
+		if len(m.Header) > 0 {
+			size += len("NATS/1.0\r\n\r\n")
+			for k, vs := range m.Header {
+				for _, v := range vs {
+					size += len(k) + len(": \r\n") + len(v)
+				}
 			}
 		}
+		s.lastSize.Store(int64(size))
+		s.calls.Add(1)
+	}); err != nil {
+		t.Fatal(err)
 	}
-	s.lastSize.Store(int64(size))
-	return s.JetStream.PublishMsgAsync(m, opts...)
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	return s
 }
 
 func TestStreamMissingIs503(t *testing.T) {

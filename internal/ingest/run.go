@@ -79,6 +79,11 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	// does not cut their publishes short; Shutdown waits for them.
 	sctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
 	defer cancel()
+	if p, ok := s.pub.(*natsPublisher); ok {
+		// Once every request is answered: the subscription to the
+		// PubAcks ends; a later Serve subscribes again.
+		defer p.p.Close()
+	}
 	err := srv.Shutdown(sctx)
 	<-served
 	if err != nil {

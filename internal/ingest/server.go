@@ -11,9 +11,11 @@
 // with Retry-After while JetStream does not store, so Hasura retries later
 // even after its own retries are spent.
 //
-// Requests do not wait on each other: each publishes asynchronously and holds
-// its reply until its own ack, so one connection to NATS carries many
-// requests in flight.
+// Requests hold their reply until their own ack, and one connection to NATS
+// carries many requests in flight. While a batch of effects waits for its
+// acks, the effects of the requests that come meanwhile are held and sent
+// together once it is answered (publisher.go), so that the NATS server reads
+// many messages and writes many acks in one go.
 package ingest
 
 import (
@@ -73,6 +75,7 @@ var emptyObject = []byte("{}")
 type Server struct {
 	cfg     Config
 	js      jetstream.JetStream
+	pub     effectPublisher // nil without a NATS connection (a stand-in JetStream)
 	client  *effects.Client
 	logger  *slog.Logger
 	metrics *metrics
@@ -131,6 +134,9 @@ func New(cfg Config, js jetstream.JetStream, logger *slog.Logger, reg prometheus
 		checkSecret:  cfg.WebhookSecret != "",
 		retryAfter:   []string{cfg.retryAfterSeconds()},
 		streamsReady: make(chan struct{}),
+	}
+	if nc := js.Conn(); nc != nil {
+		s.pub = newNATSPublisher(nc)
 	}
 	if len(cfg.Kinds) > 0 {
 		s.allowed = make(map[string]struct{}, len(cfg.Kinds))
@@ -282,8 +288,8 @@ func (s *Server) handleEvent(w http.ResponseWriter, ev *hasuraEvent) {
 		return
 	}
 	row, createdAt, err := ev.checkRow(s.now)
-	var badTime *unusableCreatedAt
-	if errors.As(err, &badTime) {
+	badTime, _ := err.(*unusableCreatedAt)
+	if badTime != nil {
 		err = nil // failed below, once the kind is known to be valid
 	}
 	if err != nil {
@@ -405,38 +411,34 @@ func msgSize(m *nats.Msg) int {
 // publish sends msg without waiting on any other request and replies once
 // JetStream acked it; a failed or late ack is a 503.
 func (s *Server) publish(w http.ResponseWriter, eventID, effectID, kind string, msg *nats.Msg) {
-	start := time.Now()
-	fut, err := s.js.PublishMsgAsync(msg)
-	if err != nil {
-		if errors.Is(err, nats.ErrMaxPayload) {
-			// Only a server configured below EFFECTS_MAX_PAYLOAD_BYTES gets
-			// here; retrying would not change the answer.
-			s.reject(w, eventID, effectID, kind, kind, fmt.Sprintf(
-				"the effect message is %d bytes, more than the NATS server accepts (max_payload %d)",
-				len(msg.Data), s.js.Conn().MaxPayload()))
-			return
-		}
-		s.unavailable(w, publishErrorError, err)
+	if s.pub == nil {
+		s.unavailable(w, publishErrorError, errNotConnected)
 		return
 	}
-	timer := time.NewTimer(s.cfg.PublishTimeout)
-	defer timer.Stop()
+	start := time.Now()
 	// The wait does not follow the request's context: the outcome counted
 	// and logged is what JetStream did, whether or not Hasura stayed to
 	// hear it, and a stopping server lets it finish.
-	select {
-	case ack := <-fut.Ok():
+	ack, err := s.pub.publish(msg, s.cfg.PublishTimeout)
+	switch {
+	case errors.Is(err, nats.ErrMaxPayload):
+		// Only a server configured below EFFECTS_MAX_PAYLOAD_BYTES gets
+		// here; retrying would not change the answer.
+		s.reject(w, eventID, effectID, kind, kind, fmt.Sprintf(
+			"the effect message is %d bytes, more than the NATS server accepts (max_payload %d)",
+			len(msg.Data), s.js.Conn().MaxPayload()))
+	case errors.Is(err, errPublishTimeout):
+		s.unavailable(w, publishErrorTimeout, err)
+	case err != nil:
+		s.unavailable(w, publishErrorError, err)
+	default:
 		s.metrics.publishSeconds.Observe(time.Since(start).Seconds())
 		outcome := outcomePublished
 		if ack.Duplicate {
 			outcome = outcomeDuplicate
 		}
 		s.metrics.ingest(kind, outcome)
-		s.reply(w, http.StatusOK, appendPublishedReply(make([]byte, 0, 160), effectID, eventID, ack.Duplicate, ack.Sequence))
-	case err := <-fut.Err():
-		s.unavailable(w, publishErrorError, err)
-	case <-timer.C:
-		s.unavailable(w, publishErrorTimeout, fmt.Errorf("no ack within %s (EFFECTS_PUBLISH_TIMEOUT)", s.cfg.PublishTimeout))
+		s.reply(w, http.StatusOK, appendPublishedReply(make([]byte, 0, 160), effectID, eventID, ack.Duplicate, ack.Seq))
 	}
 }
 

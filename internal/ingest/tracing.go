@@ -10,6 +10,8 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/effects-run/effects/internal/tracing"
 )
 
 const tracerName = "github.com/effects-run/effects/internal/ingest"
@@ -40,10 +42,21 @@ func headerParent(h http.Header) string {
 	return c["traceparent"]
 }
 
+// noSpan is the span of an effect while tracing is off.
+var noSpan = trace.SpanFromContext(context.Background())
+
 // startPublish starts the ingest's span of one effect, a child of parent (a
 // traceparent, "" for a new trace), and puts the span's traceparent on msg.
-// With tracing off the span records nothing and msg carries parent as is.
+// With tracing off the span would record nothing and carry parent, so none
+// is started and msg carries parent as is (parent is a valid traceparent in
+// the form propagation writes: traceparent and headerParent make it so).
 func startPublish(parent string, msg *nats.Msg, effectID, kind string) trace.Span {
+	if tracing.Off() {
+		if parent != "" {
+			msg.Header[TraceparentHeader] = []string{parent}
+		}
+		return noSpan
+	}
 	ctx := context.Background()
 	if parent != "" {
 		ctx = propagation.TraceContext{}.Extract(ctx, propagation.MapCarrier{"traceparent": parent})

@@ -1,8 +1,10 @@
 // Package keepalive tells JetStream that messages still being worked on are
 // in progress (InProgress resets their ack timer), so that a message held
 // longer than the ack wait is not delivered to someone else meanwhile: the
-// dispatcher's delivery waiting for its rate limit or its async completion,
-// the completer's batch whose write is slow or retried.
+// completer's batch whose write is slow or retried ([KeepAlive]), the
+// dispatcher's deliveries waiting for their rate limit, handler or async
+// completion (a [Queue] per kind, which also times the dispatcher's
+// attempts).
 package keepalive
 
 import (

@@ -3,6 +3,9 @@ package effects_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -249,3 +252,83 @@ func TestConsumeCompletionsRecreatesADeletedConsumer(t *testing.T) {
 		t.Fatal("nothing given to the handler in 30s after the loss")
 	}
 }
+
+// A team's consumer deleted while its reader was stopped (no process reads
+// it) is not read from the start of retention again: the next
+// ConsumeCompletions resumes after the ack floor the stopped one recorded,
+// so each completion is given to the handler once.
+func TestConsumeCompletionsResumesAConsumerDeletedWhileStopped(t *testing.T) {
+	t.Parallel()
+	srv := testenv.StartNATS(t)
+	_, js := srv.Connect(t)
+	ctx := context.Background()
+	if err := effects.EnsureStreams(ctx, js, effects.StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	client := effects.NewClient(js)
+	var mu sync.Mutex
+	calls := map[string]int{}
+	complete := func(n int) []string {
+		t.Helper()
+		var ids []string
+		for range n {
+			id := fmt.Sprintf("00000000-0000-4000-8000-%012d", completionSeq.Add(1))
+			if err := client.Complete(ctx, effects.Ref{ID: id, Kind: "k", EventID: "ev-" + id, Attempt: 1}, "done"); err != nil {
+				t.Fatal(err)
+			}
+			ids = append(ids, id)
+		}
+		return ids
+	}
+	// run reads until every id was handled and the consumer holds
+	// nothing more, then stops the reader.
+	run := func(ids []string) {
+		t.Helper()
+		runCtx, cancel := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() {
+			done <- effects.ConsumeCompletions(runCtx, js, "audit-stopped", func(_ context.Context, c effects.Completion) error {
+				mu.Lock()
+				calls[c.EffectID]++
+				mu.Unlock()
+				return nil
+			})
+		}()
+		testenv.WaitFor(t, 30*time.Second, "every completion handled and acked", func() bool {
+			mu.Lock()
+			for _, id := range ids {
+				if calls[id] == 0 {
+					mu.Unlock()
+					return false
+				}
+			}
+			mu.Unlock()
+			cons, err := js.Consumer(ctx, effects.CompletedStream, "audit-stopped")
+			if err != nil {
+				return false
+			}
+			info, err := cons.Info(ctx)
+			return err == nil && info.NumPending == 0 && info.NumAckPending == 0
+		})
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatalf("ConsumeCompletions: %v", err)
+		}
+	}
+	first := complete(20)
+	run(first)
+	if err := js.DeleteConsumer(ctx, effects.CompletedStream, "audit-stopped"); err != nil {
+		t.Fatal(err)
+	}
+	whileStopped := complete(5)
+	run(whileStopped)
+	mu.Lock()
+	defer mu.Unlock()
+	for _, id := range append(first, whileStopped...) {
+		if calls[id] != 1 {
+			t.Errorf("completion of %s given %d times, want 1", id, calls[id])
+		}
+	}
+}
+
+var completionSeq atomic.Int64

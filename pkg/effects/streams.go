@@ -10,6 +10,8 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/mod/semver"
+
+	"github.com/effects-run/effects/internal/consume"
 )
 
 // BatchPublishServerVersion is the first nats-server version with fast batch
@@ -119,11 +121,27 @@ func StreamConfigs(o StreamOptions) []jetstream.StreamConfig {
 // calls it at start, so they may start in any order; none of them changes a
 // stream's configuration, so a service started with a stray setting cannot
 // change retention for everyone. [ApplyStreams] is the one step that does.
+// With the streams it creates the consumers' position bucket
+// (internal/consume's PositionBucket), so that on a new deployment it exists
+// before the first message.
 func EnsureStreams(ctx context.Context, js jetstream.JetStream, o StreamOptions) error {
+	return ensureStreams(ctx, js, o, false)
+}
+
+func ensureStreams(ctx context.Context, js jetstream.JetStream, o StreamOptions, update bool) error {
+	created := false
 	for _, want := range withBatchPublish(js, StreamConfigs(o)) {
-		if err := ensureStream(ctx, js, want, false); err != nil {
+		c, err := ensureStream(ctx, js, want, update)
+		if err != nil {
 			return err
 		}
+		created = created || c
+	}
+	switch {
+	case created:
+		return consume.CreatePositionBucket(ctx, js, o.Replicas)
+	case update:
+		return consume.SetPositionBucketReplicas(ctx, js, o.Replicas)
 	}
 	return nil
 }
@@ -133,17 +151,16 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, o StreamOptions)
 // fast batch publishing allowed on the effects stream) to o on streams that
 // exist, keeping any other setting an operator made. It is the explicit
 // step that changes the streams (`completer migrate` runs it); services only
-// call [EnsureStreams].
+// call [EnsureStreams]. The consumers' position bucket gets the streams'
+// replicas too (created with the streams, or by the first reader that
+// needs it).
 func ApplyStreams(ctx context.Context, js jetstream.JetStream, o StreamOptions) error {
-	for _, want := range withBatchPublish(js, StreamConfigs(o)) {
-		if err := ensureStream(ctx, js, want, true); err != nil {
-			return err
-		}
-	}
-	return nil
+	return ensureStreams(ctx, js, o, true)
 }
 
-func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.StreamConfig, update bool) error {
+// ensureStream creates the stream (created true) or checks it, updating it
+// with update.
+func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.StreamConfig, update bool) (created bool, err error) {
 	s, err := js.Stream(ctx, want.Name)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		_, err = js.CreateStream(ctx, want)
@@ -152,12 +169,12 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.St
 			return ensureStream(ctx, js, want, update)
 		}
 		if err != nil {
-			return fmt.Errorf("create stream %s: %w", want.Name, err)
+			return false, fmt.Errorf("create stream %s: %w", want.Name, err)
 		}
-		return nil
+		return true, nil
 	}
 	if err != nil {
-		return fmt.Errorf("look up stream %s: %w", want.Name, err)
+		return false, fmt.Errorf("look up stream %s: %w", want.Name, err)
 	}
 	have := s.CachedInfo().Config
 	if !update {
@@ -165,19 +182,19 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.St
 		// that does not capture its subjects or keeps messages for one
 		// consumer only.
 		if have.Retention != want.Retention {
-			return fmt.Errorf("stream %s has %s retention, want %s: JetStream cannot change it; delete or rename the stream",
+			return false, fmt.Errorf("stream %s has %s retention, want %s: JetStream cannot change it; delete or rename the stream",
 				want.Name, have.Retention, want.Retention)
 		}
 		if !slices.Contains(have.Subjects, want.Subjects[0]) {
-			return fmt.Errorf("stream %s captures %v, not %s: run `completer migrate streams` to set its subjects",
+			return false, fmt.Errorf("stream %s captures %v, not %s: run `completer migrate streams` to set its subjects",
 				want.Name, have.Subjects, want.Subjects[0])
 		}
-		return nil
+		return false, nil
 	}
 	if slices.Equal(have.Subjects, want.Subjects) && have.Retention == want.Retention &&
 		have.MaxAge == want.MaxAge && have.Duplicates == want.Duplicates && have.Replicas == want.Replicas &&
 		(have.AllowBatchPublish || !want.AllowBatchPublish) {
-		return nil
+		return false, nil
 	}
 	updated := have
 	updated.Subjects = want.Subjects
@@ -188,13 +205,13 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, want jetstream.St
 	// stream this project does not publish batches to.
 	updated.AllowBatchPublish = have.AllowBatchPublish || want.AllowBatchPublish
 	if have.Retention != want.Retention {
-		return fmt.Errorf("stream %s has %s retention, want %s: JetStream cannot change it; delete or rename the stream",
+		return false, fmt.Errorf("stream %s has %s retention, want %s: JetStream cannot change it; delete or rename the stream",
 			want.Name, have.Retention, want.Retention)
 	}
 	if _, err := js.UpdateStream(ctx, updated); err != nil {
-		return fmt.Errorf("update stream %s: %w", want.Name, err)
+		return false, fmt.Errorf("update stream %s: %w", want.Name, err)
 	}
-	return nil
+	return false, nil
 }
 
 // StreamDrift lists, one line per setting, where the existing streams differ

@@ -8,6 +8,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/effects-run/effects/internal/consume"
 	"github.com/effects-run/effects/internal/testenv"
 	"github.com/effects-run/effects/pkg/effects"
 )
@@ -129,5 +130,41 @@ func TestStreamsAllowBatchPublish(t *testing.T) {
 	}
 	if drift, _ := effects.StreamDrift(ctx, js, effects.StreamOptions{}); len(drift) != 0 {
 		t.Errorf("drift after ApplyStreams: %q", drift)
+	}
+}
+
+// The consumers' position bucket is created with the streams, with file
+// storage, so that on a new deployment it exists before the first message;
+// on streams that exist without it, it is left to the readers, which then
+// say that a missing consumer cannot be told from a new one.
+func TestPositionBucketIsCreatedWithTheStreams(t *testing.T) {
+	t.Parallel()
+	srv := testenv.StartNATS(t)
+	_, js := srv.Connect(t)
+	ctx := context.Background()
+	if err := effects.EnsureStreams(ctx, js, effects.StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	kv, err := js.KeyValue(ctx, consume.PositionBucket)
+	if err != nil {
+		t.Fatalf("no position bucket with new streams: %v", err)
+	}
+	st, err := kv.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.BackingStore() != "JetStream" || st.(*jetstream.KeyValueBucketStatus).StreamInfo().Config.Storage != jetstream.FileStorage {
+		t.Errorf("bucket storage %v, want file", st.(*jetstream.KeyValueBucketStatus).StreamInfo().Config.Storage)
+	}
+	if err := js.DeleteKeyValue(ctx, consume.PositionBucket); err != nil {
+		t.Fatal(err)
+	}
+	for _, apply := range []func(context.Context, jetstream.JetStream, effects.StreamOptions) error{effects.EnsureStreams, effects.ApplyStreams} {
+		if err := apply(ctx, js, effects.StreamOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := js.KeyValue(ctx, consume.PositionBucket); err == nil {
+			t.Fatal("the position bucket was created on streams that existed")
+		}
 	}
 }

@@ -98,7 +98,7 @@ const maxErrorText = 8 << 10
 
 // decide maps a delivery's result to its outcome. It is the one place
 // that does: [executor.carry] and [executor.settle] only carry the decision
-// out, for every path that ends a delivery (its worker, the overrun timer,
+// out, for every path that ends a delivery (its worker, the attempt's watchdog,
 // an async completion or deadline, a failed completion publish, a
 // shutdown).
 func decide(in attemptInfo, r result) outcome {
@@ -205,8 +205,7 @@ func failedMsg(in attemptInfo, text string) *nats.Msg {
 var errShutdown = errors.New("dispatcher shutting down")
 
 func errorText(err error) string {
-	var p *PanicError
-	if errors.As(err, &p) {
+	if p, ok := errors.AsType[*PanicError](err); ok {
 		return fmt.Sprintf("panic: %v", p.Value)
 	}
 	if err == nil {

@@ -39,6 +39,7 @@ type Dispatcher struct {
 	js     jetstream.JetStream
 	client *effects.Client
 	pubJS  jetstream.JetStream // completions go out through this one
+	pub    completionPublisher // on pubJS's connection; nil without one
 	// settler acks effects once their completion's PubAck arrived; nil
 	// outside Run.
 	settler *settler
@@ -99,7 +100,7 @@ func New(cfg Config, reg *effects.Registry, js jetstream.JetStream, logger *slog
 	if err != nil {
 		return nil, fmt.Errorf("dispatcher: metrics: %w", err)
 	}
-	d := &Dispatcher{cfg: cfg, reg: reg, js: js, pubJS: js, opts: o, client: effects.NewClient(js), logger: logger, m: m,
+	d := &Dispatcher{cfg: cfg, reg: reg, js: js, pubJS: js, pub: newCompletionPublisher(js), opts: o, client: effects.NewClient(js), logger: logger, m: m,
 		fetchCtx: context.Background(), workCtx: context.Background(), giveUpCtx: context.Background()}
 	for _, k := range kinds {
 		h, _ := reg.Lookup(k)
@@ -113,6 +114,7 @@ func New(cfg Config, reg *effects.Registry, js jetstream.JetStream, logger *slog
 		km := m.forKind(k)
 		x := &executor{d: d, kind: k, lim: lim, km: km, logger: logger, async: h.IsAsync(),
 			overrun: map[string]struct{}{}, held: map[string]*delivery{}}
+		x.newQueues()
 		// Recovery outermost, so that a panic anywhere below is a result;
 		// the timeout innermost, so that it bounds the handler alone.
 		x.chain = Chain(call(h), Recover, measure(km), Timeout(lim.timeout))
@@ -125,6 +127,7 @@ func New(cfg Config, reg *effects.Registry, js jetstream.JetStream, logger *slog
 // connection other than the consuming one. Call it before Run.
 func (d *Dispatcher) PublishThrough(js jetstream.JetStream) {
 	d.pubJS = js
+	d.pub = newCompletionPublisher(js)
 	d.client = effects.NewClient(js)
 }
 

@@ -8,13 +8,13 @@ import (
 	"log/slog"
 	"strconv"
 	"sync"
-	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/codes"
 
 	"github.com/effects-run/effects/internal/consume"
 	"github.com/effects-run/effects/internal/jsondec"
+	"github.com/effects-run/effects/internal/keepalive"
 	"github.com/effects-run/effects/pkg/effects"
 )
 
@@ -56,6 +56,30 @@ type executor struct {
 	overrun map[string]struct{}
 	// held are async effects waiting for their completion, by effect id.
 	held map[string]*delivery
+
+	// keep sends InProgress for each delivery out longer than a third of
+	// the ack wait (rate-limit wait, attempt, completion on its way, async
+	// hold), until settle; watch gives up the attempts whose handler is
+	// still running past the attempt timeout and its grace (overran). One
+	// timer each for all of the kind's deliveries (keepalive.Queue).
+	keep, watch *keepalive.Queue
+}
+
+// newQueues makes the executor's keep and watch queues.
+func (x *executor) newQueues() {
+	x.keep = keepalive.NewQueue(x.lim.ackWait/3, func(m *keepalive.Member) bool {
+		// A lost InProgress is made up by the next; one that never
+		// arrives only risks a redelivery, which the pipeline makes
+		// harmless.
+		_ = m.Value.(jetstream.Msg).InProgress()
+		return true
+	})
+	x.watch = keepalive.NewQueue(x.lim.timeout+interruptGrace, func(m *keepalive.Member) bool {
+		dl := m.Value.(*delivery)
+		dl.overran = make(chan struct{})
+		go x.overran(dl, dl.overran)
+		return false
+	})
 }
 
 // worker pulls and handles messages until fetching stops.
@@ -144,7 +168,8 @@ func (x *executor) handle(ctx context.Context, jm jetstream.Msg) bool {
 	if meta, err := jm.Metadata(); err == nil {
 		dl.attempt, dl.stored, seq = int(meta.NumDelivered), meta.Timestamp, meta.Sequence.Stream
 	}
-	dl.keep.Start(x.lim.ackWait/3, jm)
+	dl.keep.Value = jm
+	x.keep.Join(&dl.keep)
 	eff, err := decodeEffect(jm.Data(), x.kind)
 	eff.EventID = jm.Headers().Get(jetstream.MsgIDHeader)
 	if eff.EventID == "" {
@@ -181,22 +206,22 @@ func (x *executor) handle(ctx context.Context, jm jetstream.Msg) bool {
 	// The span is the handler's run; it ends before the outcome is
 	// applied, which the completion message's traceparent follows.
 	workCtx, span := startAttempt(x.d.workCtx, jm.Headers(), x.kind, eff.ID, dl.attempt)
-	// Written before the overrun timer starts and before the handler can
+	// Written before the attempt joins the watchdog and before the handler can
 	// call Done: every later reader comes after.
 	dl.trace = span.SpanContext()
-	att := &Attempt{Effect: eff}
+	dl.att = Attempt{Effect: eff}
 	if x.async {
-		att.Done = x.done(dl)
+		dl.att.Done = x.done(dl)
 	}
-	overran := make(chan struct{})
-	giveUp := time.AfterFunc(x.lim.timeout+interruptGrace, func() { x.overran(dl, overran) })
-	r := x.chain(workCtx, att)
+	dl.watch.Value = dl
+	x.watch.Join(&dl.watch)
+	r := x.chain(workCtx, &dl.att)
 	if r.Err != nil {
 		span.SetStatus(codes.Error, errorText(r.Err))
 	}
 	span.End()
-	if !giveUp.Stop() {
-		<-overran // the attempt was given up; its result comes too late
+	if !x.watch.Leave(&dl.watch) {
+		<-dl.overran // the attempt was given up; its result comes too late
 		x.lateResult(dl, r)
 		return false
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -29,7 +30,13 @@ import (
 // returns its stop function, which waits for Run to return.
 func runOn(t *testing.T, js jetstream.JetStream, cfg Config, reg *effects.Registry) (*Dispatcher, func()) {
 	t.Helper()
-	d, err := New(cfg, reg, js, nil, prometheus.NewRegistry())
+	return runLogged(t, js, cfg, reg, nil)
+}
+
+// runLogged is runOn with the dispatcher's logger.
+func runLogged(t *testing.T, js jetstream.JetStream, cfg Config, reg *effects.Registry, logger *slog.Logger) (*Dispatcher, func()) {
+	t.Helper()
+	d, err := New(cfg, reg, js, logger, prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}

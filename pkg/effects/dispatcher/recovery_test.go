@@ -3,6 +3,8 @@ package dispatcher
 import (
 	"context"
 	"fmt"
+	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -11,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/effects-run/effects/internal/consume"
 	"github.com/effects-run/effects/internal/testenv"
 	"github.com/effects-run/effects/pkg/effects"
 )
@@ -225,5 +228,129 @@ func TestDispatcherStartsOnAConsumerTheServerDidNotStore(t *testing.T) {
 	r.lose(d, ids, func() { r.nats.Restart(t) })
 	if !r.nats.ConsumerStored(effects.EffectsStream, ConsumerName("k")) {
 		t.Fatal("the consumer created again after the restart is not stored")
+	}
+}
+
+// publishKind stores n effects of kind and returns their ids.
+func (r *recovery) publishKind(kind string, n int) []string {
+	r.t.Helper()
+	var ids []string
+	for range n {
+		id := newID()
+		msg := nats.NewMsg(effects.Subject(kind))
+		msg.Data = fmt.Appendf(nil, `{"id":%q,"kind":%q,"payload":{}}`, id, kind)
+		msg.Header.Set(jetstream.MsgIDHeader, "ev-"+id)
+		if _, err := r.admin.PublishMsg(context.Background(), msg); err != nil {
+			r.t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	return ids
+}
+
+// The gap the consumers' position bucket closes: a kind's consumer lost
+// while no dispatcher runs (deleted by hand during a deploy, or lost with
+// the server's store while everything was restarted) could not be told from
+// a new one, and the next dispatcher created it with DeliverAll: every
+// effect of the kind the stream held ran again. It resumes after the ack
+// floor the stopped dispatcher recorded: the effects that ran do not run
+// again, those published while it was down run once.
+func TestConsumerLostWhileNoDispatcherRunsDoesNotRunEffectsAgain(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		lose func(r *recovery)
+	}{
+		{"deleted by hand", func(r *recovery) {
+			if err := r.admin.DeleteConsumer(context.Background(), effects.EffectsStream, ConsumerName("k")); err != nil {
+				r.t.Fatal(err)
+			}
+		}},
+		{"lost with the server's store", func(r *recovery) {
+			r.nats.Shutdown()
+			r.nats.LoseConsumerStore(r.t, effects.EffectsStream, ConsumerName("k"))
+			r.nats.Start(r.t)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			r := newRecovery(t, false)
+			_, stop := runOn(t, r.js, testConfig(), r.reg)
+			ids := r.publish(100)
+			r.completed(ids)
+			floor := settledAll(t, r.admin, ConsumerName("k")).AckFloor.Stream
+			stop()
+			tc.lose(r)
+			if _, err := r.admin.Consumer(context.Background(), effects.EffectsStream, ConsumerName("k")); err == nil {
+				t.Fatal("the consumer is still there")
+			}
+			whileDown := r.publish(10)
+
+			runOn(t, r.js, testConfig(), r.reg)
+			r.completed(whileDown)
+			// Everything delivered and settled: a replay (stream order:
+			// before the effects published while down) would have run.
+			info := settledAll(t, r.admin, ConsumerName("k"))
+			if info.Config.DeliverPolicy != jetstream.DeliverByStartSequencePolicy || info.Config.OptStartSeq != floor+1 {
+				t.Errorf("created with %s at %d; want by start sequence after the recorded floor, at %d", info.Config.DeliverPolicy, info.Config.OptStartSeq, floor+1)
+			}
+			r.runOnce(append(ids, whileDown...))
+		})
+	}
+}
+
+// A kind new to the dispatcher has never run: its consumer starts at the
+// beginning of the stream, and every effect of it published before any
+// dispatcher handled the kind runs (once), while the kinds that ran before
+// are not run again.
+func TestNewKindStartsFromTheBeginningOfTheStream(t *testing.T) {
+	t.Parallel()
+	r := newRecovery(t, false)
+	early := r.publishKind("k2", 20) // before any consumer of k2
+	_, stop := runOn(t, r.js, testConfig(), r.reg)
+	ids := r.publish(50)
+	r.completed(ids)
+	settledAll(t, r.admin, ConsumerName("k"))
+	stop()
+	later := r.publishKind("k2", 5)
+
+	r.reg.Handle("k2", r.calls.handle)
+	runOn(t, r.js, testConfig(), r.reg)
+	r.completed(append(early, later...))
+	info := settledAll(t, r.admin, ConsumerName("k2"))
+	if info.Config.DeliverPolicy != jetstream.DeliverAllPolicy {
+		t.Errorf("the new kind's consumer: %s, want all", info.Config.DeliverPolicy)
+	}
+	settledAll(t, r.admin, ConsumerName("k"))
+	r.runOnce(append(append(ids, early...), later...))
+}
+
+// The position bucket deleted with the consumer while no dispatcher runs:
+// whether the consumer existed cannot be told, and the kind starts as new
+// (as before the bucket existed), but the dispatcher starts, says so, and
+// runs the kind's effects; the bucket is there again.
+func TestPositionBucketDeletedDoesNotStallTheDispatcher(t *testing.T) {
+	t.Parallel()
+	r := newRecovery(t, false)
+	_, stop := runOn(t, r.js, testConfig(), r.reg)
+	ids := r.publish(10)
+	r.completed(ids)
+	settledAll(t, r.admin, ConsumerName("k"))
+	stop()
+	if err := r.admin.DeleteKeyValue(context.Background(), consume.PositionBucket); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.admin.DeleteConsumer(context.Background(), effects.EffectsStream, ConsumerName("k")); err != nil {
+		t.Fatal(err)
+	}
+	logs := &testenv.SyncBuffer{}
+	runLogged(t, r.js, testConfig(), r.reg, slog.New(slog.NewTextHandler(logs, nil)))
+	fresh := r.publish(5)
+	r.completed(fresh)
+	if !strings.Contains(logs.String(), "without knowing whether it existed") {
+		t.Errorf("no warning that the consumer's position was missing:\n%s", logs)
+	}
+	if _, err := r.admin.KeyValue(context.Background(), consume.PositionBucket); err != nil {
+		t.Errorf("the position bucket: %v, want it created again", err)
 	}
 }

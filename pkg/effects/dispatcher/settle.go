@@ -8,9 +8,11 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/effects-run/effects/internal/jspub"
 	"github.com/effects-run/effects/internal/keepalive"
 	"github.com/effects-run/effects/pkg/effects"
 )
@@ -26,7 +28,7 @@ import (
 //	        deadline or release, each of which claims it back
 //	        (held → deciding) and comes through carry and settle again.
 //
-// Every path that ends a delivery — its worker, the overrun timer, an async
+// Every path that ends a delivery — its worker, the attempt's watchdog, an async
 // completion (Done, or anyone's), the completion deadline, a shutdown's
 // release, a message given back unstarted — claims it with a
 // compare-and-set on its one state, so exactly one of them settles it, once.
@@ -58,9 +60,17 @@ type delivery struct {
 	stored  time.Time // when the stream stored the effect
 
 	state atomic.Int32
-	// keep sends InProgress while the delivery is out (rate-limit wait,
-	// attempt, completion on its way, async hold); settle stops it.
-	keep keepalive.KeepAlive
+	// keep is its place in the executor's keep-alive while it is out
+	// (rate-limit wait, attempt, completion on its way, async hold); settle
+	// takes it out.
+	keep keepalive.Member
+	// watch is its place in the executor's watchdog while the handler
+	// runs; overran is made when the watchdog gives the attempt up, and
+	// closed once that is carried out.
+	watch   keepalive.Member
+	overran chan struct{}
+	// att is the attempt the handler is given.
+	att Attempt
 
 	// heldAt and deadline (the async completion deadline's timer) are
 	// set under the executor's mu when the hold begins.
@@ -70,6 +80,11 @@ type delivery struct {
 	// trace is the attempt's span context: the completion message carries
 	// it so that the completer's write joins the effect's trace.
 	trace trace.SpanContext
+
+	// x and o, while the completion is on its way (the settler): the
+	// delivery is the jspub.Waiter of its completion's PubAck.
+	x *executor
+	o outcome
 }
 
 // claim takes the delivery from state from: the caller alone carries out
@@ -77,7 +92,7 @@ type delivery struct {
 func (dl *delivery) claim(from int32) bool { return dl.state.CompareAndSwap(from, deciding) }
 
 // finish decides the outcome of a running delivery and carries it out,
-// unless another path (the worker, the overrun timer) claimed it first.
+// unless another path (the worker, the attempt's watchdog) claimed it first.
 func (x *executor) finish(dl *delivery, r result, stopping bool) {
 	completed := false
 	switch {
@@ -130,21 +145,11 @@ func (x *executor) carry(dl *delivery, o outcome) {
 		return
 	}
 	injectTrace(dl, o.completion)
-	if (o.action == ack || o.action == term) && x.d.settler != nil {
-		if fut, err := x.d.pubJS.PublishMsgAsync(o.completion); err == nil {
-			if x.d.settler.add(pendingSettle{x: x, dl: dl, o: o, fut: fut, since: time.Now()}) {
-				return
-			}
-			// Stopping: wait for this PubAck here, until the shutdown's
-			// deadline at the latest.
-			if x.d.awaitPubAck(fut) {
-				x.settle(dl, o)
-				return
-			}
-		}
-		// Refused at once (too large, the window full, not connected) or
-		// not acknowledged: the synchronous way.
+	if (o.action == ack || o.action == term) && x.d.settler != nil && x.d.settler.publish(x, dl, o) {
+		return
 	}
+	// Stopping, or no publisher: the synchronous way, until the shutdown's
+	// deadline at the latest.
 	x.publishAndSettle(x.d.giveUpCtx, dl, o)
 }
 
@@ -178,7 +183,7 @@ func (x *executor) settle(dl *delivery, o outcome) {
 		return
 	}
 	dl.state.Store(settled)
-	dl.keep.Stop()
+	x.keep.Leave(&dl.keep)
 	switch o.action {
 	case ack:
 		x.report(dl, dl.msg.Ack())
@@ -211,8 +216,7 @@ func (x *executor) count(dl *delivery, o outcome) {
 	case malformed:
 		x.logger.Warn("malformed effect message", "subject", dl.msg.Subject(), "event_id", dl.effect.EventID, "error", o.err)
 	}
-	var p *PanicError
-	if errors.As(o.err, &p) {
+	if p, ok := errors.AsType[*PanicError](o.err); ok {
 		x.logger.Error("handler panicked", "effect_id", dl.effect.ID, "kind", x.kind, "panic", fmt.Sprint(p.Value), "stack", string(p.Stack))
 	}
 }
@@ -226,9 +230,16 @@ func (x *executor) report(dl *delivery, err error) {
 
 // settler acks (or terms) effects whose completion was published
 // asynchronously, once JetStream acknowledged the completion. A worker that
-// published a completion hands the rest of the delivery to it and takes the
-// next message instead of waiting for the PubAck round trip; under load the
-// settler finds most PubAcks already arrived and settles them in a row.
+// published a completion hands the rest of the delivery over and takes the
+// next message instead of waiting for the PubAck round trip.
+//
+// The completions go out through jspub (the dispatcher's completion
+// publisher): its one batch in flight sends the completions of many workers
+// together, and the delivery itself is told its PubAck (delivery.Published,
+// on the connection's delivery goroutine), which settles it there. Nothing
+// is made per completion but the message: no future, channel or timer, and
+// no goroutine hand-over. A sweep every second expires the completions not
+// acknowledged within publishTimeout.
 //
 // The order is unchanged: an effect is acked only after its completion's
 // PubAck. A PubAck that reports an error, or none within publishTimeout,
@@ -240,98 +251,123 @@ type settler struct {
 	// left to JetStream's redelivery after the ack wait.
 	ctx     context.Context
 	cancel  context.CancelFunc
-	mu      sync.RWMutex // held for reading while handing over, so stop cannot close ch meanwhile
+	mu      sync.RWMutex // held for reading while publishing, so stop cannot begin meanwhile
 	closed  bool
-	ch      chan pendingSettle
 	pending sync.WaitGroup // handed over and not settled yet
-	done    chan struct{}
+
+	sweepOnce sync.Once
+	pub       completionPublisher // the one the sweep expires, once it runs
+	sweeping  chan struct{}       // closed to end the sweep
+	swept     chan struct{}       // closed when the sweep ended
 }
 
-// pendingSettle is a delivery whose completion is on its way.
-type pendingSettle struct {
-	x     *executor
-	dl    *delivery
-	o     outcome
-	fut   jetstream.PubAckFuture
-	since time.Time
+// completionPublisher publishes completions and tells each delivery its
+// PubAck: jspub.Publisher, or a test's stand-in.
+type completionPublisher interface {
+	Publish(msg *nats.Msg, w jspub.Waiter) (uint64, error)
+	Expire(before time.Time, err error) int
+	Abandon(err error) int
+	Close()
 }
 
-// settlerQueue bounds the deliveries waiting for their PubAck in the
-// settler's queue; beyond it workers wait to hand over (the connection's
-// async-publish window bounds the publishes themselves).
-const settlerQueue = 4096
+// newCompletionPublisher is the completion publisher on js's connection;
+// nil without one (then completions are published the synchronous way).
+func newCompletionPublisher(js jetstream.JetStream) completionPublisher {
+	if js == nil {
+		return nil // a Dispatcher that is never run (tests of New)
+	}
+	if nc := js.Conn(); nc != nil {
+		return jspub.New(nc, jspub.Options{})
+	}
+	return nil
+}
+
+// sweepEvery is how often the settler expires the completions whose
+// PubAck did not come within publishTimeout.
+const sweepEvery = time.Second
 
 // errNoPubAck: JetStream did not acknowledge a completion in time.
 var errNoPubAck = errors.New("no PubAck within the publish timeout")
 
+// errStopGaveUp: the stop's deadline passed with the completion's PubAck
+// still outstanding.
+var errStopGaveUp = errors.New("no PubAck by the shutdown deadline")
+
 func newSettler() *settler {
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &settler{ctx: ctx, cancel: cancel, ch: make(chan pendingSettle, settlerQueue), done: make(chan struct{})}
-	go s.run()
-	return s
+	return &settler{ctx: ctx, cancel: cancel, sweeping: make(chan struct{}), swept: make(chan struct{})}
 }
 
-// add hands p over; false when the settler was stopped (the caller then
-// waits for the PubAck itself).
-func (s *settler) add(p pendingSettle) bool {
+// publish publishes dl's completion and hands the delivery over until its
+// PubAck; false when the settler was stopped or there is no publisher (the
+// caller then publishes the synchronous way).
+func (s *settler) publish(x *executor, dl *delivery, o outcome) bool {
+	pub := x.d.pub
+	if pub == nil {
+		return false
+	}
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	if s.closed {
 		return false
 	}
+	s.sweepOnce.Do(func() {
+		s.pub = pub
+		go s.sweep(pub)
+	})
 	s.pending.Add(1)
-	s.ch <- p // the settler keeps draining, so a full queue only waits
+	dl.x, dl.o = x, o
+	if _, err := pub.Publish(o.completion, dl); err != nil {
+		s.pending.Done()
+		return false
+	}
 	return true
 }
 
-func (s *settler) run() {
-	defer close(s.done)
-	timer := time.NewTimer(time.Hour)
-	timer.Stop()
-	for p := range s.ch {
-		s.settle(p, timer)
+// Published is the PubAck of a delivery's completion (jspub.Waiter): the
+// delivery is settled, or its completion published again.
+func (dl *delivery) Published(_ jspub.Ack, err error) {
+	x, o := dl.x, dl.o
+	s := x.d.settler
+	switch {
+	case err == nil:
+		x.settle(dl, o)
+		s.pending.Done()
+	case errors.Is(err, errStopGaveUp):
+		// The stop's deadline: decided as unpublished, which leaves it
+		// to the redelivery after the ack wait.
+		in := x.info(dl, true)
+		in.gaveUp = true
+		x.settle(dl, decide(in, result{unpublished: errNoPubAck}))
+		s.pending.Done()
+	default:
+		s.retry(x, dl, o, err)
 	}
 }
 
-func (s *settler) settle(p pendingSettle, timer *time.Timer) {
-	// Most PubAcks have arrived by the time their turn comes.
-	select {
-	case <-p.fut.Ok():
-		p.x.settle(p.dl, p.o)
-		s.pending.Done()
-		return
-	case err := <-p.fut.Err():
-		s.retry(p, err)
-		return
-	default:
-	}
-	timer.Reset(max(time.Until(p.since.Add(publishTimeout)), 0))
-	defer timer.Stop()
-	select {
-	case <-p.fut.Ok():
-		p.x.settle(p.dl, p.o)
-		s.pending.Done()
-	case err := <-p.fut.Err():
-		s.retry(p, err)
-	case <-timer.C:
-		s.retry(p, errNoPubAck)
-	case <-s.ctx.Done():
-		// The stop's deadline: decided as unpublished, which leaves it
-		// to the redelivery after the ack wait.
-		in := p.x.info(p.dl, true)
-		in.gaveUp = true
-		p.x.settle(p.dl, decide(in, result{unpublished: errNoPubAck}))
-		s.pending.Done()
+// sweep expires, every sweepEvery, the completions not acknowledged within
+// publishTimeout, until the settler stops.
+func (s *settler) sweep(pub completionPublisher) {
+	defer close(s.swept)
+	t := time.NewTicker(sweepEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			pub.Expire(time.Now().Add(-publishTimeout), errNoPubAck)
+		case <-s.sweeping:
+			return
+		}
 	}
 }
 
 // retry publishes the completion again, waiting and retrying as a worker
-// would, off the settler's goroutine.
-func (s *settler) retry(p pendingSettle, err error) {
-	p.x.logger.Debug("completion publish not acknowledged; publishing again", "effect_id", p.dl.effect.ID, "kind", p.x.kind, "error", err)
+// would, in a goroutine of its own.
+func (s *settler) retry(x *executor, dl *delivery, o outcome, err error) {
+	x.logger.Debug("completion publish not acknowledged; publishing again", "effect_id", dl.effect.ID, "kind", x.kind, "error", err)
 	go func() {
 		defer s.pending.Done()
-		p.x.publishAndSettle(s.ctx, p.dl, p.o)
+		x.publishAndSettle(s.ctx, dl, o)
 	}()
 }
 
@@ -340,36 +376,28 @@ func (s *settler) retry(p pendingSettle, err error) {
 // all were settled.
 func (s *settler) stop(ctx context.Context) bool {
 	s.mu.Lock()
-	if !s.closed {
-		s.closed = true
-		close(s.ch)
-	}
+	s.closed = true
 	s.mu.Unlock()
-	defer func() { <-s.done; s.cancel() }()
+	s.sweepOnce.Do(func() { close(s.swept) }) // never started
+	defer func() {
+		s.cancel()
+		close(s.sweeping)
+		<-s.swept
+		if s.pub != nil {
+			s.pub.Close()
+		}
+	}()
 	settled := make(chan struct{})
 	go func() { s.pending.Wait(); close(settled) }()
 	select {
 	case <-settled:
 		return true
 	case <-ctx.Done():
-		s.cancel()
-		<-settled // the waits and retries end with ctx
+		s.cancel() // the retries
+		if s.pub != nil {
+			s.pub.Abandon(errStopGaveUp)
+		}
+		<-settled
 		return false
 	}
-}
-
-// awaitPubAck waits for a completion's PubAck in the worker itself (the
-// settler is stopped), until publishTimeout or the stop's deadline; it
-// reports whether JetStream acknowledged the completion.
-func (d *Dispatcher) awaitPubAck(fut jetstream.PubAckFuture) bool {
-	t := time.NewTimer(publishTimeout)
-	defer t.Stop()
-	select {
-	case <-fut.Ok():
-		return true
-	case <-fut.Err():
-	case <-t.C:
-	case <-d.giveUpCtx.Done():
-	}
-	return false
 }

@@ -12,41 +12,100 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/effects-run/effects/internal/jspub"
 	"github.com/effects-run/effects/internal/testenv"
 	"github.com/effects-run/effects/pkg/effects"
 )
 
 // gatedJS publishes completions through a real JetStream, but the first
-// PublishMsgAsync's future is the test's: it resolves when the test says,
-// with the real PubAck or with an error.
+// one's PubAck is the test's: it is told when the test says, with the real
+// PubAck or with an error. It is both the dispatcher's pubJS (the
+// synchronous way, PublishMsgAsync) and, as gatedPub, its completion
+// publisher (the settler's way).
 type gatedJS struct {
 	jetstream.JetStream
+	real  completionPublisher
 	calls atomic.Int32
 	first chan *heldFuture
 	// fail makes every publish (after the first) fail at once.
 	fail atomic.Bool
+	held atomic.Pointer[heldFuture]
 }
 
+func newGatedJS(js jetstream.JetStream) *gatedJS {
+	return &gatedJS{JetStream: js, real: newCompletionPublisher(js), first: make(chan *heldFuture, 1)}
+}
+
+// heldFuture is the first completion: send its PubAck on ok or an error on
+// errc.
 type heldFuture struct {
 	msg  *nats.Msg
 	ok   chan *jetstream.PubAck
 	errc chan error
+	// told ends the wait (Abandon).
+	told chan error
 }
 
 func (f *heldFuture) Ok() <-chan *jetstream.PubAck { return f.ok }
 func (f *heldFuture) Err() <-chan error            { return f.errc }
 func (f *heldFuture) Msg() *nats.Msg               { return f.msg }
 
+// hold makes the first publish the test's.
+func (g *gatedJS) hold(msg *nats.Msg) (*heldFuture, bool) {
+	if g.calls.Add(1) != 1 {
+		return nil, false
+	}
+	f := &heldFuture{msg: msg, ok: make(chan *jetstream.PubAck, 1), errc: make(chan error, 1), told: make(chan error, 1)}
+	g.held.Store(f)
+	g.first <- f
+	return f, true
+}
+
 func (g *gatedJS) PublishMsgAsync(msg *nats.Msg, opts ...jetstream.PublishOpt) (jetstream.PubAckFuture, error) {
-	if g.calls.Add(1) == 1 {
-		f := &heldFuture{msg: msg, ok: make(chan *jetstream.PubAck, 1), errc: make(chan error, 1)}
-		g.first <- f
+	if f, ok := g.hold(msg); ok {
 		return f, nil
 	}
 	if g.fail.Load() {
 		return nil, errors.New("refused by the test")
 	}
 	return g.JetStream.PublishMsgAsync(msg, opts...)
+}
+
+// gatedPub is the gatedJS as the dispatcher's completion publisher.
+type gatedPub struct{ g *gatedJS }
+
+func (p gatedPub) Publish(msg *nats.Msg, w jspub.Waiter) (uint64, error) {
+	g := p.g
+	if f, ok := g.hold(msg); ok {
+		go func() {
+			select {
+			case a := <-f.ok:
+				w.Published(jspub.Ack{Seq: a.Sequence, Duplicate: a.Duplicate}, nil)
+			case err := <-f.errc:
+				w.Published(jspub.Ack{}, err)
+			case err := <-f.told:
+				w.Published(jspub.Ack{}, err)
+			}
+		}()
+		return 0, nil
+	}
+	if g.fail.Load() {
+		return 0, errors.New("refused by the test")
+	}
+	return g.real.Publish(msg, w)
+}
+
+func (p gatedPub) Expire(before time.Time, err error) int { return p.g.real.Expire(before, err) }
+func (p gatedPub) Close()                                 { p.g.real.Close() }
+
+func (p gatedPub) Abandon(err error) int {
+	g := p.g
+	n := g.real.Abandon(err)
+	if f := g.held.Load(); f != nil {
+		f.told <- err
+		n++
+	}
+	return n
 }
 
 type settleRig struct {
@@ -63,7 +122,7 @@ func startSettleRigN(t *testing.T, concurrency, n int) *settleRig {
 	t.Helper()
 	srv := testenv.StartNATS(t)
 	_, js := srv.Connect(t)
-	g := &gatedJS{JetStream: js, first: make(chan *heldFuture, 1)}
+	g := newGatedJS(js)
 	reg := effects.NewRegistry()
 	reg.Handle("echo", func(_ context.Context, e effects.Effect) (any, error) { return e.Payload, nil })
 	cfg := testConfig()
@@ -73,6 +132,7 @@ func startSettleRigN(t *testing.T, concurrency, n int) *settleRig {
 		t.Fatal(err)
 	}
 	d.PublishThrough(g)
+	d.pub = gatedPub{g}
 	ctx, cancel := context.WithCancel(context.Background())
 	stopped := make(chan struct{})
 	go func() { _ = d.Run(ctx); close(stopped) }()

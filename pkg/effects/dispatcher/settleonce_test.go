@@ -107,7 +107,7 @@ func settledOnce(t *testing.T, i int, dl *delivery, m *countingMsg) {
 	if s := dl.state.Load(); s != settled {
 		t.Fatalf("round %d: state %d, want settled", i, s)
 	}
-	if dl.keep.Armed() {
+	if dl.keep.In() {
 		t.Fatalf("round %d: still kept alive", i)
 	}
 }
@@ -207,7 +207,7 @@ func TestReleaseAtShutdownRacingCompletionAndDeadlineSettlesOnce(t *testing.T) {
 	r.noneHeld(t)
 }
 
-// The overrun timer gives an attempt up just as its handler returns (at a
+// The attempt's watchdog gives an attempt up just as its handler returns (at a
 // shutdown, or not): one of the two settles it.
 func TestOverrunRacingTheHandlersReturnSettlesOnce(t *testing.T) {
 	t.Parallel()
@@ -267,8 +267,8 @@ func TestUnpublishedCompletionIsSettledOnce(t *testing.T) {
 	r.d.giveUpCtx = giveUp
 	dl, m = r.delivery(x)
 	x.finish(dl, result{value: "done"}, true)
-	if n := m.settles(); n != 0 || dl.state.Load() != settled || dl.keep.Armed() {
-		t.Fatalf("past the stop's deadline: settles %d state %d kept alive %v, want left to the redelivery", n, dl.state.Load(), dl.keep.Armed())
+	if n := m.settles(); n != 0 || dl.state.Load() != settled || dl.keep.In() {
+		t.Fatalf("past the stop's deadline: settles %d state %d kept alive %v, want left to the redelivery", n, dl.state.Load(), dl.keep.In())
 	}
 }
 

@@ -23,7 +23,7 @@ func TestStopEndsWithinTheShutdownTimeout(t *testing.T) {
 	t.Parallel()
 	srv := testenv.StartNATS(t)
 	_, js := srv.Connect(t)
-	g := &gatedJS{JetStream: js, first: make(chan *heldFuture, 1)}
+	g := newGatedJS(js)
 	stuck := make(chan struct{})
 	release := make(chan struct{})
 	t.Cleanup(func() { close(release) })
@@ -42,6 +42,7 @@ func TestStopEndsWithinTheShutdownTimeout(t *testing.T) {
 		t.Fatal(err)
 	}
 	d.PublishThrough(g)
+	d.pub = gatedPub{g}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	stopped := make(chan struct{})

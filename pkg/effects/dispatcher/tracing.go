@@ -9,6 +9,8 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/effects-run/effects/internal/tracing"
 )
 
 // tracerName names the dispatcher's spans' instrumentation scope.
@@ -23,7 +25,14 @@ var propagator = propagation.TraceContext{}
 // whose traceparent the effect message carries (the ingest sets it from
 // Hasura's trace). With no tracer provider installed the span records
 // nothing but still carries the parent, so http_request passes it on.
+//
+// While no tracer provider is installed no span is started at all (a span
+// and its options cost about eight allocations per effect): the context
+// carries the parent's span context, which is what the span would carry.
 func startAttempt(ctx context.Context, h nats.Header, kind, id string, attempt int) (context.Context, trace.Span) {
+	if tracing.Off() {
+		return carryParent(ctx, h)
+	}
 	ctx = propagator.Extract(ctx, propagation.HeaderCarrier(http.Header(h)))
 	return otel.Tracer(tracerName).Start(ctx, "effect "+kind,
 		trace.WithSpanKind(trace.SpanKindConsumer),
@@ -32,6 +41,16 @@ func startAttempt(ctx context.Context, h nats.Header, kind, id string, attempt i
 			attribute.String("effect.kind", kind),
 			attribute.Int("effect.attempt", attempt),
 		))
+}
+
+// carryParent is startAttempt while tracing is off: ctx with the parent's
+// span context from h, if it has a valid one, and a span that records
+// nothing and carries it.
+func carryParent(ctx context.Context, h nats.Header) (context.Context, trace.Span) {
+	if len(h["Traceparent"]) > 0 {
+		ctx = propagator.Extract(ctx, propagation.HeaderCarrier(http.Header(h)))
+	}
+	return ctx, trace.SpanFromContext(ctx)
 }
 
 // injectTrace puts the attempt's traceparent on its completion message.

@@ -12,8 +12,11 @@ import (
 	"github.com/nats-io/nats.go"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/propagation"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/effects-run/effects/pkg/effects"
 	"github.com/effects-run/effects/pkg/effects/handlers"
@@ -129,5 +132,31 @@ func TestAsyncCompletionCarriesTheTrace(t *testing.T) {
 		}
 	case <-time.After(15 * time.Second):
 		t.Fatal("no completion message")
+	}
+}
+
+// While tracing is off an attempt starts no span: the context it runs in
+// carries what a span of OpenTelemetry's no-op tracer would, the parent's
+// span context or none, whatever the message's headers hold.
+func TestCarryParentIsWhatANoopSpanCarries(t *testing.T) {
+	tr := noop.NewTracerProvider().Tracer("")
+	for _, tc := range []nats.Header{
+		nil,
+		{},
+		{"Traceparent": {"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}},
+		{"Traceparent": {"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"}},
+		{"Traceparent": {"00-00000000000000000000000000000000-00f067aa0ba902b7-01"}},
+		{"Traceparent": {"not a traceparent"}},
+		{"Traceparent": {"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}, "Tracestate": {"a=b"}},
+		{"traceparent": {"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}},
+	} {
+		ctx, span := carryParent(context.Background(), tc)
+		wctx, want := tr.Start(propagator.Extract(context.Background(), propagation.HeaderCarrier(http.Header(tc))), "effect k")
+		if !span.SpanContext().Equal(want.SpanContext()) || span.IsRecording() {
+			t.Errorf("%v: span %v, want %v", tc, span.SpanContext(), want.SpanContext())
+		}
+		if got, w := trace.SpanContextFromContext(ctx), trace.SpanContextFromContext(wctx); !got.Equal(w) {
+			t.Errorf("%v: context's span %v, want %v", tc, got, w)
+		}
 	}
 }

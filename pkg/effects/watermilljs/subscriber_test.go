@@ -330,6 +330,40 @@ func TestDeletedConsumerIsCreatedAgainWhereItWas(t *testing.T) {
 	msg.Ack()
 }
 
+// A topic's consumer deleted while no subscriber reads it (between a
+// Close and the next Subscribe, as in a deploy) is not read from the start
+// again: the next subscriber resumes after the ack floor the closed one
+// recorded (internal/consume's position bucket).
+func TestConsumerDeletedWhileClosedResumesWhereItWas(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	first := b.subscriber(t, watermilljs.Config{})
+	b.publish(t, "gone", 3)
+	ch := subscribe(t, first, "gone")
+	for range 3 {
+		receive(t, ch).Ack()
+	}
+	eventually(t, "acked", func() bool { return b.consumerInfo(t, "gone").AckFloor.Stream == 3 })
+	if err := first.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.js.DeleteConsumer(context.Background(), testStream, durableOf("gone")); err != nil {
+		t.Fatal(err)
+	}
+	m := nats.NewMsg(subjectOf("gone"))
+	m.Data = []byte("gone-4")
+	m.Header.Set(jetstream.MsgIDHeader, "gone-4")
+	if _, err := b.js.PublishMsg(context.Background(), m); err != nil {
+		t.Fatal(err)
+	}
+	ch = subscribe(t, b.subscriber(t, watermilljs.Config{}), "gone")
+	msg := receive(t, ch)
+	if msg.UUID != "gone-4" {
+		t.Fatalf("after the loss: %s, want only gone-4", msg.UUID)
+	}
+	msg.Ack()
+}
+
 // TestCloseGivesBackUnsettled checks that Close naks a message still out,
 // ends its context with ErrClosed, and that it is redelivered at once.
 func TestCloseGivesBackUnsettled(t *testing.T) {
