@@ -268,8 +268,7 @@ func TestReconcilerLeavesWaitingEffectsAlone(t *testing.T) {
 }
 
 // Scheduled effects that fall due together still start at the kind's rate
-// (two a second: starts at least half a second apart), none before its
-// run_at.
+// (two a second), none before its run_at.
 func TestScheduledEffectsKeepTheRateLimit(t *testing.T) {
 	b := setup(t)
 	st := &starts{by: map[string][]start{}}
@@ -307,12 +306,12 @@ func TestScheduledEffectsKeepTheRateLimit(t *testing.T) {
 	if len(at) != len(ids) {
 		t.Fatalf("%d starts for %d effects", len(at), len(ids))
 	}
-	// The limit spaces starts by its interval (500ms) on the clock of the
-	// bucket's writers; allow what separates that from the handler's.
-	for i := 1; i < len(at); i++ {
-		if gap := at[i].Sub(at[i-1]); gap < 450*time.Millisecond {
-			t.Errorf("starts %d and %d are %s apart, want at least the limit's 500ms", i-1, i, gap)
-		}
+	// n starts at 2/s take at least n-1 intervals of 500ms; unlimited, they
+	// would all start at once. The span, not each gap, is what the limit
+	// guarantees (a handler may start a little after its slot, under load);
+	// 10% slack for that, as the dispatcher's own rate test allows.
+	if span, want := at[len(at)-1].Sub(at[0]), time.Duration(len(at)-1)*500*time.Millisecond*9/10; span < want {
+		t.Errorf("%d starts within %s, want at least %s at 2/s", len(at), span, want)
 	}
 }
 
