@@ -9,6 +9,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/effects-run/effects/internal/controlkv"
 	"github.com/effects-run/effects/internal/schema"
@@ -277,4 +278,59 @@ func live(e jetstream.KeyValueEntry) jetstream.KeyValueEntry {
 		return nil
 	}
 	return e
+}
+
+// DefaultSyncInterval is how often the completer runs a [Syncer].
+const DefaultSyncInterval = 5 * time.Second
+
+// Sync results (effects_control_syncs_total's result label).
+const (
+	syncUnchanged = "unchanged"
+	syncRepaired  = "repaired"
+	syncError     = "error"
+)
+
+// Run runs [Syncer.Once] at once and then every interval until ctx ends,
+// counting the passes in effects_control_syncs_total{result} on reg and
+// logging failures (at most every 30s while they last).
+func (s *Syncer) Run(ctx context.Context, interval time.Duration, reg prometheus.Registerer) error {
+	passes := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "effects_control_syncs_total",
+		Help: "Passes that compared the operator controls' bucket (EFFECTS_CONTROL) with PostgreSQL, by result: unchanged, repaired (the bucket was created again or keys written or removed), error.",
+	}, []string{"result"})
+	if err := reg.Register(passes); err != nil {
+		return err
+	}
+	for _, r := range []string{syncUnchanged, syncRepaired, syncError} {
+		passes.WithLabelValues(r)
+	}
+	var lastLog time.Time
+	t := time.NewTimer(0)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		// A request lost in a NATS restart must not hold the next pass up.
+		pctx, cancel := context.WithTimeout(ctx, max(interval, 15*time.Second))
+		res, err := s.Once(pctx)
+		cancel()
+		switch {
+		case err != nil && ctx.Err() != nil:
+			return nil
+		case err != nil:
+			passes.WithLabelValues(syncError).Inc()
+			if time.Since(lastLog) >= 30*time.Second {
+				lastLog = time.Now()
+				s.o.Logger.Warn("cannot bring the operator controls' bucket up to date with PostgreSQL; trying again", "bucket", controlkv.Bucket, "error", err, "retry_in", interval.String())
+			}
+		case res.Repaired():
+			passes.WithLabelValues(syncRepaired).Inc()
+		default:
+			passes.WithLabelValues(syncUnchanged).Inc()
+		}
+		t.Reset(interval)
+	}
 }
