@@ -121,7 +121,7 @@ func showRow(ctx context.Context, conn *pgx.Conn, o *oncall, id string) (*showRe
 		var r row
 		var completion, payload []byte
 		err := rs.Scan(&r.ID, &r.Kind, &r.Status, &r.Attempts, &r.Error, &completion, &r.CreatedAt, &r.CompletedAt,
-			&r.RerunRequestedAt, &r.RerunRequestedBy, &payload)
+			&r.RerunRequestedAt, &r.RerunRequestedBy, &r.CancelledAt, &r.CancelledBy, &payload)
 		if completion != nil {
 			r.Completion = completion
 		}
@@ -266,6 +266,9 @@ func printShow(w io.Writer, rep *showReport, natsSet bool) {
 	fmt.Fprintf(tw, "completed:\t%s\n", timeOrDash(rep.CompletedAt))
 	if rep.RerunRequestedAt != nil {
 		fmt.Fprintf(tw, "re-run asked:\t%s by %s\n", timeOrDash(rep.RerunRequestedAt), by)
+	}
+	if rep.CancelledAt != nil {
+		fmt.Fprintf(tw, "cancelled:\t%s by %s\n", timeOrDash(rep.CancelledAt), orDash(deref(rep.CancelledBy)))
 	}
 	_ = tw.Flush()
 	js := rep.JetStream
