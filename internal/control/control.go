@@ -164,32 +164,20 @@ var ErrInvalid = errors.New("invalid")
 // asked. An invalid kind is an error wrapping [ErrInvalid] and changes
 // nothing; so does a failure of PostgreSQL.
 func (c *Controller) Pause(ctx context.Context, kinds []string, by string) (Report, error) {
-	kinds, err := checkKinds(kinds)
-	if err != nil {
-		return Report{}, err
-	}
-	var results []Result
-	err = c.inTx(ctx, func(tx pgx.Tx) error {
-		results = results[:0]
-		for _, kind := range kinds {
-			r := Result{Kind: kind, Outcome: OutcomePaused}
-			err := tx.QueryRow(ctx, `INSERT INTO `+c.table.PausedTable().Quoted()+` AS p (kind, paused, paused_at, paused_by)
-			      VALUES ($1, true, now(), $2)
-			      ON CONFLICT (kind) DO UPDATE SET paused = true, paused_at = now(), paused_by = $2 WHERE NOT p.paused
-			      RETURNING paused_at, paused_by`, kind, nullIfEmpty(by)).Scan(&r.At, &r.By)
-			if errors.Is(err, pgx.ErrNoRows) {
-				r.Outcome = OutcomeAlreadyPaused
-				err = tx.QueryRow(ctx, `SELECT paused_at, paused_by FROM `+c.table.PausedTable().Quoted()+` WHERE kind = $1`, kind).Scan(&r.At, &r.By)
-			}
-			if err != nil {
-				return err
-			}
-			results = append(results, r)
+	results, err := c.perKind(ctx, "pause", kinds, func(tx pgx.Tx, r *Result) error {
+		r.Outcome = OutcomePaused
+		err := tx.QueryRow(ctx, `INSERT INTO `+c.table.PausedTable().Quoted()+` AS p (kind, paused, paused_at, paused_by)
+		      VALUES ($1, true, now(), $2)
+		      ON CONFLICT (kind) DO UPDATE SET paused = true, paused_at = now(), paused_by = $2 WHERE NOT p.paused
+		      RETURNING paused_at, paused_by`, r.Kind, nullIfEmpty(by)).Scan(&r.At, &r.By)
+		if errors.Is(err, pgx.ErrNoRows) {
+			r.Outcome = OutcomeAlreadyPaused
+			err = tx.QueryRow(ctx, `SELECT paused_at, paused_by FROM `+c.table.PausedTable().Quoted()+` WHERE kind = $1`, r.Kind).Scan(&r.At, &r.By)
 		}
-		return nil
+		return err
 	})
 	if err != nil {
-		return Report{}, c.dbError("pause", err)
+		return Report{}, err
 	}
 	rep := Report{Results: results}
 	c.tell(ctx, &rep, func(kv jetstream.KeyValue) error {
@@ -212,31 +200,19 @@ func (c *Controller) Pause(ctx context.Context, kinds []string, by string) (Repo
 // empty) is recorded as who asked. A kind that is not paused is left as it
 // is (OutcomeNotPaused).
 func (c *Controller) Resume(ctx context.Context, kinds []string, by string) (Report, error) {
-	kinds, err := checkKinds(kinds)
-	if err != nil {
-		return Report{}, err
-	}
-	var results []Result
-	err = c.inTx(ctx, func(tx pgx.Tx) error {
-		results = results[:0]
-		for _, kind := range kinds {
-			r := Result{Kind: kind, Outcome: OutcomeResumed}
-			err := tx.QueryRow(ctx, `UPDATE `+c.table.PausedTable().Quoted()+`
-			       SET paused = false, resumed_at = now(), resumed_by = $2
-			     WHERE kind = $1 AND paused
-			     RETURNING resumed_at, resumed_by`, kind, nullIfEmpty(by)).Scan(&r.At, &r.By)
-			if errors.Is(err, pgx.ErrNoRows) {
-				r.Outcome, err = OutcomeNotPaused, nil
-			}
-			if err != nil {
-				return err
-			}
-			results = append(results, r)
+	results, err := c.perKind(ctx, "resume", kinds, func(tx pgx.Tx, r *Result) error {
+		r.Outcome = OutcomeResumed
+		err := tx.QueryRow(ctx, `UPDATE `+c.table.PausedTable().Quoted()+`
+		       SET paused = false, resumed_at = now(), resumed_by = $2
+		     WHERE kind = $1 AND paused
+		     RETURNING resumed_at, resumed_by`, r.Kind, nullIfEmpty(by)).Scan(&r.At, &r.By)
+		if errors.Is(err, pgx.ErrNoRows) {
+			r.Outcome, err = OutcomeNotPaused, nil
 		}
-		return nil
+		return err
 	})
 	if err != nil {
-		return Report{}, c.dbError("resume", err)
+		return Report{}, err
 	}
 	rep := Report{Results: results}
 	c.tell(ctx, &rep, func(kv jetstream.KeyValue) error {
@@ -422,6 +398,31 @@ func (c *Controller) tell(ctx context.Context, rep *Report, write func(jetstream
 		return
 	}
 	rep.Confirmed = true
+}
+
+// perKind checks kinds and runs change for each in one transaction: all
+// or nothing.
+func (c *Controller) perKind(ctx context.Context, what string, kinds []string, change func(pgx.Tx, *Result) error) ([]Result, error) {
+	kinds, err := checkKinds(kinds)
+	if err != nil {
+		return nil, err
+	}
+	var results []Result
+	err = c.inTx(ctx, func(tx pgx.Tx) error {
+		results = results[:0]
+		for _, kind := range kinds {
+			r := Result{Kind: kind}
+			if err := change(tx, &r); err != nil {
+				return err
+			}
+			results = append(results, r)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, c.dbError(what, err)
+	}
+	return results, nil
 }
 
 func (c *Controller) inTx(ctx context.Context, f func(pgx.Tx) error) error {
