@@ -179,21 +179,10 @@ func (c *Controller) Pause(ctx context.Context, kinds []string, by string) (Repo
 	if err != nil {
 		return Report{}, err
 	}
-	rep := Report{Results: results}
-	c.tell(ctx, &rep, func(kv jetstream.KeyValue) error {
-		for _, r := range results {
-			if _, err := kv.Put(ctx, controlkv.PausedKey(r.Kind), mark(r).Encode()); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	for _, r := range results {
-		if r.Outcome == OutcomePaused {
-			c.o.Logger.Info("kind paused", "kind", r.Kind, "by", deref(r.By), "confirmed", rep.Confirmed)
-		}
-	}
-	return rep, nil
+	return c.tellEach(ctx, results, func(kv jetstream.KeyValue, r Result) error {
+		_, err := kv.Put(ctx, controlkv.PausedKey(r.Kind), mark(r).Encode())
+		return err
+	}), nil
 }
 
 // Resume resumes kinds: their pending effects run again. by (may be
@@ -214,22 +203,13 @@ func (c *Controller) Resume(ctx context.Context, kinds []string, by string) (Rep
 	if err != nil {
 		return Report{}, err
 	}
-	rep := Report{Results: results}
-	c.tell(ctx, &rep, func(kv jetstream.KeyValue) error {
-		// Also for kinds found not paused: the bucket may still say so.
-		for _, r := range results {
-			if err := kv.Delete(ctx, controlkv.PausedKey(r.Kind)); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
-				return err
-			}
+	// Also for kinds found not paused: the bucket may still say so.
+	return c.tellEach(ctx, results, func(kv jetstream.KeyValue, r Result) error {
+		if err := kv.Delete(ctx, controlkv.PausedKey(r.Kind)); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+			return err
 		}
 		return nil
-	})
-	for _, r := range results {
-		if r.Outcome == OutcomeResumed {
-			c.o.Logger.Info("kind resumed", "kind", r.Kind, "by", deref(r.By), "confirmed", rep.Confirmed)
-		}
-	}
-	return rep, nil
+	}), nil
 }
 
 // Cancel cancels pending effects: each row becomes 'cancelled' (a final
@@ -304,25 +284,15 @@ func (c *Controller) Cancel(ctx context.Context, ids []string, by string) (Repor
 		}
 		results = append(results, *r)
 	}
-	rep := Report{Results: results}
-	c.tell(ctx, &rep, func(kv jetstream.KeyValue) error {
-		for _, r := range results {
-			// A kind no dispatcher can have (invalid: the ingest fails
-			// such rows) needs no key.
-			if (r.Outcome == OutcomeCancelled || r.Outcome == OutcomeAlreadyCancelled) && effects.ValidateKind(r.Kind) == nil {
-				if _, err := kv.Put(ctx, controlkv.CancelledKey(r.Kind, r.ID), mark(r).Encode()); err != nil {
-					return err
-				}
-			}
+	return c.tellEach(ctx, results, func(kv jetstream.KeyValue, r Result) error {
+		// A kind no dispatcher can have (invalid: the ingest fails such
+		// rows) needs no key.
+		if (r.Outcome == OutcomeCancelled || r.Outcome == OutcomeAlreadyCancelled) && effects.ValidateKind(r.Kind) == nil {
+			_, err := kv.Put(ctx, controlkv.CancelledKey(r.Kind, r.ID), mark(r).Encode())
+			return err
 		}
 		return nil
-	})
-	for _, r := range results {
-		if r.Outcome == OutcomeCancelled {
-			c.o.Logger.Info("effect cancelled", "effect_id", r.ID, "kind", r.Kind, "by", deref(r.By), "confirmed", rep.Confirmed)
-		}
-	}
-	return rep, nil
+	}), nil
 }
 
 // KindState is a kind's row in the paused-kinds table.
@@ -355,6 +325,27 @@ func (c *Controller) Kinds(ctx context.Context) ([]KindState, error) {
 		out = []KindState{}
 	}
 	return out, nil
+}
+
+// tellEach writes each result's change to the bucket with write, waits
+// for the dispatchers (tell), and logs the changes made.
+func (c *Controller) tellEach(ctx context.Context, results []Result, write func(jetstream.KeyValue, Result) error) Report {
+	rep := Report{Results: results}
+	c.tell(ctx, &rep, func(kv jetstream.KeyValue) error {
+		for _, r := range results {
+			if err := write(kv, r); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	for _, r := range results {
+		switch r.Outcome {
+		case OutcomePaused, OutcomeResumed, OutcomeCancelled:
+			c.o.Logger.Info("operator control", "change", r.Outcome, "kind", r.Kind, "effect_id", r.ID, "by", deref(r.By), "confirmed", rep.Confirmed)
+		}
+	}
+	return rep
 }
 
 // tell writes the changes to the bucket (filling it again from PostgreSQL
