@@ -132,3 +132,38 @@ func TestConfirm(t *testing.T) {
 		t.Fatalf("confirmed %s after a watcher vanished, want at least %s", took, controlkv.StaleAfter)
 	}
 }
+
+// FuzzControlKey: a key or value of the bucket, as anyone allowed to
+// publish on $KV.EFFECTS_CONTROL.> may write it, never crashes a
+// dispatcher, and what it accepts names a valid kind and effect id and is
+// the key its writers make.
+func FuzzControlKey(f *testing.F) {
+	for _, s := range []string{controlkv.PausedKey("mail"), controlkv.CancelledKey("mail", "6f1c2a3b-0000-4000-8000-000000000001"),
+		controlkv.SyncedKey, "paused.", "cancelled..", "cancelled.a.b.c", `{"by":"x","at":"2026-03-14T09:26:53Z"}`, `{"at":1}`} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		k := controlkv.ParseKey(s)
+		switch k.Type {
+		case controlkv.Paused:
+			if effects.ValidateKind(k.Kind) != nil || controlkv.PausedKey(k.Kind) != s {
+				t.Fatalf("ParseKey(%q) = %+v", s, k)
+			}
+		case controlkv.Cancelled:
+			if effects.ValidateKind(k.Kind) != nil || !effects.IsUUID(k.ID) || controlkv.CancelledKey(k.Kind, k.ID) != s {
+				t.Fatalf("ParseKey(%q) = %+v", s, k)
+			}
+		case controlkv.Synced:
+			if s != controlkv.SyncedKey {
+				t.Fatalf("ParseKey(%q) = %+v", s, k)
+			}
+		}
+		if m, err := controlkv.DecodeMark([]byte(s)); err == nil {
+			if again, err := controlkv.DecodeMark(m.Encode()); err != nil || again.By != m.By || !again.At.Equal(m.At.Truncate(time.Microsecond)) {
+				t.Fatalf("DecodeMark(%q) = %+v; encoded and decoded again %+v, %v", s, m, again, err)
+			}
+		} else if len(err.Error()) > 1024 {
+			t.Fatalf("DecodeMark of %d bytes: a %d-byte error", len(s), len(err.Error()))
+		}
+	})
+}
