@@ -17,7 +17,7 @@ import (
 func TestParseKey(t *testing.T) {
 	id := "6f1c2a3b-0000-4000-8000-000000000001"
 	for key, want := range map[string]controlkv.Key{
-		controlkv.PausedKey("send_email"):       {Type: controlkv.Paused, Kind: "send_email"},
+		controlkv.PausedKey("send_email"):        {Type: controlkv.Paused, Kind: "send_email"},
 		controlkv.CancelledKey("send_email", id): {Type: controlkv.Cancelled, Kind: "send_email", ID: id},
 		controlkv.SyncedKey:                      {Type: controlkv.Synced},
 		"paused.":                                {},
