@@ -56,10 +56,17 @@ func TestPauseResumeCancelCommands(t *testing.T) {
 	t.Cleanup(func() { stop(); <-done })
 	testenv.WaitFor(t, 30*time.Second, "the dispatcher ready", func() bool { return d.Ready(ctx) == nil })
 
-	rep := controlJSON(t, 0, "pause", "--by", "alice", "mail")
+	rep := controlJSON(t, 0, "pause", "--by", "alice", "echo")
 	if !rep.Confirmed || rep.Dispatchers != 1 || rep.Results[0].Outcome != control.OutcomePaused || *rep.Results[0].By != "alice" {
 		t.Fatalf("pause: %+v", rep)
 	}
+	// A pending effect of a paused kind says why it does not run.
+	code, out, _ := runEffects("show", ids["echo-pending"])
+	if code != 0 || !strings.Contains(out, "kind paused:") || !strings.Contains(out, "by alice (effects resume echo)") {
+		t.Fatalf("show: exit %d\n%s", code, out)
+	}
+	rep = controlJSON(t, 0, "pause", "--by", "alice", "mail")
+	controlJSON(t, 0, "resume", "echo")
 	for _, k := range statsOf(t).Kinds {
 		if paused := k.Paused != nil; paused != (k.Kind == "mail") || (paused && *k.Paused.By != "alice") {
 			t.Errorf("stats kind %s paused %+v", k.Kind, k.Paused)

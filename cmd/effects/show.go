@@ -26,6 +26,9 @@ const maxScan = 10000
 // showReport is what `effects show` prints.
 type showReport struct {
 	row
+	// KindPaused is the pause of the row's kind (effects pause) when the
+	// row is pending and its kind paused: why it does not run.
+	KindPaused *pauseStats `json:"kind_paused,omitempty"`
 	// JetStream is where a pending effect is in JetStream; nil when the row
 	// is final or NATS_URL is not set.
 	JetStream *jetStreamReport `json:"jetstream,omitempty"`
@@ -98,6 +101,11 @@ func showCmd(args []string, stdout, stderr io.Writer) int {
 	}
 	if rep == nil {
 		return o.fail(1, "no effect %s in %s", id, o.table)
+	}
+	if rep.Status == string(effects.StatusPending) {
+		if rep.KindPaused, err = kindPause(ctx, conn, o, rep.Kind); err != nil {
+			return o.fail(1, "%v", err)
+		}
 	}
 	if o.natsURL != "" && rep.Status == string(effects.StatusPending) {
 		rep.JetStream, err = locate(ctx, o.natsURL, rep.row)
@@ -266,6 +274,9 @@ func printShow(w io.Writer, rep *showReport, natsSet bool) {
 	fmt.Fprintf(tw, "completed:\t%s\n", timeOrDash(rep.CompletedAt))
 	if rep.RerunRequestedAt != nil {
 		fmt.Fprintf(tw, "re-run asked:\t%s by %s\n", timeOrDash(rep.RerunRequestedAt), by)
+	}
+	if p := rep.KindPaused; p != nil {
+		fmt.Fprintf(tw, "kind paused:\t%s by %s (effects resume %s)\n", p.Since.UTC().Format(time.RFC3339), orDash(deref(p.By)), rep.Kind)
 	}
 	if rep.CancelledAt != nil {
 		fmt.Fprintf(tw, "cancelled:\t%s by %s\n", timeOrDash(rep.CancelledAt), orDash(deref(rep.CancelledBy)))

@@ -199,20 +199,17 @@ func countStats(ctx context.Context, conn *pgx.Conn, o *oncall, since time.Durat
 	if err != nil {
 		return nil, err
 	}
-	kinds, err := control.New(conn, nil, o.table, control.Options{}).Kinds(ctx)
+	paused, err := pausedKinds(ctx, conn, o)
 	if err != nil {
 		return nil, err
 	}
-	for _, ks := range kinds {
-		if !ks.Paused || ks.PausedAt == nil {
-			continue
-		}
-		k := byKind[ks.Kind]
+	for kind, p := range paused {
+		k := byKind[kind]
 		if k == nil { // paused before any effect of it
-			k = &kindStats{Kind: ks.Kind}
-			byKind[ks.Kind] = k
+			k = &kindStats{Kind: kind}
+			byKind[kind] = k
 		}
-		k.Paused = &pauseStats{Since: *ks.PausedAt, By: ks.PausedBy}
+		k.Paused = p
 	}
 	for _, k := range byKind {
 		rep.Kinds = append(rep.Kinds, *k)
@@ -266,4 +263,26 @@ func ageText(sec float64) string {
 		return time.Duration(math.Round(sec) * float64(time.Second)).String()
 	}
 	return fmt.Sprintf("%.0fh", math.Floor(sec/3600))
+}
+
+// pausedKinds are the kinds paused now, by PostgreSQL (the dispatchers
+// follow it).
+func pausedKinds(ctx context.Context, conn *pgx.Conn, o *oncall) (map[string]*pauseStats, error) {
+	kinds, err := control.New(conn, nil, o.table, control.Options{}).Kinds(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]*pauseStats{}
+	for _, k := range kinds {
+		if k.Paused && k.PausedAt != nil {
+			out[k.Kind] = &pauseStats{Since: *k.PausedAt, By: k.PausedBy}
+		}
+	}
+	return out, nil
+}
+
+// kindPause is kind's pause, nil when it is not paused.
+func kindPause(ctx context.Context, conn *pgx.Conn, o *oncall, kind string) (*pauseStats, error) {
+	paused, err := pausedKinds(ctx, conn, o)
+	return paused[kind], err
 }
