@@ -364,9 +364,7 @@ func (c *Controller) tell(ctx context.Context, rep *Report, write func(jetstream
 		// already holds this change.
 		c.o.Logger.Warn("control bucket missing; creating it again from PostgreSQL", "bucket", controlkv.Bucket)
 		s := NewSyncer(c.db, c.js, c.table, SyncOptions{Streams: c.o.Streams, Logger: c.o.Logger})
-		if _, err = s.Once(wctx); err == nil {
-			kv, err = c.js.KeyValue(wctx, controlkv.Bucket)
-		}
+		_, err = s.Once(wctx)
 	} else if err == nil {
 		err = write(kv)
 	}
