@@ -29,6 +29,7 @@ func TestMain(m *testing.M) {
 // gets its completion.
 func TestCustomDispatcher(t *testing.T) {
 	n := testenv.StartNATS(t)
+	testenv.ControlBucket(t, n) // as completer migrate makes it
 	_, js := n.Connect(t)
 	p := testenv.StartProcess(t, selector, map[string]string{"NATS_URL": n.URL, "EFFECTS_ADMIN_ADDR": "127.0.0.1:0"})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
