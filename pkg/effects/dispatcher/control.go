@@ -184,10 +184,12 @@ func (c *controls) currentEpoch() uint64 {
 // (with cancel, its context's) so that a cancel reaches it. The hot path:
 // one lock and, with nothing cancelled in the kind, one map insert.
 func (k *kindControl) begin(c *controls, dl *delivery, cancel context.CancelCauseFunc) gate {
-	trusted := c.trusted()
 	id := dl.effect.ID
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	// The trust is read under the lock too, so that it is as fresh as the
+	// registration.
+	trusted := c.trusted()
 	if len(k.cancelled) > 0 {
 		if _, ok := k.cancelled[strings.ToLower(id)]; ok {
 			return gateCancelled // known cancelled: cancels are never taken back
