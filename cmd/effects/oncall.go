@@ -128,15 +128,17 @@ type row struct {
 	CompletedAt      *time.Time      `json:"completed_at"`
 	RerunRequestedAt *time.Time      `json:"rerun_requested_at"`
 	RerunRequestedBy *string         `json:"rerun_requested_by"`
+	CancelledAt      *time.Time      `json:"cancelled_at"`
+	CancelledBy      *string         `json:"cancelled_by"`
 }
 
 // rowColumns are the columns scanned by scanRow, payload excluded.
-const rowColumns = `id::text, kind, key, status, attempts, error, completion, created_at, completed_at, rerun_requested_at, rerun_requested_by`
+const rowColumns = `id::text, kind, key, status, attempts, error, completion, created_at, completed_at, rerun_requested_at, rerun_requested_by, cancelled_at, cancelled_by`
 
 func scanRow(rows pgx.CollectableRow) (row, error) {
 	var r row
 	var completion []byte
-	err := rows.Scan(&r.ID, &r.Kind, &r.Key, &r.Status, &r.Attempts, &r.Error, &completion, &r.CreatedAt, &r.CompletedAt, &r.RerunRequestedAt, &r.RerunRequestedBy)
+	err := rows.Scan(&r.ID, &r.Kind, &r.Key, &r.Status, &r.Attempts, &r.Error, &completion, &r.CreatedAt, &r.CompletedAt, &r.RerunRequestedAt, &r.RerunRequestedBy, &r.CancelledAt, &r.CancelledBy)
 	if completion != nil {
 		r.Completion = completion
 	}
@@ -156,14 +158,14 @@ func explainQueryError(err error) error {
 func listCmd(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("effects list", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	status := fs.String("status", "", "only rows with this status: pending, succeeded or failed")
+	status := fs.String("status", "", "only rows with this status: pending, succeeded, failed or cancelled")
 	kind := fs.String("kind", "", "only rows of this kind")
 	key := fs.String("key", "", "only rows with this key (the pending one holding it, and the final ones)")
 	since := fs.Duration("since", 0, "only rows created in this last span (e.g. 1h, 30m); 0: any age")
 	limit := fs.Int("limit", 50, "at most this many rows (1 to 10000)")
 	asJSON := fs.Bool("json", false, "print JSON (an array of rows) instead of a table")
 	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), "usage: effects list [--status pending|succeeded|failed] [--kind K] [--key KEY] [--since 1h] [--limit N] [--json]\n\n"+
+		fmt.Fprint(fs.Output(), "usage: effects list [--status pending|succeeded|failed|cancelled] [--kind K] [--key KEY] [--since 1h] [--limit N] [--json]\n\n"+
 			"Lists the rows of EFFECTS_TABLE in DATABASE_URL, newest first.\n\nflags:\n")
 		fs.PrintDefaults()
 	}
@@ -179,7 +181,7 @@ func listCmd(args []string, stdout, stderr io.Writer) int {
 	case fs.NArg() > 0:
 		return bad("unexpected argument %q", fs.Arg(0))
 	case *status != "" && !validStatus(*status):
-		return bad("--status %q: want pending, succeeded or failed", *status)
+		return bad("--status %q: want pending, succeeded, failed or cancelled", *status)
 	case *since < 0:
 		return bad("--since %s: want a positive duration such as 1h", *since)
 	case *limit < 1 || *limit > 10000:
@@ -220,7 +222,7 @@ func listCmd(args []string, stdout, stderr io.Writer) int {
 
 func validStatus(s string) bool {
 	switch effects.Status(s) {
-	case effects.StatusPending, effects.StatusSucceeded, effects.StatusFailed:
+	case effects.StatusPending, effects.StatusSucceeded, effects.StatusFailed, effects.StatusCancelled:
 		return true
 	}
 	return false

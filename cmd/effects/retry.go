@@ -228,6 +228,9 @@ func rerun(ctx context.Context, conn *pgx.Conn, o *oncall, js jetstream.JetStrea
 		}
 		return fail(errors.New("it succeeded; a success is final and is not re-run (insert a new row to run the effect again)"))
 	}
+	if res.Status == string(effects.StatusCancelled) {
+		return fail(errors.New("it was cancelled; a cancel is final and is not re-run (insert a new row to run the effect again)"))
+	}
 	if err := effects.ValidateKind(kind); err != nil {
 		return fail(fmt.Errorf("it cannot run: %w", err))
 	}

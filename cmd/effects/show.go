@@ -31,6 +31,9 @@ type showReport struct {
 	// publishes, whether its cursor passed the row: "published" or
 	// "waiting"; empty when no table source ever ran on the table.
 	TableSource string `json:"table_source,omitempty"`
+	// KindPaused is the pause of the row's kind (effects pause) when the
+	// row is pending and its kind paused: why it does not run.
+	KindPaused *pauseStats `json:"kind_paused,omitempty"`
 	// JetStream is where a pending effect is in JetStream; nil when the row
 	// is final or NATS_URL is not set.
 	JetStream *jetStreamReport `json:"jetstream,omitempty"`
@@ -108,6 +111,9 @@ func showCmd(args []string, stdout, stderr io.Writer) int {
 		if rep.TableSource, err = tableSourceState(ctx, conn, o, id); err != nil {
 			return o.fail(1, "%v", explainQueryError(err))
 		}
+		if rep.KindPaused, err = kindPause(ctx, conn, o, rep.Kind); err != nil {
+			return o.fail(1, "%v", err)
+		}
 	}
 	if o.natsURL != "" && rep.Status == string(effects.StatusPending) {
 		rep.JetStream, err = locate(ctx, o.natsURL, rep.row)
@@ -131,7 +137,7 @@ func showRow(ctx context.Context, conn *pgx.Conn, o *oncall, id string) (*showRe
 		var r row
 		var completion, payload []byte
 		err := rs.Scan(&r.ID, &r.Kind, &r.Key, &r.Status, &r.Attempts, &r.Error, &completion, &r.CreatedAt, &r.CompletedAt,
-			&r.RerunRequestedAt, &r.RerunRequestedBy, &payload)
+			&r.RerunRequestedAt, &r.RerunRequestedBy, &r.CancelledAt, &r.CancelledBy, &payload)
 		if completion != nil {
 			r.Completion = completion
 		}
@@ -302,6 +308,12 @@ func printShow(w io.Writer, rep *showReport, natsSet bool) {
 		fmt.Fprintf(tw, "table source:\tpublished (its cursor passed the row)\n")
 	case "waiting":
 		fmt.Fprintf(tw, "table source:\tnot published yet (its cursor has not reached the row: see effects_table_backlog)\n")
+	}
+	if p := rep.KindPaused; p != nil {
+		fmt.Fprintf(tw, "kind paused:\t%s by %s (effects resume %s)\n", p.Since.UTC().Format(time.RFC3339), orDash(deref(p.By)), rep.Kind)
+	}
+	if rep.CancelledAt != nil {
+		fmt.Fprintf(tw, "cancelled:\t%s by %s\n", timeOrDash(rep.CancelledAt), orDash(deref(rep.CancelledBy)))
 	}
 	_ = tw.Flush()
 	js := rep.JetStream

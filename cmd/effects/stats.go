@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/effects-run/effects/internal/control"
 	"github.com/effects-run/effects/pkg/effects"
 	"github.com/effects-run/effects/pkg/effects/dispatcher"
 )
@@ -35,13 +36,22 @@ type statusCount struct {
 	Pending   int64 `json:"pending"`
 	Succeeded int64 `json:"succeeded"`
 	Failed    int64 `json:"failed"`
+	Cancelled int64 `json:"cancelled"`
 }
 
 type kindStats struct {
 	Kind string `json:"kind"`
 	statusCount
-	OldestPendingAge string         `json:"oldest_pending_age,omitempty"`
-	Consumer         *consumerStats `json:"consumer,omitempty"`
+	OldestPendingAge string `json:"oldest_pending_age,omitempty"`
+	// Paused is the kind's pause (effects pause), nil when it is not
+	// paused (PostgreSQL's word; the dispatchers follow it).
+	Paused   *pauseStats    `json:"paused,omitempty"`
+	Consumer *consumerStats `json:"consumer,omitempty"`
+}
+
+type pauseStats struct {
+	Since time.Time `json:"since"`
+	By    *string   `json:"by"`
 }
 
 type consumerStats struct {
@@ -64,7 +74,8 @@ func statsCmd(args []string, stdout, stderr io.Writer) int {
 	asJSON := fs.Bool("json", false, "print JSON instead of a table")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), "usage: effects stats [--since D] [--json]\n\n"+
-			"Counts the rows of EFFECTS_TABLE by kind and status, the oldest pending row's age, and,\n"+
+			"Counts the rows of EFFECTS_TABLE by kind and status, the oldest pending row's age, the\n"+
+			"paused kinds (effects pause) and,\n"+
 			"when NATS_URL is set, each kind's dispatcher consumer: backlog, ack pending, redelivered.\n\nflags:\n")
 		fs.PrintDefaults()
 	}
@@ -104,13 +115,20 @@ func statsCmd(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stdout, "\noldest pending: %s\n\n", orNone(rep.OldestPendingAge))
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	header := "KIND\tPENDING\tSUCCEEDED\tFAILED\tOLDEST PENDING\t"
+	header := "KIND\tPENDING\tSUCCEEDED\tFAILED\tCANCELLED\tOLDEST PENDING\tPAUSED\t"
 	if rep.NATS {
 		header += "BACKLOG\tACK PENDING\tREDELIVERED\t"
 	}
 	fmt.Fprintln(tw, header)
 	for _, k := range rep.Kinds {
-		line := fmt.Sprintf("%s\t%d\t%d\t%d\t%s\t", k.Kind, k.Pending, k.Succeeded, k.Failed, orDash(k.OldestPendingAge))
+		paused := "-"
+		if p := k.Paused; p != nil {
+			paused = "since " + p.Since.UTC().Format(time.RFC3339)
+			if p.By != nil {
+				paused += " by " + *p.By
+			}
+		}
+		line := fmt.Sprintf("%s\t%d\t%d\t%d\t%d\t%s\t%s\t", k.Kind, k.Pending, k.Succeeded, k.Failed, k.Cancelled, orDash(k.OldestPendingAge), paused)
 		if c := k.Consumer; c != nil {
 			if c.Found {
 				line += fmt.Sprintf("%d\t%d\t%d\t", c.NumPending, c.AckPending, c.Redelivered)
@@ -120,7 +138,7 @@ func statsCmd(args []string, stdout, stderr io.Writer) int {
 		}
 		fmt.Fprintln(tw, line)
 	}
-	fmt.Fprintf(tw, "total\t%d\t%d\t%d\t%s\t\n", rep.Total.Pending, rep.Total.Succeeded, rep.Total.Failed, orDash(rep.OldestPendingAge))
+	fmt.Fprintf(tw, "total\t%d\t%d\t%d\t%d\t%s\t\t\n", rep.Total.Pending, rep.Total.Succeeded, rep.Total.Failed, rep.Total.Cancelled, orDash(rep.OldestPendingAge))
 	if err := tw.Flush(); err != nil {
 		return o.fail(1, "%v", err)
 	}
@@ -165,6 +183,9 @@ func countStats(ctx context.Context, conn *pgx.Conn, o *oncall, since time.Durat
 		case effects.StatusFailed:
 			k.Failed += n
 			rep.Total.Failed += n
+		case effects.StatusCancelled:
+			k.Cancelled += n
+			rep.Total.Cancelled += n
 		}
 		if age != nil {
 			k.OldestPendingAge = ageText(*age)
@@ -177,6 +198,18 @@ func countStats(ctx context.Context, conn *pgx.Conn, o *oncall, since time.Durat
 	})
 	if err != nil {
 		return nil, err
+	}
+	paused, err := pausedKinds(ctx, conn, o)
+	if err != nil {
+		return nil, err
+	}
+	for kind, p := range paused {
+		k := byKind[kind]
+		if k == nil { // paused before any effect of it
+			k = &kindStats{Kind: kind}
+			byKind[kind] = k
+		}
+		k.Paused = p
 	}
 	for _, k := range byKind {
 		rep.Kinds = append(rep.Kinds, *k)
@@ -230,4 +263,26 @@ func ageText(sec float64) string {
 		return time.Duration(math.Round(sec) * float64(time.Second)).String()
 	}
 	return fmt.Sprintf("%.0fh", math.Floor(sec/3600))
+}
+
+// pausedKinds are the kinds paused now, by PostgreSQL (the dispatchers
+// follow it).
+func pausedKinds(ctx context.Context, conn *pgx.Conn, o *oncall) (map[string]*pauseStats, error) {
+	kinds, err := control.New(conn, nil, o.table, control.Options{}).Kinds(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]*pauseStats{}
+	for _, k := range kinds {
+		if k.Paused && k.PausedAt != nil {
+			out[k.Kind] = &pauseStats{Since: *k.PausedAt, By: k.PausedBy}
+		}
+	}
+	return out, nil
+}
+
+// kindPause is kind's pause, nil when it is not paused.
+func kindPause(ctx context.Context, conn *pgx.Conn, o *oncall, kind string) (*pauseStats, error) {
+	paused, err := pausedKinds(ctx, conn, o)
+	return paused[kind], err
 }
