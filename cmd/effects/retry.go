@@ -78,7 +78,7 @@ func retryCmd(args []string, stdout, stderr io.Writer) int {
 	selected := *status != ""
 	if selected {
 		var err error
-		ids, err = store.FailedIDs(ctx, *kind, *since, *limit)
+		ids, err = store.FailedIDs(ctx, *kind, *since, *limit, false)
 		if err != nil {
 			return o.fail(1, "%v", err)
 		}

@@ -50,7 +50,7 @@ func statsCmd(args []string, stdout, stderr io.Writer) int {
 			return o.fail(1, "%v", err)
 		}
 		defer nc.Close()
-		if err := operator.ConsumerFigures(ctx, js, rep); err != nil {
+		if err := operator.ConsumerFigures(ctx, js, rep, false); err != nil {
 			return o.fail(1, "%v", err)
 		}
 	}

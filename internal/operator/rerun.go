@@ -48,8 +48,13 @@ type RerunOptions struct {
 }
 
 // FailedIDs selects up to limit failed rows, oldest first, of kind ("" for
-// any) created in the last since (0: any age).
-func (s Store) FailedIDs(ctx context.Context, kind string, since time.Duration, limit int) ([]string, error) {
+// any) created in the last since (0: any age). With skipRerunning, rows
+// whose re-run was asked in the last hour and after their last completion
+// (it has not completed yet) are left out, so that asking again takes the
+// next rows rather than the same ones twice. (Past an hour such a re-run is
+// taken as lost; and the hour absorbs a dispatcher clock behind the
+// database's, which would date the re-run's completion before its ask.)
+func (s Store) FailedIDs(ctx context.Context, kind string, since time.Duration, limit int, skipRerunning bool) ([]string, error) {
 	var sinceArg *time.Duration
 	if since > 0 {
 		sinceArg = &since
@@ -58,8 +63,10 @@ func (s Store) FailedIDs(ctx context.Context, kind string, since time.Duration, 
 	       WHERE status = 'failed'
 	         AND ($1::text IS NULL OR kind = $1)
 	         AND ($2::interval IS NULL OR created_at >= now() - $2::interval)
+	         AND NOT ($4 AND COALESCE(rerun_requested_at > now() - interval '1 hour'
+	                  AND (completed_at IS NULL OR rerun_requested_at > completed_at), false))
 	       ORDER BY created_at, id
-	       LIMIT $3`, nullIfEmpty(kind), sinceArg, limit)
+	       LIMIT $3`, nullIfEmpty(kind), sinceArg, limit, skipRerunning)
 	if err != nil {
 		return nil, ExplainQueryError(err)
 	}

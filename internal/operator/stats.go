@@ -2,10 +2,10 @@ package operator
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -147,16 +147,39 @@ func collectCounts(rows pgx.Rows, rep *Stats) error {
 	return nil
 }
 
-// ConsumerFigures reads the dispatcher consumer of each kind of rep. It
-// gives up after 30 seconds.
-func ConsumerFigures(ctx context.Context, js jetstream.JetStream, rep *Stats) error {
+// ConsumerFigures reads the dispatcher consumer of each kind of rep, listing
+// the stream's consumers once; with addKinds, the kinds that have a
+// dispatcher consumer and no row in rep are added to it (with their
+// consumer only). It gives up after 30 seconds.
+func ConsumerFigures(ctx context.Context, js jetstream.JetStream, rep *Stats, addKinds bool) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	stream, err := js.Stream(ctx, effects.EffectsStream)
 	if err != nil {
 		return fmt.Errorf("stream %s: %w", effects.EffectsStream, err)
 	}
+	byName := map[string]*jetstream.ConsumerInfo{}
+	list := stream.ListConsumers(ctx)
+	for info := range list.Info() {
+		byName[info.Name] = info
+	}
+	if err := list.Err(); err != nil {
+		return fmt.Errorf("consumers of %s: %w", effects.EffectsStream, err)
+	}
 	rep.NATS = true
+	if addKinds {
+		have := map[string]bool{}
+		for _, k := range rep.Kinds {
+			have[k.Kind] = true
+		}
+		for name := range byName {
+			kind, ok := strings.CutPrefix(name, dispatcher.ConsumerName(""))
+			if ok && !have[kind] && effects.ValidateKind(kind) == nil {
+				rep.Kinds = append(rep.Kinds, KindStats{Kind: kind})
+			}
+		}
+		sort.Slice(rep.Kinds, func(i, j int) bool { return rep.Kinds[i].Kind < rep.Kinds[j].Kind })
+	}
 	for i := range rep.Kinds {
 		k := &rep.Kinds[i]
 		if effects.ValidateKind(k.Kind) != nil {
@@ -164,19 +187,10 @@ func ConsumerFigures(ctx context.Context, js jetstream.JetStream, rep *Stats) er
 		}
 		c := &ConsumerStats{Name: dispatcher.ConsumerName(k.Kind)}
 		k.Consumer = c
-		cons, err := stream.Consumer(ctx, c.Name)
-		if errors.Is(err, jetstream.ErrConsumerNotFound) {
-			continue
+		if info := byName[c.Name]; info != nil {
+			c.Found = true
+			c.NumPending, c.AckPending, c.Redelivered = info.NumPending, info.NumAckPending, info.NumRedelivered
 		}
-		if err != nil {
-			return fmt.Errorf("consumer %s: %w", c.Name, err)
-		}
-		info, err := cons.Info(ctx)
-		if err != nil {
-			return fmt.Errorf("consumer %s: %w", c.Name, err)
-		}
-		c.Found = true
-		c.NumPending, c.AckPending, c.Redelivered = info.NumPending, info.NumAckPending, info.NumRedelivered
 	}
 	return nil
 }
