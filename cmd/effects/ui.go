@@ -111,7 +111,7 @@ func runUI(ctx context.Context, args []string, stdout, stderr io.Writer, serving
 		Token: token, ReadOnlyToken: readOnly, AllowUnauthenticated: token == "",
 		Refresh:         *refresh,
 		RetainSucceeded: o.policy.Succeeded, RetainFailed: o.policy.Failed,
-		Logger:          logger,
+		Logger: logger,
 	})
 	if err != nil {
 		return bad("%v", err)

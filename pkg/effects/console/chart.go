@@ -23,10 +23,10 @@ type chart struct {
 }
 
 type chartBar struct {
-	X, W                 float64
+	X, W                   float64
 	SucceededY, SucceededH float64
-	FailedY, FailedH     float64
-	Title                string // the tooltip: the minute and its counts
+	FailedY, FailedH       float64
+	Title                  string // the tooltip: the minute and its counts
 }
 
 type chartTick struct {

@@ -18,12 +18,12 @@ type kindsData struct {
 	OldestPending string
 	// Chart is every kind's completions over the last hour; Loading says
 	// the hour is still being read; ActivityErr why it cannot be.
-	Chart                       *chart
-	Loading                     bool
-	ActivityErr                 string
-	HourSucceeded, HourFailed   int
-	ConsumersErr                string
-	Updated                     time.Time
+	Chart                     *chart
+	Loading                   bool
+	ActivityErr               string
+	HourSucceeded, HourFailed int
+	ConsumersErr              string
+	Updated                   time.Time
 }
 
 type kindRow struct {
