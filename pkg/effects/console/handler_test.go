@@ -10,7 +10,7 @@ import (
 	"time"
 )
 
-var page = map[string]string{"Accept": "text/html,application/xhtml+xml"}
+var asPage = map[string]string{"Accept": "text/html,application/xhtml+xml"}
 
 // Without a token nothing is seen: a browser is sent to the login page,
 // anything else gets 401, a wrong token is not a fallback to anything.
@@ -19,7 +19,7 @@ func TestNoTokenSeesNothing(t *testing.T) {
 	b := setup(t)
 	id := b.insert(t, "send_email", "failed", `{"to":"someone@example.com"}`)
 	for _, path := range []string{"/", "/?status=failed", "/effects/" + id, "/kinds", "/nope"} {
-		resp, body := b.request(t, "GET", path, "", nil, page)
+		resp, body := b.request(t, "GET", path, "", nil, asPage)
 		if resp.StatusCode != http.StatusSeeOther || !strings.HasPrefix(resp.Header.Get("Location"), "/login?next=") {
 			t.Errorf("GET %s from a browser without a token: %d, Location %q; want 303 to the login page", path, resp.StatusCode, resp.Header.Get("Location"))
 		}
@@ -48,7 +48,7 @@ func TestNoTokenSeesNothing(t *testing.T) {
 	if resp, body := b.request(t, "GET", "/static/console.css", "", nil, nil); resp.StatusCode != http.StatusOK || !strings.Contains(body, "body") {
 		t.Errorf("static file without a token: %d", resp.StatusCode)
 	}
-	if resp, body := b.request(t, "GET", "/login", "", nil, page); resp.StatusCode != http.StatusOK || !strings.Contains(body, `name="token"`) {
+	if resp, body := b.request(t, "GET", "/login", "", nil, asPage); resp.StatusCode != http.StatusOK || !strings.Contains(body, `name="token"`) {
 		t.Errorf("login page: %d\n%s", resp.StatusCode, body)
 	}
 }
@@ -273,7 +273,7 @@ func TestListFilters(t *testing.T) {
 func TestOpenConsoleAnswersLoopbackOnly(t *testing.T) {
 	b := setup(t, func(c *Config) { c.Token, c.ReadOnlyToken, c.AllowUnauthenticated = "", "", true })
 	id := b.insert(t, "send_email", "failed", `{}`)
-	if resp, body := b.request(t, "GET", "/effects/"+id, "", nil, page); resp.StatusCode != http.StatusOK || !strings.Contains(body, ">Retry</button>") {
+	if resp, body := b.request(t, "GET", "/effects/"+id, "", nil, asPage); resp.StatusCode != http.StatusOK || !strings.Contains(body, ">Retry</button>") {
 		t.Errorf("open console on 127.0.0.1: %d", resp.StatusCode)
 	}
 	for _, host := range []string{"evil.example", "evil.example:80", "10.0.0.1"} {

@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -185,4 +186,32 @@ func (b *bundle) runPipeline(t *testing.T, reg *effects.Registry) {
 func (b *bundle) waitStatus(t *testing.T, id, want string) {
 	t.Helper()
 	testenv.WaitFor(t, 30*time.Second, "effect "+id+" "+want, func() bool { return b.status(t, id) == want })
+}
+
+// countingRegistry has a handler per kind that succeeds and counts its
+// calls per effect.
+type countingRegistry struct {
+	*effects.Registry
+	mu   sync.Mutex
+	byID map[string]int
+}
+
+func effectsRegistry(t *testing.T, kinds ...string) *countingRegistry {
+	t.Helper()
+	r := &countingRegistry{Registry: effects.NewRegistry(), byID: map[string]int{}}
+	for _, k := range kinds {
+		r.Handle(k, func(_ context.Context, e effects.Effect) (any, error) {
+			r.mu.Lock()
+			r.byID[e.ID]++
+			r.mu.Unlock()
+			return map[string]bool{"ok": true}, nil
+		})
+	}
+	return r
+}
+
+func (r *countingRegistry) calls(id string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.byID[id]
 }
