@@ -135,8 +135,16 @@ func (t Table) templateData() map[string]any {
 		"NotifyTrigger":    t.sibling("_notify"),
 		"NotifyFunction":   t.qualified("_notify"),
 		"NotifyChannel":    t.NotifyChannel(),
+		// Operator controls (006).
+		"CancelledIndex":   t.sibling("_cancelled_idx"),
+		"CancelledAtIndex": t.sibling("_cancel_at_idx"),
+		"PausedTable":      t.PausedTable().Quoted(),
 	}
 }
+
+// PausedTable is the table of paused kinds, "<name>_paused", in the same
+// schema as t (migration 006).
+func (t Table) PausedTable() Table { return Table{Schema: t.Schema, Name: t.Name + "_paused"} }
 
 // qualified is the quoted name of a function that belongs to the table, in
 // the table's schema (functions, unlike indexes, do not follow the table).

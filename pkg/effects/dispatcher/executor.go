@@ -36,6 +36,7 @@ type executor struct {
 	km     *kindMetrics
 	logger *slog.Logger
 	rate   *rateLimiter // nil: no rate limit
+	ctl    *kindControl // nil: no operator controls (control.go)
 	// gate, for a rate-limited kind, is held from a worker's fetch until
 	// its attempt may start, so each process holds at most one message
 	// waiting for the limit: the others stay in the stream for whichever
@@ -78,6 +79,8 @@ type delivery struct {
 	// trace is the attempt's span context: the completion message carries
 	// it so that the completer's write joins the effect's trace.
 	trace trace.SpanContext
+	// run registers the running attempt for an operator's cancel.
+	run runEntry
 }
 
 // settle claims the right to apply the delivery's outcome.
@@ -86,6 +89,7 @@ func (dl *delivery) settle() bool { return dl.settled.CompareAndSwap(false, true
 // worker pulls and handles messages until fetching stops.
 func (x *executor) worker(ctx context.Context) {
 	for {
+		x.awaitRunnable(ctx) // a paused kind pulls nothing
 		if x.rate != nil {
 			x.gate.Lock() // released by handle once the attempt may start
 		}
@@ -194,11 +198,18 @@ func (x *executor) handle(ctx context.Context, jm jetstream.Msg) bool {
 		}
 	}
 
+	// The operator controls' check: a cancelled effect is settled unrun,
+	// a paused kind's attempt waits.
+	attemptCtx, ok := x.admit(ctx, dl)
+	if !ok {
+		return true
+	}
+
 	// The attempt. Its context descends from the work context, which only
-	// a shutdown past its grace period cancels.
+	// a shutdown past its grace period cancels (and an operator's cancel).
 	// The span is the handler's run; it ends before the outcome is
 	// applied, which the completion message's traceparent follows.
-	workCtx, span := startAttempt(x.d.workCtx, jm.Headers(), x.kind, eff.ID, dl.attempt)
+	workCtx, span := startAttempt(attemptCtx, jm.Headers(), x.kind, eff.ID, dl.attempt)
 	dl.mu.Lock()
 	dl.trace = span.SpanContext()
 	dl.mu.Unlock()
@@ -216,9 +227,11 @@ func (x *executor) handle(ctx context.Context, jm jetstream.Msg) bool {
 	if !giveUp.Stop() {
 		<-overran // the attempt was given up; its result comes too late
 		x.lateResult(dl, r)
+		x.endAttempt(dl)
 		return false
 	}
-	x.finish(dl, result{value: r.Value, deferred: r.Deferred, err: r.Err}, errors.Is(context.Cause(workCtx), errShutdown))
+	x.finish(dl, result{value: r.Value, deferred: r.Deferred, err: r.Err, cancelled: dl.attemptCancelled()}, errors.Is(context.Cause(workCtx), errShutdown))
+	x.endAttempt(dl)
 	return true
 }
 

@@ -1,0 +1,143 @@
+package control_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/effects-run/effects/internal/control"
+	"github.com/effects-run/effects/internal/testenv"
+)
+
+// pauseOK pauses kinds and checks the report.
+func (e *env) pauseOK(by string, kinds ...string) control.Report {
+	e.t.Helper()
+	rep, err := e.ctl.Pause(context.Background(), kinds, by)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if !rep.OK() {
+		e.t.Fatalf("pause %v: %+v", kinds, rep)
+	}
+	return rep
+}
+
+func (e *env) resumeOK(by string, kinds ...string) control.Report {
+	e.t.Helper()
+	rep, err := e.ctl.Resume(context.Background(), kinds, by)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if !rep.OK() {
+		e.t.Fatalf("resume %v: %+v", kinds, rep)
+	}
+	return rep
+}
+
+// assertHeldBack checks that the effects ids of a paused kind are pending
+// and never ran, after the dispatchers ran effects of another kind
+// inserted after them (so they had every chance to run them).
+func (e *env) assertHeldBack(ids []string, other string) {
+	e.t.Helper()
+	probe := e.insert(other)
+	e.waitStatus(probe, "succeeded")
+	for _, id := range ids {
+		if r := e.row(id); r.Status != "pending" || e.runs.count(id) != 0 {
+			e.t.Fatalf("effect %s of a paused kind: status %s, ran %d times; want pending, never run", id, r.Status, e.runs.count(id))
+		}
+	}
+}
+
+// assertRanOnce waits for ids to succeed and checks each ran once.
+func (e *env) assertRanOnce(ids []string) {
+	e.t.Helper()
+	for _, id := range ids {
+		e.waitStatus(id, "succeeded")
+		if n := e.runs.count(id); n != 1 {
+			e.t.Fatalf("effect %s ran %d times, want once", id, n)
+		}
+	}
+}
+
+func TestPauseHoldsAcrossDispatchersUntilResumed(t *testing.T) {
+	e := setup(t)
+	a := e.dispatcher(e.registry("mail", "other"))
+	b := e.dispatcher(e.registry("mail", "other"))
+
+	rep := e.pauseOK("alice", "mail")
+	if rep.Dispatchers != 2 || rep.Results[0].Outcome != control.OutcomePaused || *rep.Results[0].By != "alice" || rep.Results[0].At == nil {
+		t.Fatalf("pause report %+v", rep)
+	}
+	for _, p := range []*disp{a, b} {
+		if v := p.metric(t, "effects_kind_paused", "kind", "mail"); v != 1 {
+			t.Fatalf("effects_kind_paused{kind=mail} = %v once the pause returned", v)
+		}
+		if v := p.metric(t, "effects_kind_paused", "kind", "other"); v != 0 {
+			t.Fatalf("effects_kind_paused{kind=other} = %v", v)
+		}
+	}
+	// Pausing again changes nothing and says so.
+	if rep := e.pauseOK("bob", "mail"); rep.Results[0].Outcome != control.OutcomeAlreadyPaused || *rep.Results[0].By != "alice" {
+		t.Fatalf("second pause: %+v", rep.Results[0])
+	}
+
+	var ids []string
+	for range 20 {
+		ids = append(ids, e.insert("mail"))
+	}
+	e.assertHeldBack(ids, "other")
+
+	rep = e.resumeOK("bob", "mail")
+	if rep.Results[0].Outcome != control.OutcomeResumed || rep.Dispatchers != 2 {
+		t.Fatalf("resume report %+v", rep)
+	}
+	e.assertRanOnce(ids)
+	if rep := e.resumeOK("bob", "mail"); rep.Results[0].Outcome != control.OutcomeNotPaused {
+		t.Fatalf("second resume: %+v", rep.Results[0])
+	}
+	kinds, err := e.ctl.Kinds(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(kinds) != 1 || kinds[0].Paused || *kinds[0].PausedBy != "alice" || *kinds[0].ResumedBy != "bob" {
+		t.Fatalf("kinds %+v", kinds)
+	}
+}
+
+func TestPauseRefusesInvalidKinds(t *testing.T) {
+	e := setup(t)
+	_, err := e.ctl.Pause(context.Background(), []string{"mail", "not a kind"}, "")
+	if !errors.Is(err, control.ErrInvalid) {
+		t.Fatalf("err = %v, want ErrInvalid", err)
+	}
+	kinds, err := e.ctl.Kinds(context.Background())
+	if err != nil || len(kinds) != 0 {
+		t.Fatalf("an invalid pause changed something: %+v, %v", kinds, err)
+	}
+}
+
+// A dispatcher started while a kind is paused, and one restarted, hold it
+// back too; so do all of them after nats-server restarted on its store.
+func TestPauseSurvivesRestarts(t *testing.T) {
+	e := setup(t)
+	reg := e.registry("mail", "other")
+	a := e.dispatcher(reg)
+	e.pauseOK("", "mail")
+	ids := []string{e.insert("mail")}
+
+	// The dispatcher restarted.
+	a.stop()
+	a = e.dispatcher(e.registry("mail", "other"))
+	ids = append(ids, e.insert("mail"))
+	e.assertHeldBack(ids, "other")
+
+	// nats-server restarted on the same store.
+	e.nats.Restart(t)
+	testenv.WaitFor(t, 30*time.Second, "the dispatcher ready again", func() bool { return a.d.Ready(context.Background()) == nil })
+	ids = append(ids, e.insert("mail"))
+	e.assertHeldBack(ids, "other")
+
+	e.resumeOK("", "mail")
+	e.assertRanOnce(ids)
+}
