@@ -124,13 +124,13 @@ func parseFlags(fs *flag.FlagSet, args []string) (code int, ok bool) {
 func listCmd(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("effects list", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	status := fs.String("status", "", "only rows with this status: pending, succeeded or failed")
+	status := fs.String("status", "", "only rows with this status: pending, succeeded, failed or cancelled")
 	kind := fs.String("kind", "", "only rows of this kind")
 	since := fs.Duration("since", 0, "only rows created in this last span (e.g. 1h, 30m); 0: any age")
 	limit := fs.Int("limit", 50, "at most this many rows (1 to 10000)")
 	asJSON := fs.Bool("json", false, "print JSON (an array of rows) instead of a table")
 	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), "usage: effects list [--status pending|succeeded|failed] [--kind K] [--since 1h] [--limit N] [--json]\n\n"+
+		fmt.Fprint(fs.Output(), "usage: effects list [--status pending|succeeded|failed|cancelled] [--kind K] [--since 1h] [--limit N] [--json]\n\n"+
 			"Lists the rows of EFFECTS_TABLE in DATABASE_URL, newest first.\n\nflags:\n")
 		fs.PrintDefaults()
 	}

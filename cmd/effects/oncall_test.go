@@ -116,7 +116,7 @@ func TestListBadArguments(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"--status", "done"}, `--status "done": want pending, succeeded or failed`},
+		{[]string{"--status", "done"}, `--status "done": want pending, succeeded, failed or cancelled`},
 		{[]string{"--kind", "a.b"}, "--kind: invalid kind"},
 		{[]string{"--since", "yesterday"}, "invalid value"},
 		{[]string{"--since", "-1h"}, "want a positive duration"},

@@ -117,6 +117,9 @@ func printShow(w io.Writer, rep *showReport, natsSet bool) {
 	if rep.RerunRequestedAt != nil {
 		fmt.Fprintf(tw, "re-run asked:\t%s by %s\n", timeOrDash(rep.RerunRequestedAt), by)
 	}
+	if rep.CancelledAt != nil {
+		fmt.Fprintf(tw, "cancelled:\t%s by %s\n", timeOrDash(rep.CancelledAt), oneLine(rep.CancelledBy, 80))
+	}
 	_ = tw.Flush()
 	js := rep.JetStream
 	switch {

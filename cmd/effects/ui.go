@@ -44,8 +44,8 @@ func runUI(ctx context.Context, args []string, stdout, stderr io.Writer, serving
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), "usage: effects ui [--addr HOST:PORT] [--refresh D]\n\n"+
 			"Serves the operators' web console: the newest effects, one effect, the kinds with their\n"+
-			"backlog and last hour, and Retry. Reads DATABASE_URL, NATS_URL, EFFECTS_TABLE,\n"+
-			"EFFECTS_UI_TOKEN and EFFECTS_UI_READONLY_TOKEN (docs/console.md).\n\nflags:\n")
+			"backlog and last hour; Retry, Cancel, Pause and Resume. Reads DATABASE_URL, NATS_URL,\n"+
+			"EFFECTS_TABLE, EFFECTS_UI_TOKEN and EFFECTS_UI_READONLY_TOKEN (docs/console.md).\n\nflags:\n")
 		fs.PrintDefaults()
 	}
 	if code, ok := parseFlags(fs, args); !ok {
@@ -76,6 +76,10 @@ func runUI(ctx context.Context, args []string, stdout, stderr io.Writer, serving
 			"serves only this machine (127.0.0.1, localhost or [::1]); set EFFECTS_UI_TOKEN to serve it beyond", *addr)
 	}
 	if err := console.CheckTokens(token, readOnly, true); err != nil {
+		return bad("%v", err)
+	}
+	streams := settings.Streams(env)
+	if err := env.Err(); err != nil {
 		return bad("%v", err)
 	}
 	o, code := newOncall(name, stderr)
@@ -110,6 +114,7 @@ func runUI(ctx context.Context, args []string, stdout, stderr io.Writer, serving
 		DB: pool, Table: o.table.String(), NATS: nc,
 		Token: token, ReadOnlyToken: readOnly, AllowUnauthenticated: token == "",
 		Refresh:         *refresh,
+		Streams:         streams,
 		RetainSucceeded: o.policy.Succeeded, RetainFailed: o.policy.Failed,
 		Logger: logger,
 	})

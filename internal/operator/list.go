@@ -89,7 +89,7 @@ func (s Store) Get(ctx context.Context, id string) (*Row, error) {
 		var r Row
 		var completion, payload []byte
 		err := rs.Scan(&r.ID, &r.Kind, &r.Status, &r.Attempts, &r.Error, &completion, &r.CreatedAt, &r.CompletedAt,
-			&r.RerunRequestedAt, &r.RerunRequestedBy, &payload)
+			&r.RerunRequestedAt, &r.RerunRequestedBy, &r.CancelledAt, &r.CancelledBy, &payload)
 		if completion != nil {
 			r.Completion = completion
 		}

@@ -23,7 +23,8 @@ func TestPlansReadThePartialIndexes(t *testing.T) {
 	// Most rows final, at times spread over a day (the rows were inserted
 	// in one statement, at one now()).
 	if _, err := pg.Pool.Exec(ctx, `UPDATE effects SET created_at = now() - random() * interval '1 day',
-		status = CASE WHEN random() < 0.05 THEN 'pending' WHEN random() < 0.9 THEN 'succeeded' ELSE 'failed' END`); err != nil {
+		status = CASE WHEN random() < 0.05 THEN 'pending' WHEN random() < 0.02 THEN 'cancelled'
+		              WHEN random() < 0.9 THEN 'succeeded' ELSE 'failed' END`); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := pg.Pool.Exec(ctx, `ANALYZE effects`); err != nil {
@@ -52,7 +53,8 @@ func TestPlansReadThePartialIndexes(t *testing.T) {
 		}
 	}
 	if plan := testenv.Explain(ctx, t, pg.Pool, countOpenSQL(table)); strings.Contains(plan, "Seq Scan") ||
-		!strings.Contains(plan, "effects_pending_idx") || !strings.Contains(plan, "effects_failed_idx") {
-		t.Errorf("the counts of pending and failed rows do not read their indexes:\n%s", plan)
+		!strings.Contains(plan, "effects_pending_idx") || !strings.Contains(plan, "effects_failed_idx") ||
+		!strings.Contains(plan, "effects_cancel") {
+		t.Errorf("the counts of pending, failed and cancelled rows do not read their indexes:\n%s", plan)
 	}
 }

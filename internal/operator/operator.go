@@ -43,7 +43,7 @@ type Store struct {
 
 // Statuses are the statuses a row can have, in the order the tools show
 // them.
-var Statuses = []effects.Status{effects.StatusPending, effects.StatusSucceeded, effects.StatusFailed}
+var Statuses = []effects.Status{effects.StatusPending, effects.StatusSucceeded, effects.StatusFailed, effects.StatusCancelled}
 
 // ValidStatus reports whether s is one of [Statuses].
 func ValidStatus(s string) bool {
@@ -55,7 +55,8 @@ func ValidStatus(s string) bool {
 	return false
 }
 
-// StatusList is the statuses for a message: "pending, succeeded or failed".
+// StatusList is the statuses for a message: "pending, succeeded, failed or
+// cancelled".
 func StatusList() string {
 	names := make([]string, len(Statuses))
 	for i, s := range Statuses {
@@ -77,15 +78,18 @@ type Row struct {
 	CompletedAt      *time.Time      `json:"completed_at"`
 	RerunRequestedAt *time.Time      `json:"rerun_requested_at"`
 	RerunRequestedBy *string         `json:"rerun_requested_by"`
+	CancelledAt      *time.Time      `json:"cancelled_at"`
+	CancelledBy      *string         `json:"cancelled_by"`
 }
 
 // rowColumns are the columns scanRow reads, payload excluded.
-const rowColumns = `id::text, kind, status, attempts, error, completion, created_at, completed_at, rerun_requested_at, rerun_requested_by`
+const rowColumns = `id::text, kind, status, attempts, error, completion, created_at, completed_at, rerun_requested_at, rerun_requested_by, cancelled_at, cancelled_by`
 
 func scanRow(rows pgx.CollectableRow) (Row, error) {
 	var r Row
 	var completion []byte
-	err := rows.Scan(&r.ID, &r.Kind, &r.Status, &r.Attempts, &r.Error, &completion, &r.CreatedAt, &r.CompletedAt, &r.RerunRequestedAt, &r.RerunRequestedBy)
+	err := rows.Scan(&r.ID, &r.Kind, &r.Status, &r.Attempts, &r.Error, &completion, &r.CreatedAt, &r.CompletedAt, &r.RerunRequestedAt, &r.RerunRequestedBy,
+		&r.CancelledAt, &r.CancelledBy)
 	if completion != nil {
 		r.Completion = completion
 	}

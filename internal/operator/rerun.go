@@ -117,6 +117,11 @@ func (s Store) Rerun(ctx context.Context, js jetstream.JetStream, maxPayload int
 		}
 		return fail(errors.New("it succeeded; a success is final and is not re-run (insert a new row to run the effect again)"))
 	}
+	if res.Status == string(effects.StatusCancelled) {
+		// The completer leaves a cancelled row as it is, so a re-run's
+		// outcome would never be recorded.
+		return fail(errors.New("it was cancelled; a cancel is final and is not re-run (insert a new row to run the effect again)"))
+	}
 	if err := effects.ValidateKind(kind); err != nil {
 		return fail(fmt.Errorf("it cannot run: %w", err))
 	}

@@ -34,6 +34,7 @@ type StatusCount struct {
 	Pending   int64 `json:"pending"`
 	Succeeded int64 `json:"succeeded"`
 	Failed    int64 `json:"failed"`
+	Cancelled int64 `json:"cancelled"`
 }
 
 func (c *StatusCount) add(status string, n int64) {
@@ -44,6 +45,8 @@ func (c *StatusCount) add(status string, n int64) {
 		c.Succeeded += n
 	case effects.StatusFailed:
 		c.Failed += n
+	case effects.StatusCancelled:
+		c.Cancelled += n
 	}
 }
 
@@ -86,9 +89,9 @@ func (s Store) CountStats(ctx context.Context, since time.Duration) (*Stats, err
 	return rep, ExplainQueryError(collectCounts(rows, rep))
 }
 
-// CountOpen counts, by kind, the rows still waiting for an outcome or
-// failed (the rows an operator acts on), with the oldest pending row's age;
-// Succeeded is left zero. Each status is read through its partial index, so
+// CountOpen counts, by kind, the rows still waiting for an outcome, failed
+// or cancelled (the rows an operator acts on or looks for), with the oldest
+// pending row's age; Succeeded is left zero. Each status is read through its partial index, so
 // the cost is the number of such rows, not the table's size.
 func (s Store) CountOpen(ctx context.Context) (*Stats, error) {
 	rep := &Stats{Table: s.Table.String(), Kinds: []KindStats{}}
@@ -106,7 +109,10 @@ func countOpenSQL(table schema.Table) string {
 	      FROM ` + table.Quoted() + ` WHERE status = 'pending' GROUP BY kind
 	     UNION ALL
 	    SELECT kind, 'failed', count(*), NULL
-	      FROM ` + table.Quoted() + ` WHERE status = 'failed' GROUP BY kind`
+	      FROM ` + table.Quoted() + ` WHERE status = 'failed' GROUP BY kind
+	     UNION ALL
+	    SELECT kind, 'cancelled', count(*), NULL
+	      FROM ` + table.Quoted() + ` WHERE status = 'cancelled' GROUP BY kind`
 }
 
 // collectCounts reads rows of (kind, status, count, age of the oldest

@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"strings"
 	"time"
 
+	"github.com/effects-run/effects/internal/control"
 	"github.com/effects-run/effects/internal/operator"
 	"github.com/effects-run/effects/pkg/effects"
 )
@@ -115,4 +117,89 @@ func (h *Handler) retryFailed(w http.ResponseWriter, r *http.Request, id identit
 	h.logger.Info("console: re-run of failed effects asked", "kind", kind, "retried", retried, "errors", failed, "by", actor(id))
 	h.setFlash(w, r, failed > 0, msg)
 	http.Redirect(w, r, dest, http.StatusSeeOther)
+}
+
+// cancelOne cancels a pending effect (the Cancel button of its page).
+func (h *Handler) cancelOne(w http.ResponseWriter, r *http.Request, id identity) {
+	eid := r.PathValue("id")
+	if !effects.IsUUID(eid) {
+		http.Error(w, fmt.Sprintf("%q is not an effect id (a UUID)", eid), http.StatusBadRequest)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Minute)
+	defer cancel()
+	rep, err := h.control.Cancel(ctx, []string{eid}, actor(id))
+	h.kinds.forget()
+	switch {
+	case err != nil:
+		h.setFlash(w, r, true, "Not cancelled: "+err.Error())
+	case len(rep.Results) == 1 && rep.Results[0].Outcome == control.OutcomeCancelled:
+		h.setFlash(w, r, !rep.Confirmed, "Cancelled. "+confirmation(rep))
+		h.logger.Info("console: effect cancelled", "id", eid, "by", actor(id), "confirmed", rep.Confirmed)
+	case len(rep.Results) == 1 && rep.Results[0].Outcome == control.OutcomeAlreadyCancelled:
+		h.setFlash(w, r, false, "It was already cancelled.")
+	case len(rep.Results) == 1:
+		h.setFlash(w, r, true, "Not cancelled: "+rep.Results[0].Error)
+	}
+	http.Redirect(w, r, h.cfg.Prefix+"/effects/"+eid, http.StatusSeeOther)
+}
+
+// pauseKind and resumeKind are the Pause and Resume buttons of /kinds.
+func (h *Handler) pauseKind(w http.ResponseWriter, r *http.Request, id identity) {
+	h.pauseOrResume(w, r, id, true)
+}
+
+func (h *Handler) resumeKind(w http.ResponseWriter, r *http.Request, id identity) {
+	h.pauseOrResume(w, r, id, false)
+}
+
+func (h *Handler) pauseOrResume(w http.ResponseWriter, r *http.Request, id identity, pause bool) {
+	kind := r.PathValue("kind")
+	if err := effects.ValidateKind(kind); err != nil {
+		http.Error(w, fmt.Sprintf("kind: %v", err), http.StatusBadRequest)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Minute)
+	defer cancel()
+	do, verb := h.control.Resume, "Resumed"
+	if pause {
+		do, verb = h.control.Pause, "Paused"
+	}
+	rep, err := do(ctx, []string{kind}, actor(id))
+	h.kinds.forget()
+	if err != nil {
+		h.setFlash(w, r, true, "Nothing changed: "+err.Error())
+	} else {
+		msg := verb + " " + kind + ". "
+		switch rep.Results[0].Outcome {
+		case control.OutcomeAlreadyPaused:
+			msg = kind + " was already paused. "
+		case control.OutcomeNotPaused:
+			msg = kind + " was not paused. "
+		case control.OutcomePaused:
+			msg += "Its effects are accepted and stay pending until it is resumed; attempts already running finish. "
+		case control.OutcomeResumed:
+			msg += "Its pending effects run again. "
+		}
+		h.setFlash(w, r, !rep.Confirmed, msg+confirmation(rep))
+		h.logger.Info("console: "+strings.ToLower(verb), "kind", kind, "by", actor(id), "confirmed", rep.Confirmed)
+	}
+	http.Redirect(w, r, h.cfg.Prefix+"/kinds", http.StatusSeeOther)
+}
+
+// confirmation says whether the dispatchers applied a control.
+func confirmation(rep control.Report) string {
+	switch {
+	case rep.Confirmed && rep.Dispatchers == 1:
+		return "The dispatcher confirmed it."
+	case rep.Confirmed && rep.Dispatchers > 0:
+		return fmt.Sprintf("All %d dispatchers confirmed it.", rep.Dispatchers)
+	case rep.Confirmed:
+		return "No dispatcher is running; any that starts applies it first."
+	}
+	msg := "Recorded, but not confirmed: " + rep.Error
+	if len(rep.Waiting) > 0 {
+		msg += " (waiting for " + strings.Join(rep.Waiting, ", ") + ")"
+	}
+	return msg
 }

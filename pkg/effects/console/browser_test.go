@@ -95,7 +95,9 @@ func (b *browser) event(ev any) {
 	case *page.EventJavascriptDialogOpening:
 		b.dialogs = append(b.dialogs, e.Message)
 		accept := b.accept
-		go func() { _, _ = chromedp.Call(b.ctx, page.HandleJavaScriptDialog, page.HandleJavaScriptDialogParams{Accept: accept}) }()
+		go func() {
+			_, _ = chromedp.Call(b.ctx, page.HandleJavaScriptDialog, page.HandleJavaScriptDialogParams{Accept: accept})
+		}()
 	case *runtime.EventExceptionThrown:
 		b.problems = append(b.problems, "exception: "+e.ExceptionDetails.Text)
 	case *runtime.EventConsoleAPICalled:
@@ -518,6 +520,13 @@ func TestScreenshots(t *testing.T) {
 		WHERE status = 'failed'`); err != nil {
 		t.Fatal(err)
 	}
+	cancelled := bd.insert(t, "resize_image", "pending", `{"key":"uploads/old.png","width":640}`)
+	if _, err := bd.h.control.Cancel(t.Context(), []string{cancelled}, "bob (console)"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bd.h.control.Pause(t.Context(), []string{"resize_image"}, "bob (console)"); err != nil {
+		t.Fatal(err)
+	}
 	// The chart's hour, staged: minutes of a steady load with a burst of
 	// failures, as the reader would have counted them from the stream.
 	bd.h.activity.mu.Lock()
@@ -565,7 +574,7 @@ func TestScreenshots(t *testing.T) {
 	br.open(bd.srv.URL + "/login")
 	shoot("login")
 	br.login(bd.srv.URL, testToken, "alice")
-	br.waitJS("the rows", `document.querySelectorAll("table.effects tbody tr[data-id]").length === 19`)
+	br.waitJS("the rows", `document.querySelectorAll("table.effects tbody tr[data-id]").length === 20`)
 	shoot("list")
 	br.open(bd.srv.URL + "/effects/" + failed)
 	shoot("effect")

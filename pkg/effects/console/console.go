@@ -4,9 +4,11 @@
 //
 // Pages: / (the newest effects, filtered by ?status= and ?kind=), /effects/ID
 // (one effect: its row and where it is in JetStream), /kinds (per kind:
-// counts, backlog, and completions over the last hour as a chart). Actions,
-// each a POST behind a confirmation: Retry (a failed effect, or every failed
-// effect of the filter).
+// counts, backlog, paused or not, and completions over the last hour as a
+// chart). Actions, each a POST behind a confirmation: Retry (a failed
+// effect, or every failed effect of the filter), Cancel (a pending effect),
+// Pause and Resume (a kind), the last three through internal/control, as
+// `effects cancel`, `effects pause` and `effects resume` do.
 //
 // Security: with a token (Config.Token) every request needs
 // "Authorization: Bearer <token>" or the session cookie a login with the
@@ -37,9 +39,11 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/effects-run/effects/internal/control"
 	"github.com/effects-run/effects/internal/operator"
 	"github.com/effects-run/effects/internal/retention"
 	"github.com/effects-run/effects/internal/schema"
+	"github.com/effects-run/effects/pkg/effects"
 )
 
 // Config configures the console. DB and NATS are required.
@@ -76,6 +80,10 @@ type Config struct {
 	// state-changing requests besides the console's own, for a console
 	// behind a proxy that rewrites the Host header.
 	TrustedOrigins []string
+	// Streams are the stream settings (EFFECTS_STREAM_MAX_AGE,
+	// EFFECTS_STREAM_REPLICAS), used only when a pause or cancel finds the
+	// control bucket missing and creates it again. Default: the defaults.
+	Streams effects.StreamOptions
 	// RetainSucceeded and RetainFailed are the retention in force
 	// (EFFECTS_RETAIN_SUCCEEDED, EFFECTS_RETAIN_FAILED), used only to
 	// explain why a row is gone. Default 0 (rows are kept).
@@ -96,6 +104,7 @@ type Handler struct {
 	js       jetstream.JetStream
 	auth     *auth
 	activity *activity
+	control  *control.Controller
 	kinds    *cached[*kindsData]
 	logger   *slog.Logger
 	pages    *pages
@@ -150,6 +159,7 @@ func New(cfg Config) (*Handler, error) {
 		js:       js,
 		auth:     newAuth(cfg.Token, cfg.ReadOnlyToken),
 		activity: newActivity(js, cfg.Logger),
+		control:  control.New(cfg.DB, js, table, control.Options{Streams: cfg.Streams, Logger: cfg.Logger}),
 		logger:   cfg.Logger,
 		pages:    pg,
 	}
@@ -234,6 +244,9 @@ func (h *Handler) routes() http.Handler {
 
 	mux.Handle("POST "+p+"/effects/{id}/retry", h.authorize(roleOperator, h.retryOne))
 	mux.Handle("POST "+p+"/retry-failed", h.authorize(roleOperator, h.retryFailed))
+	mux.Handle("POST "+p+"/effects/{id}/cancel", h.authorize(roleOperator, h.cancelOne))
+	mux.Handle("POST "+p+"/kinds/{kind}/pause", h.authorize(roleOperator, h.pauseKind))
+	mux.Handle("POST "+p+"/kinds/{kind}/resume", h.authorize(roleOperator, h.resumeKind))
 
 	mux.Handle(p+"/", h.authorize(roleReadOnly, func(w http.ResponseWriter, r *http.Request, _ identity) {
 		h.errorPage(w, r, identity{}, http.StatusNotFound, "No such page.")

@@ -254,7 +254,7 @@ func TestListFilters(t *testing.T) {
 			}
 		}
 	}
-	for q, want := range map[string]string{"?status=done": "want pending, succeeded or failed", "?kind=a.b": "invalid kind",
+	for q, want := range map[string]string{"?status=done": "want pending, succeeded, failed or cancelled", "?kind=a.b": "invalid kind",
 		"?limit=0": "want 1 to 500", "?limit=x": "want 1 to 500"} {
 		if resp, body := b.request(t, "GET", "/"+q, testToken, nil, nil); resp.StatusCode != http.StatusBadRequest || !strings.Contains(body, want) {
 			t.Errorf("GET /%s: %d, want 400 with %q\n%s", q, resp.StatusCode, want, body)

@@ -17,6 +17,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/effects-run/effects/internal/completer"
+	"github.com/effects-run/effects/internal/control"
+	"github.com/effects-run/effects/internal/ingest"
+	"github.com/effects-run/effects/internal/schema"
 	"github.com/effects-run/effects/internal/testenv"
 	"github.com/effects-run/effects/pkg/effects"
 	"github.com/effects-run/effects/pkg/effects/dispatcher"
@@ -162,13 +165,15 @@ func (b *bundle) request(t *testing.T, method, path, token string, form url.Valu
 	return resp, string(text)
 }
 
-// runPipeline runs a dispatcher with reg's handlers and the completer on
-// the bundle's table until the test ends.
+// runPipeline runs, until the test ends, what the controls need: a
+// dispatcher with reg's handlers that obeys them, the completer, and the
+// controls' syncer (as the completer service runs it); it returns once the
+// dispatcher has read the controls.
 func (b *bundle) runPipeline(t *testing.T, reg *effects.Registry) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
-	d, err := dispatcher.New(dispatcher.Config{}, reg, b.js, logger, prometheus.NewRegistry())
+	d, err := dispatcher.New(dispatcher.Config{RetryBase: 10 * time.Millisecond}, reg, b.js, logger, prometheus.NewRegistry(), dispatcher.WithControls())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -176,10 +181,32 @@ func (b *bundle) runPipeline(t *testing.T, reg *effects.Registry) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan struct{}, 2)
-	go func() { _ = d.Run(ctx); done <- struct{}{} }()
-	go func() { _ = c.Run(ctx); done <- struct{}{} }()
-	t.Cleanup(func() { cancel(); <-done; <-done })
+	table, err := schema.ParseTable("effects")
+	if err != nil {
+		t.Fatal(err)
+	}
+	syncer := control.NewSyncer(b.pg.Pool, b.js, table, control.SyncOptions{Logger: logger})
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = d.Run(ctx) })
+	wg.Go(func() { _ = c.Run(ctx) })
+	wg.Go(func() { _ = syncer.Run(ctx, 200*time.Millisecond, prometheus.NewRegistry()) })
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	testenv.WaitFor(t, 30*time.Second, "the dispatcher ready", func() bool { return d.Ready(ctx) == nil })
+}
+
+// publish puts a row's effect on JetStream as the ingest does.
+func (b *bundle) publish(t *testing.T, id string) {
+	t.Helper()
+	ctx := context.Background()
+	var kind string
+	var payload []byte
+	var created time.Time
+	if err := b.pg.Pool.QueryRow(ctx, `SELECT kind, payload::text, created_at FROM effects WHERE id = $1`, id).Scan(&kind, &payload, &created); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.js.PublishMsg(ctx, ingest.EffectMsg(id, kind, payload, created, id)); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // waitStatus waits until the row has status want.
@@ -188,21 +215,21 @@ func (b *bundle) waitStatus(t *testing.T, id, want string) {
 	testenv.WaitFor(t, 30*time.Second, "effect "+id+" "+want, func() bool { return b.status(t, id) == want })
 }
 
-// countingRegistry has a handler per kind that succeeds and counts its
-// calls per effect.
+// countingRegistry has a handler per kind that succeeds and records when
+// it was called, per effect.
 type countingRegistry struct {
 	*effects.Registry
 	mu   sync.Mutex
-	byID map[string]int
+	byID map[string][]time.Time
 }
 
 func effectsRegistry(t *testing.T, kinds ...string) *countingRegistry {
 	t.Helper()
-	r := &countingRegistry{Registry: effects.NewRegistry(), byID: map[string]int{}}
+	r := &countingRegistry{Registry: effects.NewRegistry(), byID: map[string][]time.Time{}}
 	for _, k := range kinds {
 		r.Handle(k, func(_ context.Context, e effects.Effect) (any, error) {
 			r.mu.Lock()
-			r.byID[e.ID]++
+			r.byID[e.ID] = append(r.byID[e.ID], time.Now())
 			r.mu.Unlock()
 			return map[string]bool{"ok": true}, nil
 		})
@@ -213,5 +240,15 @@ func effectsRegistry(t *testing.T, kinds ...string) *countingRegistry {
 func (r *countingRegistry) calls(id string) int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.byID[id]
+	return len(r.byID[id])
+}
+
+// firstCall is when the handler first ran for the effect (zero: never).
+func (r *countingRegistry) firstCall(id string) time.Time {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.byID[id]) == 0 {
+		return time.Time{}
+	}
+	return r.byID[id][0]
 }

@@ -5,6 +5,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/effects-run/effects/internal/control"
 	"github.com/effects-run/effects/internal/operator"
 	"github.com/effects-run/effects/pkg/effects"
 )
@@ -23,21 +24,40 @@ type kindsData struct {
 	ActivityErr               string
 	HourSucceeded, HourFailed int
 	ConsumersErr              string
-	Updated                   time.Time
+	// PausedErr says why the paused kinds could not be read.
+	PausedErr string
+	Updated   time.Time
+}
+
+// paused reports whether kind is paused.
+func (kd *kindsData) paused(kind string) bool {
+	for _, k := range kd.Kinds {
+		if k.Kind == kind {
+			return k.Paused
+		}
+	}
+	return false
 }
 
 type kindRow struct {
 	operator.KindStats
 	HourSucceeded, HourFailed int
 	Spark                     *chart
+	// Valid: a kind a dispatcher can run (and so pause).
+	Valid bool
+	// Paused, with the pause in force (PostgreSQL's word: the dispatchers
+	// apply it within seconds).
+	Paused   bool
+	PausedAt *time.Time
+	PausedBy *string
 }
 
 // loadKinds counts the open rows per kind (pending and failed, through
 // their partial indexes: not the succeeded rows, which would be a count of
 // the whole table on every refresh; `effects stats` counts those), reads
 // each kind's dispatcher consumer, and the last hour's completions.
-// A kind is listed when it has open rows, completions in the hour, or a
-// dispatcher consumer.
+// A kind is listed when it has open rows, completions in the hour, a
+// dispatcher consumer, or was ever paused.
 func (h *Handler) loadKinds(ctx context.Context) (*kindsData, error) {
 	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
@@ -56,7 +76,19 @@ func (h *Handler) loadKinds(ctx context.Context) (*kindsData, error) {
 			seen[k] = true
 		}
 	}
+	pauses := map[string]control.KindState{}
+	states, pausedErr := h.control.Kinds(ctx)
+	for _, ks := range states {
+		pauses[ks.Kind] = ks
+		if !seen[ks.Kind] {
+			st.Kinds = append(st.Kinds, operator.KindStats{Kind: ks.Kind})
+			seen[ks.Kind] = true
+		}
+	}
 	kd := &kindsData{Total: st.Total, OldestPending: st.OldestPendingAge, Loading: snap.Loading, Updated: time.Now().UTC()}
+	if pausedErr != nil {
+		kd.PausedErr = pausedErr.Error()
+	}
 	if snap.Err != nil {
 		kd.ActivityErr = snap.Err.Error()
 	}
@@ -65,7 +97,10 @@ func (h *Handler) loadKinds(ctx context.Context) (*kindsData, error) {
 	}
 	sort.Slice(st.Kinds, func(i, j int) bool { return st.Kinds[i].Kind < st.Kinds[j].Kind })
 	for _, k := range st.Kinds {
-		row := kindRow{KindStats: k}
+		row := kindRow{KindStats: k, Valid: effects.ValidateKind(k.Kind) == nil}
+		if ps, ok := pauses[k.Kind]; ok && ps.Paused {
+			row.Paused, row.PausedAt, row.PausedBy = true, ps.PausedAt, ps.PausedBy
+		}
 		row.HourSucceeded, row.HourFailed = snap.sumOf(k.Kind)
 		if b := snap.Kinds[k.Kind]; b != nil {
 			row.Spark = newChart(b, snap.End, 120, 24, true, "completions of "+k.Kind+" per minute, last hour")

@@ -137,6 +137,8 @@ type listPage struct {
 	RetryAll bool
 	Failed   int64
 	Kinds    []string
+	// Paused: the filter's kind is paused.
+	Paused bool
 }
 
 func (h *Handler) listPage(w http.ResponseWriter, r *http.Request, id identity) {
@@ -188,6 +190,7 @@ func (h *Handler) listPage(w http.ResponseWriter, r *http.Request, id identity) 
 		if lp.Failed < 0 {
 			lp.Failed = 0
 		}
+		lp.Paused = lp.Kind != "" && kd.paused(lp.Kind)
 	}
 	title := "Effects"
 	if lp.Status != "" || lp.Kind != "" {
@@ -207,6 +210,9 @@ type effectPage struct {
 	Location  *operator.Location
 	LocateErr string
 	CanRetry  bool
+	CanCancel bool
+	// KindPaused: the effect's kind is paused (why a pending effect waits).
+	KindPaused bool
 }
 
 func (h *Handler) effectPage(w http.ResponseWriter, r *http.Request, id identity) {
@@ -225,7 +231,10 @@ func (h *Handler) effectPage(w http.ResponseWriter, r *http.Request, id identity
 		return
 	}
 	ep := &effectPage{Row: row, Payload: prettyJSON(row.Payload), Completion: prettyJSON(row.Completion),
-		CanRetry: row.Status == string(effects.StatusFailed)}
+		CanRetry: row.Status == string(effects.StatusFailed), CanCancel: row.Status == string(effects.StatusPending)}
+	if kd, err := h.kinds.get(r.Context()); err == nil {
+		ep.KindPaused = kd.paused(row.Kind)
+	}
 	// Where it is in JetStream, for a pending effect, on the page itself
 	// only: the scan reads up to operator.MaxScan messages, too much for
 	// every refresh.
