@@ -78,7 +78,7 @@ type Config struct {
 	Refresh time.Duration
 	// TrustedOrigins are origins (scheme://host[:port]) allowed to send
 	// state-changing requests besides the console's own, for a console
-	// behind a proxy that rewrites the Host header.
+	// behind a proxy that rewrites the Host header. Default none.
 	TrustedOrigins []string
 	// Streams are the stream settings (EFFECTS_STREAM_MAX_AGE,
 	// EFFECTS_STREAM_REPLICAS), used only when a pause or cancel finds the
