@@ -26,11 +26,20 @@ func actor(id identity) string {
 	return "console"
 }
 
-// retryOne re-runs one effect (the Retry button of a failed effect's page).
-func (h *Handler) retryOne(w http.ResponseWriter, r *http.Request, id identity) {
+// effectID is the request's effect id, or "" after answering 400.
+func effectID(w http.ResponseWriter, r *http.Request) string {
 	eid := r.PathValue("id")
 	if !effects.IsUUID(eid) {
 		http.Error(w, fmt.Sprintf("%q is not an effect id (a UUID)", eid), http.StatusBadRequest)
+		return ""
+	}
+	return eid
+}
+
+// retryOne re-runs one effect (the Retry button of a failed effect's page).
+func (h *Handler) retryOne(w http.ResponseWriter, r *http.Request, id identity) {
+	eid := effectID(w, r)
+	if eid == "" {
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
@@ -121,9 +130,8 @@ func (h *Handler) retryFailed(w http.ResponseWriter, r *http.Request, id identit
 
 // cancelOne cancels a pending effect (the Cancel button of its page).
 func (h *Handler) cancelOne(w http.ResponseWriter, r *http.Request, id identity) {
-	eid := r.PathValue("id")
-	if !effects.IsUUID(eid) {
-		http.Error(w, fmt.Sprintf("%q is not an effect id (a UUID)", eid), http.StatusBadRequest)
+	eid := effectID(w, r)
+	if eid == "" {
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Minute)

@@ -216,13 +216,10 @@ func (a *activity) read(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("read %s: %w", effects.CompletedSubjects, err)
 	}
-	stopped := make(chan struct{})
-	defer close(stopped)
-	go func() {
-		select {
-		case <-ctx.Done():
-		case <-stopped:
-		}
+	// Stopped when ctx ends (Next returns) and when read returns.
+	stop := context.AfterFunc(ctx, it.Stop)
+	defer func() {
+		stop()
 		it.Stop()
 	}()
 	for {

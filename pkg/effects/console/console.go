@@ -234,6 +234,12 @@ func (h *Handler) routes() http.Handler {
 	mux := http.NewServeMux()
 	static, _ := fs.Sub(assets, "static")
 	mux.Handle("GET "+p+"/static/", http.StripPrefix(p+"/static/", http.FileServerFS(static)))
+	// Browsers ask for /favicon.ico on pages without an icon link (the
+	// plain-text refusals).
+	mux.HandleFunc("GET "+p+"/favicon.ico", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "image/svg+xml")
+		http.ServeFileFS(w, r, static, "favicon.svg")
+	})
 	mux.HandleFunc("GET "+p+"/login", h.loginPage)
 	mux.HandleFunc("POST "+p+"/login", h.login)
 	mux.Handle("POST "+p+"/logout", h.authorize(roleReadOnly, h.logout))
