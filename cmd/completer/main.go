@@ -276,7 +276,10 @@ func applyStreams(ctx context.Context, shared settings.Shared, logger *slog.Logg
 				last = err // not connected yet, or a server refused as too old
 				return last
 			}
-			last = effects.ApplyStreams(ctx, js, shared.Streams)
+			if last = effects.ApplyStreams(ctx, js, shared.Streams); last != nil {
+				return last
+			}
+			last = controlkv.Apply(ctx, js, shared.Streams)
 			return last
 		}, nil)
 	if !ok {

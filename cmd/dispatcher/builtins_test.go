@@ -27,6 +27,7 @@ import (
 func TestOptInBuiltins(t *testing.T) {
 	t.Parallel()
 	n := testenv.StartNATS(t)
+	testenv.ControlBucket(t, n) // as completer migrate makes it
 	_, js := n.Connect(t)
 	base := map[string]string{"NATS_URL": n.URL, "EFFECTS_ADMIN_ADDR": "127.0.0.1:0"}
 

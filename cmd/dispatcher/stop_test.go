@@ -17,6 +17,7 @@ import (
 func TestStopWithinTheShutdownTimeoutWhileNATSIsDown(t *testing.T) {
 	t.Parallel()
 	n := testenv.StartNATS(t)
+	testenv.ControlBucket(t, n) // as completer migrate makes it
 	_, js := n.Connect(t)
 	finishes, runs := newBlockingServer(t), newBlockingServer(t)
 	const timeout = 3 * time.Second

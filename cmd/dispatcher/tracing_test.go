@@ -61,6 +61,7 @@ func TestExportsSpansOverOTLP(t *testing.T) {
 	srv := httptest.NewServer(rcv)
 	t.Cleanup(srv.Close)
 	n := testenv.StartNATS(t)
+	testenv.ControlBucket(t, n) // as completer migrate makes it
 	_, js := n.Connect(t)
 	env := map[string]string{
 		"NATS_URL": n.URL, "EFFECTS_ADMIN_ADDR": "127.0.0.1:0",

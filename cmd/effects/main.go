@@ -5,6 +5,9 @@
 //	effects list       list effects newest first
 //	effects show       one effect's row and where it is in JetStream
 //	effects retry      re-run failed effects without Hasura
+//	effects pause      pause kinds: their effects wait, pending
+//	effects resume     resume paused kinds
+//	effects cancel     cancel pending effects
 //	effects stats      counts by kind and status, oldest pending, backlogs
 //	effects tail       completions as they happen
 //	effects ui         the operators' web console
@@ -46,6 +49,9 @@ commands:
               (effects list --help)
   show        show one effect's row and, when pending, where it is in JetStream
   retry       re-run failed effects without Hasura (effects retry --help)
+  pause       pause kinds: no dispatcher starts their effects until resumed
+  resume      resume paused kinds
+  cancel      cancel pending effects (never run; the row says cancelled)
   stats       counts by kind and status, oldest pending, consumer backlogs
   tail        print completions as they happen (needs only NATS_URL)
   ui          serve the operators' web console on 127.0.0.1:8090
@@ -77,6 +83,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return showCmd(args[1:], stdout, stderr)
 	case "retry":
 		return retryCmd(args[1:], stdout, stderr)
+	case "pause", "resume", "cancel":
+		return controlCmd(args[0], args[1:], stdout, stderr)
 	case "stats":
 		return statsCmd(args[1:], stdout, stderr)
 	case "tail":

@@ -118,7 +118,7 @@ func printShow(w io.Writer, rep *showReport, natsSet bool) {
 		fmt.Fprintf(tw, "re-run asked:\t%s by %s\n", timeOrDash(rep.RerunRequestedAt), by)
 	}
 	if rep.CancelledAt != nil {
-		fmt.Fprintf(tw, "cancelled:\t%s by %s\n", timeOrDash(rep.CancelledAt), oneLine(rep.CancelledBy, 80))
+		fmt.Fprintf(tw, "cancelled:\t%s by %s\n", timeOrDash(rep.CancelledAt), orDash(deref(rep.CancelledBy)))
 	}
 	_ = tw.Flush()
 	js := rep.JetStream

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"text/tabwriter"
+	"time"
 
 	"github.com/effects-run/effects/internal/operator"
 )
@@ -18,7 +19,8 @@ func statsCmd(args []string, stdout, stderr io.Writer) int {
 	asJSON := fs.Bool("json", false, "print JSON instead of a table")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), "usage: effects stats [--since D] [--json]\n\n"+
-			"Counts the rows of EFFECTS_TABLE by kind and status, the oldest pending row's age, and,\n"+
+			"Counts the rows of EFFECTS_TABLE by kind and status, the oldest pending row's age, the\n"+
+			"paused kinds (effects pause) and,\n"+
 			"when NATS_URL is set, each kind's dispatcher consumer: backlog, ack pending, redelivered.\n\nflags:\n")
 		fs.PrintDefaults()
 	}
@@ -63,13 +65,20 @@ func statsCmd(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stdout, "\noldest pending: %s\n\n", orNone(rep.OldestPendingAge))
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	header := "KIND\tPENDING\tSUCCEEDED\tFAILED\tOLDEST PENDING\t"
+	header := "KIND\tPENDING\tSUCCEEDED\tFAILED\tCANCELLED\tOLDEST PENDING\tPAUSED\t"
 	if rep.NATS {
 		header += "BACKLOG\tACK PENDING\tREDELIVERED\t"
 	}
 	fmt.Fprintln(tw, header)
 	for _, k := range rep.Kinds {
-		line := fmt.Sprintf("%s\t%d\t%d\t%d\t%s\t", k.Kind, k.Pending, k.Succeeded, k.Failed, orDash(k.OldestPendingAge))
+		paused := "-"
+		if p := k.Paused; p != nil {
+			paused = "since " + p.Since.UTC().Format(time.RFC3339)
+			if p.By != nil {
+				paused += " by " + *p.By
+			}
+		}
+		line := fmt.Sprintf("%s\t%d\t%d\t%d\t%d\t%s\t%s\t", k.Kind, k.Pending, k.Succeeded, k.Failed, k.Cancelled, orDash(k.OldestPendingAge), paused)
 		if c := k.Consumer; c != nil {
 			if c.Found {
 				line += fmt.Sprintf("%d\t%d\t%d\t", c.NumPending, c.AckPending, c.Redelivered)
@@ -79,7 +88,7 @@ func statsCmd(args []string, stdout, stderr io.Writer) int {
 		}
 		fmt.Fprintln(tw, line)
 	}
-	fmt.Fprintf(tw, "total\t%d\t%d\t%d\t%s\t\n", rep.Total.Pending, rep.Total.Succeeded, rep.Total.Failed, orDash(rep.OldestPendingAge))
+	fmt.Fprintf(tw, "total\t%d\t%d\t%d\t%d\t%s\t\t\n", rep.Total.Pending, rep.Total.Succeeded, rep.Total.Failed, rep.Total.Cancelled, orDash(rep.OldestPendingAge))
 	if err := tw.Flush(); err != nil {
 		return o.fail(1, "%v", err)
 	}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/effects-run/effects/internal/control"
+	"github.com/effects-run/effects/internal/retention"
 	"github.com/effects-run/effects/internal/testenv"
 	"github.com/effects-run/effects/pkg/effects"
 )
@@ -291,4 +292,21 @@ func TestCancelNeverRunsAfterItReturns(t *testing.T) {
 		}
 	}
 	t.Logf("%d of %d effects cancelled while pending, %d of them while running", len(returned), n, ran)
+}
+
+// Retention removes cancelled rows by EFFECTS_RETAIN_CANCELLED, measured
+// from the cancel, and leaves them with the other statuses' settings.
+func TestRetentionOfCancelledRows(t *testing.T) {
+	e := setup(t)
+	id := e.insert("mail")
+	e.cancelOK("", id)
+	ctx := context.Background()
+	res, err := retention.Pass(ctx, e.pg.Pool, e.table, retention.Policy{Succeeded: time.Microsecond, Failed: time.Microsecond}, retention.PassOptions{})
+	if err != nil || res.Removed.Total() != 0 {
+		t.Fatalf("a pass without EFFECTS_RETAIN_CANCELLED removed %+v, %v", res.Removed, err)
+	}
+	res, err = retention.Pass(ctx, e.pg.Pool, e.table, retention.Policy{Cancelled: time.Microsecond}, retention.PassOptions{})
+	if err != nil || res.Removed != (retention.Counts{Cancelled: 1}) {
+		t.Fatalf("pass removed %+v, %v; want the cancelled row", res.Removed, err)
+	}
 }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/effects-run/effects/internal/control"
 	"github.com/effects-run/effects/internal/testenv"
+	"github.com/effects-run/effects/pkg/effects"
 )
 
 // pauseOK pauses kinds and checks the report.
@@ -140,4 +141,35 @@ func TestPauseSurvivesRestarts(t *testing.T) {
 
 	e.resumeOK("", "mail")
 	e.assertRanOnce(ids)
+}
+
+// An effect running when its kind is paused finishes, and its outcome is
+// recorded; the next one waits for the resume.
+func TestPauseLetsRunningEffectsFinish(t *testing.T) {
+	e := setup(t)
+	started, release := make(chan struct{}, 1), make(chan struct{})
+	reg := effects.NewRegistry()
+	reg.Handle("mail", func(ctx context.Context, eff effects.Effect) (any, error) {
+		e.runs.started(eff.ID)
+		started <- struct{}{}
+		select {
+		case <-release:
+			return "sent", nil
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}, effects.AttemptTimeout(time.Minute))
+	reg.Handle("other", func(context.Context, effects.Effect) (any, error) { return nil, nil })
+	cfg := testConfig()
+	cfg.AckWait = 0
+	e.dispatcherWith(cfg, reg)
+	running := e.insert("mail")
+	<-started
+	e.pauseOK("", "mail")
+	close(release)
+	e.waitStatus(running, "succeeded")
+	next := e.insert("mail")
+	e.assertHeldBack([]string{next}, "other")
+	e.resumeOK("", "mail")
+	e.waitStatus(next, "succeeded")
 }

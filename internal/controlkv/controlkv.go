@@ -269,3 +269,18 @@ func later(a, b time.Time) time.Time {
 	}
 	return a
 }
+
+// Apply brings an existing bucket's max age and replicas to the streams'
+// (`completer migrate streams`): a cancel must stay in the bucket as long
+// as the effects stream may still deliver its effect. A missing bucket is
+// left to the completer, which fills it from PostgreSQL.
+func Apply(ctx context.Context, js jetstream.JetStream, o effects.StreamOptions) error {
+	_, err := js.UpdateKeyValue(ctx, Config(o))
+	if errors.Is(err, jetstream.ErrBucketNotFound) || errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("bucket %s: %w", Bucket, err)
+	}
+	return nil
+}

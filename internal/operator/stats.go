@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/effects-run/effects/internal/schema"
+	"github.com/effects-run/effects/internal/control"
 	"github.com/effects-run/effects/pkg/effects"
 	"github.com/effects-run/effects/pkg/effects/dispatcher"
 )
@@ -54,8 +55,17 @@ func (c *StatusCount) add(status string, n int64) {
 type KindStats struct {
 	Kind string `json:"kind"`
 	StatusCount
-	OldestPendingAge string         `json:"oldest_pending_age,omitempty"`
-	Consumer         *ConsumerStats `json:"consumer,omitempty"`
+	OldestPendingAge string `json:"oldest_pending_age,omitempty"`
+	// Paused is the kind's pause (effects pause), nil when it is not
+	// paused (PostgreSQL's word; the dispatchers follow it).
+	Paused   *PauseStats    `json:"paused,omitempty"`
+	Consumer *ConsumerStats `json:"consumer,omitempty"`
+}
+
+// PauseStats is a kind's pause in force.
+type PauseStats struct {
+	Since time.Time `json:"since"`
+	By    *string   `json:"by"`
 }
 
 // ConsumerStats are a kind's dispatcher consumer's figures.
@@ -71,7 +81,8 @@ type ConsumerStats struct {
 }
 
 // CountStats counts the rows created in the last since (0: the whole table,
-// a full count) by kind and status, with the oldest pending row's age.
+// a full count) by kind and status, with the oldest pending row's age and
+// the paused kinds.
 func (s Store) CountStats(ctx context.Context, since time.Duration) (*Stats, error) {
 	var sinceArg *time.Duration
 	rep := &Stats{Table: s.Table.String(), Kinds: []KindStats{}}
@@ -86,20 +97,59 @@ func (s Store) CountStats(ctx context.Context, since time.Duration) (*Stats, err
 	if err != nil {
 		return nil, ExplainQueryError(err)
 	}
-	return rep, ExplainQueryError(collectCounts(rows, rep))
+	if err := collectCounts(rows, rep); err != nil {
+		return nil, ExplainQueryError(err)
+	}
+	if err := s.addPauses(ctx, rep); err != nil {
+		return nil, err
+	}
+	return rep, nil
 }
 
 // CountOpen counts, by kind, the rows still waiting for an outcome, failed
 // or cancelled (the rows an operator acts on or looks for), with the oldest
-// pending row's age; Succeeded is left zero. Each status is read through its partial index, so
-// the cost is the number of such rows, not the table's size.
+// pending row's age and the paused kinds; Succeeded is left zero. Each
+// status is read through its partial index, so the cost is the number of
+// such rows, not the table's size.
 func (s Store) CountOpen(ctx context.Context) (*Stats, error) {
 	rep := &Stats{Table: s.Table.String(), Kinds: []KindStats{}}
 	rows, err := s.DB.Query(ctx, countOpenSQL(s.Table))
 	if err != nil {
 		return nil, ExplainQueryError(err)
 	}
-	return rep, ExplainQueryError(collectCounts(rows, rep))
+	if err := collectCounts(rows, rep); err != nil {
+		return nil, ExplainQueryError(err)
+	}
+	if err := s.addPauses(ctx, rep); err != nil {
+		return nil, err
+	}
+	return rep, nil
+}
+
+// addPauses marks rep's paused kinds, adding those with no row in it
+// (paused before any effect of theirs), kinds sorted by name.
+func (s Store) addPauses(ctx context.Context, rep *Stats) error {
+	kinds, err := control.New(s.DB, nil, s.Table, control.Options{}).Kinds(ctx)
+	if err != nil {
+		return err
+	}
+	byKind := map[string]int{}
+	for i, k := range rep.Kinds {
+		byKind[k.Kind] = i
+	}
+	for _, ks := range kinds {
+		if !ks.Paused || ks.PausedAt == nil {
+			continue
+		}
+		i, ok := byKind[ks.Kind]
+		if !ok {
+			rep.Kinds = append(rep.Kinds, KindStats{Kind: ks.Kind})
+			i = len(rep.Kinds) - 1
+		}
+		rep.Kinds[i].Paused = &PauseStats{Since: *ks.PausedAt, By: ks.PausedBy}
+	}
+	sort.Slice(rep.Kinds, func(i, j int) bool { return rep.Kinds[i].Kind < rep.Kinds[j].Kind })
+	return nil
 }
 
 // countOpenSQL is CountOpen's statement. The statuses are written into

@@ -19,6 +19,9 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/effects-run/effects/internal/controlkv"
+	"github.com/effects-run/effects/pkg/effects"
 )
 
 // DefaultDatabaseURL is the PostgreSQL tests use unless
@@ -181,4 +184,22 @@ func StartPostgres(t testing.TB) *Postgres {
 	t.Cleanup(pool.Close)
 	pg.Pool = pool
 	return pg
+}
+
+// ControlBucket creates the operator controls' bucket (EFFECTS_CONTROL) on
+// n as `completer migrate` makes it for a table with nothing paused and
+// nothing cancelled, so that a dispatcher with the controls (the binary)
+// starts effects without a completer running.
+func ControlBucket(t testing.TB, n *NATS) {
+	t.Helper()
+	_, js := n.Connect(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	kv, err := js.CreateKeyValue(ctx, controlkv.Config(effects.StreamOptions{}))
+	if err != nil {
+		t.Fatalf("control bucket: %v", err)
+	}
+	if _, err := kv.Put(ctx, controlkv.SyncedKey, controlkv.Mark{By: "test", At: time.Now()}.Encode()); err != nil {
+		t.Fatalf("control bucket: %v", err)
+	}
 }

@@ -5,7 +5,6 @@ import (
 	"sort"
 	"time"
 
-	"github.com/effects-run/effects/internal/control"
 	"github.com/effects-run/effects/internal/operator"
 	"github.com/effects-run/effects/pkg/effects"
 )
@@ -24,9 +23,7 @@ type kindsData struct {
 	ActivityErr               string
 	HourSucceeded, HourFailed int
 	ConsumersErr              string
-	// PausedErr says why the paused kinds could not be read.
-	PausedErr string
-	Updated   time.Time
+	Updated                   time.Time
 }
 
 // paused reports whether kind is paused.
@@ -57,7 +54,7 @@ type kindRow struct {
 // the whole table on every refresh; `effects stats` counts those), reads
 // each kind's dispatcher consumer, and the last hour's completions.
 // A kind is listed when it has open rows, completions in the hour, a
-// dispatcher consumer, or was ever paused.
+// dispatcher consumer, or is paused.
 func (h *Handler) loadKinds(ctx context.Context) (*kindsData, error) {
 	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
@@ -76,19 +73,7 @@ func (h *Handler) loadKinds(ctx context.Context) (*kindsData, error) {
 			seen[k] = true
 		}
 	}
-	pauses := map[string]control.KindState{}
-	states, pausedErr := h.control.Kinds(ctx)
-	for _, ks := range states {
-		pauses[ks.Kind] = ks
-		if !seen[ks.Kind] {
-			st.Kinds = append(st.Kinds, operator.KindStats{Kind: ks.Kind})
-			seen[ks.Kind] = true
-		}
-	}
 	kd := &kindsData{Total: st.Total, OldestPending: st.OldestPendingAge, Loading: snap.Loading, Updated: time.Now().UTC()}
-	if pausedErr != nil {
-		kd.PausedErr = pausedErr.Error()
-	}
 	if snap.Err != nil {
 		kd.ActivityErr = snap.Err.Error()
 	}
@@ -98,8 +83,8 @@ func (h *Handler) loadKinds(ctx context.Context) (*kindsData, error) {
 	sort.Slice(st.Kinds, func(i, j int) bool { return st.Kinds[i].Kind < st.Kinds[j].Kind })
 	for _, k := range st.Kinds {
 		row := kindRow{KindStats: k, Valid: effects.ValidateKind(k.Kind) == nil}
-		if ps, ok := pauses[k.Kind]; ok && ps.Paused {
-			row.Paused, row.PausedAt, row.PausedBy = true, ps.PausedAt, ps.PausedBy
+		if p := k.Paused; p != nil {
+			row.Paused, row.PausedAt, row.PausedBy = true, &p.Since, p.By
 		}
 		row.HourSucceeded, row.HourFailed = snap.sumOf(k.Kind)
 		if b := snap.Kinds[k.Kind]; b != nil {

@@ -75,8 +75,8 @@ type controls struct {
 // kindControl is one kind's part of the copy, and the attempts of the
 // kind running now (so that a cancel reaches them).
 type kindControl struct {
+	paused    atomic.Bool // written under mu
 	mu        sync.Mutex
-	paused    bool
 	cancelled map[string]time.Time // effect id → when cancelled
 	running   map[string]*runEntry // effect id → its running attempts
 }
@@ -193,7 +193,7 @@ func (k *kindControl) begin(c *controls, dl *delivery, cancel context.CancelCaus
 			return gateCancelled // known cancelled: cancels are never taken back
 		}
 	}
-	if !trusted || k.paused {
+	if !trusted || k.paused.Load() {
 		return gateWait
 	}
 	dl.run.cancel = cancel
@@ -225,14 +225,7 @@ func (k *kindControl) end(dl *delivery) {
 }
 
 // runnable reports whether the kind's attempts may start now.
-func (k *kindControl) runnable(c *controls) bool {
-	if !c.trusted() {
-		return false
-	}
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	return !k.paused
-}
+func (k *kindControl) runnable(c *controls) bool { return c.trusted() && !k.paused.Load() }
 
 // awaitRunnable waits, before a worker pulls, until the kind may run or
 // ctx ends: a paused kind pulls nothing.
@@ -359,8 +352,7 @@ func (c *controls) applyPause(kind string, paused bool, m controlkv.Mark) {
 		return
 	}
 	x.ctl.mu.Lock()
-	was := x.ctl.paused
-	x.ctl.paused = paused
+	was := x.ctl.paused.Swap(paused)
 	x.ctl.mu.Unlock()
 	if was == paused {
 		return
@@ -424,10 +416,27 @@ func (c *controls) run(ctx context.Context) {
 			return // stopped
 		}
 		c.watch(ctx, cons)
-		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-		_ = c.d.js.DeleteConsumer(dctx, controlkv.Stream, name) // gone already, or ours to remove
-		cancel()
+		c.remove(ctx, name)
 	}
+}
+
+// remove deletes a consumer of this dispatcher's that it no longer reads
+// (gone already, or at the stop), so that no control waits for it. At the
+// stop, only within the stop's deadline and while connected: otherwise the
+// server removes it after controlkv.WatcherInactiveThreshold.
+func (c *controls) remove(ctx context.Context, name string) {
+	deadline := time.Now().Add(2 * time.Second)
+	if ctx.Err() != nil {
+		if nc := c.d.js.Conn(); nc != nil && !nc.IsConnected() {
+			return
+		}
+		if d := c.d.StopDeadline(); !d.IsZero() && d.Before(deadline) {
+			deadline = d
+		}
+	}
+	dctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), deadline)
+	defer cancel()
+	_ = c.d.js.DeleteConsumer(dctx, controlkv.Stream, name)
 }
 
 // create makes this dispatcher's consumer of the bucket, retrying (and
