@@ -11,8 +11,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/effects-run/effects/internal/schema"
 	"github.com/effects-run/effects/internal/control"
+	"github.com/effects-run/effects/internal/schema"
 	"github.com/effects-run/effects/pkg/effects"
 	"github.com/effects-run/effects/pkg/effects/dispatcher"
 )
