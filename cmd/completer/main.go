@@ -20,6 +20,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/effects-run/effects/internal/completer"
 	"github.com/effects-run/effects/internal/control"
 	"github.com/effects-run/effects/internal/controlkv"
@@ -243,13 +245,21 @@ func syncControls(ctx context.Context, cfg completer.Config, shared settings.Sha
 	}
 	defer natsconn.Close(nc, 5*time.Second)
 	s := control.NewSyncer(conn, js, table, control.SyncOptions{Streams: shared.Streams, Logger: logger})
+	return untilDone(ctx, nc, func(ctx context.Context) error {
+		_, err := s.Once(ctx)
+		return err
+	})
+}
+
+// untilDone runs f, while nc is connected, until it succeeds or ctx ends.
+func untilDone(ctx context.Context, nc *nats.Conn, f func(context.Context) error) error {
 	var last error
 	_, ok := retry.Until(ctx, retry.Policy{Min: 100 * time.Millisecond, Max: 2 * time.Second},
 		func(ctx context.Context) error {
 			if last = natsconn.Ready(nc)(ctx); last != nil {
-				return last
+				return last // not connected yet, or a server refused as too old
 			}
-			_, last = s.Once(ctx)
+			last = f(ctx)
 			return last
 		}, nil)
 	if !ok {
@@ -269,24 +279,10 @@ func applyStreams(ctx context.Context, shared settings.Shared, logger *slog.Logg
 	defer natsconn.Close(nc, 5*time.Second)
 	ctx, cancel := context.WithTimeout(ctx, streamsTimeout)
 	defer cancel()
-	var last error
-	_, ok := retry.Until(ctx, retry.Policy{Min: 100 * time.Millisecond, Max: 2 * time.Second},
-		func(ctx context.Context) error {
-			if err := natsconn.Ready(nc)(ctx); err != nil {
-				last = err // not connected yet, or a server refused as too old
-				return last
-			}
-			if last = effects.ApplyStreams(ctx, js, shared.Streams); last != nil {
-				return last
-			}
-			last = controlkv.Apply(ctx, js, shared.Streams)
-			return last
-		}, nil)
-	if !ok {
-		if last == nil {
-			last = ctx.Err()
+	return untilDone(ctx, nc, func(ctx context.Context) error {
+		if err := effects.ApplyStreams(ctx, js, shared.Streams); err != nil {
+			return err
 		}
-		return fmt.Errorf("after %s: %w", streamsTimeout, last)
-	}
-	return nil
+		return controlkv.Apply(ctx, js, shared.Streams)
+	})
 }

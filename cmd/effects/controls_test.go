@@ -61,15 +61,7 @@ func TestPauseResumeCancelCommands(t *testing.T) {
 	if !rep.Confirmed || rep.Dispatchers != 1 || rep.Results[0].Outcome != control.OutcomePaused || *rep.Results[0].By != "alice" {
 		t.Fatalf("pause: %+v", rep)
 	}
-	code, out, errOut := runEffects("stats", "--json")
-	if code != 0 {
-		t.Fatalf("stats: exit %d\n%s", code, errOut)
-	}
-	var st operator.Stats
-	if err := json.Unmarshal([]byte(out), &st); err != nil {
-		t.Fatal(err)
-	}
-	for _, k := range st.Kinds {
+	for _, k := range statsOf(t).Kinds {
 		if paused := k.Paused != nil; paused != (k.Kind == "mail") || (paused && *k.Paused.By != "alice") {
 			t.Errorf("stats kind %s paused %+v", k.Kind, k.Paused)
 		}
@@ -88,7 +80,7 @@ func TestPauseResumeCancelCommands(t *testing.T) {
 	if r := rep.Results[0]; r.Outcome != control.OutcomeRefused || !strings.Contains(r.Error, "it is succeeded") {
 		t.Fatalf("cancel of a succeeded effect: %+v", rep)
 	}
-	code, out, errOut = runEffects("cancel", ids["mail-failed"])
+	code, out, errOut := runEffects("cancel", ids["mail-failed"])
 	if code != 1 || !strings.Contains(out, "it is failed") || !strings.Contains(errOut, "1 of 1 could not be cancelled") {
 		t.Fatalf("cancel of a failed effect: exit %d\n%s%s", code, out, errOut)
 	}

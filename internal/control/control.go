@@ -164,96 +164,52 @@ var ErrInvalid = errors.New("invalid")
 // asked. An invalid kind is an error wrapping [ErrInvalid] and changes
 // nothing; so does a failure of PostgreSQL.
 func (c *Controller) Pause(ctx context.Context, kinds []string, by string) (Report, error) {
-	kinds, err := checkKinds(kinds)
+	results, err := c.perKind(ctx, "pause", kinds, func(tx pgx.Tx, r *Result) error {
+		r.Outcome = OutcomePaused
+		err := tx.QueryRow(ctx, `INSERT INTO `+c.table.PausedTable().Quoted()+` AS p (kind, paused, paused_at, paused_by)
+		      VALUES ($1, true, now(), $2)
+		      ON CONFLICT (kind) DO UPDATE SET paused = true, paused_at = now(), paused_by = $2 WHERE NOT p.paused
+		      RETURNING paused_at, paused_by`, r.Kind, nullIfEmpty(by)).Scan(&r.At, &r.By)
+		if errors.Is(err, pgx.ErrNoRows) {
+			r.Outcome = OutcomeAlreadyPaused
+			err = tx.QueryRow(ctx, `SELECT paused_at, paused_by FROM `+c.table.PausedTable().Quoted()+` WHERE kind = $1`, r.Kind).Scan(&r.At, &r.By)
+		}
+		return err
+	})
 	if err != nil {
 		return Report{}, err
 	}
-	var results []Result
-	err = c.inTx(ctx, func(tx pgx.Tx) error {
-		results = results[:0]
-		for _, kind := range kinds {
-			r := Result{Kind: kind, Outcome: OutcomePaused}
-			err := tx.QueryRow(ctx, `INSERT INTO `+c.table.PausedTable().Quoted()+` AS p (kind, paused, paused_at, paused_by)
-			      VALUES ($1, true, now(), $2)
-			      ON CONFLICT (kind) DO UPDATE SET paused = true, paused_at = now(), paused_by = $2 WHERE NOT p.paused
-			      RETURNING paused_at, paused_by`, kind, nullIfEmpty(by)).Scan(&r.At, &r.By)
-			if errors.Is(err, pgx.ErrNoRows) {
-				r.Outcome = OutcomeAlreadyPaused
-				err = tx.QueryRow(ctx, `SELECT paused_at, paused_by FROM `+c.table.PausedTable().Quoted()+` WHERE kind = $1`, kind).Scan(&r.At, &r.By)
-			}
-			if err != nil {
-				return err
-			}
-			results = append(results, r)
-		}
-		return nil
-	})
-	if err != nil {
-		return Report{}, c.dbError("pause", err)
-	}
-	rep := Report{Results: results}
-	c.tell(ctx, &rep, func(kv jetstream.KeyValue) error {
-		for _, r := range results {
-			if _, err := kv.Put(ctx, controlkv.PausedKey(r.Kind), mark(r).Encode()); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	for _, r := range results {
-		if r.Outcome == OutcomePaused {
-			c.o.Logger.Info("kind paused", "kind", r.Kind, "by", deref(r.By), "confirmed", rep.Confirmed)
-		}
-	}
-	return rep, nil
+	return c.tellEach(ctx, results, func(kv jetstream.KeyValue, r Result) error {
+		_, err := kv.Put(ctx, controlkv.PausedKey(r.Kind), mark(r).Encode())
+		return err
+	}), nil
 }
 
 // Resume resumes kinds: their pending effects run again. by (may be
 // empty) is recorded as who asked. A kind that is not paused is left as it
 // is (OutcomeNotPaused).
 func (c *Controller) Resume(ctx context.Context, kinds []string, by string) (Report, error) {
-	kinds, err := checkKinds(kinds)
+	results, err := c.perKind(ctx, "resume", kinds, func(tx pgx.Tx, r *Result) error {
+		r.Outcome = OutcomeResumed
+		err := tx.QueryRow(ctx, `UPDATE `+c.table.PausedTable().Quoted()+`
+		       SET paused = false, resumed_at = now(), resumed_by = $2
+		     WHERE kind = $1 AND paused
+		     RETURNING resumed_at, resumed_by`, r.Kind, nullIfEmpty(by)).Scan(&r.At, &r.By)
+		if errors.Is(err, pgx.ErrNoRows) {
+			r.Outcome, err = OutcomeNotPaused, nil
+		}
+		return err
+	})
 	if err != nil {
 		return Report{}, err
 	}
-	var results []Result
-	err = c.inTx(ctx, func(tx pgx.Tx) error {
-		results = results[:0]
-		for _, kind := range kinds {
-			r := Result{Kind: kind, Outcome: OutcomeResumed}
-			err := tx.QueryRow(ctx, `UPDATE `+c.table.PausedTable().Quoted()+`
-			       SET paused = false, resumed_at = now(), resumed_by = $2
-			     WHERE kind = $1 AND paused
-			     RETURNING resumed_at, resumed_by`, kind, nullIfEmpty(by)).Scan(&r.At, &r.By)
-			if errors.Is(err, pgx.ErrNoRows) {
-				r.Outcome, err = OutcomeNotPaused, nil
-			}
-			if err != nil {
-				return err
-			}
-			results = append(results, r)
+	// Also for kinds found not paused: the bucket may still say so.
+	return c.tellEach(ctx, results, func(kv jetstream.KeyValue, r Result) error {
+		if err := kv.Delete(ctx, controlkv.PausedKey(r.Kind)); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+			return err
 		}
 		return nil
-	})
-	if err != nil {
-		return Report{}, c.dbError("resume", err)
-	}
-	rep := Report{Results: results}
-	c.tell(ctx, &rep, func(kv jetstream.KeyValue) error {
-		// Also for kinds found not paused: the bucket may still say so.
-		for _, r := range results {
-			if err := kv.Delete(ctx, controlkv.PausedKey(r.Kind)); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
-				return err
-			}
-		}
-		return nil
-	})
-	for _, r := range results {
-		if r.Outcome == OutcomeResumed {
-			c.o.Logger.Info("kind resumed", "kind", r.Kind, "by", deref(r.By), "confirmed", rep.Confirmed)
-		}
-	}
-	return rep, nil
+	}), nil
 }
 
 // Cancel cancels pending effects: each row becomes 'cancelled' (a final
@@ -328,25 +284,15 @@ func (c *Controller) Cancel(ctx context.Context, ids []string, by string) (Repor
 		}
 		results = append(results, *r)
 	}
-	rep := Report{Results: results}
-	c.tell(ctx, &rep, func(kv jetstream.KeyValue) error {
-		for _, r := range results {
-			// A kind no dispatcher can have (invalid: the ingest fails
-			// such rows) needs no key.
-			if (r.Outcome == OutcomeCancelled || r.Outcome == OutcomeAlreadyCancelled) && effects.ValidateKind(r.Kind) == nil {
-				if _, err := kv.Put(ctx, controlkv.CancelledKey(r.Kind, r.ID), mark(r).Encode()); err != nil {
-					return err
-				}
-			}
+	return c.tellEach(ctx, results, func(kv jetstream.KeyValue, r Result) error {
+		// A kind no dispatcher can have (invalid: the ingest fails such
+		// rows) needs no key.
+		if (r.Outcome == OutcomeCancelled || r.Outcome == OutcomeAlreadyCancelled) && effects.ValidateKind(r.Kind) == nil {
+			_, err := kv.Put(ctx, controlkv.CancelledKey(r.Kind, r.ID), mark(r).Encode())
+			return err
 		}
 		return nil
-	})
-	for _, r := range results {
-		if r.Outcome == OutcomeCancelled {
-			c.o.Logger.Info("effect cancelled", "effect_id", r.ID, "kind", r.Kind, "by", deref(r.By), "confirmed", rep.Confirmed)
-		}
-	}
-	return rep, nil
+	}), nil
 }
 
 // KindState is a kind's row in the paused-kinds table.
@@ -379,6 +325,27 @@ func (c *Controller) Kinds(ctx context.Context) ([]KindState, error) {
 		out = []KindState{}
 	}
 	return out, nil
+}
+
+// tellEach writes each result's change to the bucket with write, waits
+// for the dispatchers (tell), and logs the changes made.
+func (c *Controller) tellEach(ctx context.Context, results []Result, write func(jetstream.KeyValue, Result) error) Report {
+	rep := Report{Results: results}
+	c.tell(ctx, &rep, func(kv jetstream.KeyValue) error {
+		for _, r := range results {
+			if err := write(kv, r); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	for _, r := range results {
+		switch r.Outcome {
+		case OutcomePaused, OutcomeResumed, OutcomeCancelled:
+			c.o.Logger.Info("operator control", "change", r.Outcome, "kind", r.Kind, "effect_id", r.ID, "by", deref(r.By), "confirmed", rep.Confirmed)
+		}
+	}
+	return rep
 }
 
 // tell writes the changes to the bucket (filling it again from PostgreSQL
@@ -422,6 +389,31 @@ func (c *Controller) tell(ctx context.Context, rep *Report, write func(jetstream
 		return
 	}
 	rep.Confirmed = true
+}
+
+// perKind checks kinds and runs change for each in one transaction: all
+// or nothing.
+func (c *Controller) perKind(ctx context.Context, what string, kinds []string, change func(pgx.Tx, *Result) error) ([]Result, error) {
+	kinds, err := checkKinds(kinds)
+	if err != nil {
+		return nil, err
+	}
+	var results []Result
+	err = c.inTx(ctx, func(tx pgx.Tx) error {
+		results = results[:0]
+		for _, kind := range kinds {
+			r := Result{Kind: kind}
+			if err := change(tx, &r); err != nil {
+				return err
+			}
+			results = append(results, r)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, c.dbError(what, err)
+	}
+	return results, nil
 }
 
 func (c *Controller) inTx(ctx context.Context, f func(pgx.Tx) error) error {
