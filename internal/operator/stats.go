@@ -90,20 +90,10 @@ func (s Store) CountStats(ctx context.Context, since time.Duration) (*Stats, err
 		sinceArg = &since
 		rep.Since = since.String()
 	}
-	rows, err := s.DB.Query(ctx, `SELECT kind, status, count(*), extract(epoch FROM now() - min(created_at) FILTER (WHERE status = 'pending' AND isfinite(created_at)))::float8
+	return s.count(ctx, rep, `SELECT kind, status, count(*), extract(epoch FROM now() - min(created_at) FILTER (WHERE status = 'pending' AND isfinite(created_at)))::float8
 	      FROM `+s.Table.Quoted()+`
 	     WHERE ($1::interval IS NULL OR created_at >= now() - $1::interval)
 	     GROUP BY kind, status`, sinceArg)
-	if err != nil {
-		return nil, ExplainQueryError(err)
-	}
-	if err := collectCounts(rows, rep); err != nil {
-		return nil, ExplainQueryError(err)
-	}
-	if err := s.addPauses(ctx, rep); err != nil {
-		return nil, err
-	}
-	return rep, nil
 }
 
 // CountOpen counts, by kind, the rows still waiting for an outcome, failed
@@ -112,8 +102,13 @@ func (s Store) CountStats(ctx context.Context, since time.Duration) (*Stats, err
 // status is read through its partial index, so the cost is the number of
 // such rows, not the table's size.
 func (s Store) CountOpen(ctx context.Context) (*Stats, error) {
-	rep := &Stats{Table: s.Table.String(), Kinds: []KindStats{}}
-	rows, err := s.DB.Query(ctx, countOpenSQL(s.Table))
+	return s.count(ctx, &Stats{Table: s.Table.String(), Kinds: []KindStats{}}, countOpenSQL(s.Table))
+}
+
+// count runs a counting query (rows of kind, status, count, age of the
+// oldest pending row in seconds or NULL) into rep and adds the pauses.
+func (s Store) count(ctx context.Context, rep *Stats, sql string, args ...any) (*Stats, error) {
+	rows, err := s.DB.Query(ctx, sql, args...)
 	if err != nil {
 		return nil, ExplainQueryError(err)
 	}
