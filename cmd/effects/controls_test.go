@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/effects-run/effects/internal/control"
+	"github.com/effects-run/effects/internal/operator"
 	"github.com/effects-run/effects/internal/schema"
 	"github.com/effects-run/effects/internal/testenv"
 	"github.com/effects-run/effects/pkg/effects"
@@ -136,13 +137,13 @@ func TestControlWithoutNATS(t *testing.T) {
 	}
 }
 
-func statsOf(t *testing.T) statsReport {
+func statsOf(t *testing.T) operator.Stats {
 	t.Helper()
 	code, out, errOut := runEffects("stats", "--json")
 	if code != 0 {
 		t.Fatalf("stats: exit %d\n%s", code, errOut)
 	}
-	var st statsReport
+	var st operator.Stats
 	if err := json.Unmarshal([]byte(out), &st); err != nil {
 		t.Fatal(err)
 	}

@@ -10,6 +10,7 @@
 //	effects cancel     cancel pending effects
 //	effects stats      counts by kind and status, oldest pending, backlogs
 //	effects tail       completions as they happen
+//	effects ui         the operators' web console
 //	effects --version  print the version
 //
 // `effects dev` starts an embedded NATS server, a private PostgreSQL (unless
@@ -53,6 +54,8 @@ commands:
   cancel      cancel pending effects (never run; the row says cancelled)
   stats       counts by kind and status, oldest pending, consumer backlogs
   tail        print completions as they happen (needs only NATS_URL)
+  ui          serve the operators' web console on 127.0.0.1:8090
+              (effects ui --help; docs/console.md)
   version     print the version (also --version)
   help        print this (also --help)
 `)
@@ -86,6 +89,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return statsCmd(args[1:], stdout, stderr)
 	case "tail":
 		return tailCmd(args[1:], stdout, stderr)
+	case "ui":
+		return uiCmd(args[1:], stdout, stderr)
 	}
 	fmt.Fprintf(stderr, "effects: unknown command %q\n\n", args[0])
 	usage(stderr)
