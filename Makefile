@@ -67,6 +67,10 @@ test: ## Run every test with the race detector, then the deployment checks (need
 # pinned in one place for the Makefile and the test.
 NATSCLI_VERSION := $(shell cat e2e/testdata/natscli.version)
 
+.PHONY: console-screenshots
+console-screenshots: ## Write the console's screenshots for the docs (docs/console/*.png) from the browser test (needs Chromium, PostgreSQL)
+	$(GO) test -count=1 -run TestScreenshots ./pkg/effects/console -args -screenshots=$(CURDIR)/docs/console
+
 .PHONY: natscli
 natscli: ## Build the pinned nats CLI into bin/tools/nats (the consumer test uses it; else it builds its own)
 	GOBIN=$(CURDIR)/$(BIN)/tools $(GO) install github.com/nats-io/natscli/nats@$(NATSCLI_VERSION)

@@ -144,6 +144,10 @@ func (t Table) templateData() map[string]any {
 		"TxidIndex":                 t.sibling("_txid_idx"),
 		"CursorTable":               t.CursorTable().Quoted(),
 		"CursorCheck":               t.sibling("_cursor_check"),
+		// Operator controls (007).
+		"CancelledIndex":   t.sibling("_cancelled_idx"),
+		"CancelledAtIndex": t.sibling("_cancel_at_idx"),
+		"PausedTable":      t.PausedTable().Quoted(),
 	}
 }
 
@@ -152,6 +156,10 @@ func (t Table) templateData() map[string]any {
 func (t Table) CursorTable() Table {
 	return Table{Schema: t.Schema, Name: t.Name + "_cursor"}
 }
+
+// PausedTable is the table of paused kinds, "<name>_paused", in the same
+// schema as t (migration 007).
+func (t Table) PausedTable() Table { return Table{Schema: t.Schema, Name: t.Name + "_paused"} }
 
 // qualified is the quoted name of a function that belongs to the table, in
 // the table's schema (functions, unlike indexes, do not follow the table).
