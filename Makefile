@@ -88,11 +88,11 @@ natscli: ## Build the pinned nats CLI into bin/tools/nats (the consumer test use
 
 .PHONY: check-deployments
 check-deployments: ## Check docker-compose, Kubernetes, Hasura, Prometheus, Grafana and the Dockerfile, and that every setting is documented (deployments/check; needs promtool)
-	$(WITH_TEST_PG) -C $(CHECK_DIR) -- $(GO) test -count=1 -timeout 20m $(TESTFLAGS) ./...
+	$(WITH_TEST_PG) -dir $(CHECK_DIR) -- $(GO) test -count=1 -timeout 20m $(TESTFLAGS) ./...
 
 .PHONY: test-bench
 test-bench: ## Test the benchmark's own code (the bench module; PostgreSQL as in test)
-	$(WITH_TEST_PG) -C $(BENCH_DIR) -- $(GO) test -count=1 -timeout 5m $(TESTFLAGS) ./...
+	$(WITH_TEST_PG) -dir $(BENCH_DIR) -- $(GO) test -count=1 -timeout 5m $(TESTFLAGS) ./...
 
 .PHONY: vet
 vet: ## go vet every package, the fault suite, the deployment checks' and the benchmark's modules included

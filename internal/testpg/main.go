@@ -17,7 +17,7 @@
 //
 // Usage:
 //
-//	go run ./internal/testpg [-default URL] [-C dir] -- command [args...]
+//	go run ./internal/testpg [-default URL] [-dir dir] -- command [args...]
 //
 // `make test` runs the tests of all three modules under one testpg, so one
 // private server serves the whole run; the inner `make check-deployments`
@@ -67,9 +67,9 @@ func run(args []string, stderr io.Writer) int {
 	fs := flag.NewFlagSet("testpg", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	def := fs.String("default", DefaultURL, "the PostgreSQL to use, when it answers and "+URLEnv+" is unset")
-	dir := fs.String("C", "", "run the command in this directory")
+	dir := fs.String("dir", "", "run the command in this directory")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: testpg [-default URL] [-C dir] -- command [args...]")
+		fmt.Fprintln(stderr, "usage: testpg [-default URL] [-dir dir] -- command [args...]")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -198,8 +198,8 @@ func database(ctx context.Context, explicit, def string, logf func(string, ...an
 	logf("no usable PostgreSQL at %s (%v); starting a private one for this run", where(def), reason)
 	dbURL, stop, err := private(ctx, logf)
 	if err != nil {
-		return "", nil, fmt.Errorf("no PostgreSQL for the tests: nothing usable at %s (%v), and a private one did not start: %w\n"+
-			"Install the PostgreSQL server package, or set %s to a PostgreSQL of yours.", where(def), reason, err, URLEnv)
+		return "", nil, fmt.Errorf("no PostgreSQL for the tests: set %s to a PostgreSQL of yours, or install the PostgreSQL server "+
+			"package for a private one: nothing usable at %s (%v), and a private one did not start: %w", URLEnv, where(def), reason, err)
 	}
 	return dbURL, stop, nil
 }

@@ -272,3 +272,14 @@ func TestInterruptRemovesTheServer(t *testing.T) {
 		})
 	}
 }
+
+// Without a command testpg says how to call it and exits 2, before it
+// looks at any PostgreSQL.
+func TestUsage(t *testing.T) {
+	for _, args := range [][]string{nil, {"-default", deadURL(t)}, {"-no-such-flag", "--", "true"}} {
+		var stderr bytes.Buffer
+		if code := run(args, &stderr); code != 2 || !strings.Contains(stderr.String(), "usage: testpg") {
+			t.Errorf("%q: exit %d, want 2 and the usage\n%s", args, code, &stderr)
+		}
+	}
+}
