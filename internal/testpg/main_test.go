@@ -158,40 +158,29 @@ func TestDefaultURLIsTestenvs(t *testing.T) {
 	}
 }
 
-// A URL the user set is passed on as it is, even one where nothing
-// answers: no probe, no private server.
-func TestExplicitURLIsKept(t *testing.T) {
-	parent := tempParent(t)
-	explicit := deadURL(t)
-	t.Setenv(URLEnv, explicit)
-	args, file := helperCommand(t, "print")
-	var stderr bytes.Buffer
-	if code := run(append([]string{"-default", deadURL(t)}, args...), &stderr); code != 0 {
-		t.Fatalf("exit %d\n%s", code, &stderr)
-	}
-	if got := readFile(t, file); got != explicit {
-		t.Errorf("the command got %q, want the URL set, %q", got, explicit)
-	}
-	if entries, _ := os.ReadDir(parent); len(entries) != 0 {
-		t.Errorf("a private server was made: %v", entries)
-	}
-}
-
-// A default that answers is used.
-func TestDefaultThatAnswersIsUsed(t *testing.T) {
-	parent := tempParent(t)
-	def := testDatabaseURL()
-	t.Setenv(URLEnv, "")
-	args, file := helperCommand(t, "print")
-	var stderr bytes.Buffer
-	if code := run(append([]string{"-default", def}, args...), &stderr); code != 0 {
-		t.Fatalf("exit %d\n%s", code, &stderr)
-	}
-	if got := readFile(t, file); got != def {
-		t.Errorf("the command got %q, want the default that answers, %q", got, def)
-	}
-	if entries, _ := os.ReadDir(parent); len(entries) != 0 {
-		t.Errorf("a private server was made: %v", entries)
+// No private server: a URL the user set is passed on as it is, even one
+// where nothing answers (no probe); a default that answers is used.
+func TestNoPrivateServerWhenGivenOne(t *testing.T) {
+	explicit, answering := deadURL(t), testDatabaseURL()
+	for _, c := range []struct{ name, env, def, want string }{
+		{"set", explicit, deadURL(t), explicit},
+		{"default answers", "", answering, answering},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			parent := tempParent(t)
+			t.Setenv(URLEnv, c.env)
+			args, file := helperCommand(t, "print")
+			var stderr bytes.Buffer
+			if code := run(append([]string{"-default", c.def}, args...), &stderr); code != 0 {
+				t.Fatalf("exit %d\n%s", code, &stderr)
+			}
+			if got := readFile(t, file); got != c.want {
+				t.Errorf("the command got %q, want %q", got, c.want)
+			}
+			if entries, _ := os.ReadDir(parent); len(entries) != 0 {
+				t.Errorf("a private server was made: %v", entries)
+			}
+		})
 	}
 }
 
