@@ -115,7 +115,7 @@ func Run(ctx context.Context, o Options, out io.Writer, logger *slog.Logger) (er
 		logger.Info("DATABASE_URL is unset; starting a private PostgreSQL (initdb)", "dir", filepath.Join(dir, "postgres"))
 		pg, err = pgcluster.Start(ctx, filepath.Join(dir, "postgres"), 0)
 		if err != nil {
-			return fmt.Errorf("private PostgreSQL: %w", err)
+			return fmt.Errorf("private PostgreSQL (or set DATABASE_URL to a PostgreSQL of yours): %w", err)
 		}
 		logger.Info("postgres started", "pid", pg.Pid, "dir", pg.Dir)
 		defer func() {
