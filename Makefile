@@ -57,8 +57,23 @@ nats-server: ## Build the pinned nats-server (go.mod's version, as in the tests)
 	@mkdir -p $(dir $(NATS_SERVER))
 	$(GO) build -o $(NATS_SERVER) github.com/nats-io/nats-server/v2
 
+# The PostgreSQL the tests use when EFFECTS_TEST_DATABASE_URL is unset and it
+# answers (empty: internal/testpg's default, database test on
+# 127.0.0.1:5432); when nothing usable answers there, testpg starts a private
+# one (initdb) for the run and removes it at the end. Point it at a port
+# where nothing listens to try that path.
+TEST_PG_DEFAULT ?=
+# Runs a command with EFFECTS_TEST_DATABASE_URL set (internal/testpg).
+WITH_TEST_PG = $(GO) run ./internal/testpg $(if $(TEST_PG_DEFAULT),-default '$(TEST_PG_DEFAULT)')
+
 .PHONY: test
-test: ## Run every test with the race detector, then the deployment checks (needs PostgreSQL on 127.0.0.1:5432, database test, and promtool)
+test: ## Run every test with the race detector, the deployment checks and the benchmark's tests; starts a private PostgreSQL when none answers (needs promtool)
+	$(WITH_TEST_PG) -- $(MAKE) test-modules
+
+# The tests of the three modules against EFFECTS_TEST_DATABASE_URL: what
+# `make test` runs under one PostgreSQL (the inner targets find it set).
+.PHONY: test-modules
+test-modules:
 	$(GO) test -race -count=1 -timeout 20m $(TESTFLAGS) ./...
 	$(MAKE) check-deployments
 	$(MAKE) test-bench
@@ -67,17 +82,21 @@ test: ## Run every test with the race detector, then the deployment checks (need
 # pinned in one place for the Makefile and the test.
 NATSCLI_VERSION := $(shell cat e2e/testdata/natscli.version)
 
+.PHONY: console-screenshots
+console-screenshots: ## Write the console's screenshots for the docs (docs/console/*.png) from the browser test (needs Chromium, PostgreSQL)
+	$(GO) test -count=1 -run TestScreenshots ./pkg/effects/console -args -screenshots=$(CURDIR)/docs/console
+
 .PHONY: natscli
 natscli: ## Build the pinned nats CLI into bin/tools/nats (the consumer test uses it; else it builds its own)
 	GOBIN=$(CURDIR)/$(BIN)/tools $(GO) install github.com/nats-io/natscli/nats@$(NATSCLI_VERSION)
 
 .PHONY: check-deployments
-check-deployments: ## Check docker-compose, Kubernetes, Hasura, Prometheus, Grafana and the Dockerfile (deployments/check)
-	cd $(CHECK_DIR) && $(GO) test -count=1 -timeout 20m $(TESTFLAGS) ./...
+check-deployments: ## Check docker-compose, Kubernetes, Hasura, Prometheus, Grafana and the Dockerfile, and that every setting is documented (deployments/check; needs promtool)
+	$(WITH_TEST_PG) -dir $(CHECK_DIR) -- $(GO) test -count=1 -timeout 20m $(TESTFLAGS) ./...
 
 .PHONY: test-bench
-test-bench: ## Test the benchmark's own code (the bench module; needs PostgreSQL like test)
-	cd $(BENCH_DIR) && $(GO) test -count=1 -timeout 5m $(TESTFLAGS) ./...
+test-bench: ## Test the benchmark's own code (the bench module; PostgreSQL as in test)
+	$(WITH_TEST_PG) -dir $(BENCH_DIR) -- $(GO) test -count=1 -timeout 5m $(TESTFLAGS) ./...
 
 .PHONY: vet
 vet: ## go vet every package, the fault suite, the deployment checks' and the benchmark's modules included

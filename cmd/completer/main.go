@@ -20,7 +20,11 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/effects-run/effects/internal/completer"
+	"github.com/effects-run/effects/internal/control"
+	"github.com/effects-run/effects/internal/controlkv"
 	"github.com/effects-run/effects/internal/envconfig"
 	"github.com/effects-run/effects/internal/natsconn"
 	"github.com/effects-run/effects/internal/reconcile"
@@ -118,6 +122,11 @@ func run(ctx context.Context, d service.Deps) error {
 	if err != nil {
 		return &service.ConfigError{Err: err}
 	}
+	table, err := schema.ParseTable(cfg.Table)
+	if err != nil {
+		return &service.ConfigError{Err: err}
+	}
+	cs := control.NewSyncer(pool, js, table, control.SyncOptions{Streams: cfg.Streams, Logger: d.Logger})
 	d.Checks.Add("postgres", c.CheckPostgres)
 	d.Checks.Add("nats", natsconn.Ready(nc))
 	d.Checks.Add("consumer", c.CheckConsuming)
@@ -144,11 +153,18 @@ func run(ctx context.Context, d service.Deps) error {
 		defer close(scheduleDone)
 		_ = sc.Run(rctx)
 	}()
+	// And the copy of the operator controls the dispatchers read: created
+	// again and filled from PostgreSQL when NATS lost it.
+	syncDone := make(chan error, 1)
+	go func() { syncDone <- cs.Run(rctx, control.DefaultSyncInterval, d.Registry) }()
 	err = c.Run(ctx)
 	stopRetention()
 	<-retentionDone
 	<-reconcileDone
 	<-scheduleDone
+	if serr := <-syncDone; serr != nil && err == nil {
+		err = serr
+	}
 	if err != nil {
 		return err
 	}
@@ -213,7 +229,63 @@ func migrate(args []string) int {
 		logger.Info("streams are up to date", "max_age", shared.Streams.MaxAge.String(),
 			"duplicate_window", shared.Streams.Duplicates.String(), "replicas", shared.Streams.Replicas)
 	}
+	if doTable && doStreams {
+		// The operator controls' bucket, filled from the table, so that
+		// dispatchers started next can read it at once.
+		cfg, _ := completer.ConfigFromEnv(env)
+		if err := syncControls(ctx, cfg, shared, logger); err != nil {
+			logger.Error("creating the operator controls' bucket failed", "bucket", controlkv.Bucket, "error", err)
+			return 1
+		}
+		logger.Info("operator controls' bucket is up to date", "bucket", controlkv.Bucket)
+	}
 	return 0
+}
+
+// syncControls makes the bucket EFFECTS_CONTROL equal to the table's
+// controls (creating it if missing), waiting up to streamsTimeout for NATS.
+func syncControls(ctx context.Context, cfg completer.Config, shared settings.Shared, logger *slog.Logger) error {
+	table, err := schema.ParseTable(cfg.Table)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, streamsTimeout)
+	defer cancel()
+	conn, err := completer.Connect(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = conn.Close(context.WithoutCancel(ctx)) }()
+	nc, js, err := natsconn.Connect(shared.NATSURL, "effects-migrate", logger, 0)
+	if err != nil {
+		return err
+	}
+	defer natsconn.Close(nc, 5*time.Second)
+	s := control.NewSyncer(conn, js, table, control.SyncOptions{Streams: shared.Streams, Logger: logger})
+	return untilDone(ctx, nc, func(ctx context.Context) error {
+		_, err := s.Once(ctx)
+		return err
+	})
+}
+
+// untilDone runs f, while nc is connected, until it succeeds or ctx ends.
+func untilDone(ctx context.Context, nc *nats.Conn, f func(context.Context) error) error {
+	var last error
+	_, ok := retry.Until(ctx, retry.Policy{Min: 100 * time.Millisecond, Max: 2 * time.Second},
+		func(ctx context.Context) error {
+			if last = natsconn.Ready(nc)(ctx); last != nil {
+				return last // not connected yet, or a server refused as too old
+			}
+			last = f(ctx)
+			return last
+		}, nil)
+	if !ok {
+		if last == nil {
+			last = ctx.Err()
+		}
+		return fmt.Errorf("after %s: %w", streamsTimeout, last)
+	}
+	return nil
 }
 
 func applyStreams(ctx context.Context, shared settings.Shared, logger *slog.Logger) error {
@@ -224,21 +296,10 @@ func applyStreams(ctx context.Context, shared settings.Shared, logger *slog.Logg
 	defer natsconn.Close(nc, 5*time.Second)
 	ctx, cancel := context.WithTimeout(ctx, streamsTimeout)
 	defer cancel()
-	var last error
-	_, ok := retry.Until(ctx, retry.Policy{Min: 100 * time.Millisecond, Max: 2 * time.Second},
-		func(ctx context.Context) error {
-			if err := natsconn.Ready(nc)(ctx); err != nil {
-				last = err // not connected yet, or a server refused as too old
-				return last
-			}
-			last = effects.ApplyStreams(ctx, js, shared.Streams)
-			return last
-		}, nil)
-	if !ok {
-		if last == nil {
-			last = ctx.Err()
+	return untilDone(ctx, nc, func(ctx context.Context) error {
+		if err := effects.ApplyStreams(ctx, js, shared.Streams); err != nil {
+			return err
 		}
-		return fmt.Errorf("after %s: %w", streamsTimeout, last)
-	}
-	return nil
+		return controlkv.Apply(ctx, js, shared.Streams)
+	})
 }

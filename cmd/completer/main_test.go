@@ -16,10 +16,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/goleak"
+
+	"github.com/effects-run/effects/internal/controlkv"
 	"github.com/effects-run/effects/internal/schema"
 	"github.com/effects-run/effects/internal/testenv"
 	"github.com/effects-run/effects/pkg/effects"
-	"go.uber.org/goleak"
 )
 
 // The tests run this test binary as the command: with
@@ -82,6 +85,16 @@ func TestMigrateCommand(t *testing.T) {
 	}
 	if err := schema.Check(testCtx(t), pg.Pool, "effects"); err != nil {
 		t.Fatal(err)
+	}
+	// The operator controls' bucket, filled from the table, for the
+	// dispatchers to read at once.
+	_, js := n.Connect(t)
+	kv, err := js.KeyValue(testCtx(t), controlkv.Bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Get(testCtx(t), controlkv.SyncedKey); err != nil {
+		t.Fatalf("key %s: %v", controlkv.SyncedKey, err)
 	}
 }
 
@@ -242,6 +255,13 @@ func TestStreamsAreOwnedByMigrate(t *testing.T) {
 	base := map[string]string{"DATABASE_URL": pg.URL, "NATS_URL": n.URL, "EFFECTS_ADMIN_ADDR": "127.0.0.1:0"}
 	streamConfig := func() (time.Duration, time.Duration) {
 		t.Helper()
+		// The controls' bucket keeps cancels as long as the streams keep
+		// effects.
+		if s, err := js.Stream(testCtx(t), controlkv.Stream); err != nil {
+			t.Fatal(err)
+		} else if age := s.CachedInfo().Config.MaxAge; age != effectsMaxAge(t, js) {
+			t.Errorf("bucket %s max age %s, the effects stream's %s", controlkv.Bucket, age, effectsMaxAge(t, js))
+		}
 		for _, name := range []string{effects.EffectsStream, effects.CompletedStream} {
 			s, err := js.Stream(testCtx(t), name)
 			if err != nil {
@@ -287,6 +307,15 @@ func TestStreamsAreOwnedByMigrate(t *testing.T) {
 	if age, dup := streamConfig(); age != 2*time.Hour || dup != 2*time.Minute {
 		t.Errorf("after migrate streams: max age %s, duplicates %s", age, dup)
 	}
+}
+
+func effectsMaxAge(t *testing.T, js jetstream.JetStream) time.Duration {
+	t.Helper()
+	s, err := js.Stream(testCtx(t), effects.EffectsStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s.CachedInfo().Config.MaxAge
 }
 
 // TestSharedSettingsRefuseZero: an explicit 0 in a shared setting is an

@@ -16,6 +16,7 @@ import (
 	"github.com/johannesboyne/gofakes3"
 	"github.com/johannesboyne/gofakes3/backend/s3mem"
 
+	"github.com/effects-run/effects/internal/controlkv/controlkvtest"
 	"github.com/effects-run/effects/internal/testenv"
 	"github.com/effects-run/effects/pkg/effects"
 )
@@ -27,6 +28,7 @@ import (
 func TestOptInBuiltins(t *testing.T) {
 	t.Parallel()
 	n := testenv.StartNATS(t)
+	controlkvtest.Bucket(t, n) // as completer migrate makes it
 	_, js := n.Connect(t)
 	base := map[string]string{"NATS_URL": n.URL, "EFFECTS_ADMIN_ADDR": "127.0.0.1:0"}
 

@@ -19,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/goleak"
 
+	"github.com/effects-run/effects/internal/controlkv/controlkvtest"
 	"github.com/effects-run/effects/internal/testenv"
 	"github.com/effects-run/effects/pkg/effects"
 	"github.com/effects-run/effects/pkg/effects/dispatcher"
@@ -83,6 +84,7 @@ func TestConfigErrors(t *testing.T) {
 func TestDispatchesAndStops(t *testing.T) {
 	t.Parallel()
 	n := testenv.StartNATS(t)
+	controlkvtest.Bucket(t, n) // as completer migrate makes it
 	_, js := n.Connect(t)
 	env := map[string]string{"NATS_URL": n.URL, "EFFECTS_ADMIN_ADDR": "127.0.0.1:0", "EFFECTS_LOG_LEVEL": "debug"}
 
@@ -139,6 +141,7 @@ func TestDispatchesAndStops(t *testing.T) {
 func TestShutdownLetsWorkFinish(t *testing.T) {
 	t.Parallel()
 	n := testenv.StartNATS(t)
+	controlkvtest.Bucket(t, n) // as completer migrate makes it
 	_, js := n.Connect(t)
 	target := newBlockingServer(t)
 	p := testenv.StartProcess(t, selector, map[string]string{
@@ -167,6 +170,7 @@ func TestShutdownLetsWorkFinish(t *testing.T) {
 func TestShutdownTimeoutReturnsWork(t *testing.T) {
 	t.Parallel()
 	n := testenv.StartNATS(t)
+	controlkvtest.Bucket(t, n) // as completer migrate makes it
 	_, js := n.Connect(t)
 	target := newBlockingServer(t)
 	env := map[string]string{
@@ -211,6 +215,7 @@ func TestShutdownTimeoutReturnsWork(t *testing.T) {
 func TestStartsBeforeNATS(t *testing.T) {
 	t.Parallel()
 	n := testenv.StartNATS(t)
+	controlkvtest.Bucket(t, n) // as completer migrate makes it
 	n.Shutdown()
 	p := testenv.StartProcess(t, selector, map[string]string{"NATS_URL": n.URL, "EFFECTS_ADMIN_ADDR": "127.0.0.1:0"})
 	admin := "http://" + p.LoopbackAddr(t, "starting", "admin_addr")
@@ -233,6 +238,7 @@ func TestStartsBeforeNATS(t *testing.T) {
 func TestStopsBeforeNATS(t *testing.T) {
 	t.Parallel()
 	n := testenv.StartNATS(t)
+	controlkvtest.Bucket(t, n) // as completer migrate makes it
 	n.Shutdown()
 	p := testenv.StartProcess(t, selector, map[string]string{"NATS_URL": n.URL, "EFFECTS_ADMIN_ADDR": "127.0.0.1:0"})
 	admin := "http://" + p.LoopbackAddr(t, "starting", "admin_addr")
@@ -427,6 +433,7 @@ func newUUID(t *testing.T) string {
 func TestRateLimitAcrossProcesses(t *testing.T) {
 	t.Parallel()
 	n := testenv.StartNATS(t)
+	controlkvtest.Bucket(t, n) // as completer migrate makes it
 	_, js := n.Connect(t)
 	const effectsN = 12
 	const interval = 100 * time.Millisecond

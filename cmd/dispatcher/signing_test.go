@@ -11,6 +11,7 @@ import (
 
 	standardwebhooks "github.com/standard-webhooks/standard-webhooks/libraries/go"
 
+	"github.com/effects-run/effects/internal/controlkv/controlkvtest"
 	"github.com/effects-run/effects/internal/testenv"
 	"github.com/effects-run/effects/pkg/effects"
 )
@@ -30,6 +31,7 @@ const (
 func TestSignedHTTPRequest(t *testing.T) {
 	t.Parallel()
 	n := testenv.StartNATS(t)
+	controlkvtest.Bucket(t, n) // as completer migrate makes it
 	_, js := n.Connect(t)
 
 	type call struct {

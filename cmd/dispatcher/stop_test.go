@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/effects-run/effects/internal/controlkv/controlkvtest"
 	"github.com/effects-run/effects/internal/testenv"
 )
 
@@ -17,6 +18,7 @@ import (
 func TestStopWithinTheShutdownTimeoutWhileNATSIsDown(t *testing.T) {
 	t.Parallel()
 	n := testenv.StartNATS(t)
+	controlkvtest.Bucket(t, n) // as completer migrate makes it
 	_, js := n.Connect(t)
 	finishes, runs := newBlockingServer(t), newBlockingServer(t)
 	const timeout = 3 * time.Second

@@ -16,6 +16,7 @@ import (
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/effects-run/effects/internal/controlkv/controlkvtest"
 	"github.com/effects-run/effects/internal/testenv"
 	"github.com/effects-run/effects/pkg/effects"
 )
@@ -61,6 +62,7 @@ func TestExportsSpansOverOTLP(t *testing.T) {
 	srv := httptest.NewServer(rcv)
 	t.Cleanup(srv.Close)
 	n := testenv.StartNATS(t)
+	controlkvtest.Bucket(t, n) // as completer migrate makes it
 	_, js := n.Connect(t)
 	env := map[string]string{
 		"NATS_URL": n.URL, "EFFECTS_ADMIN_ADDR": "127.0.0.1:0",

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/effects-run/effects/internal/operator"
 	"github.com/effects-run/effects/internal/testenv"
 )
 
@@ -112,13 +113,13 @@ func TestStatsIgnoresExtremeCreatedAtForAges(t *testing.T) {
 			}
 		}
 	}
-	stats := func() statsReport {
+	stats := func() operator.Stats {
 		t.Helper()
 		code, out, errOut := runEffects("stats", "--json")
 		if code != 0 {
 			t.Fatalf("stats: exit %d\n%s", code, errOut)
 		}
-		var rep statsReport
+		var rep operator.Stats
 		if err := json.Unmarshal([]byte(out), &rep); err != nil {
 			t.Fatalf("--json: %v\n%s", err, out)
 		}

@@ -5,8 +5,12 @@
 //	effects list       list effects newest first
 //	effects show       one effect's row and where it is in JetStream
 //	effects retry      re-run failed effects without Hasura
+//	effects pause      pause kinds: their effects wait, pending
+//	effects resume     resume paused kinds
+//	effects cancel     cancel pending effects
 //	effects stats      counts by kind and status, oldest pending, backlogs
 //	effects tail       completions as they happen
+//	effects ui         the operators' web console
 //	effects --version  print the version
 //
 // `effects dev` starts an embedded NATS server, a private PostgreSQL (unless
@@ -45,8 +49,13 @@ commands:
               (effects list --help)
   show        show one effect's row and, when pending, where it is in JetStream
   retry       re-run failed effects without Hasura (effects retry --help)
+  pause       pause kinds: no dispatcher starts their effects until resumed
+  resume      resume paused kinds
+  cancel      cancel pending effects (never run; the row says cancelled)
   stats       counts by kind and status, oldest pending, consumer backlogs
   tail        print completions as they happen (needs only NATS_URL)
+  ui          serve the operators' web console on 127.0.0.1:8090
+              (effects ui --help; docs/console.md)
   version     print the version (also --version)
   help        print this (also --help)
 `)
@@ -74,10 +83,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return showCmd(args[1:], stdout, stderr)
 	case "retry":
 		return retryCmd(args[1:], stdout, stderr)
+	case "pause", "resume", "cancel":
+		return controlCmd(args[0], args[1:], stdout, stderr)
 	case "stats":
 		return statsCmd(args[1:], stdout, stderr)
 	case "tail":
 		return tailCmd(args[1:], stdout, stderr)
+	case "ui":
+		return uiCmd(args[1:], stdout, stderr)
 	}
 	fmt.Fprintf(stderr, "effects: unknown command %q\n\n", args[0])
 	usage(stderr)

@@ -15,9 +15,9 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/effects-run/effects/internal/envconfig"
+	"github.com/effects-run/effects/internal/operator"
 	"github.com/effects-run/effects/internal/retention"
 	"github.com/effects-run/effects/internal/schema"
 	"github.com/effects-run/effects/pkg/effects"
@@ -26,7 +26,7 @@ import (
 // The on-call commands (list, show, retry) share their settings, their
 // exit codes (0 done, 1 a runtime failure: the database, NATS, an effect
 // that is gone or cannot be re-run, 2 bad arguments or settings) and the
-// shape of a row.
+// shape of a row (operator.Row).
 
 // oncall holds what the on-call commands read from the environment.
 type oncall struct {
@@ -65,6 +65,11 @@ func newOncall(name string, stderr io.Writer) (*oncall, int) {
 		return nil, o.fail(2, "EFFECTS_TABLE=%q: %v", tableName, err)
 	}
 	return o, 0
+}
+
+// store is the table on conn, for the operator package.
+func (o *oncall) store(conn *pgx.Conn) operator.Store {
+	return operator.Store{DB: conn, Table: o.table, Retention: o.policy}
 }
 
 // connect opens the database; pgx's errors name host, user and database,
@@ -115,84 +120,18 @@ func parseFlags(fs *flag.FlagSet, args []string) (code int, ok bool) {
 	return 0, true
 }
 
-// row is an effect row as the on-call commands show it.
-type row struct {
-	ID               string          `json:"id"`
-	Kind             string          `json:"kind"`
-	Key              *string         `json:"key"`
-	Status           string          `json:"status"`
-	Attempts         int             `json:"attempts"`
-	Error            *string         `json:"error"`
-	Payload          json.RawMessage `json:"payload,omitempty"`
-	Completion       json.RawMessage `json:"completion"`
-	CreatedAt        pgTime          `json:"created_at"`
-	CompletedAt      *time.Time      `json:"completed_at"`
-	RerunRequestedAt *time.Time      `json:"rerun_requested_at"`
-	RerunRequestedBy *string         `json:"rerun_requested_by"`
-	// RunAt is the row's run_at: a scheduled effect (run_at after
-	// created_at) does not run before it.
-	RunAt pgTime `json:"run_at"`
-}
-
-// scheduled reports whether the row is a scheduled effect: its run_at is
-// after its created_at.
-func (r row) scheduled() bool {
-	run, ok1 := r.RunAt.Finite()
-	created, ok2 := r.CreatedAt.Finite()
-	switch {
-	case r.RunAt.InfinityModifier == pgtype.Infinity:
-		return r.CreatedAt.InfinityModifier != pgtype.Infinity
-	case !ok1:
-		return false
-	case !ok2:
-		return r.CreatedAt.InfinityModifier == pgtype.NegativeInfinity
-	}
-	return run.After(created)
-}
-
-// due is when the row runs (or ran), as the list shows it: its run_at for
-// a scheduled effect, "-" for any other.
-func (r row) due() string {
-	if !r.scheduled() {
-		return "-"
-	}
-	return r.RunAt.Format(time.RFC3339)
-}
-
-// rowColumns are the columns scanned by scanRow, payload excluded.
-const rowColumns = `id::text, kind, key, status, attempts, error, completion, created_at, completed_at, rerun_requested_at, rerun_requested_by, run_at`
-
-func scanRow(rows pgx.CollectableRow) (row, error) {
-	var r row
-	var completion []byte
-	err := rows.Scan(&r.ID, &r.Kind, &r.Key, &r.Status, &r.Attempts, &r.Error, &completion, &r.CreatedAt, &r.CompletedAt, &r.RerunRequestedAt, &r.RerunRequestedBy, &r.RunAt)
-	if completion != nil {
-		r.Completion = completion
-	}
-	return r, err
-}
-
-// explainQueryError adds a hint to a database error about a missing column
-// (a table not migrated to this version).
-func explainQueryError(err error) error {
-	if strings.Contains(err.Error(), "SQLSTATE 42703") {
-		return fmt.Errorf("%w (is the table migrated to this version? the services migrate it at start)", err)
-	}
-	return err
-}
-
 // listCmd lists rows newest first, filtered by status, kind and age.
 func listCmd(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("effects list", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	status := fs.String("status", "", "only rows with this status: pending, succeeded or failed")
+	status := fs.String("status", "", "only rows with this status: pending, succeeded, failed or cancelled")
 	kind := fs.String("kind", "", "only rows of this kind")
 	key := fs.String("key", "", "only rows with this key (the pending one holding it, and the final ones)")
 	since := fs.Duration("since", 0, "only rows created in this last span (e.g. 1h, 30m); 0: any age")
 	limit := fs.Int("limit", 50, "at most this many rows (1 to 10000)")
 	asJSON := fs.Bool("json", false, "print JSON (an array of rows) instead of a table")
 	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), "usage: effects list [--status pending|succeeded|failed] [--kind K] [--key KEY] [--since 1h] [--limit N] [--json]\n\n"+
+		fmt.Fprint(fs.Output(), "usage: effects list [--status pending|succeeded|failed|cancelled] [--kind K] [--key KEY] [--since 1h] [--limit N] [--json]\n\n"+
 			"Lists the rows of EFFECTS_TABLE in DATABASE_URL, newest first.\n\nflags:\n")
 		fs.PrintDefaults()
 	}
@@ -207,8 +146,8 @@ func listCmd(args []string, stdout, stderr io.Writer) int {
 	switch {
 	case fs.NArg() > 0:
 		return bad("unexpected argument %q", fs.Arg(0))
-	case *status != "" && !validStatus(*status):
-		return bad("--status %q: want pending, succeeded or failed", *status)
+	case *status != "" && !operator.ValidStatus(*status):
+		return bad("--status %q: want %s", *status, operator.StatusList())
 	case *since < 0:
 		return bad("--since %s: want a positive duration such as 1h", *since)
 	case *limit < 1 || *limit > 10000:
@@ -225,9 +164,9 @@ func listCmd(args []string, stdout, stderr io.Writer) int {
 	}
 	defer done()
 
-	rows, err := listRows(ctx, conn, o.table, listFilter{status: *status, kind: *kind, key: *key, since: *since}, *limit)
+	rows, err := o.store(conn).List(ctx, operator.Filter{Status: *status, Kind: *kind, Key: *key, Since: *since, Limit: *limit})
 	if err != nil {
-		return o.fail(1, "%v", explainQueryError(err))
+		return o.fail(1, "%v", err)
 	}
 	if *asJSON {
 		return writeJSON(o, stdout, rows)
@@ -236,7 +175,7 @@ func listCmd(args []string, stdout, stderr io.Writer) int {
 	fmt.Fprintln(tw, "ID\tKIND\tKEY\tSTATUS\tATTEMPTS\tCREATED\tRUN AT\tCOMPLETED\tERROR")
 	for _, r := range rows {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", r.ID, r.Kind, oneLine(r.Key, 32), r.Status, r.Attempts,
-			r.CreatedAt.Format(time.RFC3339), r.due(), timeOrDash(r.CompletedAt), oneLine(r.Error, 60))
+			r.CreatedAt.Format(time.RFC3339), r.Due(), timeOrDash(r.CompletedAt), oneLine(r.Error, 60))
 	}
 	if err := tw.Flush(); err != nil {
 		return o.fail(1, "%v", err)
@@ -245,51 +184,6 @@ func listCmd(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "no effects match")
 	}
 	return 0
-}
-
-func validStatus(s string) bool {
-	switch effects.Status(s) {
-	case effects.StatusPending, effects.StatusSucceeded, effects.StatusFailed:
-		return true
-	}
-	return false
-}
-
-// listFilter selects rows; empty fields and a zero since filter nothing.
-type listFilter struct {
-	status, kind, key string
-	since             time.Duration
-}
-
-// listRows returns up to limit rows, newest first.
-func listRows(ctx context.Context, conn *pgx.Conn, table schema.Table, f listFilter, limit int) ([]row, error) {
-	var sinceArg *time.Duration
-	if f.since > 0 {
-		sinceArg = &f.since
-	}
-	q := `SELECT ` + rowColumns + ` FROM ` + table.Quoted() + `
-	       WHERE ($1::text IS NULL OR status = $1)
-	         AND ($2::text IS NULL OR kind = $2)
-	         AND ($3::interval IS NULL OR created_at >= now() - $3::interval)
-	         AND ($5::text IS NULL OR key = $5)
-	       ORDER BY created_at DESC, id DESC
-	       LIMIT $4`
-	rs, err := conn.Query(ctx, q, nullIfEmpty(f.status), nullIfEmpty(f.kind), sinceArg, limit, nullIfEmpty(f.key))
-	if err != nil {
-		return nil, err
-	}
-	out, err := pgx.CollectRows(rs, scanRow)
-	if out == nil {
-		out = []row{}
-	}
-	return out, err
-}
-
-func nullIfEmpty(s string) *string {
-	if s == "" {
-		return nil
-	}
-	return &s
 }
 
 func timeOrDash(t *time.Time) string {

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/effects-run/effects/internal/operator"
 	"github.com/effects-run/effects/internal/schema"
 	"github.com/effects-run/effects/internal/testenv"
 )
@@ -50,20 +51,20 @@ func oncallTable(t *testing.T) (*testenv.Postgres, map[string]string) {
 	return pg, ids
 }
 
-func listJSON(t *testing.T, args ...string) []row {
+func listJSON(t *testing.T, args ...string) []operator.Row {
 	t.Helper()
 	code, out, errOut := runEffects(append([]string{"list", "--json"}, args...)...)
 	if code != 0 {
 		t.Fatalf("effects list %v: exit %d\n%s", args, code, errOut)
 	}
-	var rows []row
+	var rows []operator.Row
 	if err := json.Unmarshal([]byte(out), &rows); err != nil {
 		t.Fatalf("--json output: %v\n%s", err, out)
 	}
 	return rows
 }
 
-func rowIDs(rows []row) []string {
+func rowIDs(rows []operator.Row) []string {
 	var ids []string
 	for _, r := range rows {
 		ids = append(ids, r.ID)
@@ -115,7 +116,7 @@ func TestListBadArguments(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"--status", "done"}, `--status "done": want pending, succeeded or failed`},
+		{[]string{"--status", "done"}, `--status "done": want pending, succeeded, failed or cancelled`},
 		{[]string{"--kind", "a.b"}, "--kind: invalid kind"},
 		{[]string{"--since", "yesterday"}, "invalid value"},
 		{[]string{"--since", "-1h"}, "want a positive duration"},

@@ -50,16 +50,16 @@ func retentionCmd(args []string, stdout, stderr io.Writer) int {
 	table, policy := o.table, o.policy
 
 	out := retentionReport{Table: table.String(), Policy: policy.String(),
-		RetainSucceeded: policy.Succeeded.String(), RetainFailed: policy.Failed.String()}
+		RetainSucceeded: policy.Succeeded.String(), RetainFailed: policy.Failed.String(), RetainCancelled: policy.Cancelled.String()}
 	if *dryRun || *runPass {
 		if !policy.Enabled() {
-			return o.fail(2, "no retention is set (EFFECTS_RETAIN_SUCCEEDED and EFFECTS_RETAIN_FAILED are empty or 0): nothing would be removed")
+			return o.fail(2, "no retention is set (EFFECTS_RETAIN_SUCCEEDED, EFFECTS_RETAIN_FAILED and EFFECTS_RETAIN_CANCELLED are empty or 0): nothing would be removed")
 		}
 		res, err := retention.Pass(ctx, conn, table, policy, retention.PassOptions{DryRun: *dryRun})
 		if err != nil {
 			return o.fail(1, "removal pass: %v", err)
 		}
-		out.Pass = &passReport{DryRun: res.DryRun, Succeeded: res.Removed.Succeeded, Failed: res.Removed.Failed}
+		out.Pass = &passReport{DryRun: res.DryRun, Succeeded: res.Removed.Succeeded, Failed: res.Removed.Failed, Cancelled: res.Removed.Cancelled}
 	}
 	oldest, err := retention.OldestAge(ctx, conn, table)
 	if err != nil {
@@ -67,6 +67,7 @@ func retentionCmd(args []string, stdout, stderr io.Writer) int {
 	}
 	out.OldestSucceeded = ageString(oldest, effects.StatusSucceeded)
 	out.OldestFailed = ageString(oldest, effects.StatusFailed)
+	out.OldestCancelled = ageString(oldest, effects.StatusCancelled)
 
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
@@ -77,13 +78,13 @@ func retentionCmd(args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 	fmt.Fprintf(stdout, "table:      %s\nretention:  %s\n", out.Table, out.Policy)
-	fmt.Fprintf(stdout, "oldest:     succeeded %s, failed %s\n", orNone(out.OldestSucceeded), orNone(out.OldestFailed))
+	fmt.Fprintf(stdout, "oldest:     succeeded %s, failed %s, cancelled %s\n", orNone(out.OldestSucceeded), orNone(out.OldestFailed), orNone(out.OldestCancelled))
 	if p := out.Pass; p != nil {
 		verb := "removed"
 		if p.DryRun {
 			verb = "would remove (dry run)"
 		}
-		fmt.Fprintf(stdout, "%s: %d succeeded, %d failed\n", verb, p.Succeeded, p.Failed)
+		fmt.Fprintf(stdout, "%s: %d succeeded, %d failed, %d cancelled\n", verb, p.Succeeded, p.Failed, p.Cancelled)
 	}
 	return 0
 }
@@ -93,8 +94,10 @@ type retentionReport struct {
 	Policy          string      `json:"policy"`
 	RetainSucceeded string      `json:"retain_succeeded"` // "0s": forever
 	RetainFailed    string      `json:"retain_failed"`
+	RetainCancelled string      `json:"retain_cancelled"`
 	OldestSucceeded string      `json:"oldest_succeeded_age,omitempty"`
 	OldestFailed    string      `json:"oldest_failed_age,omitempty"`
+	OldestCancelled string      `json:"oldest_cancelled_age,omitempty"`
 	Pass            *passReport `json:"pass,omitempty"`
 }
 
@@ -102,6 +105,7 @@ type passReport struct {
 	DryRun    bool  `json:"dry_run"`
 	Succeeded int64 `json:"succeeded"`
 	Failed    int64 `json:"failed"`
+	Cancelled int64 `json:"cancelled"`
 }
 
 func ageString(m map[effects.Status]time.Duration, s effects.Status) string {

@@ -1,45 +1,20 @@
 package main
 
 import (
-	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"text/tabwriter"
-	"time"
 
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/effects-run/effects/internal/ingest"
-	"github.com/effects-run/effects/internal/retention"
+	"github.com/effects-run/effects/internal/operator"
 	"github.com/effects-run/effects/internal/settings"
 	"github.com/effects-run/effects/pkg/effects"
 )
 
-// retryResult is the outcome of a re-run asked for one effect.
-type retryResult struct {
-	ID     string `json:"id"`
-	Kind   string `json:"kind,omitempty"`
-	Status string `json:"status,omitempty"` // the row's status when asked
-	// Outcome is "retried", "would retry" (--dry-run), "skipped" (a row
-	// that succeeded since it was selected), "waiting" (a scheduled effect
-	// whose run_at is still ahead: the scheduler publishes it then) or
-	// "error".
-	Outcome  string `json:"outcome"`
-	MsgID    string `json:"msg_id,omitempty"`
-	Sequence uint64 `json:"sequence,omitempty"`
-	Error    string `json:"error,omitempty"`
-}
-
-// retryCmd re-runs effects without Hasura: for each row it publishes a new
-// effect message on "effects.<kind>", built by the ingest's builder, with a
-// dedupe id of its own ("retry:<row id>:<uuid>") so JetStream stores it
-// even within the duplicate window of the first run, and records on the row
-// when the re-run was asked and by whom. The completer writes the outcome as
-// for any run: a success replaces the failure. Exit codes: 0 every re-run
+// retryCmd re-runs effects without Hasura (operator.Store.Rerun: a new
+// effect message per row, the re-run recorded on the row). Exit codes: 0 every re-run
 // published (or listed, --dry-run), 1 some effect could not be re-run or
 // the database or NATS failed, 2 bad arguments or settings.
 func retryCmd(args []string, stdout, stderr io.Writer) int {
@@ -99,12 +74,13 @@ func retryCmd(args []string, stdout, stderr io.Writer) int {
 	}
 	defer done()
 
+	store := o.store(conn)
 	selected := *status != ""
 	if selected {
 		var err error
-		ids, err = failedIDs(ctx, conn, o, *kind, *since, *limit)
+		ids, err = store.FailedIDs(ctx, *kind, *since, *limit, false)
 		if err != nil {
-			return o.fail(1, "%v", explainQueryError(err))
+			return o.fail(1, "%v", err)
 		}
 	}
 	var js jetstream.JetStream
@@ -122,12 +98,12 @@ func retryCmd(args []string, stdout, stderr io.Writer) int {
 		js, maxPayload = j, nc.MaxPayload()
 	}
 
-	results := make([]retryResult, 0, len(ids))
+	results := make([]operator.RetryResult, 0, len(ids))
 	failed := 0
-	keys := keysRerun{}
+	keys := operator.RerunKeys{}
 	for _, id := range ids {
-		res := rerun(ctx, conn, o, js, maxPayload, keys, id, *by, *dryRun, selected)
-		if res.Outcome == "error" {
+		res := store.Rerun(ctx, js, maxPayload, id, operator.RerunOptions{By: *by, DryRun: *dryRun, Selected: selected, Keys: keys})
+		if res.Outcome == operator.RetryError {
 			failed++
 		}
 		results = append(results, res)
@@ -137,8 +113,8 @@ func retryCmd(args []string, stdout, stderr io.Writer) int {
 	}
 	if *asJSON {
 		if code := writeJSON(o, stdout, struct {
-			DryRun  bool          `json:"dry_run"`
-			Results []retryResult `json:"results"`
+			DryRun  bool                   `json:"dry_run"`
+			Results []operator.RetryResult `json:"results"`
 		}{*dryRun, results}); code != 0 {
 			return code
 		}
@@ -164,192 +140,9 @@ func retryCmd(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// rerunLater re-runs a scheduled effect whose run_at is still ahead: it is
-// not published now, which would run it early. A pending row that was not
-// published yet is waiting already and is left as it is; any other (a
-// failed row, a pending one published before its time was moved) is made to
-// wait again: pending, not published, so the scheduler publishes it at its
-// run_at. The re-run is recorded on the row as for any re-run.
-func (o *oncall) rerunLater(ctx context.Context, tx pgx.Tx, res retryResult, id, by string, unpublished, dryRun bool) retryResult {
-	res.Outcome = "waiting"
-	if dryRun || res.Status == string(effects.StatusPending) && unpublished {
-		return res
-	}
-	var byArg *string
-	if by != "" {
-		byArg = &by
-	}
-	if _, err := tx.Exec(ctx, `UPDATE `+o.table.Quoted()+` SET status = 'pending', published_at = NULL,
-	       rerun_requested_at = now(), rerun_requested_by = $2 WHERE id = $1`, id, byArg); err != nil {
-		res.Outcome, res.Error = "error", explainQueryError(err).Error()
-		return res
-	}
-	if err := tx.Commit(ctx); err != nil {
-		res.Outcome, res.Error = "error", err.Error()
-	}
-	return res
-}
-
 func orDash(s string) string {
 	if s == "" {
 		return "-"
 	}
 	return s
 }
-
-// failedIDs selects failed rows, oldest first.
-func failedIDs(ctx context.Context, conn *pgx.Conn, o *oncall, kind string, since time.Duration, limit int) ([]string, error) {
-	var sinceArg *time.Duration
-	if since > 0 {
-		sinceArg = &since
-	}
-	rows, err := conn.Query(ctx, `SELECT id::text FROM `+o.table.Quoted()+`
-	       WHERE status = 'failed'
-	         AND ($1::text IS NULL OR kind = $1)
-	         AND ($2::interval IS NULL OR created_at >= now() - $2::interval)
-	       ORDER BY created_at, id
-	       LIMIT $3`, nullIfEmpty(kind), sinceArg, limit)
-	if err != nil {
-		return nil, err
-	}
-	return pgx.CollectRows(rows, pgx.RowTo[string])
-}
-
-// keysRerun are the keys of the effects this command has re-run (or would
-// re-run, --dry-run), by kind and key, with the effect's id.
-type keysRerun map[[2]string]string
-
-// rerun re-runs one effect in a transaction that holds the row: the row is
-// marked, the message published, then the mark committed, so a re-run that
-// could not be published leaves no record, and a row removed meanwhile is
-// reported as gone.
-func rerun(ctx context.Context, conn *pgx.Conn, o *oncall, js jetstream.JetStream, maxPayload int64,
-	keys keysRerun, id, by string, dryRun, selected bool) retryResult {
-	res := retryResult{ID: id, Outcome: "error"}
-	fail := func(err error) retryResult {
-		res.Error = err.Error()
-		return res
-	}
-	tx, err := conn.Begin(ctx)
-	if err != nil {
-		return fail(err)
-	}
-	defer func() { _ = tx.Rollback(context.Background()) }()
-	var kind, dedupe string
-	var key *string
-	var payload []byte
-	var createdAt, runAt pgtype.Timestamptz // 'infinity' would fail a time.Time scan
-	var waiting, unpublished bool
-	err = tx.QueryRow(ctx, `SELECT kind, key, status, payload::text, created_at, gen_random_uuid()::text, run_at,
-	       coalesce(run_at > created_at AND run_at > now(), false), published_at IS NULL FROM `+o.table.Quoted()+
-		` WHERE id = $1 FOR UPDATE`, id).Scan(&kind, &key, &res.Status, &payload, &createdAt, &dedupe, &runAt, &waiting, &unpublished)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return fail(retention.Gone(o.table.String(), id, o.policy))
-	}
-	if err != nil {
-		return fail(explainQueryError(err))
-	}
-	res.Kind = kind
-	if res.Status == string(effects.StatusSucceeded) {
-		if selected {
-			res.Outcome = "skipped"
-			res.Error = "succeeded since it was selected"
-			return res
-		}
-		return fail(errors.New("it succeeded; a success is final and is not re-run (insert a new row to run the effect again)"))
-	}
-	if err := effects.ValidateKind(kind); err != nil {
-		return fail(fmt.Errorf("it cannot run: %w", err))
-	}
-	if key != nil {
-		if why, err := keyBusy(ctx, tx, o, keys, id, kind, *key); err != nil {
-			return fail(explainQueryError(err))
-		} else if why != "" {
-			if selected {
-				res.Outcome = "skipped"
-				res.Error = why
-				return res
-			}
-			return fail(errors.New(why))
-		}
-	}
-	created, reason := ingest.CarriedCreatedAt(createdAt)
-	if reason != "" {
-		return fail(fmt.Errorf("it cannot run: %s", reason))
-	}
-	if waiting {
-		// A re-run keeps the effect's time: one still ahead is left to the
-		// scheduler instead of being published now.
-		return o.rerunLater(ctx, tx, res, id, by, unpublished, dryRun)
-	}
-	res.MsgID = "retry:" + id + ":" + dedupe
-	carried := ingest.CarriedRunAt(runAt)
-	if !ingest.Scheduled(created, carried) {
-		carried = time.Time{}
-	}
-	msg := ingest.EffectMsgAt(id, kind, payload, created, carried, res.MsgID)
-	if err := effects.CheckSize(msg, maxPayload); err != nil {
-		res.MsgID = ""
-		return fail(err)
-	}
-	if dryRun {
-		res.MsgID = ""
-		res.Outcome = "would retry"
-		keys.add(kind, key, id)
-		return res
-	}
-	var byArg *string
-	if by != "" {
-		byArg = &by
-	}
-	if _, err := tx.Exec(ctx, `UPDATE `+o.table.Quoted()+` SET rerun_requested_at = now(), rerun_requested_by = $2 WHERE id = $1`,
-		id, byArg); err != nil {
-		res.MsgID = ""
-		return fail(explainQueryError(err))
-	}
-	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	ack, err := js.PublishMsg(pctx, msg)
-	cancel()
-	if err != nil {
-		res.MsgID = ""
-		return fail(fmt.Errorf("publish to %s: %w", msg.Subject, err))
-	}
-	res.Sequence = ack.Sequence
-	keys.add(kind, key, id)
-	if err := tx.Commit(ctx); err != nil {
-		return fail(fmt.Errorf("published as %s, but recording the re-run on the row failed: %w", res.MsgID, err))
-	}
-	res.Outcome = "retried"
-	return res
-}
-
-// keyBusy says why an effect with a key is not re-run ("" when it may be):
-// a key allows one pending effect at a time, and a re-run of a failed row
-// (which stays failed until its outcome is written) would run beside the
-// pending effect that holds the key, or beside another re-run of the key by
-// this command. The check is a look, not a lock: an insert of the key just
-// after it is not refused.
-func keyBusy(ctx context.Context, tx pgx.Tx, o *oncall, keys keysRerun, id, kind, key string) (string, error) {
-	if other, ok := keys[[2]string{kind, key}]; ok {
-		return fmt.Sprintf("key %s of kind %s: effect %s with the same key is re-run by this command; one effect of a key runs at a time", quoteKey(key), kind, other), nil
-	}
-	var holder string
-	err := tx.QueryRow(ctx, `SELECT id::text FROM `+o.table.Quoted()+
-		` WHERE kind = $1 AND key = $2 AND status = 'pending' AND id <> $3 LIMIT 1`, kind, key, id).Scan(&holder)
-	switch {
-	case errors.Is(err, pgx.ErrNoRows):
-		return "", nil
-	case err != nil:
-		return "", err
-	}
-	return fmt.Sprintf("key %s of kind %s is held by pending effect %s; a re-run now would run beside it (re-run this one once that one is final)", quoteKey(key), kind, holder), nil
-}
-
-func (k keysRerun) add(kind string, key *string, id string) {
-	if key != nil {
-		k[[2]string{kind, *key}] = id
-	}
-}
-
-// quoteKey shows a key in a message: quoted, cut to 64 bytes.
-func quoteKey(key string) string { return fmt.Sprintf("%.64q", key) }

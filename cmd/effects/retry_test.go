@@ -16,14 +16,15 @@ import (
 
 	"github.com/effects-run/effects/internal/completer"
 	"github.com/effects-run/effects/internal/ingest"
+	"github.com/effects-run/effects/internal/operator"
 	"github.com/effects-run/effects/internal/testenv"
 	"github.com/effects-run/effects/pkg/effects"
 	"github.com/effects-run/effects/pkg/effects/dispatcher"
 )
 
 type retryOutput struct {
-	DryRun  bool          `json:"dry_run"`
-	Results []retryResult `json:"results"`
+	DryRun  bool                   `json:"dry_run"`
+	Results []operator.RetryResult `json:"results"`
 }
 
 func retryJSON(t *testing.T, wantCode int, args ...string) retryOutput {
@@ -280,7 +281,7 @@ func TestRetryEndToEnd(t *testing.T) {
 	}
 	rep := waitStatus("failed")
 	if rep.Error == nil || !strings.Contains(*rep.Error, "downstream said no") {
-		t.Fatalf("failed row = %+v", rep.row)
+		t.Fatalf("failed row = %+v", rep.Row)
 	}
 
 	out := retryJSON(t, 0, "--by", "bob", id)

@@ -68,7 +68,7 @@ func TestShowRowAndJetStream(t *testing.T) {
 	// Not published yet: the row, the consumer missing, no message.
 	rep := showJSON(t, pending)
 	if rep.Status != "pending" || rep.Kind != "echo" || compact(rep.Payload) != `{"n":1}` {
-		t.Errorf("row = %+v", rep.row)
+		t.Errorf("row = %+v", rep.Row)
 	}
 	if rep.JetStream == nil || rep.JetStream.ConsumerFound || len(rep.JetStream.Messages) != 0 {
 		t.Fatalf("jetstream = %+v, want no consumer and no message", rep.JetStream)
@@ -119,7 +119,7 @@ func TestShowRowAndJetStream(t *testing.T) {
 	// A final row: no JetStream lookup.
 	rep = showJSON(t, ids["mail-succeeded"])
 	if rep.Status != "succeeded" || compact(rep.Completion) != `{"ok":true}` || rep.CompletedAt == nil || rep.JetStream != nil {
-		t.Errorf("succeeded row = %+v, jetstream %+v", rep.row, rep.JetStream)
+		t.Errorf("succeeded row = %+v, jetstream %+v", rep.Row, rep.JetStream)
 	}
 
 	// Without NATS_URL the text says how to see more.

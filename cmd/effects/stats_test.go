@@ -9,6 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/effects-run/effects/internal/operator"
 	"github.com/effects-run/effects/pkg/effects"
 	"github.com/effects-run/effects/pkg/effects/dispatcher"
 )
@@ -19,24 +20,24 @@ func TestStats(t *testing.T) {
 	t.Setenv("DATABASE_URL", pg.URL)
 	t.Setenv("NATS_URL", "")
 
-	stats := func() statsReport {
+	stats := func() operator.Stats {
 		t.Helper()
 		code, out, errOut := runEffects("stats", "--json")
 		if code != 0 {
 			t.Fatalf("effects stats: exit %d\n%s", code, errOut)
 		}
-		var rep statsReport
+		var rep operator.Stats
 		if err := json.Unmarshal([]byte(out), &rep); err != nil {
 			t.Fatalf("--json: %v\n%s", err, out)
 		}
 		return rep
 	}
 	rep := stats()
-	if rep.Total != (statusCount{Pending: 1, Succeeded: 1, Failed: 2}) || rep.OldestPendingAge == "" || rep.NATS {
+	if rep.Total != (operator.StatusCount{Pending: 1, Succeeded: 1, Failed: 2}) || rep.OldestPendingAge == "" || rep.NATS {
 		t.Errorf("stats = %+v", rep)
 	}
-	if len(rep.Kinds) != 2 || rep.Kinds[0].Kind != "echo" || rep.Kinds[0].statusCount != (statusCount{Pending: 1, Failed: 1}) ||
-		rep.Kinds[1].statusCount != (statusCount{Succeeded: 1, Failed: 1}) || rep.Kinds[1].OldestPendingAge != "" {
+	if len(rep.Kinds) != 2 || rep.Kinds[0].Kind != "echo" || rep.Kinds[0].StatusCount != (operator.StatusCount{Pending: 1, Failed: 1}) ||
+		rep.Kinds[1].StatusCount != (operator.StatusCount{Succeeded: 1, Failed: 1}) || rep.Kinds[1].OldestPendingAge != "" {
 		t.Errorf("kinds = %+v", rep.Kinds)
 	}
 	if age, err := time.ParseDuration(rep.OldestPendingAge); err != nil || age < 3*time.Hour || age > 4*time.Hour {

@@ -142,7 +142,10 @@ func looksUpEnv(f *ast.File) bool {
 }
 
 // readerFuncs is the names of the exported functions and methods whose
-// first parameter is a string, in the packages that look the environment up.
+// first parameter is a string, in the packages that look the environment
+// up, and of the parameters there shaped like os.Getenv or os.LookupEnv
+// (func(string) string, func(string) (string, bool)), through which a
+// caller hands the environment in (`run(ctx, os.Getenv)`).
 func readerFuncs(parsed map[string][]*ast.File) map[string]bool {
 	out := map[string]bool{"Getenv": true, "LookupEnv": true}
 	for _, files := range parsed {
@@ -155,13 +158,52 @@ func readerFuncs(parsed map[string][]*ast.File) map[string]bool {
 				if !ok || !fd.Name.IsExported() || fd.Type.Params == nil || len(fd.Type.Params.List) == 0 {
 					continue
 				}
-				if id, ok := fd.Type.Params.List[0].Type.(*ast.Ident); ok && id.Name == "string" {
+				if isIdent(fd.Type.Params.List[0].Type, "string") {
 					out[fd.Name.Name] = true
 				}
 			}
+			ast.Inspect(f, func(n ast.Node) bool {
+				if ft, ok := n.(*ast.FuncType); ok && ft.Params != nil {
+					for _, p := range ft.Params.List {
+						if isEnvLookup(p.Type) {
+							for _, name := range p.Names {
+								out[name.Name] = true
+							}
+						}
+					}
+				}
+				return true
+			})
 		}
 	}
 	return out
+}
+
+func isIdent(e ast.Expr, name string) bool {
+	id, ok := e.(*ast.Ident)
+	return ok && id.Name == name
+}
+
+// isEnvLookup reports whether e is the type of os.Getenv or os.LookupEnv.
+func isEnvLookup(e ast.Expr) bool {
+	ft, ok := e.(*ast.FuncType)
+	if !ok || ft.Params == nil || len(ft.Params.List) != 1 || len(ft.Params.List[0].Names) > 1 ||
+		!isIdent(ft.Params.List[0].Type, "string") || ft.Results == nil {
+		return false
+	}
+	var results []ast.Expr
+	for _, r := range ft.Results.List {
+		for range max(1, len(r.Names)) {
+			results = append(results, r.Type)
+		}
+	}
+	switch len(results) {
+	case 1:
+		return isIdent(results[0], "string")
+	case 2:
+		return isIdent(results[0], "string") && isIdent(results[1], "bool")
+	}
+	return false
 }
 
 func namesRead(pkgs map[string]goPackage) (map[string]bool, error) {

@@ -54,8 +54,9 @@ func TestEnvNamesAreReadFromTheCode(t *testing.T) {
 }
 
 // A reader in any package that looks the environment up is found, with its
-// names given as literals, local constants or another package's constants,
-// and env struct tags count too.
+// names given as literals, local constants or another package's constants;
+// so is a parameter shaped like os.Getenv or os.LookupEnv, and env struct
+// tags count too.
 func TestNamesReadFindsReadersAnywhere(t *testing.T) {
 	dir := t.TempDir()
 	write := func(name, src string) {
@@ -79,6 +80,11 @@ func (Source) Text(name string, def string) string {
 }
 
 func Parse(s string) int { return len(s) }
+
+func fromParam(getenv func(string) string, lookup func(key string) (value string, ok bool)) {
+	_ = getenv("GETENV_PARAM_NAME")
+	_, _ = lookup("LOOKUP_PARAM_NAME")
+}
 `)
 	write("app.go", `package settings
 
@@ -104,7 +110,7 @@ func read(s Source) {
 	// Parse's first parameter is a string in a reader package too, so
 	// PARSED_NAME counts: a name the code passes to such a function is
 	// allowed, erring towards allowing.
-	want := []string{"LITERAL_NAME", "LOCAL_CONST_NAME", "OTHER_PACKAGE_NAME", "PARSED_NAME", "TAGGED_NAME"}
+	want := []string{"GETENV_PARAM_NAME", "LITERAL_NAME", "LOCAL_CONST_NAME", "LOOKUP_PARAM_NAME", "OTHER_PACKAGE_NAME", "PARSED_NAME", "TAGGED_NAME"}
 	if g := Sorted(got); !slices.Equal(g, want) {
 		t.Errorf("got %v, want %v", g, want)
 	}

@@ -12,14 +12,23 @@ import (
 	"go.yaml.in/yaml/v3"
 )
 
-// promtool runs Debian's promtool (package prometheus; .ci/run installs it).
-func promtool(t *testing.T, args ...string) {
+// promtoolPath finds promtool, Prometheus's own checker, or fails the test
+// saying what to install.
+func promtoolPath(t *testing.T) string {
 	t.Helper()
 	path, err := exec.LookPath("promtool")
 	if err != nil {
-		t.Fatal("promtool not found: install it (Debian: apt-get install prometheus; .ci/run does)")
+		t.Fatal("promtool is not on PATH; the deployment checks need it. Install Prometheus, which ships it " +
+			"(Debian/Ubuntu: apt-get install prometheus; macOS: brew install prometheus; " +
+			"elsewhere the release archive from https://prometheus.io/download/ holds promtool). .ci/run installs it.")
 	}
-	cmd := exec.Command(path, args...)
+	return path
+}
+
+// promtool runs promtool with args in deployments/prometheus.
+func promtool(t *testing.T, args ...string) {
+	t.Helper()
+	cmd := exec.Command(promtoolPath(t), args...)
 	cmd.Dir = repoPath("deployments", "prometheus")
 	out, err := cmd.CombinedOutput()
 	if err != nil {

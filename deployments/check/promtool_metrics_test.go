@@ -14,10 +14,7 @@ import (
 // service's /metrics page.
 func promtoolCheckMetrics(t *testing.T, service, url string) {
 	t.Helper()
-	path, err := exec.LookPath("promtool")
-	if err != nil {
-		t.Fatal("promtool not found: install it (Debian: apt-get install prometheus; .ci/run does)")
-	}
+	path := promtoolPath(t)
 	code, body := testenv.HTTPGet(t, url)
 	if code != http.StatusOK {
 		t.Fatalf("GET %s: %d", url, code)

@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/effects-run/effects/internal/controlkv/controlkvtest"
 	"github.com/effects-run/effects/internal/testenv"
 	"github.com/effects-run/effects/pkg/effects"
 )
@@ -29,6 +30,7 @@ func TestMain(m *testing.M) {
 // gets its completion.
 func TestCustomDispatcher(t *testing.T) {
 	n := testenv.StartNATS(t)
+	controlkvtest.Bucket(t, n) // as completer migrate makes it
 	_, js := n.Connect(t)
 	p := testenv.StartProcess(t, selector, map[string]string{"NATS_URL": n.URL, "EFFECTS_ADMIN_ADDR": "127.0.0.1:0"})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)

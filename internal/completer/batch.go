@@ -136,6 +136,9 @@ const (
 	notDone outcome = iota
 	written
 	unchanged
+	// cancelledRow: the row is cancelled (by an operator); a completion
+	// never changes it.
+	cancelledRow
 	unknownEffect
 	// rejected: PostgreSQL refused the completion's values (a value error
 	// on a batch of one); the message is terminated.
@@ -159,7 +162,9 @@ type result struct {
 //   - a pending row takes any completion;
 //   - a failed row takes a succeeded completion (a re-run), or a failed one
 //     that is not older than its own;
-//   - a succeeded row never changes;
+//   - a succeeded row never changes, nor does a cancelled one (an
+//     operator cancelled it; a late completion of an attempt that ran
+//     anyway is not recorded);
 //   - a completion equal to what the row holds (a duplicate) changes nothing,
 //     and writes no new row version.
 //
@@ -180,9 +185,10 @@ type result struct {
 // (docs/performance.md, "Plans that scanned the table").
 //
 // The final SELECT tells, for every input, written / unchanged (the row
-// exists: EXISTS runs only for the rows not written, and sees the statement's
-// snapshot, in which the row exists whether or not it was updated) / unknown
-// (no such row). The age is measured with the database's clock, the clock
+// exists: the subquery runs only for the rows not written, and sees the
+// statement's snapshot, in which the row exists whether or not it was
+// updated) / cancelled (the row exists and is cancelled) / unknown (no such
+// row). The age is measured with the database's clock, the clock
 // that set created_at; a row created at 'infinity' has none (subtracting it
 // is an error, which would refuse the row's every completion).
 const writeSQL = `
@@ -212,8 +218,8 @@ WITH input AS (
 )
 SELECT i.n,
        CASE WHEN u.n IS NOT NULL THEN 'w'
-            WHEN EXISTS (SELECT 1 FROM %[1]s AS x WHERE x.id = i.id) THEN 'u'
-            ELSE 'x' END,
+            ELSE coalesce((SELECT CASE x.status WHEN 'cancelled' THEN 'c' ELSE 'u' END
+                             FROM %[1]s AS x WHERE x.id = i.id), 'x') END,
        u.kind,
        u.age
   FROM input AS i LEFT JOIN updated AS u ON u.n = i.n`
@@ -329,6 +335,8 @@ func (w *batchWriter) write(ctx context.Context, rows []*item) (err error) {
 			}
 		case "u":
 			r.outcome = unchanged
+		case "c":
+			r.outcome = cancelledRow
 		default:
 			r.outcome = unknownEffect
 		}

@@ -521,6 +521,9 @@ func (wk *worker) process(ctx context.Context, msgs []jetstream.Msg) {
 		case unchanged:
 			c.m.skipped[ReasonUnchanged].Inc()
 			c.settle(it.msg.Ack())
+		case cancelledRow:
+			c.m.skipped[ReasonCancelled].Inc()
+			c.settle(it.msg.Ack())
 		case unknownEffect:
 			c.m.skipped[ReasonUnknownEffect].Inc()
 			unknown = append(unknown, it.comp.EffectID)

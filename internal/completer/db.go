@@ -38,20 +38,29 @@ func OpenPool(cfg Config) (*pgxpool.Pool, error) {
 // [schema.Migrate]): what `completer migrate` does. Its errors never contain
 // the URL or the password.
 func Migrate(ctx context.Context, cfg Config) error {
+	conn, err := Connect(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = conn.Close(context.WithoutCancel(ctx)) }()
+	if err := schema.Migrate(ctx, conn, cfg.Table); err != nil {
+		return redact.Error(err, cfg.DatabaseURL, conn.Config().Password)
+	}
+	return nil
+}
+
+// Connect opens one connection to cfg.DatabaseURL, waiting at most 30s. Its
+// errors never contain the URL or the password.
+func Connect(ctx context.Context, cfg Config) (*pgx.Conn, error) {
 	cc, err := pgx.ParseConfig(cfg.DatabaseURL)
 	if err != nil {
-		return redact.Error(fmt.Errorf("DATABASE_URL: %w", err), cfg.DatabaseURL)
+		return nil, redact.Error(fmt.Errorf("DATABASE_URL: %w", err), cfg.DatabaseURL)
 	}
-	secrets := []string{cfg.DatabaseURL, cc.Password}
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	conn, err := pgx.ConnectConfig(cctx, cc)
 	if err != nil {
-		return redact.Error(fmt.Errorf("connect to PostgreSQL: %w", err), secrets...)
+		return nil, redact.Error(fmt.Errorf("connect to PostgreSQL: %w", err), cfg.DatabaseURL, cc.Password)
 	}
-	defer func() { _ = conn.Close(context.WithoutCancel(ctx)) }()
-	if err := schema.Migrate(ctx, conn, cfg.Table); err != nil {
-		return redact.Error(err, secrets...)
-	}
-	return nil
+	return conn, nil
 }

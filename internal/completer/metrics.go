@@ -14,6 +14,9 @@ const (
 	ReasonUnchanged = "unchanged"
 	// ReasonUnknownEffect: no row has the completion's effect_id.
 	ReasonUnknownEffect = "unknown_effect"
+	// ReasonCancelled: the row is cancelled (by an operator); the
+	// completion of an attempt that ran anyway is not recorded.
+	ReasonCancelled = "cancelled"
 	// ReasonMalformed: the message is not a valid completion, or PostgreSQL
 	// refused its values; it was terminated.
 	ReasonMalformed = "malformed"
@@ -36,7 +39,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}, []string{"status"})
 	skipped := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "effects_completions_skipped_total",
-		Help: "Completions that changed no row, by reason: unchanged (the rules kept the row), unknown_effect (no such row), malformed (terminated).",
+		Help: "Completions that changed no row, by reason: unchanged (the rules kept the row), cancelled (the row was cancelled by an operator), unknown_effect (no such row), malformed (terminated).",
 	}, []string{"reason"})
 	m := &metrics{
 		written: map[effects.Status]prometheus.Counter{
@@ -46,6 +49,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		skipped: map[string]prometheus.Counter{
 			ReasonUnchanged:     skipped.WithLabelValues(ReasonUnchanged),
 			ReasonUnknownEffect: skipped.WithLabelValues(ReasonUnknownEffect),
+			ReasonCancelled:     skipped.WithLabelValues(ReasonCancelled),
 			ReasonMalformed:     skipped.WithLabelValues(ReasonMalformed),
 		},
 		endToEnd: prometheus.NewHistogramVec(prometheus.HistogramOpts{

@@ -26,7 +26,7 @@ var (
 
 // oldestPendingCollector asks PostgreSQL for the oldest pending row at each
 // scrape: the earliest time a pending row was due, GREATEST(created_at,
-// run_at), over the due partial index (migration 007), one index probe, so
+// run_at), over the due partial index (migration 008), one index probe, so
 // it costs the same however many rows are pending. A row is old from when it
 // was due: a scheduled effect waiting for next week is not late, and one due
 // a minute ago that has not run is a minute old whenever it was inserted.

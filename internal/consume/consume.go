@@ -23,7 +23,10 @@
 //   - it works around nats-server 2.15.3 leaving a consumer re-created during
 //     its deletion without a directory (see docs/architecture.md);
 //   - it is ready ([Reader.Ready]) only while it consumes, and logs and
-//     counts ([Metrics]) every loss, with where it resumed.
+//     counts ([Metrics]) every loss, with where it resumed;
+//   - [Reader.Pause] stops the pulling and gives back what was pulled
+//     ahead, without letting the consumer go: it is still watched (a loss
+//     is recovered, from where it was) until [Reader.Resume] pulls again.
 package consume
 
 import (
@@ -129,6 +132,13 @@ type Reader struct {
 
 	// cur is the consumer being read; nil while it is created again.
 	cur atomic.Pointer[source]
+	// srcMu orders the changes of cur that start or end pulling: a pause,
+	// a resume, a loss and the install of its replacement, and Stop.
+	srcMu sync.Mutex
+	// paused: Pause stopped the pulling until Resume (written under srcMu);
+	// Next waits meanwhile. resumed is closed by Resume.
+	paused  atomic.Bool
+	resumed chan struct{}
 	// ended receives the source whose pull requests ended unexpectedly (the
 	// consumer deleted): the watcher checks at once.
 	ended chan *source
@@ -159,7 +169,8 @@ type Reader struct {
 	lastSettled *msg
 }
 
-// source is one consumer handle and, unless Buffer is 0, its iterator.
+// source is one consumer handle and, unless Buffer is 0 or the reader is
+// paused, its iterator.
 type source struct {
 	cons jetstream.Consumer
 	it   jetstream.MessagesContext
@@ -199,6 +210,8 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Reader, err
 	}
 	r.pos = &positions{js: js, key: PositionKey(cfg.Stream, cfg.Consumer.Durable), every: cfg.RecordEvery, log: r.log, m: r.m}
 	r.stopCtx, r.stopNow = context.WithCancel(context.Background())
+	r.resumed = make(chan struct{})
+	close(r.resumed)
 	src, err := r.open(ctx)
 	if err != nil {
 		r.stopNow()
@@ -228,7 +241,7 @@ func (r *Reader) open(ctx context.Context) (*source, error) {
 	if err != nil {
 		return nil, err
 	}
-	return r.newSource(cons)
+	return r.newSource(cons, true)
 }
 
 // bind returns the consumer: created if it does not exist (see creation),
@@ -389,10 +402,10 @@ func filters(c jetstream.ConsumerConfig) []string {
 	return slices.Compact(f)
 }
 
-// newSource starts reading cons.
-func (r *Reader) newSource(cons jetstream.Consumer) (*source, error) {
+// newSource starts reading cons; without pull (paused), it only holds it.
+func (r *Reader) newSource(cons jetstream.Consumer, pull bool) (*source, error) {
 	src := &source{cons: cons, gone: make(chan struct{})}
-	if r.cfg.Buffer > 0 {
+	if r.cfg.Buffer > 0 && pull {
 		it, err := cons.Messages(jetstream.PullMaxMessages(r.cfg.Buffer), jetstream.PullHeartbeat(r.cfg.Heartbeat))
 		if err != nil {
 			return nil, fmt.Errorf("consume %s: %w", r.cfg.Consumer.Durable, err)
@@ -426,6 +439,8 @@ func (r *Reader) Next(ctx context.Context) (jetstream.Msg, error) {
 			return nil, ErrStopped
 		case errors.Is(err, jetstream.ErrConnectionClosed) || errors.Is(err, nats.ErrConnectionClosed):
 			return nil, err
+		case r.paused.Load() && errors.Is(err, jetstream.ErrMsgIteratorClosed):
+			// Pause stopped this iterator: source waits for the resume.
 		case errors.Is(err, jetstream.ErrConsumerDeleted), errors.Is(err, jetstream.ErrConsumerNotFound),
 			errors.Is(err, jetstream.ErrMsgIteratorClosed):
 			// The pull requests ended: the consumer is gone, or being
@@ -458,10 +473,19 @@ func (r *Reader) Next(ctx context.Context) (jetstream.Msg, error) {
 	}
 }
 
-// source is the consumer to read, waiting while it is created again.
+// source is the consumer to read, waiting while it is created again or
+// the reader is paused.
 func (r *Reader) source(ctx context.Context) (*source, error) {
 	for {
-		if src := r.cur.Load(); src != nil {
+		// cur before paused: Pause sets paused before it parks cur.
+		src := r.cur.Load()
+		if r.paused.Load() {
+			if err := r.awaitResume(ctx); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		if src != nil {
 			return src, nil
 		}
 		if r.isStopped() {
@@ -501,6 +525,122 @@ func (r *Reader) fetch(ctx context.Context, src *source) (jetstream.Msg, error) 
 
 func (r *Reader) isStopped() bool { return r.stopCtx.Err() != nil }
 
+// awaitResume waits while the reader is paused; ErrStopped once it is
+// stopped (a paused reader holds nothing).
+func (r *Reader) awaitResume(ctx context.Context) error {
+	r.srcMu.Lock()
+	paused, resumed := r.paused.Load(), r.resumed
+	r.srcMu.Unlock()
+	switch {
+	case !paused:
+		return nil
+	case r.isStopped():
+		return ErrStopped
+	}
+	select {
+	case <-resumed:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-r.stopCtx.Done():
+		return ErrStopped
+	}
+}
+
+// Pause stops pulling until [Reader.Resume] and gives back every message
+// the reader pulled ahead and still holds, through giveBack (the
+// dispatcher's goes through its one settle path; nil naks it without
+// delay); it returns how many. Held in the client's buffer, unseen and not
+// kept alive, they would be delivered again after the ack wait, each time
+// counted as a delivery: a long pause would use up their attempts.
+// Meanwhile Next waits; the consumer stays watched (a loss is recovered
+// from where it was, without pulling) and the reader stays ready. Messages
+// already handed out are the caller's. Pause does nothing on a reader
+// paused or stopped.
+func (r *Reader) Pause(giveBack func(jetstream.Msg)) int {
+	r.srcMu.Lock()
+	if r.paused.Load() || r.isStopped() {
+		r.srcMu.Unlock()
+		return 0
+	}
+	r.resumed = make(chan struct{})
+	r.paused.Store(true)
+	src := r.cur.Load()
+	if src == nil || src.it == nil {
+		r.srcMu.Unlock()
+		return 0 // being created again (install sees the pause), or nothing pulled ahead
+	}
+	// The consumer, parked: watched, not pulled from. Whoever waits on the
+	// old source's end moves on (and then waits for the resume).
+	r.cur.Store(&source{cons: src.cons, gone: make(chan struct{})})
+	close(src.gone)
+	r.srcMu.Unlock()
+	return r.giveBack(src.it, giveBack)
+}
+
+// Resume pulls again after [Reader.Pause]; it does nothing unless paused.
+// An error (the connection closed) leaves the reader pulling one message
+// per Next instead of ahead.
+func (r *Reader) Resume() error {
+	r.srcMu.Lock()
+	defer r.srcMu.Unlock()
+	if !r.paused.Load() {
+		return nil
+	}
+	var err error
+	if src := r.cur.Load(); src != nil && src.it == nil && r.cfg.Buffer > 0 && !r.isStopped() {
+		var pulling *source
+		if pulling, err = r.newSource(src.cons, true); err == nil {
+			r.cur.Store(pulling)
+			close(src.gone)
+		}
+	}
+	r.paused.Store(false)
+	close(r.resumed)
+	return err
+}
+
+// giveBack ends it and hands each message it still holds to giveBack (nil:
+// a plain nak). While disconnected it cannot drain: what it holds is
+// dropped, and JetStream delivers it again after the ack wait.
+//
+// The messages are collected first and given back only once the iterator
+// is closed: its drain is complete when Next says so, and only then has the
+// server forgotten its pull requests. A message given back while one was
+// still open would be delivered again into the same iterator at once, to be
+// given back again, each round counted as a delivery (an attempt).
+func (r *Reader) giveBack(it jetstream.MessagesContext, giveBack func(jetstream.Msg)) int {
+	if !r.endPulling(it) {
+		return 0
+	}
+	if giveBack == nil {
+		giveBack = func(jm jetstream.Msg) { _ = jm.Nak() }
+	}
+	var held []jetstream.Msg
+	for {
+		jm, err := it.Next()
+		if err != nil {
+			break // ErrMsgIteratorClosed once drained
+		}
+		held = append(held, jm)
+	}
+	for _, jm := range held {
+		giveBack(jm)
+	}
+	return len(held)
+}
+
+// endPulling stops it's pull requests; it keeps what it holds for Next
+// (true) unless disconnected, when it cannot drain and drops it (false).
+func (r *Reader) endPulling(it jetstream.MessagesContext) bool {
+	if nc := r.js.Conn(); nc != nil && !nc.IsConnected() {
+		it.Stop()
+		return false
+	}
+	it.Drain()
+	return true
+}
+
 // Stop stops pulling: no more pull requests, and the watcher ends. Next
 // still returns the messages the reader holds (pulled ahead), then
 // ErrStopped; [Reader.Release] gives them back. While disconnected a drain
@@ -510,13 +650,11 @@ func (r *Reader) Stop() {
 	r.stopOnce.Do(func() {
 		r.stopNow()
 		r.watching.Wait()
+		r.srcMu.Lock()
 		if src := r.cur.Load(); src != nil && src.it != nil {
-			if nc := r.js.Conn(); nc != nil && !nc.IsConnected() {
-				src.it.Stop()
-			} else {
-				src.it.Drain()
-			}
+			r.endPulling(src.it)
 		}
+		r.srcMu.Unlock()
 		close(r.stopped)
 	})
 }
@@ -533,22 +671,13 @@ func (r *Reader) Stopped() <-chan struct{} { return r.stopped }
 func (r *Reader) Release(giveBack func(jetstream.Msg)) int {
 	r.Stop()
 	defer r.recordFinal()
+	r.srcMu.Lock()
 	src := r.cur.Load()
+	r.srcMu.Unlock()
 	if src == nil || src.it == nil {
 		return 0
 	}
-	if giveBack == nil {
-		giveBack = func(jm jetstream.Msg) { _ = jm.Nak() }
-	}
-	n := 0
-	for {
-		jm, err := src.it.Next()
-		if err != nil {
-			return n // ErrMsgIteratorClosed once drained
-		}
-		giveBack(jm)
-		n++
-	}
+	return r.giveBack(src.it, giveBack) // drained by Stop already
 }
 
 // recordPosition records the position info was read at (see positions).
@@ -647,12 +776,20 @@ func (r *Reader) poll(src *source) bool {
 // meanwhile, or creates it from where it was, retrying until it works or
 // the reader stops.
 func (r *Reader) recover(old *source) {
+	r.srcMu.Lock()
+	if r.cur.Load() != old {
+		// Parked by a pause or replaced by a resume meanwhile: the next
+		// check looks at the one in its place.
+		r.srcMu.Unlock()
+		return
+	}
 	r.mu.Lock()
 	r.why = "it was found gone"
 	r.installed = make(chan struct{})
 	floor, remembered := r.floor, len(r.settled)
 	r.mu.Unlock()
 	r.cur.Store(nil)
+	r.srcMu.Unlock()
 	if old.it != nil {
 		old.it.Stop()
 	}
@@ -768,9 +905,12 @@ func unstored(err error) bool {
 		strings.Contains(apiErr.Description, "no such file or directory")
 }
 
-// install starts reading cons in place of the source given up.
+// install starts reading cons in place of the source given up (only
+// holding it, while paused).
 func (r *Reader) install(cons jetstream.Consumer) error {
-	src, err := r.newSource(cons)
+	r.srcMu.Lock()
+	defer r.srcMu.Unlock()
+	src, err := r.newSource(cons, !r.paused.Load())
 	if err != nil {
 		return err
 	}

@@ -551,3 +551,104 @@ func TestNATSServerLosesAConsumerCreatedDuringItsDeletion(t *testing.T) {
 		t.Fatalf("after a restart: %v, want consumer not found", err)
 	}
 }
+
+// Pause gives back what was pulled ahead and pulls nothing more, while the
+// consumer stays watched: a consumer deleted during the pause is created
+// again from where it was, without pulling; Resume pulls again, and what
+// was given back comes at once.
+func TestPauseGivesBackAndResumePullsAgain(t *testing.T) {
+	b := setup(t)
+	r := b.open(b.config("c", 8))
+	b.publish(8)
+	first := b.next(r) // the rest is pulled ahead meanwhile
+	testenv.WaitFor(t, 10*time.Second, "all delivered", func() bool { return b.info("c").NumAckPending == 8 })
+
+	var given []uint64
+	if n := r.Pause(func(jm jetstream.Msg) {
+		md, _ := jm.Metadata()
+		given = append(given, md.Sequence.Stream)
+		_ = jm.Nak()
+	}); n != 7 || len(given) != 7 {
+		t.Fatalf("paused: gave back %d (%v), want the 7 pulled ahead", n, given)
+	}
+	if n := r.Pause(nil); n != 0 {
+		t.Fatalf("paused again: gave back %d", n)
+	}
+	if err := r.Ready(); err != nil {
+		t.Fatalf("paused, not ready: %v", err)
+	}
+	_ = first.Ack()
+	// Nothing is pulled while paused: what was given back stays in the
+	// stream, undelivered, and so do new messages.
+	b.publish(2)
+	b.nothing(r, time.Second)
+	if info := b.info("c"); info.Delivered.Consumer != 8 || info.NumWaiting != 0 || info.NumPending != 2 {
+		t.Fatalf("paused: %d deliveries, %d pull requests waiting, %d new; want the 8 before the pause, none, 2",
+			info.Delivered.Consumer, info.NumWaiting, info.NumPending)
+	}
+
+	// Deleted while paused: created again from its ack floor, still
+	// without pulling.
+	if err := b.admin.DeleteConsumer(context.Background(), stream, "c"); err != nil {
+		t.Fatal(err)
+	}
+	b.waitRecreated(r, "c", 1)
+	b.nothing(r, time.Second)
+	if info := b.info("c"); info.Delivered.Consumer != 0 || info.NumWaiting != 0 {
+		t.Fatalf("created again while paused: %d deliveries, %d pull requests waiting; want none", info.Delivered.Consumer, info.NumWaiting)
+	}
+
+	if err := r.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	got := map[uint64]bool{}
+	for _, seq := range b.take(r, 9) {
+		got[seq] = true
+	}
+	for seq := uint64(2); seq <= 10; seq++ {
+		if !got[seq] {
+			t.Fatalf("after the resume: stream sequences %v, want 2 to 10", got)
+		}
+	}
+	b.nothing(r, 500*time.Millisecond) // the acked first one does not come back
+}
+
+// Next waits while the reader is paused and returns once it is resumed, or
+// ErrStopped once it is stopped.
+func TestNextWaitsWhilePaused(t *testing.T) {
+	b := setup(t)
+	for _, buffer := range []int{0, 4} {
+		r := b.open(b.config(fmt.Sprintf("c%d", buffer), buffer))
+		r.Pause(nil)
+		b.publish(1)
+		got := make(chan error, 1)
+		go func() {
+			m, err := r.Next(context.Background())
+			if err == nil {
+				err = m.Ack()
+			}
+			got <- err
+		}()
+		b.nothing(r, 500*time.Millisecond)
+		select {
+		case err := <-got:
+			t.Fatalf("buffer %d: Next returned while paused: %v", buffer, err)
+		default:
+		}
+		if err := r.Resume(); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-got; err != nil {
+			t.Fatalf("buffer %d: after the resume: %v", buffer, err)
+		}
+		r.Pause(nil)
+		go func() { _, err := r.Next(context.Background()); got <- err }()
+		r.Stop()
+		if err := <-got; !errors.Is(err, ErrStopped) {
+			t.Fatalf("buffer %d: stopped while paused: %v, want ErrStopped", buffer, err)
+		}
+		if err := r.Resume(); err != nil || r.Release(nil) != 0 {
+			t.Fatalf("buffer %d: resume or release after the stop: %v", buffer, err)
+		}
+	}
+}

@@ -30,6 +30,7 @@ import (
 
 	"github.com/effects-run/effects/internal/admin"
 	"github.com/effects-run/effects/internal/completer"
+	"github.com/effects-run/effects/internal/control"
 	"github.com/effects-run/effects/internal/ingest"
 	"github.com/effects-run/effects/internal/natsconn"
 	"github.com/effects-run/effects/internal/pgcluster"
@@ -115,7 +116,7 @@ func Run(ctx context.Context, o Options, out io.Writer, logger *slog.Logger) (er
 		logger.Info("DATABASE_URL is unset; starting a private PostgreSQL (initdb)", "dir", filepath.Join(dir, "postgres"))
 		pg, err = pgcluster.Start(ctx, filepath.Join(dir, "postgres"), 0)
 		if err != nil {
-			return fmt.Errorf("private PostgreSQL: %w", err)
+			return fmt.Errorf("private PostgreSQL (or set DATABASE_URL to a PostgreSQL of yours): %w", err)
 		}
 		logger.Info("postgres started", "pid", pg.Pid, "dir", pg.Dir)
 		defer func() {
@@ -241,7 +242,7 @@ func Run(ctx context.Context, o Options, out io.Writer, logger *slog.Logger) (er
 		return err
 	}
 	dreg, dchecks := admin.NewRegistry(), &admin.Checks{}
-	d, err := dispatcher.New(dispatcher.Config{}, handlersReg, djs, logger.With("service", "dispatcher"), dreg)
+	d, err := dispatcher.New(dispatcher.Config{}, handlersReg, djs, logger.With("service", "dispatcher"), dreg, dispatcher.WithControls())
 	if err != nil {
 		return err
 	}
@@ -282,6 +283,13 @@ func Run(ctx context.Context, o Options, out io.Writer, logger *slog.Logger) (er
 		return err
 	}
 	wg.Go(func() { fail("completer", c.Run(runCtx)) })
+	// The operator controls' bucket the dispatcher reads, from the table.
+	ctable, err := schema.ParseTable(table)
+	if err != nil {
+		return err
+	}
+	cs := control.NewSyncer(cpool, cjs, ctable, control.SyncOptions{Logger: logger.With("service", "completer")})
+	wg.Go(func() { fail("control sync", cs.Run(runCtx, control.DefaultSyncInterval, creg)) })
 
 	// Ready when every service is.
 	if _, ok := retry.Until(runCtx, retry.Policy{Min: 20 * time.Millisecond, Max: 100 * time.Millisecond}, func(ctx context.Context) error {

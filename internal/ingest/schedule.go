@@ -7,7 +7,7 @@ import (
 )
 
 // cursorRows is the table source's read predicate, its partial index's
-// (migration 007) word for word so that the planner uses it: pending rows
+// (migration 008) word for word so that the planner uses it: pending rows
 // not handed to JetStream by anyone else, without the scheduled ones (the
 // completer's scheduler publishes those when due; the cursor passes them).
 const cursorRows = `status = 'pending' AND published_at IS NULL AND (run_at IS NULL OR run_at <= created_at)`
@@ -16,7 +16,7 @@ const cursorRows = `status = 'pending' AND published_at IS NULL AND (run_at IS N
 // run_at is after its created_at. No source publishes a scheduled row at
 // its insert; the completer's scheduler publishes it once run_at has passed.
 // The rule reads only the row, so every source, the scheduler and the
-// indexes of migration 007 (which write it in SQL as run_at > created_at)
+// indexes of migration 008 (which write it in SQL as run_at > created_at)
 // agree on it without asking each other. A zero runAt is a NULL run_at.
 func Scheduled(createdAt, runAt time.Time) bool {
 	return !runAt.IsZero() && runAt.After(createdAt)

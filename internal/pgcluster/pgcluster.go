@@ -31,10 +31,11 @@ import (
 )
 
 // ErrNotInstalled is returned (wrapped) when the PostgreSQL server binaries
-// are not found.
+// are not found. Callers add the variable that names a PostgreSQL instead
+// (DATABASE_URL for `effects dev`, EFFECTS_TEST_DATABASE_URL for the tests).
 var ErrNotInstalled = errors.New("the PostgreSQL server (initdb, postgres) is not installed: " +
 	"install it (Debian/Ubuntu: apt-get install postgresql; Fedora: dnf install postgresql-server; " +
-	"macOS: brew install postgresql) or set DATABASE_URL to a PostgreSQL of yours")
+	"macOS: brew install postgresql)")
 
 // Cluster is a running private server.
 type Cluster struct {

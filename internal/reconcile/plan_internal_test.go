@@ -14,7 +14,7 @@ import (
 )
 
 // The scheduler's poll and overdue gauge read the waiting index, and the
-// reconciler's claim the due index (migration 007), on a table where most
+// reconciler's claim the due index (migration 008), on a table where most
 // pending rows wait for next week and were inserted before the others: on
 // the created_at index each would read past every waiting row.
 func TestPlansReadTheScheduleIndexes(t *testing.T) {

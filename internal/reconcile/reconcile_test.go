@@ -405,3 +405,24 @@ func TestLeavesTheTableSourceBacklog(t *testing.T) {
 		t.Fatalf("%d of the backlog rows carry published_at (%v), want all", marked, err)
 	}
 }
+
+// TestCancelledIsNeverRepublished: a cancelled row (effects cancel) is
+// final: however old, and whatever its kind's consumer, the reconciler
+// leaves it alone, while a pending row beside it is published again.
+func TestCancelledIsNeverRepublished(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.startServices(t, nil, nil)
+	ids := b.insert(t, "echo", 2, 3*h)
+	if _, err := b.pool.Exec(testCtx(t), `UPDATE effects SET status = 'cancelled', cancelled_at = now(), completed_at = now() WHERE id = $1`, ids[0]); err != nil {
+		t.Fatal(err)
+	}
+	res, err := b.rc.RunPass(testCtx(t))
+	if err != nil || res.Republished != 1 {
+		t.Fatalf("pass: %+v, %v; want the pending row alone republished", res, err)
+	}
+	b.waitStatus(t, "succeeded", ids[1])
+	if n := b.callsOf(ids[0]); n != 0 || b.status(t, ids[0]) != "cancelled" {
+		t.Fatalf("the cancelled row ran %d times and is %s", n, b.status(t, ids[0]))
+	}
+}

@@ -109,7 +109,7 @@ func New(cfg Config, pool *pgxpool.Pool, js jetstream.JetStream, logger *slog.Lo
 	return &Reconciler{
 		cfg: cfg, pool: pool, js: js, logger: logger, m: m, table: table,
 		pub: rowPublisher{js: js, kinds: m.kinds, logger: logger, who: "reconciler"},
-		// The due partial index (migration 007) leads: a row is old from
+		// The due partial index (migration 008) leads: a row is old from
 		// when it was due (its run_at if it was scheduled, else its
 		// created_at), so an effect waiting for its time is never taken for
 		// a lost one, and the walk stops at the first row not due long

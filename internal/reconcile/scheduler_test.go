@@ -12,8 +12,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/effects-run/effects/internal/completer"
+	"github.com/effects-run/effects/internal/control"
 	"github.com/effects-run/effects/internal/envconfig"
 	"github.com/effects-run/effects/internal/reconcile"
+	"github.com/effects-run/effects/internal/schema"
 	"github.com/effects-run/effects/internal/testenv"
 	"github.com/effects-run/effects/pkg/effects"
 	"github.com/effects-run/effects/pkg/effects/dispatcher"
@@ -387,5 +389,31 @@ func TestDueWhileNATSIsDown(t *testing.T) {
 	}
 	if got := st.of(id); len(got) != 1 || got[0].attempt != 1 {
 		t.Errorf("starts %+v, want one, on attempt 1", got)
+	}
+}
+
+// A cancel (effects cancel) of a scheduled effect stops it: the row is
+// cancelled, leaves the waiting index, and is never published or run, past
+// its run_at too.
+func TestCancelledScheduledEffectNeverRuns(t *testing.T) {
+	b := setup(t)
+	st := &starts{by: map[string][]start{}}
+	s := b.startScheduled(t, st)
+	id, _ := b.insertAt(t, "timed", "now() + interval '2 seconds'")
+	ctl := control.New(b.pool, b.js, schema.Table{Name: "effects"}, control.Options{Wait: 30 * time.Second})
+	if _, err := ctl.Cancel(testCtx(t), []string{id}, "test"); err != nil {
+		t.Fatal(err)
+	}
+	// Past its run_at, and two more passes.
+	testenv.WaitFor(t, time.Minute, "the run_at passed and two passes after it", func() bool {
+		var passed bool
+		_ = b.pool.QueryRow(testCtx(t), `SELECT run_at < now() - interval '1 second' FROM effects WHERE id = $1`, id).Scan(&passed)
+		return passed
+	})
+	before := s.passes(t)
+	testenv.WaitFor(t, time.Minute, "two scheduler passes", func() bool { return s.passes(t) >= before+2 })
+	if b.status(t, id) != "cancelled" || len(st.of(id)) != 0 || b.streamMsgs(t, "timed") != 0 {
+		t.Errorf("a cancelled scheduled effect: status %s, starts %d, messages %d; want cancelled, none, none",
+			b.status(t, id), len(st.of(id)), b.streamMsgs(t, "timed"))
 	}
 }

@@ -18,16 +18,19 @@ type Policy struct {
 	Succeeded time.Duration
 	// Failed is EFFECTS_RETAIN_FAILED, default 0 (forever).
 	Failed time.Duration
+	// Cancelled is EFFECTS_RETAIN_CANCELLED, default 0 (forever): rows an
+	// operator cancelled (effects cancel), measured from the cancel.
+	Cancelled time.Duration
 }
 
 // Enabled reports whether any rows are ever removed.
-func (p Policy) Enabled() bool { return p.Succeeded > 0 || p.Failed > 0 }
+func (p Policy) Enabled() bool { return p.Succeeded > 0 || p.Failed > 0 || p.Cancelled > 0 }
 
 // String describes the policy for people: what the `effects retention`
 // command shows and what the completer logs at start.
 func (p Policy) String() string {
-	return fmt.Sprintf("succeeded rows: %s; failed rows: %s; pending rows: kept until completed",
-		keptFor(p.Succeeded), keptFor(p.Failed))
+	return fmt.Sprintf("succeeded rows: %s; failed rows: %s; cancelled rows: %s; pending rows: kept until completed",
+		keptFor(p.Succeeded), keptFor(p.Failed), keptFor(p.Cancelled))
 }
 
 func keptFor(d time.Duration) string {
@@ -44,6 +47,8 @@ func (p Policy) Validate() error {
 		return fmt.Errorf("EFFECTS_RETAIN_SUCCEEDED=%s: must not be negative (0 or empty keeps succeeded rows forever)", p.Succeeded)
 	case p.Failed < 0:
 		return fmt.Errorf("EFFECTS_RETAIN_FAILED=%s: must not be negative (0 or empty keeps failed rows forever)", p.Failed)
+	case p.Cancelled < 0:
+		return fmt.Errorf("EFFECTS_RETAIN_CANCELLED=%s: must not be negative (0 or empty keeps cancelled rows forever)", p.Cancelled)
 	}
 	return nil
 }
@@ -72,8 +77,8 @@ const (
 	MaxBatchSize = 100000
 )
 
-// ConfigFromEnv reads EFFECTS_RETAIN_SUCCEEDED, EFFECTS_RETAIN_FAILED and
-// EFFECTS_RETAIN_INTERVAL for table. Empty or unset retention variables mean
+// ConfigFromEnv reads EFFECTS_RETAIN_SUCCEEDED, EFFECTS_RETAIN_FAILED,
+// EFFECTS_RETAIN_CANCELLED and EFFECTS_RETAIN_INTERVAL for table. Empty or unset retention variables mean
 // 0 (keep forever); an explicit 0 interval is refused, not defaulted.
 func ConfigFromEnv(r *envconfig.Reader, table string) (Config, error) {
 	c := Config{
@@ -81,6 +86,7 @@ func ConfigFromEnv(r *envconfig.Reader, table string) (Config, error) {
 		Policy: Policy{
 			Succeeded: r.Duration("EFFECTS_RETAIN_SUCCEEDED", 0),
 			Failed:    r.Duration("EFFECTS_RETAIN_FAILED", 0),
+			Cancelled: r.Duration("EFFECTS_RETAIN_CANCELLED", 0),
 		},
 		Interval:  r.Duration("EFFECTS_RETAIN_INTERVAL", DefaultInterval),
 		BatchSize: DefaultBatchSize,
@@ -132,6 +138,7 @@ func (c Config) LogValue() slog.Value {
 		slog.String("table", c.Table),
 		slog.Duration("retain_succeeded", c.Policy.Succeeded),
 		slog.Duration("retain_failed", c.Policy.Failed),
+		slog.Duration("retain_cancelled", c.Policy.Cancelled),
 		slog.Duration("interval", c.Interval),
 		slog.Int("batch_size", c.BatchSize),
 	)

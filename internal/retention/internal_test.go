@@ -36,7 +36,7 @@ func TestStatementsUseIndexes(t *testing.T) {
 	}
 	_, err = conn.Exec(ctx, `
 		INSERT INTO effects (kind, status, created_at, completed_at)
-		SELECT 'echo', CASE WHEN g % 10 = 0 THEN 'failed' WHEN g % 10 = 1 THEN 'pending' ELSE 'succeeded' END,
+		SELECT 'echo', CASE WHEN g % 10 = 0 THEN 'failed' WHEN g % 10 = 1 THEN 'pending' WHEN g % 100 = 2 THEN 'cancelled' ELSE 'succeeded' END,
 		       now() - interval '3 hours' + g * interval '10 milliseconds', now() - interval '2 hours'
 		  FROM generate_series(1, 30000) g;
 		ANALYZE effects;
@@ -46,7 +46,8 @@ func TestStatementsUseIndexes(t *testing.T) {
 	}
 	table := schema.Table{Name: "effects"}
 	for _, status := range Statuses {
-		index := map[effects.Status]string{effects.StatusSucceeded: "effects_succeeded_idx", effects.StatusFailed: "effects_failed_idx"}[status]
+		index := map[effects.Status]string{effects.StatusSucceeded: "effects_succeeded_idx", effects.StatusFailed: "effects_failed_idx",
+			effects.StatusCancelled: "effects_cancelled_idx"}[status]
 		for _, st := range []struct {
 			name, sql, args string
 			// forceIndex switches sequential scans off: for the reads

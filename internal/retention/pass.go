@@ -30,7 +30,7 @@ import (
 )
 
 // Statuses a policy applies to, in the order a pass handles them.
-var Statuses = []effects.Status{effects.StatusSucceeded, effects.StatusFailed}
+var Statuses = []effects.Status{effects.StatusSucceeded, effects.StatusFailed, effects.StatusCancelled}
 
 // lockKeyHigh is the high half of the advisory lock key of a table's
 // retention batches ("effr"); the low half is the table's oid, so two tables
@@ -59,24 +59,26 @@ func Gone(table, id string, p Policy) error {
 
 // Counts are rows by final status.
 type Counts struct {
-	Succeeded, Failed int64
+	Succeeded, Failed, Cancelled int64
 }
 
 // Of is the count of status.
-func (c Counts) Of(s effects.Status) int64 {
-	if s == effects.StatusFailed {
-		return c.Failed
+func (c Counts) Of(s effects.Status) int64 { return *c.of(s) }
+
+func (c *Counts) add(s effects.Status, n int64) { *c.of(s) += n }
+
+func (c *Counts) of(s effects.Status) *int64 {
+	switch s {
+	case effects.StatusFailed:
+		return &c.Failed
+	case effects.StatusCancelled:
+		return &c.Cancelled
 	}
-	return c.Succeeded
+	return &c.Succeeded
 }
 
-func (c *Counts) add(s effects.Status, n int64) {
-	if s == effects.StatusFailed {
-		c.Failed += n
-	} else {
-		c.Succeeded += n
-	}
-}
+// Total is the count of every status.
+func (c Counts) Total() int64 { return c.Succeeded + c.Failed + c.Cancelled }
 
 // PassOptions tune one [Pass].
 type PassOptions struct {
@@ -119,7 +121,7 @@ func Pass(ctx context.Context, db Conn, table schema.Table, p Policy, o PassOpti
 		o.BatchSize = DefaultBatchSize
 	}
 	res := PassResult{DryRun: o.DryRun, Cutoff: map[effects.Status]time.Time{}}
-	keep := map[effects.Status]time.Duration{effects.StatusSucceeded: p.Succeeded, effects.StatusFailed: p.Failed}
+	keep := map[effects.Status]time.Duration{effects.StatusSucceeded: p.Succeeded, effects.StatusFailed: p.Failed, effects.StatusCancelled: p.Cancelled}
 	for _, status := range Statuses {
 		if keep[status] <= 0 {
 			continue

@@ -85,7 +85,7 @@ func (r *Remover) RunPass(ctx context.Context) (PassResult, error) {
 	switch {
 	case errors.Is(err, ErrPassRunning):
 		r.m.passes[ResultSkipped].Inc()
-		r.logger.Debug("retention pass left to another replica", "removed_succeeded", res.Removed.Succeeded, "removed_failed", res.Removed.Failed)
+		r.logger.Debug("retention pass left to another replica", "removed_succeeded", res.Removed.Succeeded, "removed_failed", res.Removed.Failed, "removed_cancelled", res.Removed.Cancelled)
 		err = nil
 	case err != nil && ctx.Err() != nil:
 		// Stopping: not a failure.
@@ -95,14 +95,14 @@ func (r *Remover) RunPass(ctx context.Context) (PassResult, error) {
 		r.m.passes[ResultError].Inc()
 		r.m.passSeconds.Observe(time.Since(start).Seconds())
 		r.logger.Warn("retention pass failed; retrying at the next interval", "error", err,
-			"removed_succeeded", res.Removed.Succeeded, "removed_failed", res.Removed.Failed, "next_in", r.cfg.Interval)
+			"removed_succeeded", res.Removed.Succeeded, "removed_failed", res.Removed.Failed, "removed_cancelled", res.Removed.Cancelled, "next_in", r.cfg.Interval)
 		return res, err
 	default:
 		r.m.passes[ResultDone].Inc()
 		r.m.passSeconds.Observe(time.Since(start).Seconds())
-		if n := res.Removed.Succeeded + res.Removed.Failed; n > 0 {
+		if n := res.Removed.Total(); n > 0 {
 			r.logger.Info("retention pass removed rows", "removed_succeeded", res.Removed.Succeeded,
-				"removed_failed", res.Removed.Failed, "seconds", time.Since(start).Seconds())
+				"removed_failed", res.Removed.Failed, "removed_cancelled", res.Removed.Cancelled, "seconds", time.Since(start).Seconds())
 		}
 	}
 	ages, aerr := OldestAge(ctx, r.pool, r.table)

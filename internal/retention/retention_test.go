@@ -35,6 +35,8 @@ var fixture = []struct {
 	{"failed 30m", rowSpec{"failed", 30 * time.Minute, 30 * time.Minute}},
 	{"failed created 3h, completed 30m", rowSpec{"failed", 3 * h, 30 * time.Minute}},
 	{"failed 3h without completed_at", rowSpec{"failed", 3 * h, 0}},
+	{"cancelled 3h", rowSpec{"cancelled", 3 * h, 3 * h}},
+	{"cancelled created 3h, cancelled 30m", rowSpec{"cancelled", 3 * h, 30 * time.Minute}},
 }
 
 func TestPassRemovesExactlyAsConfigured(t *testing.T) {
@@ -52,6 +54,8 @@ func TestPassRemovesExactlyAsConfigured(t *testing.T) {
 		{"both 1 microsecond", retention.Policy{Succeeded: time.Microsecond, Failed: time.Microsecond}, []string{
 			"succeeded 3h", "succeeded 90m", "succeeded 30m", "succeeded created 3h, completed 30m",
 			"failed 3h", "failed 90m", "failed 30m", "failed created 3h, completed 30m", "failed 3h without completed_at"}},
+		{"cancelled 1h", retention.Policy{Cancelled: h}, []string{"cancelled 3h"}},
+		{"cancelled 1 microsecond", retention.Policy{Cancelled: time.Microsecond}, []string{"cancelled 3h", "cancelled created 3h, cancelled 30m"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -81,27 +85,30 @@ func TestPassRemovesExactlyAsConfigured(t *testing.T) {
 				t.Fatal(err)
 			}
 			left := remaining(t, pool)
-			var wantSucceeded, wantFailed int64
+			var want retention.Counts
 			for i, f := range fixture {
 				if gone := !left[ids[i]]; gone != wantGone[f.name] {
 					t.Errorf("%s: removed=%v, want %v", f.name, gone, wantGone[f.name])
 				}
 				if wantGone[f.name] {
-					if f.row.status == "succeeded" {
-						wantSucceeded++
-					} else {
-						wantFailed++
+					switch f.row.status {
+					case "succeeded":
+						want.Succeeded++
+					case "failed":
+						want.Failed++
+					default:
+						want.Cancelled++
 					}
 				}
 			}
-			if res.Removed != (retention.Counts{Succeeded: wantSucceeded, Failed: wantFailed}) {
-				t.Errorf("pass removed %+v, want succeeded %d failed %d", res.Removed, wantSucceeded, wantFailed)
+			if res.Removed != want {
+				t.Errorf("pass removed %+v, want %+v", res.Removed, want)
 			}
 			if dry.Removed != res.Removed || !dry.DryRun || res.DryRun {
 				t.Errorf("dry run %+v, pass %+v", dry, res)
 			}
 			for _, s := range retention.Statuses {
-				keep := map[effects.Status]time.Duration{effects.StatusSucceeded: tc.policy.Succeeded, effects.StatusFailed: tc.policy.Failed}[s]
+				keep := map[effects.Status]time.Duration{effects.StatusSucceeded: tc.policy.Succeeded, effects.StatusFailed: tc.policy.Failed, effects.StatusCancelled: tc.policy.Cancelled}[s]
 				if _, has := res.Cutoff[s]; has != (keep > 0) {
 					t.Errorf("cutoff for %s: %v, retention %s", s, res.Cutoff, keep)
 				}
@@ -331,7 +338,7 @@ func TestConfigFromEnv(t *testing.T) {
 	if c.Policy != (retention.Policy{Succeeded: 720 * h}) || c.Interval != 5*time.Minute || !c.Policy.Enabled() {
 		t.Errorf("set: %+v", c)
 	}
-	if s := c.Policy.String(); s != "succeeded rows: removed 720h0m0s after completion; failed rows: kept forever; pending rows: kept until completed" {
+	if s := c.Policy.String(); s != "succeeded rows: removed 720h0m0s after completion; failed rows: kept forever; cancelled rows: kept forever; pending rows: kept until completed" {
 		t.Errorf("String: %q", s)
 	}
 	c, err = retention.ConfigFromEnv(envconfig.FromMap(map[string]string{"EFFECTS_RETAIN_SUCCEEDED": "", "EFFECTS_RETAIN_FAILED": " "}), "effects")
@@ -341,6 +348,7 @@ func TestConfigFromEnv(t *testing.T) {
 	for env, want := range map[string]string{
 		"EFFECTS_RETAIN_SUCCEEDED=30d": "EFFECTS_RETAIN_SUCCEEDED",
 		"EFFECTS_RETAIN_FAILED=-1h":    "EFFECTS_RETAIN_FAILED",
+		"EFFECTS_RETAIN_CANCELLED=-1h": "EFFECTS_RETAIN_CANCELLED",
 		"EFFECTS_RETAIN_INTERVAL=0":    "EFFECTS_RETAIN_INTERVAL",
 		"EFFECTS_RETAIN_INTERVAL=-1s":  "EFFECTS_RETAIN_INTERVAL",
 	} {

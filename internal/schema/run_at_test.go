@@ -7,7 +7,7 @@ import (
 	"github.com/effects-run/effects/internal/testenv"
 )
 
-// Migration 007 on a table with rows: every existing row reads run_at NULL
+// Migration 008 on a table with rows: every existing row reads run_at NULL
 // (run now, as it was inserted to), none is in the waiting index, the
 // table source's cursor index keeps the unpublished pending rows it had,
 // and the due index has every pending row; a row inserted afterwards with a

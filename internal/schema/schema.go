@@ -144,7 +144,11 @@ func (t Table) templateData() map[string]any {
 		"TxidIndex":                 t.sibling("_txid_idx"),
 		"CursorTable":               t.CursorTable().Quoted(),
 		"CursorCheck":               t.sibling("_cursor_check"),
-		// Scheduled effects (007).
+		// Operator controls (007).
+		"CancelledIndex":   t.sibling("_cancelled_idx"),
+		"CancelledAtIndex": t.sibling("_cancel_at_idx"),
+		"PausedTable":      t.PausedTable().Quoted(),
+		// Scheduled effects (008).
 		"WaitingIndex":       t.sibling("_waiting_idx"),
 		"DueIndex":           t.sibling("_due_idx"),
 		"TxidIndexQualified": t.qualified("_txid_idx"),
@@ -156,6 +160,10 @@ func (t Table) templateData() map[string]any {
 func (t Table) CursorTable() Table {
 	return Table{Schema: t.Schema, Name: t.Name + "_cursor"}
 }
+
+// PausedTable is the table of paused kinds, "<name>_paused", in the same
+// schema as t (migration 007).
+func (t Table) PausedTable() Table { return Table{Schema: t.Schema, Name: t.Name + "_paused"} }
 
 // qualified is the quoted name of a function that belongs to the table, in
 // the table's schema (functions, unlike indexes, do not follow the table).

@@ -112,10 +112,16 @@ func TestMigrateCreatesTable(t *testing.T) {
 		"column completion jsonb",
 		"column error text",
 		"constraint effects_pkey PRIMARY KEY (id)",
-		"constraint effects_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'succeeded'::text, 'failed'::text])))",
+		// 007: cancelled allowed; added NOT VALID (the old, narrower
+		// check held for every row).
+		"constraint effects_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'succeeded'::text, 'failed'::text, 'cancelled'::text]))) NOT VALID",
+		"column cancelled_at timestamp with time zone",
+		"column cancelled_by text",
 		"USING btree (created_at) WHERE (status = 'pending'::text)",
 		"USING btree (created_at) WHERE (status = 'failed'::text)",
 		"USING btree (created_at) WHERE (status = 'succeeded'::text)",
+		"effects_cancelled_idx ON",
+		"effects_cancel_at_idx ON",
 	} {
 		if !strings.Contains(got, want) {
 			t.Errorf("catalog lacks %q; have:\n%s", want, got)
@@ -137,6 +143,13 @@ func TestMigrateCreatesTable(t *testing.T) {
 	if _, err := conn.Exec(ctx, `UPDATE effects SET status = 'done' WHERE id = $1`, id); err == nil {
 		t.Error("status 'done' was accepted; the check constraint is missing")
 	}
+	if _, err := conn.Exec(ctx, `UPDATE effects SET status = 'cancelled', cancelled_at = now() WHERE id = $1`, id); err != nil {
+		t.Errorf("status 'cancelled' refused: %v", err)
+	}
+	// The paused kinds' table (007).
+	if _, err := conn.Exec(ctx, `INSERT INTO effects_paused (kind, paused, paused_at, paused_by) VALUES ('echo', true, now(), 'alice')`); err != nil {
+		t.Errorf("effects_paused: %v", err)
+	}
 
 	// The listing queries the indexes are for use them.
 	if _, err := conn.Exec(ctx, "SET enable_seqscan = off; SET enable_bitmapscan = off"); err != nil {
@@ -149,6 +162,9 @@ func TestMigrateCreatesTable(t *testing.T) {
 		"SELECT id FROM effects WHERE status = 'failed' ORDER BY created_at DESC LIMIT 100": "effects_failed_idx",
 		// What retention removes, oldest first.
 		"SELECT id FROM effects WHERE status = 'succeeded' ORDER BY created_at LIMIT 100": "effects_succeeded_idx",
+		"SELECT id FROM effects WHERE status = 'cancelled' ORDER BY created_at LIMIT 100": "effects_cancelled_idx",
+		// The recent cancels the completer copies to the dispatchers.
+		"SELECT id FROM effects WHERE status = 'cancelled' AND cancelled_at > now() - interval '1 hour' ORDER BY cancelled_at": "effects_cancel_at_idx",
 	} {
 		var plan string
 		rows, err := conn.Query(ctx, "EXPLAIN "+q)

@@ -146,7 +146,8 @@ func StartPostgres(t testing.TB) *Postgres {
 
 	admin, err := pgx.Connect(ctx, base)
 	if err != nil {
-		t.Fatalf("connect to the test database (set EFFECTS_TEST_DATABASE_URL): %v", err)
+		t.Fatalf("connect to the test database (set EFFECTS_TEST_DATABASE_URL, or run the tests with `make test`, "+
+			"which starts a private PostgreSQL when none answers): %v", err)
 	}
 	defer admin.Close(ctx)
 	if _, err := admin.Exec(ctx, "CREATE SCHEMA "+pgx.Identifier{schema}.Sanitize()); err != nil {

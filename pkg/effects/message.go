@@ -20,6 +20,10 @@ const (
 	// StatusFailed is the state of a row whose handler gave up. A later
 	// succeeded completion (a re-run) may replace it.
 	StatusFailed Status = "failed"
+	// StatusCancelled is final: an operator cancelled the effect while it
+	// was pending (`effects cancel`). No completion changes it; it is a
+	// row status only, never a completion's.
+	StatusCancelled Status = "cancelled"
 )
 
 // Effect is the message published on "effects.<kind>" for every row.

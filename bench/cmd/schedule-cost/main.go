@@ -22,7 +22,7 @@
 // run now.
 //
 // For postgres it makes a table in a schema of its own (the effects table's
-// columns, run_at, and migration 007's index on waiting rows), inserts N rows
+// columns, run_at, and migration 008's index on waiting rows), inserts N rows
 // due next week and reports the index's size and the poll's cost (EXPLAIN
 // ANALYZE BUFFERS of the due-rows query and of the count behind the waiting
 // gauge). Memory and sizes are what to compare on a shared machine; the
@@ -348,7 +348,7 @@ func measurePostgres(ctx context.Context, url string, n int) error {
 			created_at timestamptz NOT NULL DEFAULT now(), status text NOT NULL DEFAULT 'pending', attempts int NOT NULL DEFAULT 0,
 			completed_at timestamptz, completion jsonb, error text, published_at timestamptz, run_at timestamptz)`,
 		`CREATE INDEX effects_pending_idx ON ` + schema + `.effects (created_at) WHERE status = 'pending'`,
-		// Migration 007's indexes: rows waiting for their time, due first;
+		// Migration 008's indexes: rows waiting for their time, due first;
 		// pending rows by when they are due.
 		`CREATE INDEX effects_waiting_idx ON ` + schema + `.effects (run_at) WHERE status = 'pending' AND published_at IS NULL AND run_at > created_at`,
 		`CREATE INDEX effects_due_idx ON ` + schema + `.effects ((GREATEST(created_at, run_at))) WHERE status = 'pending'`,

@@ -22,9 +22,11 @@ const (
 	failed      verdict = "failed"      // failed completion published, message terminated
 	interrupted verdict = "interrupted" // shutdown cut the attempt short: back to the stream at once
 	malformed   verdict = "malformed"   // not an effect: terminated (its row failed when it names one)
+	cancelled   verdict = "cancelled"   // cancelled by an operator: acked, no completion (the row says so already)
 	// noVerdict: no attempt ends here, nothing is counted: a held
 	// delivery's end (it was counted as deferred when its hold began), a
-	// message given back at a shutdown before its attempt started.
+	// message given back at a shutdown or a pause before its attempt
+	// started.
 	noVerdict verdict = ""
 )
 
@@ -44,6 +46,9 @@ type result struct {
 	value    any
 	deferred bool // an async handler started its work
 	err      error
+	// cancelled: an operator cancelled the effect, before the attempt
+	// (it did not run) or while it ran (its result is not recorded).
+	cancelled bool
 	// malformed is set, instead of the above, for a message that is not an
 	// effect.
 	malformed error
@@ -134,6 +139,10 @@ func decide(in attemptInfo, r result) outcome {
 			o.completion = failedMsg(in, "malformed effect message: "+r.malformed.Error())
 		}
 		return o
+	case r.cancelled:
+		// The row is cancelled already (the control wrote it); whatever
+		// the handler did or returned, nothing more is recorded.
+		return outcome{verdict: cancelled, action: ack, err: r.err}
 	case in.attempt > in.maxAttempts:
 		// Every earlier delivery ended without an outcome: the process
 		// crashed or was killed mid-attempt. Stop here rather than let a

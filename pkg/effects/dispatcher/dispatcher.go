@@ -47,6 +47,9 @@ type Dispatcher struct {
 	m       *metrics
 	execs   []*executor
 	opts    options
+	// ctl is the copy of the operator controls (WithControls); nil
+	// without.
+	ctl *controls
 
 	// maxAge is the effects stream's MaxAge as the server has it.
 	maxAge time.Duration
@@ -120,6 +123,11 @@ func New(cfg Config, reg *effects.Registry, js jetstream.JetStream, logger *slog
 		x.chain = Chain(call(h), Recover, measure(km), Timeout(lim.timeout))
 		d.execs = append(d.execs, x)
 	}
+	if o.controls {
+		if d.ctl, err = newControls(d, registerer); err != nil {
+			return nil, fmt.Errorf("dispatcher: metrics: %w", err)
+		}
+	}
 	return d, nil
 }
 
@@ -148,6 +156,9 @@ func (d *Dispatcher) Ready(context.Context) error {
 				return fmt.Errorf("kind %s: %w", x.kind, err)
 			}
 		}
+	}
+	if d.ctl != nil {
+		return d.ctl.ready()
 	}
 	return nil
 }
@@ -238,6 +249,13 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		}
 	}
 	d.settler = newSettler()
+	if d.ctl != nil {
+		// The watcher outlives the workers: attempts started during the
+		// stop still ask it.
+		ctlCtx, stopCtl := context.WithCancel(context.WithoutCancel(ctx))
+		go d.ctl.run(ctlCtx)
+		defer func() { stopCtl(); <-d.ctl.done }()
+	}
 	for _, x := range d.execs {
 		x.workers.Add(x.lim.concurrency)
 		for range x.lim.concurrency {

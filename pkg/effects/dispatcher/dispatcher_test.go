@@ -664,6 +664,14 @@ func TestDecide(t *testing.T) {
 		// The completion of an outcome decided before could not be stored.
 		{"completion not published", 1, result{unpublished: plain}, false, nil, retried, nak, time.Second, false},
 		{"completion not published by the stop's deadline", 1, result{unpublished: plain}, true, gaveUp, noVerdict, leave, 0, false},
+		// An operator's cancel (the row says cancelled already): acked,
+		// nothing published, whatever the attempt or the handler's result.
+		{"cancelled before its attempt", 1, result{cancelled: true}, false, nil, cancelled, ack, 0, false},
+		{"cancelled beyond the last attempt", 4, result{cancelled: true}, false, nil, cancelled, ack, 0, false},
+		{"cancelled while running, the handler failed", 3, result{err: context.Canceled, cancelled: true}, false, nil, cancelled, ack, 0, false},
+		{"cancelled while running, during a shutdown", 1, result{err: context.Canceled, cancelled: true}, true, nil, cancelled, ack, 0, false},
+		{"cancelled while held", 1, result{cancelled: true}, false, held, cancelled, ack, 0, false},
+		{"completed, then cancelled", 1, result{deferred: true, cancelled: true}, false, completed, deferred, ack, 0, false},
 	}
 	for _, tc := range cases {
 		in := attemptInfo{effect: effects.Effect{ID: newID(), Kind: "k"}, attempt: tc.attempt, maxAttempts: 3,

@@ -36,6 +36,7 @@ type executor struct {
 	km     *kindMetrics
 	logger *slog.Logger
 	rate   *rateLimiter // nil: no rate limit
+	ctl    *kindControl // nil: no operator controls (control.go)
 	// gate, for a rate-limited kind, is held from a worker's fetch until
 	// its attempt may start, so each process holds at most one message
 	// waiting for the limit: the others stay in the stream for whichever
@@ -85,6 +86,15 @@ func (x *executor) newQueues() {
 // worker pulls and handles messages until fetching stops.
 func (x *executor) worker(ctx context.Context) {
 	for {
+		x.awaitRunnable(ctx) // a paused kind pulls nothing
+		if ctx.Err() != nil && !x.mayRun() {
+			// Stopping while the kind may not run (paused, or the controls
+			// unknown): what the consumer still holds is not taken only to
+			// be nak'ed while its pull requests may deliver it again at
+			// once; Release gives it back when they are over.
+			x.workers.Done()
+			return
+		}
 		if x.rate != nil {
 			x.gate.Lock() // released by handle once the attempt may start
 		}
@@ -201,11 +211,18 @@ func (x *executor) handle(ctx context.Context, jm jetstream.Msg) bool {
 		}
 	}
 
+	// The operator controls' check: a cancelled effect is settled unrun,
+	// a paused kind's attempt waits.
+	attemptCtx, ok := x.admit(ctx, dl)
+	if !ok {
+		return true
+	}
+
 	// The attempt. Its context descends from the work context, which only
-	// a shutdown past its grace period cancels.
+	// a shutdown past its grace period cancels (and an operator's cancel).
 	// The span is the handler's run; it ends before the outcome is
 	// applied, which the completion message's traceparent follows.
-	workCtx, span := startAttempt(x.d.workCtx, jm.Headers(), x.kind, eff.ID, dl.attempt)
+	workCtx, span := startAttempt(attemptCtx, jm.Headers(), x.kind, eff.ID, dl.attempt)
 	// Written before the attempt joins the watchdog and before the handler can
 	// call Done: every later reader comes after.
 	dl.trace = span.SpanContext()
@@ -223,9 +240,11 @@ func (x *executor) handle(ctx context.Context, jm jetstream.Msg) bool {
 	if !x.watch.Leave(&dl.watch) {
 		<-dl.overran // the attempt was given up; its result comes too late
 		x.lateResult(dl, r)
+		x.endAttempt(dl)
 		return false
 	}
-	x.finish(dl, result{value: r.Value, deferred: r.Deferred, err: r.Err}, errors.Is(context.Cause(workCtx), errShutdown))
+	x.finish(dl, result{value: r.Value, deferred: r.Deferred, err: r.Err, cancelled: dl.attemptCancelled()}, errors.Is(context.Cause(workCtx), errShutdown))
+	x.endAttempt(dl)
 	return true
 }
 

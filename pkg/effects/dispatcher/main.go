@@ -54,7 +54,7 @@ func Main(reg *effects.Registry, opts ...Option) {
 		if err != nil {
 			return err
 		}
-		d, err := New(cfg, reg, js, deps.Logger, deps.Registry)
+		d, err := New(cfg, reg, js, deps.Logger, deps.Registry, WithControls())
 		if err != nil {
 			natsconn.Close(nc, 5*time.Second)
 			return &service.ConfigError{Err: err}

@@ -24,7 +24,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
 		handled: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "effects_handled_total",
-			Help: "Deliveries by kind and outcome: succeeded, retried, failed, deferred (async handler started), interrupted (shutdown), malformed.",
+			Help: "Deliveries by kind and outcome: succeeded, retried, failed, deferred (async handler started), interrupted (shutdown), malformed, cancelled (by an operator).",
 		}, []string{"kind", "outcome"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "effects_handler_duration_seconds",
@@ -94,7 +94,7 @@ func (m *metrics) forKind(kind string) *kindMetrics {
 		overrunning:   m.overrunning.WithLabelValues(kind),
 		held:          m.held.WithLabelValues(kind),
 	}
-	for _, v := range []verdict{succeeded, deferred, retried, failed, interrupted, malformed} {
+	for _, v := range []verdict{succeeded, deferred, retried, failed, interrupted, malformed, cancelled} {
 		km.handled[v] = m.handled.WithLabelValues(kind, string(v))
 	}
 	return km

@@ -38,6 +38,7 @@ type options struct {
 	prefix        string
 	deliver       DeliverFrom
 	noCompletions bool
+	controls      bool
 }
 
 func defaultOptions() options { return options{prefix: DefaultConsumerPrefix} }
@@ -84,6 +85,22 @@ func WithDeliverFrom(d DeliverFrom) ConsumerOption {
 func WithoutCompletions() ConsumerOption {
 	return func(o *options) error {
 		o.noCompletions = true
+		return nil
+	}
+}
+
+// WithControls makes the dispatcher obey the operator controls (`effects
+// pause`, `effects resume`, `effects cancel`): it watches the bucket
+// EFFECTS_CONTROL, which the completer creates and fills from PostgreSQL,
+// starts no attempt of a paused kind or a cancelled effect, cancels the
+// context of a running attempt whose effect is cancelled, and starts no
+// attempt at all while it cannot read the controls (/readyz says why).
+// [Main] sets it; the effects dispatcher must have it, or pauses and
+// cancels do not reach its kinds. An observer ([WithoutCompletions]) need
+// not: it runs nothing on the effects' behalf.
+func WithControls() ConsumerOption {
+	return func(o *options) error {
+		o.controls = true
 		return nil
 	}
 }

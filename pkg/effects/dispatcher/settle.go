@@ -30,7 +30,8 @@ import (
 //
 // Every path that ends a delivery — its worker, the attempt's watchdog, an async
 // completion (Done, or anyone's), the completion deadline, a shutdown's
-// release, a message given back unstarted — claims it with a
+// release, an operator's cancel of a held effect (control.go), a message
+// given back unstarted (at a shutdown, or a pause) — claims it with a
 // compare-and-set on its one state, so exactly one of them settles it, once.
 
 // Delivery states. Only claim (and hold, completed) change them, by
@@ -85,6 +86,9 @@ type delivery struct {
 	// delivery is the jspub.Waiter of its completion's PubAck.
 	x *executor
 	o outcome
+	// run registers the running attempt for an operator's cancel
+	// (control.go).
+	run runEntry
 }
 
 // claim takes the delivery from state from: the caller alone carries out
@@ -107,8 +111,10 @@ func (x *executor) finish(dl *delivery, r result, stopping bool) {
 	x.carry(dl, decide(in, r))
 }
 
-// giveBack hands a message fetched at a shutdown, whose attempt never
-// started, back to the stream at once.
+// giveBack hands a message whose attempt never started back to the stream
+// at once: one fetched as a shutdown began, or one the kind's consumer had
+// pulled ahead when it was stopped or the kind paused (consume.Reader's
+// Release and Pause).
 func (x *executor) giveBack(jm jetstream.Msg) {
 	dl := &delivery{msg: jm}
 	dl.claim(running) // nobody else knows it
@@ -215,6 +221,8 @@ func (x *executor) count(dl *delivery, o outcome) {
 		x.logger.Debug("effect retried", "effect_id", dl.effect.ID, "kind", x.kind, "attempt", dl.attempt, "delay", o.delay, "error", errorText(o.err))
 	case malformed:
 		x.logger.Warn("malformed effect message", "subject", dl.msg.Subject(), "event_id", dl.effect.EventID, "error", o.err)
+	case cancelled:
+		x.logger.Info("effect cancelled by an operator; acked, nothing recorded", "effect_id", dl.effect.ID, "kind", x.kind, "attempt", dl.attempt)
 	}
 	if p, ok := errors.AsType[*PanicError](o.err); ok {
 		x.logger.Error("handler panicked", "effect_id", dl.effect.ID, "kind", x.kind, "panic", fmt.Sprint(p.Value), "stack", string(p.Stack))

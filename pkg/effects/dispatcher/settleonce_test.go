@@ -207,6 +207,33 @@ func TestReleaseAtShutdownRacingCompletionAndDeadlineSettlesOnce(t *testing.T) {
 	r.noneHeld(t)
 }
 
+// An operator's cancel of a held async effect races its completion, its
+// deadline and a shutdown's release: one of them settles it, and a cancel
+// that wins acks it, counted cancelled, with nothing published.
+func TestCancelOfAHeldEffectRacingItsOtherEndsSettlesOnce(t *testing.T) {
+	t.Parallel()
+	r := startOnceRig(t)
+	x := r.job
+	var won int
+	for i := range rounds {
+		dl, m := r.delivery(x)
+		x.finish(dl, result{deferred: true}, false)
+		before := testutil.ToFloat64(x.km.handled[cancelled])
+		race(func() { x.cancelHeld(dl.effect.ID) }, func() { x.completed(dl) }, func() { x.expire(dl) }, x.releaseHeld)
+		settledOnce(t, i, dl, m)
+		if testutil.ToFloat64(x.km.handled[cancelled]) > before {
+			won++
+			if m.acks.Load() != 1 {
+				t.Fatalf("round %d: counted cancelled, not acked: naks %d terms %d", i, m.naks.Load(), m.terms.Load())
+			}
+		}
+	}
+	r.noneHeld(t)
+	// An effect not held (never, or any more) is left alone.
+	x.cancelHeld(newID())
+	t.Logf("the cancel won %d of %d rounds", won, rounds)
+}
+
 // The attempt's watchdog gives an attempt up just as its handler returns (at a
 // shutdown, or not): one of the two settles it.
 func TestOverrunRacingTheHandlersReturnSettlesOnce(t *testing.T) {

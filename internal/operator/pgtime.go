@@ -1,4 +1,4 @@
-package main
+package operator
 
 import (
 	"encoding/json"
@@ -9,15 +9,15 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 )
 
-// pgTime is a timestamptz as the on-call commands show it. A row can hold
+// PGTime is a timestamptz as the on-call commands show it. A row can hold
 // 'infinity', '-infinity' or a year time.Time's JSON cannot write (BC, past
 // 9999); a time.Time scan of 'infinity' fails the whole query, so one such
-// row would break `effects list` for everyone. pgTime scans any of them and
+// row would break `effects list` for everyone. PGTime scans any of them and
 // prints them as PostgreSQL does: infinity, -infinity, or the time.
-type pgTime struct{ pgtype.Timestamptz }
+type PGTime struct{ pgtype.Timestamptz }
 
 // Finite reports whether t is a finite time, and that time.
-func (t pgTime) Finite() (time.Time, bool) {
+func (t PGTime) Finite() (time.Time, bool) {
 	if !t.Valid || t.InfinityModifier != pgtype.Finite {
 		return time.Time{}, false
 	}
@@ -26,7 +26,7 @@ func (t pgTime) Finite() (time.Time, bool) {
 
 // Format writes t in layout (which starts with the year), "infinity" or
 // "-infinity", or "-" for NULL; a BC year as PostgreSQL writes it.
-func (t pgTime) Format(layout string) string {
+func (t PGTime) Format(layout string) string {
 	switch {
 	case !t.Valid:
 		return "-"
@@ -47,7 +47,7 @@ func (t pgTime) Format(layout string) string {
 // or null. A BC year is written as PostgreSQL does ("0044-03-15T00:00:00Z
 // BC") and a year past 9999 with its fifth digit: time.Time's MarshalJSON
 // refuses both.
-func (t pgTime) MarshalJSON() ([]byte, error) {
+func (t PGTime) MarshalJSON() ([]byte, error) {
 	if !t.Valid {
 		return []byte("null"), nil
 	}
@@ -55,18 +55,18 @@ func (t pgTime) MarshalJSON() ([]byte, error) {
 }
 
 // UnmarshalJSON reads what MarshalJSON writes (years 1 to 9999, BC too).
-func (t *pgTime) UnmarshalJSON(b []byte) error {
+func (t *PGTime) UnmarshalJSON(b []byte) error {
 	var s *string
 	if err := json.Unmarshal(b, &s); err != nil {
 		return err
 	}
 	switch {
 	case s == nil:
-		*t = pgTime{}
+		*t = PGTime{}
 	case *s == "infinity":
-		*t = pgTime{pgtype.Timestamptz{InfinityModifier: pgtype.Infinity, Valid: true}}
+		*t = PGTime{pgtype.Timestamptz{InfinityModifier: pgtype.Infinity, Valid: true}}
 	case *s == "-infinity":
-		*t = pgTime{pgtype.Timestamptz{InfinityModifier: pgtype.NegativeInfinity, Valid: true}}
+		*t = PGTime{pgtype.Timestamptz{InfinityModifier: pgtype.NegativeInfinity, Valid: true}}
 	default:
 		v, bc := strings.CutSuffix(*s, " BC")
 		tm, err := time.Parse(time.RFC3339Nano, v)
@@ -76,7 +76,7 @@ func (t *pgTime) UnmarshalJSON(b []byte) error {
 		if bc {
 			tm = tm.AddDate(1-2*tm.Year(), 0, 0)
 		}
-		*t = pgTime{pgtype.Timestamptz{Time: tm, Valid: true}}
+		*t = PGTime{pgtype.Timestamptz{Time: tm, Valid: true}}
 	}
 	return nil
 }
