@@ -278,9 +278,6 @@ type handover struct {
 	afterTxid    string
 	afterID      string
 	version      int64
-
-	pending []string // logical: ids received, not yet drained
-	mu      sync.Mutex
 }
 
 func newHandover(ctx context.Context, url, design string, batch int) (*handover, error) {
