@@ -22,6 +22,7 @@ import (
 	"github.com/effects-run/effects/internal/completer"
 	"github.com/effects-run/effects/internal/ingest"
 	"github.com/effects-run/effects/internal/natsconn"
+	"github.com/effects-run/effects/internal/reconcile"
 	"github.com/effects-run/effects/internal/testenv"
 	"github.com/effects-run/effects/pkg/effects"
 	"github.com/effects-run/effects/pkg/effects/dispatcher"
@@ -154,6 +155,12 @@ func startPipeline(t testing.TB, o options) *pipeline {
 		t.Fatal(err)
 	}
 	run("completer", c.Run)
+	// The completer binary runs the scheduler beside it.
+	sc, err := reconcile.NewScheduler(reconcile.ScheduleConfig{Table: "effects"}, p.pg.Pool, cn.JS, log.With("service", "completer"), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	run("scheduler", sc.Run)
 
 	t.Cleanup(func() {
 		cancel()
@@ -256,6 +263,7 @@ type reply struct {
 	Duplicate  bool   `json:"duplicate"`
 	Rejected   string `json:"rejected"`
 	Ignored    bool   `json:"ignored"`
+	Scheduled  bool   `json:"scheduled"`
 	Error      string `json:"error"`
 
 	decodeErr error

@@ -49,6 +49,18 @@ func TestGoTypesValidate(t *testing.T) {
 	if err := v.Effect(data); err != nil {
 		t.Errorf("%s: %v", data, err)
 	}
+	// A scheduled effect carries its run_at.
+	data, err = json.Marshal(effects.Effect{ID: id, Kind: "email", Payload: json.RawMessage(`{}`),
+		CreatedAt: time.Now(), RunAt: time.Now().Add(time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(data), `"run_at":"`) {
+		t.Errorf("run_at is not in %s", data)
+	}
+	if err := v.Effect(data); err != nil {
+		t.Errorf("%s: %v", data, err)
+	}
 }
 
 // The Hasura bodies the ingest's tests deliver validate.

@@ -66,7 +66,7 @@ func usage(w io.Writer) {
   completer --version        print the version and exit
 
 Configured by environment variables: DATABASE_URL (required), EFFECTS_TABLE,
-NATS_URL, EFFECTS_COMPLETER_*, EFFECTS_RETAIN_*, EFFECTS_RECONCILE_AFTER, EFFECTS_ADMIN_ADDR, EFFECTS_LOG_LEVEL; see the README.
+NATS_URL, EFFECTS_COMPLETER_*, EFFECTS_RETAIN_*, EFFECTS_RECONCILE_AFTER, EFFECTS_SCHEDULE_INTERVAL, EFFECTS_ADMIN_ADDR, EFFECTS_LOG_LEVEL; see the README.
 `)
 }
 
@@ -83,6 +83,10 @@ func run(ctx context.Context, d service.Deps) error {
 		return &service.ConfigError{Err: err}
 	}
 	ccfg, err := reconcile.ConfigFromEnv(d.Env, cfg.Table)
+	if err != nil {
+		return &service.ConfigError{Err: err}
+	}
+	scfg, err := reconcile.ScheduleConfigFromEnv(d.Env, cfg.Table)
 	if err != nil {
 		return &service.ConfigError{Err: err}
 	}
@@ -114,6 +118,10 @@ func run(ctx context.Context, d service.Deps) error {
 	if err != nil {
 		return &service.ConfigError{Err: err}
 	}
+	sc, err := reconcile.NewScheduler(scfg, pool, js, d.Logger, d.Registry)
+	if err != nil {
+		return &service.ConfigError{Err: err}
+	}
 	table, err := schema.ParseTable(cfg.Table)
 	if err != nil {
 		return &service.ConfigError{Err: err}
@@ -137,6 +145,14 @@ func run(ctx context.Context, d service.Deps) error {
 		defer close(reconcileDone)
 		_ = rc.Run(rctx)
 	}()
+	// And the scheduler, which publishes scheduled effects when due (a
+	// batch in flight is rolled back and published again with the same
+	// message ids, stored once).
+	scheduleDone := make(chan struct{})
+	go func() {
+		defer close(scheduleDone)
+		_ = sc.Run(rctx)
+	}()
 	// And the copy of the operator controls the dispatchers read: created
 	// again and filled from PostgreSQL when NATS lost it.
 	syncDone := make(chan error, 1)
@@ -145,6 +161,7 @@ func run(ctx context.Context, d service.Deps) error {
 	stopRetention()
 	<-retentionDone
 	<-reconcileDone
+	<-scheduleDone
 	if serr := <-syncDone; serr != nil && err == nil {
 		err = serr
 	}

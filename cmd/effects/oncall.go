@@ -172,10 +172,10 @@ func listCmd(args []string, stdout, stderr io.Writer) int {
 		return writeJSON(o, stdout, rows)
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tKIND\tKEY\tSTATUS\tATTEMPTS\tCREATED\tCOMPLETED\tERROR")
+	fmt.Fprintln(tw, "ID\tKIND\tKEY\tSTATUS\tATTEMPTS\tCREATED\tRUN AT\tCOMPLETED\tERROR")
 	for _, r := range rows {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", r.ID, r.Kind, oneLine(r.Key, 32), r.Status, r.Attempts,
-			r.CreatedAt.Format(time.RFC3339), timeOrDash(r.CompletedAt), oneLine(r.Error, 60))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", r.ID, r.Kind, oneLine(r.Key, 32), r.Status, r.Attempts,
+			r.CreatedAt.Format(time.RFC3339), r.Due(), timeOrDash(r.CompletedAt), oneLine(r.Error, 60))
 	}
 	if err := tw.Flush(); err != nil {
 		return o.fail(1, "%v", err)

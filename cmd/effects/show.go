@@ -71,8 +71,12 @@ func showCmd(args []string, stdout, stderr io.Writer) int {
 	rep := &showReport{Row: *r}
 	if rep.Status == string(effects.StatusPending) {
 		store := o.store(conn)
-		if rep.TableSource, err = store.TableSourceState(ctx, id); err != nil {
-			return o.fail(1, "%v", err)
+		// A scheduled row is the completer's scheduler's, never the table
+		// source's: its cursor passes it without publishing it.
+		if !rep.Scheduled() {
+			if rep.TableSource, err = store.TableSourceState(ctx, id); err != nil {
+				return o.fail(1, "%v", err)
+			}
 		}
 		if rep.KindPaused, err = store.KindPause(ctx, rep.Kind); err != nil {
 			return o.fail(1, "%v", err)
@@ -132,6 +136,13 @@ func printShow(w io.Writer, rep *showReport, natsSet bool) {
 	fmt.Fprintf(tw, "completion:\t%s\n", completion)
 	fmt.Fprintf(tw, "payload:\t%s\n", rep.Payload)
 	fmt.Fprintf(tw, "created:\t%s\n", rep.CreatedAt.Format(time.RFC3339Nano))
+	if rep.Scheduled() {
+		state := ""
+		if rep.Waiting {
+			state = " (waiting in the table)"
+		}
+		fmt.Fprintf(tw, "run at:\t%s%s\n", rep.RunAt.Format(time.RFC3339Nano), state)
+	}
 	fmt.Fprintf(tw, "completed:\t%s\n", timeOrDash(rep.CompletedAt))
 	if rep.RerunRequestedAt != nil {
 		fmt.Fprintf(tw, "re-run asked:\t%s by %s\n", timeOrDash(rep.RerunRequestedAt), by)
@@ -167,6 +178,10 @@ func printShow(w io.Writer, rep *showReport, natsSet bool) {
 		bound := ""
 		if js.Truncated {
 			bound = ", stopped at the bound"
+		}
+		if rep.Waiting {
+			fmt.Fprintf(w, "no message of this effect in the stream: it is scheduled and waits in the table; the completer's scheduler publishes it at its run at\n")
+			return
 		}
 		fmt.Fprintf(w, "no message of this effect in the stream (scanned %d from a minute before it was created%s): the ingest has not published it\n",
 			js.Scanned, bound)

@@ -17,7 +17,7 @@ const oldestPendingTimeout = 2 * time.Second
 
 var (
 	oldestPendingDesc = prometheus.NewDesc("effects_oldest_pending_seconds",
-		"Age of the oldest pending row of the effects table (0 when none is pending), read at scrape time. Growing without bound means effects are not completing: a kind without a dispatcher, a stalled completer, a lost message.",
+		"Age of the oldest pending row of the effects table, counted from when it was due (its run_at for a scheduled effect, else its created_at; 0 when none is pending or due), read at scrape time. Growing without bound means effects are not completing: a kind without a dispatcher, a stalled completer, a lost message.",
 		nil, nil)
 	oldestPendingUpDesc = prometheus.NewDesc("effects_oldest_pending_up",
 		"1 if this scrape could read effects_oldest_pending_seconds from PostgreSQL, 0 if not (PostgreSQL down or no answer within 2s).",
@@ -25,8 +25,12 @@ var (
 )
 
 // oldestPendingCollector asks PostgreSQL for the oldest pending row at each
-// scrape: min(created_at) over the pending partial index, one index probe,
-// so it costs the same however many rows are pending. Rows created at
+// scrape: the earliest time a pending row was due, GREATEST(created_at,
+// run_at), over the due partial index (migration 008), one index probe, so
+// it costs the same however many rows are pending. A row is old from when it
+// was due: a scheduled effect waiting for next week is not late, and one due
+// a minute ago that has not run is a minute old whenever it was inserted.
+// Rows due at
 // 'infinity' or '-infinity' have no age and are left out: subtracting one
 // fails the query ("cannot subtract infinite timestamps"), so a single such
 // row turned every scrape into effects_oldest_pending_up 0.
@@ -37,7 +41,7 @@ type oldestPendingCollector struct {
 
 func newOldestPendingCollector(pool *pgxpool.Pool, table schema.Table) *oldestPendingCollector {
 	return &oldestPendingCollector{pool: pool, sql: fmt.Sprintf(
-		`SELECT coalesce(extract(epoch FROM clock_timestamp() - min(created_at)), 0)::float8 FROM %s WHERE status = 'pending' AND isfinite(created_at)`,
+		`SELECT coalesce(extract(epoch FROM clock_timestamp() - min(GREATEST(created_at, run_at))), 0)::float8 FROM %s WHERE status = 'pending' AND isfinite(GREATEST(created_at, run_at))`,
 		table.Quoted())}
 }
 
@@ -54,7 +58,8 @@ func (c *oldestPendingCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(oldestPendingUpDesc, prometheus.GaugeValue, 0)
 		return
 	}
-	// A created_at in the future (a client's clock) is not an age.
+	// A due time in the future (every pending row is waiting for its
+	// run_at, or a client's clock) is not an age.
 	ch <- prometheus.MustNewConstMetric(oldestPendingDesc, prometheus.GaugeValue, max(age, 0))
 	ch <- prometheus.MustNewConstMetric(oldestPendingUpDesc, prometheus.GaugeValue, 1)
 }

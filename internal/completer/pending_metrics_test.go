@@ -94,3 +94,29 @@ func TestOldestPendingSecondsWithInfiniteCreatedAt(t *testing.T) {
 		t.Errorf("effects_oldest_pending_seconds = %v, want about 3600 (the finite row's age)", got)
 	}
 }
+
+// TestOldestPendingSecondsFromTheDueTime: a pending row is old from when it
+// was due. A scheduled effect inserted days ago and waiting for tomorrow
+// has no age (an alert on the gauge must not fire for it); one due an hour
+// ago is an hour old, whenever it was inserted.
+func TestOldestPendingSecondsFromTheDueTime(t *testing.T) {
+	t.Parallel()
+	b := setup(t, setupOpts{})
+	waiting, due := b.insert(t, "send_email"), b.insert(t, "send_email")
+	if _, err := b.pool.Exec(ctx(t), fmt.Sprintf(`UPDATE %s SET created_at = now() - interval '3 days', run_at = now() + interval '1 day' WHERE id = $1`,
+		quote(b.table)), waiting); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.pool.Exec(ctx(t), fmt.Sprintf(`UPDATE %s SET status = 'succeeded', completed_at = now() WHERE id = $1`, quote(b.table)), due); err != nil {
+		t.Fatal(err)
+	}
+	if got := b.metric(t, "effects_oldest_pending_seconds"); got != 0 {
+		t.Errorf("only a waiting effect: effects_oldest_pending_seconds = %v, want 0", got)
+	}
+	if _, err := b.pool.Exec(ctx(t), fmt.Sprintf(`UPDATE %s SET run_at = now() - interval '1 hour' WHERE id = $1`, quote(b.table)), waiting); err != nil {
+		t.Fatal(err)
+	}
+	if got := b.metric(t, "effects_oldest_pending_seconds"); got < 3600 || got > 3600+600 {
+		t.Errorf("due an hour ago: effects_oldest_pending_seconds = %v, want about 3600", got)
+	}
+}

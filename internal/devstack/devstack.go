@@ -34,6 +34,7 @@ import (
 	"github.com/effects-run/effects/internal/ingest"
 	"github.com/effects-run/effects/internal/natsconn"
 	"github.com/effects-run/effects/internal/pgcluster"
+	"github.com/effects-run/effects/internal/reconcile"
 	"github.com/effects-run/effects/internal/retry"
 	"github.com/effects-run/effects/internal/schema"
 	"github.com/effects-run/effects/pkg/effects"
@@ -268,6 +269,13 @@ func Run(ctx context.Context, o Options, out io.Writer, logger *slog.Logger) (er
 	if err != nil {
 		return err
 	}
+	// The scheduler, as cmd/completer runs it: scheduled effects run in
+	// effects dev too.
+	sc, err := reconcile.NewScheduler(reconcile.ScheduleConfig{Table: table}, cpool, cjs, logger.With("service", "completer"), creg)
+	if err != nil {
+		return err
+	}
+	wg.Go(func() { _ = sc.Run(runCtx) })
 	cchecks.Add("postgres", c.CheckPostgres)
 	cchecks.Add("nats", natsconn.Ready(cnc))
 	cchecks.Add("consumer", c.CheckConsuming)

@@ -57,6 +57,9 @@ type eventRow struct {
 	// Payload is the jsonb column, byte for byte as Hasura sent it.
 	Payload   json.RawMessage `json:"payload"`
 	CreatedAt string          `json:"created_at"`
+	// RunAt is the row's run_at (migration 008): empty when NULL or when
+	// the trigger does not send the column.
+	RunAt string `json:"run_at"`
 }
 
 // traceContext turns event.trace_context into a W3C traceparent value. It

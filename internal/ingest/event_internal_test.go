@@ -140,17 +140,21 @@ func TestAppendEffectMatchesEncodingJSON(t *testing.T) {
 		Payload          json.RawMessage   `json:"payload"`
 		CreatedAt        time.Time         `json:"created_at"`
 		SessionVariables map[string]string `json:"session_variables"`
+		RunAt            time.Time         `json:"run_at,omitzero"`
 	}
-	for _, sv := range []string{`{"x-hasura-role":"user"}`, ``} {
+	for i, sv := range []string{`{"x-hasura-role":"user"}`, ``, `null`} {
 		e := effect{ID: "0d8a6f4e-2b1c-4c6e-9a0f-5f3d2e1b7c11", Kind: "k", Payload: json.RawMessage(`{"a":[1,"b"]}`), CreatedAt: at.UTC()}
 		if sv != "" {
 			_ = json.Unmarshal([]byte(sv), &e.SessionVariables)
+		}
+		if i == 2 {
+			e.RunAt = at.Add(36 * time.Hour).UTC() // a scheduled effect carries its run_at
 		}
 		want, err := json.Marshal(e)
 		if err != nil {
 			t.Fatal(err)
 		}
-		got := appendEffect(nil, e.ID, e.Kind, e.Payload, at, []byte(sv))
+		got := appendEffect(nil, e.ID, e.Kind, e.Payload, at, []byte(sv), e.RunAt)
 		if string(got) != string(want) {
 			t.Errorf("appendEffect\n%s\njson.Marshal\n%s", got, want)
 		}

@@ -149,7 +149,7 @@ func (d *fastDecoder) row(i int, dst **eventRow) (int, bool) {
 	}
 	r := new(eventRow)
 	*dst = r
-	var seen [4]bool // id, kind, payload, created_at
+	var seen [5]bool // id, kind, payload, created_at, run_at
 	return d.Object(i, func(key []byte, v int) (int, bool) {
 		switch {
 		case string(key) == "id":
@@ -182,7 +182,13 @@ func (d *fastDecoder) row(i int, dst **eventRow) (int, bool) {
 			}
 			seen[3] = true
 			return d.Str(v, &r.CreatedAt)
-		case jsondec.FoldsTo(key, "id", "kind", "payload", "created_at"):
+		case string(key) == "run_at":
+			if seen[4] {
+				return 0, false
+			}
+			seen[4] = true
+			return d.Str(v, &r.RunAt)
+		case jsondec.FoldsTo(key, "id", "kind", "payload", "created_at", "run_at"):
 			return 0, false
 		}
 		return d.Skip(v), true

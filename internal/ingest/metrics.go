@@ -21,6 +21,9 @@ const (
 	outcomeDuplicate = "duplicate"
 	outcomeIgnored   = "ignored"
 	outcomeRejected  = "rejected"
+	// outcomeScheduled is a row whose run_at is after its created_at: the
+	// completer's scheduler publishes it when due.
+	outcomeScheduled = "scheduled"
 )
 
 // invalidKindLabel stands for every kind that is not valid, so that whoever
@@ -68,7 +71,7 @@ func newMetrics(reg prometheus.Registerer, kinds *kindlabel.Set, webhook bool) (
 		kinds: kinds,
 		ingested: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "effects_ingested_total",
-			Help: "Hasura events handled by the ingest, by effect kind (~invalid for a kind that is not valid, ~other for kinds beyond the first 100) and outcome: published, duplicate (JetStream already had the event), ignored (UPDATE or DELETE), rejected (a row that can never succeed, failed at once).",
+			Help: "Hasura events handled by the ingest, by effect kind (~invalid for a kind that is not valid, ~other for kinds beyond the first 100) and outcome: published, duplicate (JetStream already had the event), ignored (UPDATE or DELETE), rejected (a row that can never succeed, failed at once), scheduled (a row with a run_at after its created_at, left for the completer's scheduler to publish when due).",
 		}, []string{"kind", "outcome"}),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "effects_ingest_requests_total",
@@ -136,7 +139,7 @@ func newMetrics(reg prometheus.Registerer, kinds *kindlabel.Set, webhook bool) (
 }
 
 // outcomes are the outcome label's values, in byKind's order.
-var outcomes = [...]string{outcomePublished, outcomeDuplicate, outcomeIgnored, outcomeRejected}
+var outcomes = [...]string{outcomePublished, outcomeDuplicate, outcomeIgnored, outcomeRejected, outcomeScheduled}
 
 func outcomeIndex(outcome string) int {
 	for i, o := range outcomes {

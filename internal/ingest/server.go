@@ -333,6 +333,23 @@ func (s *Server) handleEvent(w http.ResponseWriter, ev *hasuraEvent) {
 		return
 	}
 
+	runAt, scheduled, err := row.runAt(createdAt)
+	if err != nil {
+		s.replyError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	if scheduled && (ev.Event.Op == opInsert || runAt.IsZero() || runAt.After(s.now())) {
+		// The completer's scheduler publishes the row when it is due. A
+		// MANUAL re-run of a row still waiting keeps its time; one that
+		// is due runs now, like any MANUAL re-run.
+		s.metrics.ingest(kind, outcomeScheduled)
+		s.reply(w, http.StatusOK, appendScheduledReply(make([]byte, 0, 160), row.ID, ev.ID, runAt))
+		return
+	}
+	if !scheduled {
+		runAt = time.Time{} // a run_at not after created_at means now: not carried
+	}
+
 	// While the connection is down a publish would wait in the reconnect
 	// buffer until the timeout; Hasura learns sooner that it must retry.
 	if nc := s.js.Conn(); nc != nil && !nc.IsConnected() {
@@ -341,7 +358,7 @@ func (s *Server) handleEvent(w http.ResponseWriter, ev *hasuraEvent) {
 	}
 
 	sv := ev.Event.SessionVariables
-	data := appendEffect(make([]byte, 0, effectSize(row.ID, kind, payload, sv)), row.ID, kind, payload, createdAt, sv)
+	data := appendEffect(make([]byte, 0, effectSize(row.ID, kind, payload, sv)), row.ID, kind, payload, createdAt, sv, runAt)
 	msg := &nats.Msg{
 		Subject: effects.Subject(kind),
 		Data:    data,

@@ -563,7 +563,7 @@ func (s *TableSource) rowMsg(r claimedRow) (msg *nats.Msg, label string, rejecte
 	}
 	payload := []byte(*r.payload)
 	kind := *r.kind
-	data := appendEffect(make([]byte, 0, effectSize(r.id, kind, payload, nil)), r.id, kind, payload, r.createdAt, nil)
+	data := appendEffect(make([]byte, 0, effectSize(r.id, kind, payload, nil)), r.id, kind, payload, r.createdAt, nil, time.Time{})
 	return &nats.Msg{
 		Subject: effects.Subject(kind),
 		Data:    data,

@@ -124,7 +124,7 @@ func newCursorSQL(t schema.Table) cursorSQL {
 	cols := `id, kind, payload, created_at, txid`
 	// The predicate of the partial index, word for word, so the planner
 	// uses it.
-	pred := `status = 'pending' AND published_at IS NULL`
+	pred := cursorRows
 	branch := func(where string) string {
 		return `(SELECT ` + cols + ` FROM ` + q + ` WHERE ` + where + ` AND ` + pred + ` ORDER BY txid, id LIMIT $7)`
 	}

@@ -94,7 +94,7 @@ func (s Store) Get(ctx context.Context, id string) (*Row, error) {
 		var r Row
 		var completion, payload []byte
 		err := rs.Scan(&r.ID, &r.Kind, &r.Key, &r.Status, &r.Attempts, &r.Error, &completion, &r.CreatedAt, &r.CompletedAt,
-			&r.RerunRequestedAt, &r.RerunRequestedBy, &r.CancelledAt, &r.CancelledBy, &payload)
+			&r.RerunRequestedAt, &r.RerunRequestedBy, &r.CancelledAt, &r.CancelledBy, &r.RunAt, &r.Waiting, &payload)
 		if completion != nil {
 			r.Completion = completion
 		}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/effects-run/effects/internal/retention"
 	"github.com/effects-run/effects/internal/schema"
@@ -81,16 +82,48 @@ type Row struct {
 	RerunRequestedBy *string         `json:"rerun_requested_by"`
 	CancelledAt      *time.Time      `json:"cancelled_at"`
 	CancelledBy      *string         `json:"cancelled_by"`
+	// RunAt is the row's run_at: a scheduled effect (run_at after
+	// created_at) does not run before it.
+	RunAt PGTime `json:"run_at"`
+	// Waiting is true for a scheduled effect still waiting in the table
+	// for its run_at (pending, not yet published by the scheduler).
+	Waiting bool `json:"waiting"`
+}
+
+// Scheduled reports whether the row is a scheduled effect: its run_at is
+// after its created_at (as SQL compares them, infinities included).
+func (r Row) Scheduled() bool {
+	run, ok1 := r.RunAt.Finite()
+	created, ok2 := r.CreatedAt.Finite()
+	switch {
+	case r.RunAt.InfinityModifier == pgtype.Infinity:
+		return r.CreatedAt.InfinityModifier != pgtype.Infinity
+	case !ok1:
+		return false
+	case !ok2:
+		return r.CreatedAt.InfinityModifier == pgtype.NegativeInfinity
+	}
+	return run.After(created)
+}
+
+// Due is when the row runs (or ran) as a list shows it: its run_at for a
+// scheduled effect, "-" for any other.
+func (r Row) Due() string {
+	if !r.Scheduled() {
+		return "-"
+	}
+	return r.RunAt.Format(time.RFC3339)
 }
 
 // rowColumns are the columns scanRow reads, payload excluded.
-const rowColumns = `id::text, kind, key, status, attempts, error, completion, created_at, completed_at, rerun_requested_at, rerun_requested_by, cancelled_at, cancelled_by`
+const rowColumns = `id::text, kind, key, status, attempts, error, completion, created_at, completed_at, rerun_requested_at, rerun_requested_by, cancelled_at, cancelled_by,
+	run_at, coalesce(status = 'pending' AND published_at IS NULL AND run_at > created_at, false)`
 
 func scanRow(rows pgx.CollectableRow) (Row, error) {
 	var r Row
 	var completion []byte
 	err := rows.Scan(&r.ID, &r.Kind, &r.Key, &r.Status, &r.Attempts, &r.Error, &completion, &r.CreatedAt, &r.CompletedAt, &r.RerunRequestedAt, &r.RerunRequestedBy,
-		&r.CancelledAt, &r.CancelledBy)
+		&r.CancelledAt, &r.CancelledBy, &r.RunAt, &r.Waiting)
 	if completion != nil {
 		r.Completion = completion
 	}

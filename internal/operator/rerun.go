@@ -20,6 +20,10 @@ const (
 	Retried    = "retried"
 	WouldRetry = "would retry" // a dry run
 	Skipped    = "skipped"     // a selected row that succeeded since, or whose key is busy
+	// Waiting: a scheduled effect whose run_at is still ahead; it is not
+	// published now, the scheduler publishes it then (a re-run keeps the
+	// effect's time).
+	Waiting    = "waiting"
 	RetryError = "error"
 )
 
@@ -116,9 +120,11 @@ func (s Store) Rerun(ctx context.Context, js jetstream.JetStream, maxPayload int
 	var kind, dedupe string
 	var key *string
 	var payload []byte
-	var createdAt pgtype.Timestamptz // 'infinity' would fail a time.Time scan
-	err = tx.QueryRow(ctx, `SELECT kind, key, status, payload::text, created_at, gen_random_uuid()::text FROM `+s.Table.Quoted()+
-		` WHERE id = $1 FOR UPDATE`, id).Scan(&kind, &key, &res.Status, &payload, &createdAt, &dedupe)
+	var createdAt, runAt pgtype.Timestamptz // 'infinity' would fail a time.Time scan
+	var waiting, unpublished bool
+	err = tx.QueryRow(ctx, `SELECT kind, key, status, payload::text, created_at, gen_random_uuid()::text, run_at,
+	       coalesce(run_at > created_at AND run_at > now(), false), published_at IS NULL FROM `+s.Table.Quoted()+
+		` WHERE id = $1 FOR UPDATE`, id).Scan(&kind, &key, &res.Status, &payload, &createdAt, &dedupe, &runAt, &waiting, &unpublished)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return fail(retention.Gone(s.Table.String(), id, s.Retention))
 	}
@@ -158,8 +164,17 @@ func (s Store) Rerun(ctx context.Context, js jetstream.JetStream, maxPayload int
 	if reason != "" {
 		return fail(fmt.Errorf("it cannot run: %s", reason))
 	}
+	if waiting {
+		// A re-run keeps the effect's time: one still ahead is left to the
+		// scheduler instead of being published now.
+		return s.rerunLater(ctx, tx, res, id, o, unpublished)
+	}
 	res.MsgID = "retry:" + id + ":" + dedupe
-	msg := ingest.EffectMsg(id, kind, payload, created, res.MsgID)
+	carried := ingest.CarriedRunAt(runAt)
+	if !ingest.Scheduled(created, carried) {
+		carried = time.Time{}
+	}
+	msg := ingest.EffectMsgAt(id, kind, payload, created, carried, res.MsgID)
 	if err := effects.CheckSize(msg, maxPayload); err != nil {
 		res.MsgID = ""
 		return fail(err)
@@ -188,6 +203,28 @@ func (s Store) Rerun(ctx context.Context, js jetstream.JetStream, maxPayload int
 		return fail(fmt.Errorf("published as %s, but recording the re-run on the row failed: %w", res.MsgID, err))
 	}
 	res.Outcome = Retried
+	return res
+}
+
+// rerunLater re-runs a scheduled effect whose run_at is still ahead: it is
+// not published now, which would run it early. A pending row that was not
+// published yet is waiting already and is left as it is; a failed one (or a
+// pending one published before its time was moved) is made to wait again:
+// pending, not published, so the scheduler publishes it at its run_at. The
+// re-run is recorded on the row as for any re-run.
+func (s Store) rerunLater(ctx context.Context, tx pgx.Tx, res RetryResult, id string, o RerunOptions, unpublished bool) RetryResult {
+	res.Outcome = Waiting
+	if o.DryRun || res.Status == string(effects.StatusPending) && unpublished {
+		return res
+	}
+	if _, err := tx.Exec(ctx, `UPDATE `+s.Table.Quoted()+` SET status = 'pending', published_at = NULL,
+	       rerun_requested_at = now(), rerun_requested_by = $2 WHERE id = $1`, id, nullIfEmpty(o.By)); err != nil {
+		res.Outcome, res.Error = RetryError, ExplainQueryError(err).Error()
+		return res
+	}
+	if err := tx.Commit(ctx); err != nil {
+		res.Outcome, res.Error = RetryError, err.Error()
+	}
 	return res
 }
 

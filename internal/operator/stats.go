@@ -90,7 +90,7 @@ func (s Store) CountStats(ctx context.Context, since time.Duration) (*Stats, err
 		sinceArg = &since
 		rep.Since = since.String()
 	}
-	return s.count(ctx, rep, `SELECT kind, status, count(*), extract(epoch FROM now() - min(created_at) FILTER (WHERE status = 'pending' AND isfinite(created_at)))::float8
+	return s.count(ctx, rep, `SELECT kind, status, count(*), extract(epoch FROM now() - min(GREATEST(created_at, run_at)) FILTER (WHERE status = 'pending' AND isfinite(GREATEST(created_at, run_at))))::float8
 	      FROM `+s.Table.Quoted()+`
 	     WHERE ($1::interval IS NULL OR created_at >= now() - $1::interval)
 	     GROUP BY kind, status`, sinceArg)
@@ -170,7 +170,7 @@ func (s Store) pauses(ctx context.Context) (map[string]*PauseStats, error) {
 // countOpenSQL is CountOpen's statement. The statuses are written into
 // it, so that each branch can use its status's partial index.
 func countOpenSQL(table schema.Table) string {
-	return `SELECT kind, 'pending', count(*), extract(epoch FROM now() - min(created_at) FILTER (WHERE isfinite(created_at)))::float8
+	return `SELECT kind, 'pending', count(*), extract(epoch FROM now() - min(GREATEST(created_at, run_at)) FILTER (WHERE isfinite(GREATEST(created_at, run_at))))::float8
 	      FROM ` + table.Quoted() + ` WHERE status = 'pending' GROUP BY kind
 	     UNION ALL
 	    SELECT kind, 'failed', count(*), NULL
@@ -200,6 +200,9 @@ func collectCounts(rows pgx.Rows, rep *Stats) error {
 		k.add(status, n)
 		rep.Total.add(status, n)
 		if age != nil {
+			// Counted from when the row was due: a scheduled effect still
+			// waiting for its run_at has no age yet.
+			*age = max(*age, 0)
 			k.OldestPendingAge = AgeText(*age)
 			if *age > oldest {
 				oldest = *age

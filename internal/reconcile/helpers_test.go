@@ -35,6 +35,7 @@ func testCtx(t testing.TB) context.Context {
 // dispatcher and completer, with a reconciler whose passes the test runs.
 type bundle struct {
 	pool *pgxpool.Pool
+	nats *testenv.NATS
 	js   jetstream.JetStream
 	reg  *prometheus.Registry
 	rc   *reconcile.Reconciler
@@ -56,8 +57,8 @@ func setup(t *testing.T) *bundle {
 	}
 	conn.Release()
 	b := &bundle{pool: pg.Pool, reg: prometheus.NewRegistry(), calls: map[string]int{}}
-	n := testenv.StartNATS(t)
-	_, b.js = n.Connect(t)
+	b.nats = testenv.StartNATS(t)
+	_, b.js = b.nats.Connect(t)
 	if err := effects.EnsureStreams(testCtx(t), b.js, effects.StreamOptions{}); err != nil {
 		t.Fatal(err)
 	}

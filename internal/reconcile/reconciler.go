@@ -46,7 +46,6 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgtype"
@@ -82,6 +81,7 @@ type Reconciler struct {
 	logger *slog.Logger
 	m      *metrics
 	table  schema.Table
+	pub    rowPublisher
 
 	claimSQL, markSQL string
 }
@@ -105,20 +105,26 @@ func New(cfg Config, pool *pgxpool.Pool, js jetstream.JetStream, logger *slog.Lo
 		return nil, fmt.Errorf("reconcile: register metrics: %w", err)
 	}
 	q := table.Quoted()
+	logger = logger.With("component", "reconciler")
 	return &Reconciler{
-		cfg: cfg, pool: pool, js: js, logger: logger.With("component", "reconciler"), m: m, table: table,
-		// The pending partial index on created_at leads; kinds already
+		cfg: cfg, pool: pool, js: js, logger: logger, m: m, table: table,
+		pub: rowPublisher{js: js, kinds: m.kinds, logger: logger, who: "reconciler"},
+		// The due partial index (migration 008) leads: a row is old from
+		// when it was due (its run_at if it was scheduled, else its
+		// created_at), so an effect waiting for its time is never taken for
+		// a lost one, and the walk stops at the first row not due long
+		// enough instead of reading past every waiting row. Kinds already
 		// skipped in this pass ($3) are left out so the next batch moves on.
 		// $4: no table source runs (this batch holds its lock), so every
 		// row is a candidate; else only the rows its cursor passed: the
 		// others are its backlog, which it publishes itself.
-		claimSQL: `SELECT id::text, kind, payload::text, created_at, published_at FROM ` + q + ` e
+		claimSQL: `SELECT id::text, kind, payload::text, created_at, published_at, run_at FROM ` + q + ` e
 			 WHERE status = 'pending'
-			   AND created_at < now() - $1::int8 * interval '1 microsecond'
+			   AND GREATEST(created_at, run_at) < now() - $1::int8 * interval '1 microsecond'
 			   AND (published_at IS NULL OR published_at < now() - $1::int8 * interval '1 microsecond')
 			   AND (kind IS NULL OR kind <> ALL($3::text[]))
 			   AND ($4::bool OR ` + ingest.PublishedSQL(table, "e") + `)
-			 ORDER BY created_at
+			 ORDER BY GREATEST(created_at, run_at)
 			 LIMIT $2
 			 FOR UPDATE SKIP LOCKED`,
 		markSQL: `UPDATE ` + q + ` SET published_at = now() WHERE id = ANY($1::uuid[])`,
@@ -255,21 +261,6 @@ func (r *Reconciler) consumerBusy(ctx context.Context, stream, name string) (boo
 	return info.NumPending+uint64(info.NumAckPending) > 0, nil
 }
 
-type row struct {
-	id          string
-	kind        *string
-	payload     *string
-	createdAt   pgtype.Timestamptz
-	publishedAt pgtype.Timestamptz
-}
-
-type inFlight struct {
-	row      row
-	label    string
-	fut      jetstream.PubAckFuture
-	rejected bool
-}
-
 // batch claims up to limit rows in a transaction holding the table's
 // reconcile lock, publishes those it may, marks the acked ones and commits.
 // It returns how many rows it claimed; the rows of a kind it skipped are
@@ -307,7 +298,7 @@ func (r *Reconciler) batch(ctx context.Context, conn *pgxpool.Conn, limit int, c
 	var claimed []row
 	for rows.Next() {
 		var x row
-		if err := rows.Scan(&x.id, &x.kind, &x.payload, &x.createdAt, &x.publishedAt); err != nil {
+		if err := rows.Scan(&x.id, &x.kind, &x.payload, &x.createdAt, &x.publishedAt, &x.runAt); err != nil {
 			rows.Close()
 			return 0, fmt.Errorf("PostgreSQL: claim: %w", err)
 		}
@@ -317,23 +308,10 @@ func (r *Reconciler) batch(ctx context.Context, conn *pgxpool.Conn, limit int, c
 		return 0, fmt.Errorf("PostgreSQL: claim: %w", err)
 	}
 
-	maxPayload := int64(0)
-	if nc := r.js.Conn(); nc != nil {
-		maxPayload = nc.MaxPayload()
-	}
 	var flights []inFlight
 	for _, x := range claimed {
-		if x.kind == nil || effects.ValidateKind(*x.kind) != nil {
-			f, err := r.reject(x, invalidReason(x.kind))
-			if err != nil {
-				return 0, err
-			}
-			flights = append(flights, f)
-			continue
-		}
-		createdAt, bad := ingest.CarriedCreatedAt(x.createdAt)
-		if bad != "" {
-			f, err := r.reject(x, bad)
+		if reason := x.unusable(); reason != "" {
+			f, err := r.pub.reject(x, reason, msgID(x))
 			if err != nil {
 				return 0, err
 			}
@@ -358,47 +336,14 @@ func (r *Reconciler) batch(ctx context.Context, conn *pgxpool.Conn, limit int, c
 			r.m.skipped.WithLabelValues(r.m.kinds.Label(kind), st.skip).Inc()
 			continue
 		}
-		payload := []byte("{}")
-		if x.payload != nil {
-			payload = []byte(*x.payload)
-		}
-		msg := ingest.EffectMsg(x.id, kind, payload, createdAt, msgID(x))
-		if err := effects.CheckSize(msg, maxPayload); err != nil {
-			f, err := r.reject(x, fmt.Sprintf("the effect message is %d bytes, more than the NATS server accepts (max_payload %d)", len(msg.Data), maxPayload))
-			if err != nil {
-				return 0, err
-			}
-			flights = append(flights, f)
-			continue
-		}
-		fut, err := r.js.PublishMsgAsync(msg)
+		f, err := r.pub.publish(x, msgID(x))
 		if err != nil {
-			return 0, fmt.Errorf("NATS: publish: %w", err)
+			return 0, err
 		}
-		flights = append(flights, inFlight{row: x, label: r.m.kinds.Label(kind), fut: fut})
+		flights = append(flights, f)
 	}
 
-	timer := time.NewTimer(r.cfg.PublishTimeout)
-	defer timer.Stop()
-	var acked []string
-	var done []inFlight
-	var publishErr error
-	for _, f := range flights {
-		select {
-		case <-f.fut.Ok():
-			acked = append(acked, f.row.id)
-			done = append(done, f)
-		case err := <-f.fut.Err():
-			if publishErr == nil {
-				publishErr = fmt.Errorf("NATS: publish: %w", err)
-			}
-		case <-timer.C:
-			if publishErr == nil {
-				publishErr = fmt.Errorf("NATS: no ack within %s", r.cfg.PublishTimeout)
-			}
-			timer.Reset(0)
-		}
-	}
+	done, acked, publishErr := awaitAcks(flights, r.cfg.PublishTimeout)
 	if len(acked) > 0 {
 		if _, err := tx.Exec(bctx, r.markSQL, acked); err != nil {
 			return 0, fmt.Errorf("PostgreSQL: mark published: %w", err)
@@ -438,40 +383,6 @@ func (r *Reconciler) kindState(ctx context.Context, kind string, completionsBusy
 		return kindState{skip: SkipBacklog}, nil
 	}
 	return kindState{}, nil
-}
-
-// reject publishes the failed completion of a row that can never be
-// handled. Its event id is the message id the row would have had.
-func (r *Reconciler) reject(x row, reason string) (inFlight, error) {
-	kind := ""
-	if x.kind != nil {
-		kind = *x.kind
-	}
-	label := r.m.kinds.Label(kind)
-	if effects.ValidateKind(kind) != nil {
-		kind = "invalid"
-	}
-	ref := effects.Ref{ID: x.id, Kind: kind, EventID: msgID(x)}
-	msg, err := effects.CompletionMsg(ref, effects.Completion{
-		EffectID: x.id, Kind: kind, Status: effects.StatusFailed, Error: &reason, CompletedAt: time.Now().UTC(),
-	})
-	if err != nil {
-		return inFlight{}, fmt.Errorf("failed completion of %s: %w", x.id, err)
-	}
-	fut, err := r.js.PublishMsgAsync(msg)
-	if err != nil {
-		return inFlight{}, fmt.Errorf("NATS: publish: %w", err)
-	}
-	r.logger.Warn("reconciler: a pending row can never be handled; failing it", "effect_id", x.id, "reason", reason)
-	return inFlight{row: x, label: label, fut: fut, rejected: true}, nil
-}
-
-func invalidReason(kind *string) string {
-	if kind == nil {
-		return "kind is null"
-	}
-	err := effects.ValidateKind(*kind)
-	return "kind is not valid: " + strings.TrimPrefix(err.Error(), effects.ErrInvalidKind.Error()+": ")
 }
 
 // msgID is the Nats-Msg-Id of the row's next re-publish.

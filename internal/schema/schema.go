@@ -148,6 +148,10 @@ func (t Table) templateData() map[string]any {
 		"CancelledIndex":   t.sibling("_cancelled_idx"),
 		"CancelledAtIndex": t.sibling("_cancel_at_idx"),
 		"PausedTable":      t.PausedTable().Quoted(),
+		// Scheduled effects (008).
+		"WaitingIndex":       t.sibling("_waiting_idx"),
+		"DueIndex":           t.sibling("_due_idx"),
+		"TxidIndexQualified": t.qualified("_txid_idx"),
 	}
 }
 

@@ -31,7 +31,12 @@ const (
 // Wire format (JSON):
 //
 //	{"id": "<row uuid>", "kind": "<kind>", "payload": <the row's payload>,
-//	 "created_at": "<RFC 3339>", "session_variables": {...} | null}
+//	 "created_at": "<RFC 3339>", "session_variables": {...} | null,
+//	 "run_at": "<RFC 3339>"}
+//
+// run_at is there only for a scheduled effect (a row whose run_at is after
+// its created_at): the message is published once that time has passed, so
+// a consumer never receives it earlier.
 //
 // The header Nats-Msg-Id holds the Hasura event id.
 type Effect struct {
@@ -46,6 +51,10 @@ type Effect struct {
 	// SessionVariables are the Hasura session variables of the request that
 	// wrote the row ("x-hasura-role", ...), nil when plain SQL wrote it.
 	SessionVariables map[string]string `json:"session_variables"`
+	// RunAt is the time a scheduled effect was due (the row's run_at); zero
+	// for an effect that was not scheduled. The message was published no
+	// earlier than this.
+	RunAt time.Time `json:"run_at,omitzero"`
 
 	// EventID is the Hasura event id (the Nats-Msg-Id header). A MANUAL
 	// re-run has a new one. Not part of the JSON body.

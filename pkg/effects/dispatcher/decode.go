@@ -29,7 +29,7 @@ func decodeEffectFast(data []byte, kind string, e *effects.Effect) bool {
 		return false // null, or a type error encoding/json words
 	}
 	d := jsondec.New(data)
-	var seen jsondec.Fields // id, kind, payload, created_at, session_variables
+	var seen jsondec.Fields // id, kind, payload, created_at, session_variables, run_at
 	_, ok := d.Object(i, func(key []byte, v int) (int, bool) {
 		switch {
 		case string(key) == "id":
@@ -65,7 +65,13 @@ func decodeEffectFast(data []byte, kind string, e *effects.Effect) bool {
 				return 0, false
 			}
 			return d.StringMap(v, &e.SessionVariables)
-		case jsondec.FoldsTo(key, "id", "kind", "payload", "created_at", "session_variables"):
+		case string(key) == "run_at":
+			if !seen.First(5) {
+				return 0, false
+			}
+			end := d.Skip(v)
+			return end, e.RunAt.UnmarshalJSON(data[v:end]) == nil
+		case jsondec.FoldsTo(key, "id", "kind", "payload", "created_at", "session_variables", "run_at"):
 			return 0, false
 		}
 		return d.Skip(v), true

@@ -35,6 +35,8 @@ func encodedEffects() [][]byte {
 	} {
 		out = append(out, ingest.EffectMsg(decodeID, c.kind, []byte(c.payload), c.at, "ev").Data)
 	}
+	// A scheduled effect carries its run_at (the scheduler, a re-run).
+	out = append(out, ingest.EffectMsgAt(decodeID, "echo", []byte(`{}`), at, at.Add(36*time.Hour), "schedule:"+decodeID).Data)
 	// The webhook's messages carry Hasura's session variables as sent.
 	out = append(out,
 		[]byte(`{"id":"`+decodeID+`","kind":"echo","payload":{},"created_at":"2026-03-14T09:26:53.589793Z","session_variables":{"x-hasura-role":"user","x-hasura-user-id":"42"}}`),
@@ -56,6 +58,9 @@ var oddEffects = []string{
 	`{"id":"` + decodeID + `","created_at":"2026-03-14"}`,
 	`{"id":"` + decodeID + `","created_at":"2026-03-14T09:26:53\u005a"}`,
 	`{"id":"` + decodeID + `","created_at":5}`,
+	`{"id":"` + decodeID + `","run_at":"tomorrow"}`,
+	`{"id":"` + decodeID + `","run_at":"2026-03-14T09:26:53Z","run_at":null}`,
+	`{"id":"` + decodeID + `","Run_At":"2026-03-14T09:26:53Z"}`,
 	`{"id":"` + decodeID + `","session_variables":{"a":1}}`,
 	`{"id":"` + decodeID + `","session_variables":[]}`,
 	`{"id":"` + decodeID + `","ſession_variables":null}`,
